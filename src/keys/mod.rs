@@ -1,0 +1,352 @@
+//! Per-user data keys: creation, wrapped key files, and the in-memory cache.
+//!
+//! Each user has one 32-byte data key (DEK), created from the OS CSPRNG at
+//! the first login and stored only wrapped by a master key
+//! ([`crate::kms::KeyWrapper`]), in `<keks_dir>/<NAME>.key` (format in
+//! [`key_file`]). Unwrapped keys live only in memory, shared by the user's
+//! sessions and zeroized after the last one ends.
+//!
+//! Creation is race-free across threads and processes: the new file is
+//! written under a temporary name and linked into place, which fails if the
+//! key already exists; the loser discards its key and uses the winner's.
+
+mod cache;
+mod data_key;
+pub mod key_file;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+
+pub use data_key::{DATA_KEY_LEN, DataKey};
+
+use crate::kms::atomic_file;
+use crate::kms::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::username::UserName;
+use cache::KeyCache;
+use key_file::KeyRecord;
+
+/// Why a user's data key could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key service failed or refused (see [`KmsError::is_transient`]).
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// Reading or writing a key file or the key directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A key file exists but cannot be used as it is.
+    #[error("key file {} is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The user has no data key (only from [`UserKeys::get_existing`] and
+    /// [`UserKeys::rewrap`], which never create one).
+    #[error("user {0} has no data key")]
+    NotFound(UserName),
+    /// The key file was wrapped by a different backend than the configured one.
+    #[error(
+        "key file {} was wrapped by backend {file_backend:?}, but the configured backend is {configured:?}",
+        path.display()
+    )]
+    WrongBackend {
+        /// The key file.
+        path: PathBuf,
+        /// The backend recorded in the file.
+        file_backend: String,
+        /// The configured backend.
+        configured: &'static str,
+    },
+    /// The operating system's random number generator failed.
+    #[error("cannot generate a data key: OS random number generator failed: {0}")]
+    Random(String),
+}
+
+impl KeyError {
+    /// Whether retrying later may succeed (key service down, I/O error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KeyError::Kms(e) => e.is_transient(),
+            KeyError::Io { .. } | KeyError::Random(_) => true,
+            KeyError::Corrupt { .. } | KeyError::NotFound(_) | KeyError::WrongBackend { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// The wrapped-key files in `keks_dir` plus the in-memory cache of
+/// unwrapped keys.
+///
+/// All methods block (file I/O, key service calls): async callers use
+/// `spawn_blocking`.
+pub struct UserKeys {
+    keks_dir: PathBuf,
+    wrapper: Arc<dyn KeyWrapper>,
+    cache: KeyCache,
+    /// One lock per user with an operation in progress, so that concurrent
+    /// logins of one user in this process do one unwrap (or one creation).
+    locks: Mutex<HashMap<UserName, Arc<Mutex<()>>>>,
+}
+
+impl fmt::Debug for UserKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserKeys")
+            .field("keks_dir", &self.keks_dir)
+            .field("backend", &self.wrapper.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserKeys {
+    /// Key files in `keks_dir` (created with mode 0700 if missing), wrapped
+    /// by `wrapper`. With `cache_ttl`, an unwrapped key stays in memory for
+    /// that long after it was last fetched, even with no session holding it.
+    pub fn new(
+        keks_dir: PathBuf,
+        wrapper: Arc<dyn KeyWrapper>,
+        cache_ttl: Option<Duration>,
+    ) -> Result<Self, KeyError> {
+        atomic_file::create_private_dir(&keks_dir).map_err(|source| KeyError::Io {
+            path: keks_dir.clone(),
+            source,
+        })?;
+        atomic_file::remove_stale_temps(&keks_dir, atomic_file::STALE_TEMP_AGE);
+        Ok(UserKeys {
+            keks_dir,
+            wrapper,
+            cache: KeyCache::new(cache_ttl),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// For a login: the user's key, created on first use (32 random bytes,
+    /// wrapped under the wrapper's current master key).
+    pub fn get_or_create(&self, user: &UserName) -> Result<Arc<DataKey>, KeyError> {
+        self.fetch(user, true)
+    }
+
+    /// For offline tools (verify, decrypt): the user's existing key;
+    /// [`KeyError::NotFound`] if the user has none. Never creates a key.
+    pub fn get_existing(&self, user: &UserName) -> Result<Arc<DataKey>, KeyError> {
+        self.fetch(user, false)
+    }
+
+    /// Users that have a key file, sorted.
+    pub fn users(&self) -> Result<Vec<UserName>, KeyError> {
+        let io_err = |source| KeyError::Io {
+            path: self.keks_dir.clone(),
+            source,
+        };
+        let mut users = Vec::new();
+        for entry in std::fs::read_dir(&self.keks_dir).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            if !entry.file_type().map_err(io_err)?.is_file() {
+                continue;
+            }
+            let name = entry.file_name();
+            let user = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(KEY_FILE_SUFFIX))
+                .and_then(|stem| UserName::parse(stem).ok());
+            // Temporary files start with a dot, which no user name does.
+            if let Some(user) = user {
+                users.push(user);
+            }
+        }
+        users.sort();
+        Ok(users)
+    }
+
+    /// Re-wraps the user's key under `to`, replacing the key file atomically.
+    /// Returns `false` if it was already wrapped under `to`.
+    ///
+    /// The new wrapping is unwrapped and compared before it replaces the old
+    /// one, so a failure at any point leaves the user's key readable.
+    pub fn rewrap(&self, user: &UserName, to: &MasterKeyRef) -> Result<bool, KeyError> {
+        self.with_user_lock(user, || {
+            let path = self.key_file_path(user);
+            let record = self
+                .read_record(user)?
+                .ok_or_else(|| KeyError::NotFound(user.clone()))?;
+            if record.backend == self.wrapper.backend() && record.master == *to {
+                return Ok(false);
+            }
+            let key = self.unwrap_record(&path, &record)?;
+            let wrapped = self.wrapper.wrap(key.expose(), to)?;
+            let check = self.wrapper.unwrap(&wrapped, to)?;
+            if !bool::from(check.ct_eq(key.expose())) {
+                return Err(KeyError::Kms(KmsError::Refused(format!(
+                    "re-wrapping under {to} did not give back the same key"
+                ))));
+            }
+            let new = record.rewrapped(to.clone(), wrapped);
+            self.write(user, &new, Write::Replace)?;
+            tracing::info!(user = %user, from = %record.master, to = %to, "re-wrapped data key");
+            Ok(true)
+        })
+    }
+
+    /// Drops cached keys whose TTL has passed and that no session holds.
+    /// Expiry also happens on every fetch; call this periodically so that an
+    /// idle server does not keep keys past their TTL.
+    pub fn purge_expired(&self) {
+        self.cache.purge_expired();
+    }
+
+    /// The user's key file: `<keks_dir>/<NAME>.key`.
+    pub fn key_file_path(&self, user: &UserName) -> PathBuf {
+        self.keks_dir.join(key_file_name(user))
+    }
+
+    fn fetch(&self, user: &UserName, create: bool) -> Result<Arc<DataKey>, KeyError> {
+        if let Some(key) = self.cache.get(user) {
+            return Ok(key);
+        }
+        self.with_user_lock(user, || {
+            // Another thread may have loaded it while we waited.
+            if let Some(key) = self.cache.get(user) {
+                return Ok(key);
+            }
+            let key = match self.read_record(user)? {
+                Some(record) => self.unwrap_record(&self.key_file_path(user), &record)?,
+                None if create => self.create(user)?,
+                None => return Err(KeyError::NotFound(user.clone())),
+            };
+            Ok(self.cache.insert(user, key))
+        })
+    }
+
+    /// Creates the user's key, or, if another process created it first,
+    /// returns that one.
+    fn create(&self, user: &UserName) -> Result<DataKey, KeyError> {
+        let key = DataKey::random().map_err(|e| KeyError::Random(e.to_string()))?;
+        let master = self.wrapper.current();
+        let wrapped = self.wrapper.wrap(key.expose(), &master)?;
+        let record = KeyRecord::new(user.clone(), self.wrapper.backend(), master, wrapped);
+        if self.write(user, &record, Write::CreateNew)? {
+            tracing::info!(user = %user, master = %record.master, "created data key");
+            return Ok(key);
+        }
+        drop(key);
+        let path = self.key_file_path(user);
+        match self.read_record(user)? {
+            Some(existing) => self.unwrap_record(&path, &existing),
+            None => Err(KeyError::Io {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "key file vanished right after another process created it",
+                ),
+            }),
+        }
+    }
+
+    /// Reads and parses the user's key file; `None` if there is none.
+    fn read_record(&self, user: &UserName) -> Result<Option<KeyRecord>, KeyError> {
+        let path = self.key_file_path(user);
+        let bytes = match atomic_file::read_small(&path, key_file::MAX_FILE_LEN) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(KeyError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+            Err(source) => return Err(KeyError::Io { path, source }),
+        };
+        let corrupt = |reason: String| KeyError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let text = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
+        KeyRecord::parse(&text, user).map(Some).map_err(corrupt)
+    }
+
+    fn unwrap_record(&self, path: &Path, record: &KeyRecord) -> Result<DataKey, KeyError> {
+        let configured = self.wrapper.backend();
+        if record.backend != configured {
+            return Err(KeyError::WrongBackend {
+                path: path.to_owned(),
+                file_backend: record.backend.clone(),
+                configured,
+            });
+        }
+        let bytes = self
+            .wrapper
+            .unwrap(&record.wrapped, &record.master)
+            .inspect_err(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "cannot unwrap data key");
+            })?;
+        Ok(DataKey::copy_from(&bytes))
+    }
+
+    /// Writes the user's key file; returns whether it was written (always
+    /// true for `Replace`; false for `CreateNew` if the file already existed).
+    fn write(&self, user: &UserName, record: &KeyRecord, how: Write) -> Result<bool, KeyError> {
+        let path = self.key_file_path(user);
+        let io_err = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let text = record.to_toml().map_err(|e| io_err(io::Error::other(e)))?;
+        let name = key_file_name(user);
+        match how {
+            Write::CreateNew => {
+                atomic_file::create_new(&self.keks_dir, &name, text.as_bytes()).map_err(io_err)
+            }
+            Write::Replace => atomic_file::replace(&self.keks_dir, &name, text.as_bytes())
+                .map(|()| true)
+                .map_err(io_err),
+        }
+    }
+
+    /// Runs `f` holding the user's lock.
+    fn with_user_lock<T>(&self, user: &UserName, f: impl FnOnce() -> T) -> T {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(locks.entry(user.clone()).or_default())
+        };
+        let result = {
+            // The lock guards no data, so a poisoned one is as good as any.
+            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            f()
+        };
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Clones are taken only under `locks`, so a count of 2 (the map's and
+        // ours) means no other thread is using or waiting for this lock.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(user);
+        }
+        result
+    }
+}
+
+/// Suffix of key file names.
+const KEY_FILE_SUFFIX: &str = ".key";
+
+fn key_file_name(user: &UserName) -> String {
+    format!("{}{KEY_FILE_SUFFIX}", user.as_str())
+}
+
+enum Write {
+    CreateNew,
+    Replace,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+//! Master keys: the [`KeyWrapper`] trait and its backends.
+//!
+//! A backend wraps (encrypts) and unwraps 32-byte data keys under a versioned
+//! master key that it holds. This layer knows nothing of users or key files;
+//! [`crate::keys`] builds on it.
+//!
+//! Backends:
+//! - [`local::LocalKms`]: RSA-3072 keys in PEM files on this host (default).
+
+pub(crate) mod atomic_file;
+pub mod local;
+
+/// Identifies one master key version at a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct MasterKeyRef {
+    /// The backend's name for the key (for [`local::LocalKms`], always `"local"`).
+    pub secret_path: String,
+    /// The version of that key.
+    pub secret_version: String,
+}
+
+impl std::fmt::Display for MasterKeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} version {}", self.secret_path, self.secret_version)
+    }
+}
+
+/// Why a backend could not wrap or unwrap a key.
+///
+/// Messages say what is wrong and never contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// The backend cannot be reached or its storage failed; retrying later
+    /// may succeed.
+    #[error("key service unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered but refused: unknown key or version, or the
+    /// wrapped key does not decrypt under it.
+    #[error("key service refused: {0}")]
+    Refused(String),
+    /// A secret version that cannot be used (for the local backend: not 1-9
+    /// decimal digits).
+    #[error("invalid master key version {0:?}: use 1 to 9 decimal digits")]
+    InvalidVersion(String),
+    /// An I/O error without further context.
+    #[error("key service I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl KmsError {
+    /// Whether the failure may go away by itself (the service is down, a
+    /// disk error), as opposed to a refusal that retrying will not change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KmsError::Unavailable(_) | KmsError::Io(_))
+    }
+}
+
+/// Wraps and unwraps 32-byte data keys under a master key.
+///
+/// Calls block (key generation, disk or network I/O): async callers use
+/// `spawn_blocking`. The trait is object safe and used as
+/// `Arc<dyn KeyWrapper>`.
+pub trait KeyWrapper: Send + Sync {
+    /// The backend's name as recorded in key files: `"local"` (later `"eaas"`).
+    fn backend(&self) -> &'static str;
+    /// The master key version new keys are wrapped under.
+    fn current(&self) -> MasterKeyRef;
+    /// Wraps `key` under the master key `under`.
+    fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError>;
+    /// Unwraps a key that [`KeyWrapper::wrap`] produced under `under`.
+    fn unwrap(
+        &self,
+        wrapped: &[u8],
+        under: &MasterKeyRef,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, KmsError>;
+}

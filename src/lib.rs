@@ -1,0 +1,39 @@
+//! Dropzone: an SFTP/SCP server that never keeps a user's file in plaintext
+//! on disk.
+//!
+//! Every stored file is encrypted with a key derived from its owner's data
+//! key (AES-256-CBC, HMAC-SHA256 per 64 KiB chunk, see `docs/FORMAT.md`);
+//! data keys are stored only wrapped by a master key held in a key service.
+//!
+//! The crate is layered; each module uses only the ones below it:
+//!
+//! - [`config`]: the TOML configuration, parsed then validated.
+//! - [`ssh`]: the russh server: host keys, authentication, session and
+//!   channel policy; hands the `sftp` subsystem to [`sftp`].
+//! - [`auth`]: the users file, authorized keys and password hashes.
+//! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
+//!   one place that maps errors to SFTP status codes.
+//! - [`jail`]: turns a client's path into a normalised path inside the
+//!   user's root; the storage backend resolves it without following links out.
+//! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
+//!   random-access [`store::EncryptedFile`], and the [`store::storage`] trait
+//!   that hides the filesystem.
+//! - [`keys`]: per-user data keys: creation, wrapped key files, the
+//!   in-memory cache that zeroizes keys after the last session.
+//! - [`username`]: the validated user name every layer shares.
+//! - [`kms`]: the [`kms::KeyWrapper`] trait and its backends (a local RSA
+//!   key file by default).
+//!
+//! What this crate does not do: it never decrypts a file to disk, never
+//! writes a data key unwrapped, and never lets a client path reach the
+//! filesystem without going through [`jail`] and [`store::storage`].
+
+pub mod auth;
+pub mod config;
+pub mod jail;
+pub mod keys;
+pub mod kms;
+pub mod sftp;
+pub mod ssh;
+pub mod store;
+pub mod username;

@@ -1,0 +1,185 @@
+//! OpenSSH's SFTP extensions and the other common ones.
+
+use russh_sftp::protocol::{Extended, ExtendedReply, File, Name, Packet};
+
+use super::status::SftpError;
+use super::wire::{Reader, Writer};
+use super::{MAX_PACKET_LEN, MAX_READ_WRITE_LEN, Session, ok};
+use crate::jail;
+use crate::store::EncryptedFile;
+use crate::store::storage::{ObjectPath, SpaceInfo};
+
+/// Extensions announced in the VERSION reply, with OpenSSH's versions.
+pub(super) const ADVERTISED: &[(&str, &str)] = &[
+    ("posix-rename@openssh.com", "1"),
+    ("statvfs@openssh.com", "2"),
+    ("fstatvfs@openssh.com", "2"),
+    ("hardlink@openssh.com", "1"),
+    ("fsync@openssh.com", "1"),
+    ("lsetstat@openssh.com", "1"),
+    ("limits@openssh.com", "1"),
+    ("expand-path@openssh.com", "1"),
+    ("copy-data", "1"),
+    ("home-directory", "1"),
+    ("users-groups-by-id@openssh.com", "1"),
+];
+
+/// Most handles a client is told it may open (limits@openssh.com).
+const MAX_OPEN_HANDLES: u64 = 256;
+
+/// Extensions that act on one file handle and so go to its worker.
+pub(super) fn is_handle_request(name: &str) -> bool {
+    matches!(name, "fsync@openssh.com" | "fstatvfs@openssh.com")
+}
+
+/// The handle named first in a handle extension's payload.
+pub(super) fn handle_of(e: &Extended) -> Option<String> {
+    Reader::new(&e.data).string().ok()
+}
+
+/// A handle extension, run by the handle's worker; `None` means plain OK.
+pub(super) fn handle_extension(
+    session: &Session,
+    id: u32,
+    file: &EncryptedFile,
+    request: &str,
+    data: &[u8],
+) -> Result<Option<Packet>, SftpError> {
+    let mut r = Reader::new(data);
+    let _handle = r.string()?;
+    match request {
+        "fsync@openssh.com" => {
+            file.sync()?;
+            Ok(None)
+        }
+        "fstatvfs@openssh.com" => {
+            let space = session.store.space(&ObjectPath::root())?;
+            Ok(Some(statvfs_reply(id, &space)))
+        }
+        other => Err(SftpError::Unsupported(other.to_owned())),
+    }
+}
+
+/// Every other extension.
+pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, SftpError> {
+    let id = e.id;
+    let mut r = Reader::new(&e.data);
+    let store = &session.store;
+    match e.request.as_str() {
+        "posix-rename@openssh.com" => {
+            let from = jail::resolve(&r.string()?)?;
+            let to = jail::resolve(&r.string()?)?;
+            store.rename(&from, &to, true)?;
+            Ok(ok(id))
+        }
+        "hardlink@openssh.com" => {
+            let existing = jail::resolve(&r.string()?)?;
+            let link = jail::resolve(&r.string()?)?;
+            store.hard_link(&existing, &link)?;
+            Ok(ok(id))
+        }
+        "statvfs@openssh.com" => {
+            let path = jail::resolve(&r.string()?)?;
+            let space = store.space(&path)?;
+            Ok(statvfs_reply(id, &space))
+        }
+        "lsetstat@openssh.com" => {
+            let path = jail::resolve(&r.string()?)?;
+            let attrs = r.attrs()?;
+            session.set_stat(&path, &attrs, false)?;
+            Ok(ok(id))
+        }
+        "limits@openssh.com" => {
+            let data = Writer::default()
+                .u64(u64::from(MAX_PACKET_LEN))
+                .u64(u64::from(MAX_READ_WRITE_LEN))
+                .u64(u64::from(MAX_READ_WRITE_LEN))
+                .u64(MAX_OPEN_HANDLES)
+                .finish();
+            Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
+        }
+        "expand-path@openssh.com" => {
+            let raw = r.string()?;
+            // The user's home is "/": "~" and "~/x" expand to it.
+            let expanded = match raw.strip_prefix('~') {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_owned(),
+                Some(_) => return Err(SftpError::Unsupported("~user expansion".into())),
+                None => raw,
+            };
+            let path = jail::resolve(&expanded)?.to_client_string();
+            Ok(Packet::Name(Name { id, files: vec![File::dummy(path)] }))
+        }
+        "home-directory" => {
+            let name = r.string()?;
+            if !name.is_empty() && name != session.user.as_str() {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotFound).into());
+            }
+            Ok(Packet::Name(Name { id, files: vec![File::dummy("/")] }))
+        }
+        "users-groups-by-id@openssh.com" => {
+            let uids = r.bytes()?;
+            let gids = r.bytes()?;
+            let own_uid = rustix::process::getuid().as_raw();
+            let own_gid = rustix::process::getgid().as_raw();
+            let names = |ids: &[u8], own: u32| -> Result<Vec<u8>, SftpError> {
+                let mut ids = Reader::new(ids);
+                let mut out = Writer::default();
+                while let Ok(n) = ids.u32() {
+                    let name = if n == own { session.user.as_str() } else { "" };
+                    out = out.bytes(name.as_bytes());
+                }
+                Ok(out.finish())
+            };
+            let data = Writer::default()
+                .bytes(&names(uids, own_uid)?)
+                .bytes(&names(gids, own_gid)?)
+                .finish();
+            Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
+        }
+        "copy-data" => {
+            let read_handle = r.string()?;
+            let read_offset = r.u64()?;
+            let read_len = r.u64()?;
+            let write_handle = r.string()?;
+            let write_offset = r.u64()?;
+            let src = session.handles.file(&read_handle).ok_or(SftpError::BadHandle)?;
+            let dst = session.handles.file(&write_handle).ok_or(SftpError::BadHandle)?;
+            copy_data(&src, read_offset, read_len, &dst, write_offset)?;
+            Ok(ok(id))
+        }
+        other => Err(SftpError::Unsupported(other.to_owned())),
+    }
+}
+
+/// copy-data: a length of 0 copies to the end of the source.
+fn copy_data(src: &EncryptedFile, mut from: u64, len: u64, dst: &EncryptedFile, mut to: u64) -> Result<(), SftpError> {
+    let end = if len == 0 { u64::MAX } else { from.saturating_add(len) };
+    while from < end {
+        let want = (end - from).min(crate::store::format::CHUNK_SIZE as u64) as usize;
+        let data = src.read_at(from, want)?;
+        if data.is_empty() {
+            break;
+        }
+        dst.write_at(to, &data)?;
+        from += data.len() as u64;
+        to += data.len() as u64;
+    }
+    Ok(())
+}
+
+fn statvfs_reply(id: u32, s: &SpaceInfo) -> Packet {
+    let data = Writer::default()
+        .u64(s.block_size)
+        .u64(s.fragment_size)
+        .u64(s.blocks)
+        .u64(s.blocks_free)
+        .u64(s.blocks_avail)
+        .u64(s.files)
+        .u64(s.files_free)
+        .u64(s.files_avail)
+        .u64(s.fsid)
+        .u64(s.flags)
+        .u64(s.name_max)
+        .finish();
+    Packet::ExtendedReply(ExtendedReply { id, data })
+}

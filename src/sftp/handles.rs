@@ -1,0 +1,144 @@
+//! The handle table of one SFTP session and the per-file workers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use russh_sftp::protocol::{File, FileAttributes};
+use tokio::sync::mpsc;
+
+use super::status::SftpError;
+use super::{Session, file_job};
+use crate::store::EncryptedFile;
+use crate::store::storage::ObjectPath;
+
+/// Work for a file handle's worker, answered in order.
+pub(super) enum FileJob {
+    Read { id: u32, offset: u64, len: u32 },
+    Write { id: u32, offset: u64, data: Vec<u8> },
+    Fstat { id: u32 },
+    SetStat { id: u32, attrs: FileAttributes },
+    Extended { id: u32, request: String, data: Vec<u8> },
+    Close { id: u32 },
+}
+
+/// A directory listing, read once at OPENDIR and handed out in batches.
+pub(super) struct DirListing {
+    pub(super) path: ObjectPath,
+    remaining: Mutex<std::vec::IntoIter<File>>,
+}
+
+impl DirListing {
+    pub(super) fn new(path: ObjectPath, files: Vec<File>) -> Self {
+        DirListing {
+            path,
+            remaining: Mutex::new(files.into_iter()),
+        }
+    }
+
+    pub(super) fn next_batch(&self, n: usize) -> Vec<File> {
+        lock(&self.remaining).by_ref().take(n).collect()
+    }
+}
+
+enum Entry {
+    File {
+        queue: mpsc::Sender<FileJob>,
+        file: Arc<EncryptedFile>,
+    },
+    Dir(Arc<DirListing>),
+}
+
+/// Open handles by their opaque name.
+pub(super) struct HandleTable {
+    entries: Mutex<HashMap<String, Entry>>,
+    next: AtomicU64,
+    max: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HandleTable {
+    pub(super) fn new(max: usize) -> Self {
+        HandleTable {
+            entries: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            max,
+        }
+    }
+
+    fn insert(&self, entry: Entry) -> Result<String, SftpError> {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= self.max {
+            return Err(SftpError::TooManyHandles);
+        }
+        let name = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        entries.insert(name.clone(), entry);
+        Ok(name)
+    }
+
+    pub(super) fn add_file(&self, queue: mpsc::Sender<FileJob>, file: Arc<EncryptedFile>) -> Result<String, SftpError> {
+        self.insert(Entry::File { queue, file })
+    }
+
+    pub(super) fn add_dir(&self, listing: DirListing) -> Result<String, SftpError> {
+        self.insert(Entry::Dir(Arc::new(listing)))
+    }
+
+    pub(super) fn file_queue(&self, handle: &str) -> Option<mpsc::Sender<FileJob>> {
+        match lock(&self.entries).get(handle) {
+            Some(Entry::File { queue, .. }) => Some(queue.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn file(&self, handle: &str) -> Option<Arc<EncryptedFile>> {
+        match lock(&self.entries).get(handle) {
+            Some(Entry::File { file, .. }) => Some(file.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn dir(&self, handle: &str) -> Option<Arc<DirListing>> {
+        match lock(&self.entries).get(handle) {
+            Some(Entry::Dir(d)) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn remove_dir(&self, handle: &str) -> bool {
+        let mut entries = lock(&self.entries);
+        if matches!(entries.get(handle), Some(Entry::Dir(_))) {
+            entries.remove(handle);
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn remove_file(&self, handle: &str) {
+        lock(&self.entries).remove(handle);
+    }
+
+    /// Drops every handle (end of session).
+    pub(super) fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+}
+
+/// Runs the jobs of one file handle in order until it is closed or the
+/// session ends. An unclosed file is dropped, which discards a staged upload.
+pub(super) async fn run_worker(session: Arc<Session>, file: Arc<EncryptedFile>, mut jobs: mpsc::Receiver<FileJob>) {
+    while let Some(job) = jobs.recv().await {
+        let closing = matches!(job, FileJob::Close { .. });
+        let (s, f) = (session.clone(), file.clone());
+        let reply = match tokio::task::spawn_blocking(move || file_job(&s, &f, job)).await {
+            Ok(reply) => reply,
+            Err(_) => break,
+        };
+        if session.replies.send(reply).await.is_err() || closing {
+            break;
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! SFTP v3 over the encrypted store.
+//!
+//! [`serve`] reads requests from the channel and dispatches them:
+//!
+//! - requests on an open file handle (read, write, fstat, fsetstat, fsync,
+//!   close) go to that handle's own worker task, which runs them in order on
+//!   a blocking thread: work on different files proceeds concurrently, and
+//!   the reader keeps decoding the next requests (OpenSSH's client keeps up
+//!   to 64 in flight) while a chunk is being encrypted;
+//! - everything else runs in arrival order on a blocking thread.
+//!
+//! Replies may therefore leave in a different order than requests arrived,
+//! which SFTP allows (clients match them by id); requests on one handle are
+//! answered in order. Errors become status replies in one place,
+//! [`status::to_status`].
+
+pub mod attrs;
+mod extensions;
+mod handles;
+pub mod status;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use russh_sftp::protocol::{
+    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode,
+    Version,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::jail;
+use crate::store::storage::{Kind, ObjectPath};
+use crate::store::{Attributes, EncryptedFile, OpenOptions, UserStore};
+use crate::username::UserName;
+use handles::{DirListing, FileJob, HandleTable};
+use status::{SftpError, to_status};
+
+/// Largest request accepted, as OpenSSH's sftp-server (256 KiB).
+pub const MAX_PACKET_LEN: u32 = 256 * 1024;
+/// Largest read or write payload advertised in limits@openssh.com: a
+/// 256 KiB packet minus room for the header, as OpenSSH advertises.
+pub const MAX_READ_WRITE_LEN: u32 = 261_120;
+/// Requests queued per file handle before the reader waits (OpenSSH's
+/// client keeps 64 in flight).
+const HANDLE_QUEUE: usize = 64;
+/// Entries per READDIR reply.
+const READDIR_BATCH: usize = 128;
+
+/// Session-wide SFTP settings.
+#[derive(Debug, Clone)]
+pub struct SftpConfig {
+    /// Most handles one session may hold open at once.
+    pub max_handles: usize,
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        SftpConfig { max_handles: 256 }
+    }
+}
+
+/// What one SFTP session works with.
+struct Session {
+    store: Arc<UserStore>,
+    user: UserName,
+    handles: HandleTable,
+    replies: mpsc::Sender<Packet>,
+}
+
+/// Serves SFTP on `stream` until the client closes it.
+pub async fn serve<S>(stream: S, store: Arc<UserStore>, user: UserName, config: SftpConfig)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Packet>(HANDLE_QUEUE * 2);
+    let writer_task = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(packet) = reply_rx.recv().await {
+            // Batch replies that are already waiting into one write.
+            let mut next = Some(packet);
+            while let Some(p) = next {
+                match Bytes::try_from(p) {
+                    Ok(bytes) => buf.extend_from_slice(&bytes),
+                    Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+                }
+                next = if buf.len() < 256 * 1024 { reply_rx.try_recv().ok() } else { None };
+            }
+            if writer.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+            if writer.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let session = Arc::new(Session {
+        store,
+        user,
+        handles: HandleTable::new(config.max_handles),
+        replies: reply_tx,
+    });
+    loop {
+        let body = match read_packet(&mut reader).await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "SFTP stream ended");
+                break;
+            }
+        };
+        if !session.dispatch(body).await {
+            break;
+        }
+    }
+    // Closing the table drops every handle: workers finish what is queued,
+    // staged uploads that were not closed are discarded.
+    session.handles.clear();
+    drop(session);
+    let _ = writer_task.await;
+}
+
+/// Reads one length-prefixed packet; `None` at a clean end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Bytes>> {
+    let len = match r.read_u32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len == 0 || len > MAX_PACKET_LEN + 1024 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("SFTP packet of {len} bytes is outside the accepted size"),
+        ));
+    }
+    let mut body = BytesMut::zeroed(len as usize);
+    r.read_exact(&mut body).await?;
+    Ok(Some(body.freeze()))
+}
+
+fn status(id: u32, code: StatusCode, msg: &str) -> Packet {
+    Packet::Status(Status {
+        id,
+        status_code: code,
+        error_message: msg.to_owned(),
+        language_tag: "en-US".to_owned(),
+    })
+}
+
+fn ok(id: u32) -> Packet {
+    status(id, StatusCode::Ok, "Success")
+}
+
+fn error_reply(id: u32, err: &SftpError) -> Packet {
+    let (code, msg) = to_status(err);
+    if matches!(err, SftpError::Store(crate::store::StoreError::Integrity(_))) {
+        warn!(error = %err, "integrity failure reported to client");
+    } else {
+        debug!(error = %err, "request failed");
+    }
+    status(id, code, &msg)
+}
+
+fn reply_of(id: u32, result: Result<Packet, SftpError>) -> Packet {
+    result.unwrap_or_else(|e| error_reply(id, &e))
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T, F>(f: F) -> Result<T, SftpError>
+where
+    F: FnOnce() -> Result<T, SftpError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| SftpError::Internal)?
+}
+
+impl Session {
+    /// Handles one request; false ends the session.
+    async fn dispatch(self: &Arc<Self>, mut body: Bytes) -> bool {
+        let raw = body.clone();
+        let packet = match Packet::try_from(&mut body) {
+            Ok(p) => p,
+            Err(e) => {
+                // Reply with the request id when one can be read, so the
+                // client's request fails cleanly instead of hanging.
+                let id = (raw.len() >= 5).then(|| u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]));
+                debug!(error = %e, "malformed SFTP request");
+                let code = if raw.first().is_some_and(|t| (3..=20).contains(t) || *t == 200) {
+                    StatusCode::BadMessage
+                } else {
+                    StatusCode::OpUnsupported
+                };
+                return self.send(status(id.unwrap_or(0), code, "malformed or unsupported request")).await;
+            }
+        };
+        match packet {
+            Packet::Init(init) => {
+                debug!(client_version = init.version, "SFTP init");
+                self.send(Packet::Version(version_reply())).await
+            }
+            Packet::Read(r) => self.to_handle(r.id, &r.handle, FileJob::Read { id: r.id, offset: r.offset, len: r.len }).await,
+            Packet::Write(w) => {
+                self.to_handle(w.id, &w.handle, FileJob::Write { id: w.id, offset: w.offset, data: w.data }).await
+            }
+            Packet::Fstat(f) => match self.handles.dir(&f.handle) {
+                Some(dir) => {
+                    let session = self.clone();
+                    let path = dir.path.clone();
+                    let reply = reply_of(f.id, blocking(move || session.stat_reply(f.id, &path, true)).await);
+                    self.send(reply).await
+                }
+                None => self.to_handle(f.id, &f.handle, FileJob::Fstat { id: f.id }).await,
+            },
+            Packet::FSetStat(f) => self.to_handle(f.id, &f.handle, FileJob::SetStat { id: f.id, attrs: f.attrs }).await,
+            Packet::Close(c) => {
+                if self.handles.remove_dir(&c.handle) {
+                    return self.send(ok(c.id)).await;
+                }
+                let job = FileJob::Close { id: c.id };
+                let sent = self.to_handle(c.id, &c.handle, job).await;
+                self.handles.remove_file(&c.handle);
+                sent
+            }
+            Packet::ReadDir(r) => {
+                let reply = match self.handles.dir(&r.handle) {
+                    Some(dir) => self.readdir_reply(r.id, &dir),
+                    None => error_reply(r.id, &SftpError::BadHandle),
+                };
+                self.send(reply).await
+            }
+            Packet::Extended(e) if extensions::is_handle_request(&e.request) => {
+                match extensions::handle_of(&e) {
+                    Some(handle) if self.handles.dir(&handle).is_none() => {
+                        let job = FileJob::Extended { id: e.id, request: e.request, data: e.data };
+                        self.to_handle(e.id, &handle, job).await
+                    }
+                    Some(_) => {
+                        let session = self.clone();
+                        let id = e.id;
+                        let reply = reply_of(id, blocking(move || session.extended(e)).await);
+                        self.send(reply).await
+                    }
+                    None => self.send(error_reply(e.id, &SftpError::BadMessage)).await,
+                }
+            }
+            other => {
+                let id = other.get_request_id();
+                let session = self.clone();
+                let reply = reply_of(id, blocking(move || session.path_request(other)).await);
+                self.send(reply).await
+            }
+        }
+    }
+
+    async fn send(&self, packet: Packet) -> bool {
+        self.replies.send(packet).await.is_ok()
+    }
+
+    /// Queues a job on a file handle's worker.
+    async fn to_handle(self: &Arc<Self>, id: u32, handle: &str, job: FileJob) -> bool {
+        match self.handles.file_queue(handle) {
+            Some(queue) => {
+                if queue.send(job).await.is_err() {
+                    return self.send(error_reply(id, &SftpError::BadHandle)).await;
+                }
+                true
+            }
+            None => self.send(error_reply(id, &SftpError::BadHandle)).await,
+        }
+    }
+
+    /// Requests that name paths (and OPEN/OPENDIR, which create handles).
+    fn path_request(self: &Arc<Self>, packet: Packet) -> Result<Packet, SftpError> {
+        let store = &self.store;
+        match packet {
+            Packet::Open(o) => self.open(o.id, &o.filename, o.pflags, &o.attrs),
+            Packet::OpenDir(o) => {
+                let path = jail::resolve(&o.path)?;
+                let listing = self.list_dir(&path)?;
+                let handle = self.handles.add_dir(DirListing::new(path, listing))?;
+                Ok(Packet::Handle(Handle { id: o.id, handle }))
+            }
+            Packet::Lstat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, false),
+            Packet::Stat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, true),
+            Packet::SetStat(s) => {
+                let path = jail::resolve(&s.path)?;
+                self.set_stat(&path, &s.attrs, true)?;
+                Ok(ok(s.id))
+            }
+            Packet::Remove(r) => {
+                store.remove(&jail::resolve(&r.filename)?)?;
+                Ok(ok(r.id))
+            }
+            Packet::MkDir(m) => {
+                store.mkdir(&jail::resolve(&m.path)?, m.attrs.permissions.map(|p| p & 0o7777))?;
+                Ok(ok(m.id))
+            }
+            Packet::RmDir(r) => {
+                let path = jail::resolve(&r.path)?;
+                if path.is_root() {
+                    return Err(std::io::Error::from_raw_os_error(libc::EBUSY).into());
+                }
+                store.rmdir(&path)?;
+                Ok(ok(r.id))
+            }
+            Packet::RealPath(r) => {
+                let path = jail::resolve(&r.path)?.to_client_string();
+                Ok(Packet::Name(Name { id: r.id, files: vec![File::dummy(path)] }))
+            }
+            Packet::Rename(r) => {
+                // Like OpenSSH's sftp-server, plain RENAME never replaces an
+                // existing target; posix-rename@openssh.com does.
+                store.rename(&jail::resolve(&r.oldpath)?, &jail::resolve(&r.newpath)?, false)?;
+                Ok(ok(r.id))
+            }
+            Packet::ReadLink(r) => {
+                let target = store.read_link(&jail::resolve(&r.path)?)?;
+                Ok(Packet::Name(Name { id: r.id, files: vec![File::dummy(target)] }))
+            }
+            Packet::Symlink(s) => {
+                // OpenSSH sends the target first, contrary to the draft; every
+                // common client follows OpenSSH, so the fields are swapped.
+                let (target, link) = (s.linkpath, s.targetpath);
+                let link = jail::resolve(&link)?;
+                let target = jail::symlink_target(&link, &target)?;
+                store.symlink(&target, &link)?;
+                Ok(ok(s.id))
+            }
+            Packet::Extended(e) => self.extended(e),
+            other => {
+                debug!(?other, "unexpected packet from client");
+                Err(SftpError::BadMessage)
+            }
+        }
+    }
+
+    fn open(self: &Arc<Self>, id: u32, filename: &str, flags: OpenFlags, attrs: &FileAttributes) -> Result<Packet, SftpError> {
+        let path = jail::resolve(filename)?;
+        if path.is_root() {
+            return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+        }
+        let opts = OpenOptions {
+            read: flags.contains(OpenFlags::READ),
+            write: flags.contains(OpenFlags::WRITE),
+            append: flags.contains(OpenFlags::APPEND),
+            create: flags.contains(OpenFlags::CREATE),
+            truncate: flags.contains(OpenFlags::TRUNCATE),
+            exclusive: flags.contains(OpenFlags::EXCLUDE),
+            mode: attrs.permissions.map(|p| p & 0o7777),
+        };
+        let file = Arc::new(self.store.open(&path, opts)?);
+        let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
+        let handle = match self.handles.add_file(tx, file.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                file.abort();
+                return Err(e);
+            }
+        };
+        tokio::runtime::Handle::current().spawn(handles::run_worker(self.clone(), file, rx));
+        Ok(Packet::Handle(Handle { id, handle }))
+    }
+
+    fn stat_reply(&self, id: u32, path: &ObjectPath, follow: bool) -> Result<Packet, SftpError> {
+        let a = self.store.stat(path, follow)?;
+        Ok(Packet::Attrs(Attrs { id, attrs: attrs::to_sftp(&a) }))
+    }
+
+    fn set_stat(&self, path: &ObjectPath, a: &FileAttributes, follow: bool) -> Result<(), SftpError> {
+        let current = self.store.stat(path, follow)?;
+        check_owner(a, &current)?;
+        if let Some(size) = a.size {
+            if current.kind != Kind::File {
+                return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
+            }
+            self.store.set_size(path, size)?;
+        }
+        if let Some(p) = a.permissions {
+            if current.kind == Kind::Symlink {
+                return Err(SftpError::Unsupported("permissions of a symlink".into()));
+            }
+            self.store.set_permissions(path, p & 0o7777)?;
+        }
+        if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
+            if current.kind == Kind::Symlink {
+                return Err(SftpError::Unsupported("times of a symlink".into()));
+            }
+            self.store.set_times(path, i64::from(at), i64::from(mt))?;
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &ObjectPath) -> Result<Vec<File>, SftpError> {
+        let now = crate::store::storage::unix_seconds(std::time::SystemTime::now());
+        let owner = self.user.as_str();
+        let mut files = Vec::new();
+        let here = self.store.stat(path, true)?;
+        if here.kind != Kind::Dir {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR).into());
+        }
+        let parent = self.store.stat(&path.parent(), true)?;
+        for (name, a) in [(".", &here), ("..", &parent)] {
+            files.push(File { filename: name.into(), longname: attrs::long_name(name, a, owner, now), attrs: attrs::to_sftp(a) });
+        }
+        for (name, a) in self.store.read_dir(path)? {
+            files.push(File { longname: attrs::long_name(&name, &a, owner, now), attrs: attrs::to_sftp(&a), filename: name });
+        }
+        Ok(files)
+    }
+
+    fn readdir_reply(&self, id: u32, dir: &Arc<DirListing>) -> Packet {
+        let batch = dir.next_batch(READDIR_BATCH);
+        if batch.is_empty() {
+            status(id, StatusCode::Eof, "End of file")
+        } else {
+            Packet::Name(Name { id, files: batch })
+        }
+    }
+
+    fn extended(self: &Arc<Self>, e: russh_sftp::protocol::Extended) -> Result<Packet, SftpError> {
+        extensions::path_extension(self, e)
+    }
+}
+
+/// A request to change owner or group is refused unless it changes nothing.
+fn check_owner(a: &FileAttributes, current: &Attributes) -> Result<(), SftpError> {
+    let uid_change = a.uid.is_some_and(|u| u != current.uid);
+    let gid_change = a.gid.is_some_and(|g| g != current.gid);
+    if uid_change || gid_change {
+        return Err(std::io::Error::from_raw_os_error(libc::EPERM).into());
+    }
+    Ok(())
+}
+
+/// The VERSION reply: protocol 3 and the extensions OpenSSH's sftp-server
+/// advertises, with the same version strings.
+fn version_reply() -> Version {
+    let mut extensions = HashMap::new();
+    for (name, version) in extensions::ADVERTISED {
+        extensions.insert((*name).to_owned(), (*version).to_owned());
+    }
+    Version { version: 3, extensions }
+}
+
+/// Executes one job on an open file (on a blocking thread).
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Packet {
+    match job {
+        FileJob::Read { id, offset, len } => {
+            let len = len.min(MAX_READ_WRITE_LEN) as usize;
+            match file.read_at(offset, len) {
+                Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "End of file"),
+                Ok(data) => Packet::Data(Data { id, data }),
+                Err(e) => error_reply(id, &e.into()),
+            }
+        }
+        FileJob::Write { id, offset, data } => match file.write_at(offset, &data) {
+            Ok(()) => ok(id),
+            Err(e) => error_reply(id, &e.into()),
+        },
+        FileJob::Fstat { id } => match file.attributes() {
+            Ok(a) => Packet::Attrs(Attrs { id, attrs: attrs::to_sftp(&a) }),
+            Err(e) => error_reply(id, &e.into()),
+        },
+        FileJob::SetStat { id, attrs } => reply_of(id, fsetstat(file, &attrs).map(|()| ok(id))),
+        FileJob::Close { id } => match file.close() {
+            Ok(()) => ok(id),
+            Err(e) => error_reply(id, &e.into()),
+        },
+        FileJob::Extended { id, request, data } => {
+            reply_of(id, extensions::handle_extension(session, id, file, &request, &data).map(|p| p.unwrap_or_else(|| ok(id))))
+        }
+    }
+}
+
+fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {
+    let current = file.attributes()?;
+    check_owner(a, &current)?;
+    if let Some(size) = a.size {
+        file.set_len(size)?;
+    }
+    if let Some(p) = a.permissions {
+        file.set_permissions(p & 0o7777)?;
+    }
+    if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
+        file.set_times(i64::from(at), i64::from(mt))?;
+    }
+    Ok(())
+}

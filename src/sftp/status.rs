@@ -1,0 +1,125 @@
+//! The one place that turns errors into SFTP status replies.
+//!
+//! Messages sent to the client name the problem, never a host path or key
+//! material; the server log keeps the detail.
+
+use std::io;
+
+use russh_sftp::protocol::StatusCode;
+
+use crate::jail::JailError;
+use crate::store::StoreError;
+
+/// An error on its way to becoming an SFTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum SftpError {
+    /// From the encrypted store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A client path refused by the jail.
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    /// The handle string names no open handle of this session.
+    #[error("invalid handle")]
+    BadHandle,
+    /// A request that could not be parsed.
+    #[error("malformed request")]
+    BadMessage,
+    /// A request or extension Dropzone does not implement.
+    #[error("operation not supported: {0}")]
+    Unsupported(String),
+    /// Too many open handles in this session.
+    #[error("too many open files in this session")]
+    TooManyHandles,
+    /// A blocking task died (a bug); reported as a generic failure.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<super::wire::Malformed> for SftpError {
+    fn from(_: super::wire::Malformed) -> Self {
+        SftpError::BadMessage
+    }
+}
+
+impl From<io::Error> for SftpError {
+    fn from(e: io::Error) -> Self {
+        SftpError::Store(StoreError::Io(e))
+    }
+}
+
+/// The status code and client-facing message for `err`.
+pub fn to_status(err: &SftpError) -> (StatusCode, String) {
+    use StatusCode as C;
+    match err {
+        SftpError::Store(StoreError::Integrity(_)) => (
+            C::Failure,
+            "the file failed its integrity check (it was modified or damaged on the server)".into(),
+        ),
+        SftpError::Store(StoreError::Io(e)) => io_status(e),
+        SftpError::Store(StoreError::InvalidArgument(what)) => (C::Failure, format!("invalid argument: {what}")),
+        SftpError::Store(StoreError::WrongAccess(what)) => {
+            (C::PermissionDenied, format!("the file was not opened for {what}"))
+        }
+        SftpError::Jail(e) => (C::Failure, e.to_string()),
+        SftpError::BadHandle => (C::Failure, "invalid handle".into()),
+        SftpError::BadMessage => (C::BadMessage, "malformed request".into()),
+        SftpError::Unsupported(what) => (C::OpUnsupported, format!("operation not supported: {what}")),
+        SftpError::TooManyHandles => (C::Failure, "too many open files in this session".into()),
+        SftpError::Internal => (C::Failure, "internal server error".into()),
+    }
+}
+
+fn io_status(e: &io::Error) -> (StatusCode, String) {
+    use StatusCode as C;
+    if let Some(code) = e.raw_os_error() {
+        let mapped = match code {
+            libc::ENOENT => Some((C::NoSuchFile, "no such file or directory")),
+            libc::EACCES | libc::EPERM => Some((C::PermissionDenied, "permission denied")),
+            libc::EEXIST => Some((C::Failure, "file already exists")),
+            libc::ENOTEMPTY => Some((C::Failure, "directory not empty")),
+            libc::EISDIR => Some((C::Failure, "is a directory")),
+            libc::ENOTDIR => Some((C::NoSuchFile, "not a directory")),
+            libc::ENOSPC => Some((C::Failure, "no space left on device")),
+            libc::EDQUOT => Some((C::Failure, "disk quota exceeded")),
+            libc::ELOOP => Some((C::Failure, "too many levels of symbolic links")),
+            libc::EXDEV => Some((C::PermissionDenied, "path leaves your directory")),
+            libc::ENAMETOOLONG => Some((C::Failure, "file name too long")),
+            libc::EROFS => Some((C::PermissionDenied, "read-only file system")),
+            libc::EINVAL => Some((C::Failure, "invalid argument")),
+            _ => None,
+        };
+        if let Some((c, m)) = mapped {
+            return (c, m.into());
+        }
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => (C::NoSuchFile, "no such file or directory".into()),
+        io::ErrorKind::PermissionDenied => (C::PermissionDenied, "permission denied".into()),
+        io::ErrorKind::AlreadyExists => (C::Failure, "file already exists".into()),
+        io::ErrorKind::UnexpectedEof => (C::Failure, "unexpected end of file".into()),
+        _ => (C::Failure, "operation failed".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::format::FormatError;
+
+    #[test]
+    fn integrity_failures_say_so() {
+        let e = SftpError::Store(StoreError::Integrity(FormatError::Integrity("x")));
+        let (code, msg) = to_status(&e);
+        assert_eq!(code, StatusCode::Failure);
+        assert!(msg.contains("integrity"));
+    }
+
+    #[test]
+    fn errno_mapping() {
+        let s = |n| to_status(&SftpError::from(io::Error::from_raw_os_error(n)));
+        assert_eq!(s(libc::ENOENT).0, StatusCode::NoSuchFile);
+        assert_eq!(s(libc::EACCES).0, StatusCode::PermissionDenied);
+        assert_eq!(s(libc::ENOSPC).1, "no space left on device");
+    }
+}

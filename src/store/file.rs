@@ -1,0 +1,367 @@
+//! A random-access encrypted file on top of a [`Blob`].
+//!
+//! One chunk of plaintext is cached per open file: sequential writes fill it
+//! and it is encrypted once when the writer moves on, and sequential reads
+//! decrypt each chunk once. Memory per open file is therefore about two
+//! chunks (the cached plaintext and one record buffer), whatever the size.
+//!
+//! On-disk invariants, outside of an operation in progress:
+//! - every record except the last holds a full chunk and is not final;
+//! - the last record is marked final and holds the tail;
+//! - the only exception is the cached chunk when dirty: its record (and, if
+//!   it is the new last chunk, the end of the file) is written on flush.
+//!
+//! A crash between two record writes leaves a file whose damage the MACs
+//! reveal (a chunk marked final that is not last, or a last chunk that is not
+//! marked final), never silently wrong data.
+
+use std::io;
+
+use super::format::{
+    self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
+};
+use super::storage::{Blob, Meta};
+use crate::store::StoreError;
+
+/// Index of the chunk holding the last byte of a file of `size` bytes (0 for
+/// an empty file, which still has one, empty, chunk).
+fn last_index(size: u64) -> u64 {
+    if size == 0 { 0 } else { (size - 1) / CHUNK_SIZE as u64 }
+}
+
+/// Plaintext length of chunk `index` in a file of `size` bytes.
+fn chunk_len(index: u64, size: u64) -> usize {
+    let start = index * CHUNK_SIZE as u64;
+    size.saturating_sub(start).min(CHUNK_SIZE as u64) as usize
+}
+
+struct CachedChunk {
+    index: u64,
+    data: Vec<u8>,
+    dirty: bool,
+}
+
+/// The state of one open encrypted file, shared by every handle on it.
+pub(crate) struct FileState {
+    blob: Box<dyn Blob>,
+    keys: FileKeys,
+    id: FileId,
+    /// Logical plaintext size.
+    size: u64,
+    /// Number of records present on disk.
+    disk_chunks: u64,
+    cache: Option<CachedChunk>,
+    /// Scratch buffer for one encoded record, reused to avoid allocation.
+    record: Vec<u8>,
+    /// Whether `blob` was opened for writing.
+    writable: bool,
+}
+
+impl FileState {
+    /// Starts a new, empty file on `blob` (which must be empty).
+    pub(crate) fn create(blob: Box<dyn Blob>, data_key: &[u8; 32]) -> Result<Self, StoreError> {
+        let id = FileId::random();
+        let keys = FileKeys::derive(data_key, &id);
+        let header = format::encode_header(&keys, &id);
+        blob.write_all_at(&header, 0)?;
+        let mut state = FileState {
+            blob,
+            keys,
+            id,
+            size: 0,
+            disk_chunks: 0,
+            cache: None,
+            record: Vec::with_capacity(format::FULL_RECORD_LEN),
+            writable: true,
+        };
+        // The empty chunk 0 makes even an empty file complete on disk.
+        state.cache = Some(CachedChunk {
+            index: 0,
+            data: Vec::new(),
+            dirty: true,
+        });
+        Ok(state)
+    }
+
+    /// Opens an existing encrypted file: checks the header and derives the
+    /// plaintext size from the stored length and the last length field.
+    pub(crate) fn open(
+        blob: Box<dyn Blob>,
+        data_key: &[u8; 32],
+        writable: bool,
+    ) -> Result<Self, StoreError> {
+        let stored_len = blob.meta()?.stored_len;
+        let mut header = [0u8; HEADER_LEN];
+        read_exact_or_integrity(&*blob, &mut header, 0)?;
+        let id = format::parse_header(&header)?;
+        let keys = FileKeys::derive(data_key, &id);
+        format::verify_header(&keys, &header)?;
+        let layout = Layout::from_stored_len(stored_len)?;
+        let size = read_plaintext_len(&*blob, &layout)?;
+        Ok(FileState {
+            blob,
+            keys,
+            id,
+            size,
+            disk_chunks: layout.chunks,
+            cache: None,
+            record: Vec::with_capacity(format::FULL_RECORD_LEN),
+            writable,
+        })
+    }
+
+    /// Swaps in a writable descriptor of the same file if this state was
+    /// opened read-only.
+    pub(crate) fn replace_blob_if_readonly(&mut self, blob: Box<dyn Blob>) {
+        if !self.writable {
+            self.blob = blob;
+            self.writable = true;
+        }
+    }
+
+    /// Logical plaintext size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Stored metadata of the underlying blob.
+    pub(crate) fn blob_meta(&self) -> io::Result<Meta> {
+        self.blob.meta()
+    }
+
+    pub(crate) fn blob(&self) -> &dyn Blob {
+        &*self.blob
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
+    pub(crate) fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        if offset >= self.size {
+            return Ok(Vec::new());
+        }
+        let end = self.size.min(offset.saturating_add(len as u64));
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK_SIZE as u64;
+            let within = (pos % CHUNK_SIZE as u64) as usize;
+            let chunk = self.load(index)?;
+            let take = (chunk.data.len().saturating_sub(within)).min((end - pos) as usize);
+            if take == 0 {
+                // The cached chunk is shorter than the size says: an internal
+                // inconsistency; report it rather than loop.
+                return Err(FormatError::Integrity("chunk shorter than the file size").into());
+            }
+            out.extend_from_slice(&chunk.data[within..within + take]);
+            pos += take as u64;
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset`; a gap past the end reads back as zeros.
+    pub(crate) fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| StoreError::InvalidArgument("offset overflows"))?;
+        if end > self.size {
+            self.extend_to(end)?;
+        }
+        let mut pos = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let index = pos / CHUNK_SIZE as u64;
+            let within = (pos % CHUNK_SIZE as u64) as usize;
+            let take = (CHUNK_SIZE - within).min(rest.len());
+            let chunk = self.load(index)?;
+            if chunk.data.len() < within + take {
+                chunk.data.resize(within + take, 0);
+            }
+            chunk.data[within..within + take].copy_from_slice(&rest[..take]);
+            chunk.dirty = true;
+            rest = &rest[take..];
+            pos += take as u64;
+        }
+        Ok(())
+    }
+
+    /// Truncates or extends (with zeros) to `new_size`.
+    pub(crate) fn set_len(&mut self, new_size: u64) -> Result<(), StoreError> {
+        if new_size > self.size {
+            self.extend_to(new_size)?;
+            let last = last_index(new_size);
+            let chunk = self.load(last)?;
+            chunk.dirty = true;
+            return self.flush();
+        }
+        if new_size == self.size {
+            return Ok(());
+        }
+        let last = last_index(new_size);
+        if let Some(c) = &self.cache
+            && c.index > last
+        {
+            // Beyond the new end: its contents are cut off anyway.
+            self.cache = None;
+        }
+        let chunk = self.load(last)?;
+        chunk.data.truncate(chunk_len(last, new_size));
+        chunk.dirty = true;
+        self.size = new_size;
+        // Write the new last record now, then cut the file after it.
+        self.flush()
+    }
+
+    /// Writes the dirty cached chunk, if any.
+    pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
+        let Some(chunk) = self.cache.as_mut() else {
+            return Ok(());
+        };
+        if !chunk.dirty {
+            return Ok(());
+        }
+        let index = chunk.index;
+        let is_final = index == last_index(self.size);
+        let len = chunk_len(index, self.size);
+        chunk.data.resize(len, 0);
+        let mut iv = [0u8; format::BLOCK];
+        format::fill_random(&mut iv);
+        self.record.clear();
+        format::encode_chunk(
+            &self.keys,
+            &self.id,
+            index,
+            is_final,
+            &chunk.data,
+            &iv,
+            &mut self.record,
+        );
+        let offset = format::record_offset(index);
+        self.blob.write_all_at(&self.record, offset)?;
+        chunk.dirty = false;
+        if is_final {
+            let end = offset + self.record.len() as u64;
+            if self.blob.meta()?.stored_len != end {
+                self.blob.set_len(end)?;
+            }
+            self.disk_chunks = index + 1;
+        } else {
+            self.disk_chunks = self.disk_chunks.max(index + 1);
+        }
+        Ok(())
+    }
+
+    /// Flushes and makes the file durable.
+    pub(crate) fn sync(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        self.blob.sync()?;
+        Ok(())
+    }
+
+    /// Grows the logical size to `new_size`, rewriting on disk every chunk
+    /// between the old last chunk and the new last one (the old last becomes
+    /// full and not final; chunks in a gap become zeros). The new last chunk
+    /// and the cached chunk are left to the caller and to `flush`.
+    fn extend_to(&mut self, new_size: u64) -> Result<(), StoreError> {
+        let old_last = last_index(self.size);
+        let new_last = last_index(new_size);
+        let cached = self.cache.as_ref().map(|c| c.index);
+        if new_last > old_last {
+            // Seal the old last chunk as full and non-final, unless it is the
+            // cached one (flush will then write it with the new size).
+            if cached == Some(old_last) {
+                // Its record on disk is marked final: it must be rewritten.
+                if let Some(c) = self.cache.as_mut() {
+                    c.dirty = true;
+                }
+            } else if old_last < self.disk_chunks {
+                let mut data = self.read_chunk_from_disk(old_last)?;
+                data.resize(CHUNK_SIZE, 0);
+                self.size = new_size;
+                self.write_record(old_last, false, &data)?;
+            }
+            self.size = new_size;
+            let zeros = vec![0u8; CHUNK_SIZE];
+            for index in old_last + 1..new_last {
+                if cached != Some(index) {
+                    self.write_record(index, false, &zeros)?;
+                }
+            }
+        } else {
+            self.size = new_size;
+        }
+        if let Some(c) = self.cache.as_mut() {
+            let len = chunk_len(c.index, self.size);
+            if c.data.len() < len {
+                c.data.resize(len, 0);
+                c.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, index: u64, is_final: bool, data: &[u8]) -> Result<(), StoreError> {
+        let mut iv = [0u8; format::BLOCK];
+        format::fill_random(&mut iv);
+        self.record.clear();
+        format::encode_chunk(&self.keys, &self.id, index, is_final, data, &iv, &mut self.record);
+        self.blob
+            .write_all_at(&self.record, format::record_offset(index))?;
+        self.disk_chunks = self.disk_chunks.max(index + 1);
+        Ok(())
+    }
+
+    /// Makes chunk `index` the cached chunk (flushing the previous one) and
+    /// returns it.
+    fn load(&mut self, index: u64) -> Result<&mut CachedChunk, StoreError> {
+        let hit = self.cache.as_ref().is_some_and(|c| c.index == index);
+        if !hit {
+            self.flush()?;
+            let len = chunk_len(index, self.size);
+            let data = if index < self.disk_chunks && len > 0 {
+                self.read_chunk_from_disk(index)?
+            } else {
+                vec![0u8; len]
+            };
+            self.cache = Some(CachedChunk {
+                index,
+                data,
+                dirty: false,
+            });
+        }
+        // Invariant: the cache was filled just above if it did not hold `index`.
+        #[allow(clippy::expect_used)]
+        Ok(self.cache.as_mut().expect("cache filled above"))
+    }
+
+    /// Reads, authenticates and decrypts chunk `index` from disk. Every
+    /// chunk but the cached one is on disk as the logical size says (see the
+    /// module invariants), so its length and finality follow from the size.
+    fn read_chunk_from_disk(&mut self, index: u64) -> Result<Vec<u8>, StoreError> {
+        let is_final = index == last_index(self.size);
+        let len = chunk_len(index, self.size);
+        self.record.resize(format::record_len(len), 0);
+        read_exact_or_integrity(&*self.blob, &mut self.record, format::record_offset(index))?;
+        let mut out = Vec::with_capacity(CHUNK_SIZE);
+        format::decode_chunk(&self.keys, &self.id, index, is_final, &self.record, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; a short file is an integrity failure.
+fn read_exact_or_integrity(blob: &dyn Blob, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+    match blob.read_exact_at(buf, offset) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(FormatError::Integrity("file is shorter than its records").into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The exact plaintext size of a stored file: layout from its length plus
+/// the 4-byte length field of its last record.
+pub(crate) fn read_plaintext_len(blob: &dyn Blob, layout: &Layout) -> Result<u64, StoreError> {
+    let mut field = [0u8; LEN_FIELD];
+    let last_offset = format::record_offset(layout.chunks - 1);
+    read_exact_or_integrity(blob, &mut field, last_offset)?;
+    Ok(layout.plaintext_len(field)?)
+}

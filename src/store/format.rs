@@ -1,0 +1,361 @@
+//! The on-disk format of an encrypted file, as pure functions on byte slices.
+//!
+//! Nothing here does I/O or knows about files; `docs/FORMAT.md` is the
+//! normative description and `tests/vectors/` holds committed test vectors.
+//!
+//! ```text
+//! file    = header record{1..}
+//! header  = magic(8) version(2) chunk_log2(1) reserved(5) file_id(16) mac(32)   -- 64 bytes
+//! record  = len(4) iv(16) ciphertext(round_up_16(len)) mac(32)
+//! ```
+//!
+//! Every record but the last holds exactly [`CHUNK_SIZE`] plaintext bytes, so
+//! chunk `i` starts at `HEADER_LEN + i * FULL_RECORD_LEN`. An empty file has
+//! one record with `len = 0`, so that cutting every record off is detected.
+
+use aes::Aes256;
+use cbc::cipher::block_padding::NoPadding;
+use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// First eight bytes of every encrypted file.
+pub const MAGIC: [u8; 8] = *b"DZSTORE\0";
+/// The only format version this code writes and reads.
+pub const VERSION: u16 = 1;
+/// log2 of [`CHUNK_SIZE`], as recorded in the header.
+pub const CHUNK_LOG2: u8 = 16;
+/// Plaintext bytes per chunk: 64 KiB keeps a read of OpenSSH's 32 KiB
+/// requests within one chunk most of the time while bounding per-file memory.
+pub const CHUNK_SIZE: usize = 1 << CHUNK_LOG2;
+/// Bytes of the file header.
+pub const HEADER_LEN: usize = 64;
+/// Bytes of the per-file random id.
+pub const FILE_ID_LEN: usize = 16;
+/// AES block size; also the IV size.
+pub const BLOCK: usize = 16;
+/// HMAC-SHA256 tag size.
+pub const MAC_LEN: usize = 32;
+/// Bytes of the plaintext-length field that starts every record.
+pub const LEN_FIELD: usize = 4;
+/// Bytes a record adds around its ciphertext.
+pub const RECORD_OVERHEAD: usize = LEN_FIELD + BLOCK + MAC_LEN;
+/// On-disk size of a record holding a full chunk.
+pub const FULL_RECORD_LEN: usize = CHUNK_SIZE + RECORD_OVERHEAD;
+
+/// Domain separation for the two derived per-file keys and the MACs.
+const HKDF_INFO_ENC: &[u8] = b"dropzone v1 file encryption key";
+const HKDF_INFO_MAC: &[u8] = b"dropzone v1 file mac key";
+const MAC_DOMAIN_HEADER: &[u8] = b"dropzone v1 header";
+const MAC_DOMAIN_CHUNK: &[u8] = b"dropzone v1 chunk";
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The bytes do not start with [`MAGIC`]: not a Dropzone file.
+    #[error("not a Dropzone encrypted file (bad magic)")]
+    BadMagic,
+    /// A format version this build does not know.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u16),
+    /// A chunk size other than the one this build uses.
+    #[error("unsupported chunk size 2^{0}")]
+    UnsupportedChunkSize(u8),
+    /// A MAC did not verify, or the layout is inconsistent: the file was
+    /// modified, truncated, extended or assembled from other files' chunks.
+    #[error("integrity check failed: {0}")]
+    Integrity(&'static str),
+}
+
+/// The random identifier that makes each file's keys unique.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileId(pub [u8; FILE_ID_LEN]);
+
+impl FileId {
+    /// A fresh id from the OS random generator.
+    pub fn random() -> Self {
+        let mut id = [0u8; FILE_ID_LEN];
+        fill_random(&mut id);
+        FileId(id)
+    }
+}
+
+/// Fills `buf` from the OS CSPRNG.
+pub fn fill_random(buf: &mut [u8]) {
+    // Failure of the OS random source leaves no safe way to go on: without it
+    // we can create neither IVs nor keys, so this is a process-level fault.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(buf).expect("the OS random number generator failed");
+}
+
+/// The encryption and MAC keys of one file, derived from the owner's data key.
+///
+/// Not `Clone` or `Debug`; zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct FileKeys {
+    enc: [u8; 32],
+    mac: [u8; 32],
+}
+
+impl FileKeys {
+    /// HKDF-SHA256 with the data key as input keying material and the file id
+    /// as salt; two expansions with distinct `info` give independent keys.
+    pub fn derive(data_key: &[u8; 32], id: &FileId) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(&id.0), data_key);
+        let mut keys = FileKeys {
+            enc: [0; 32],
+            mac: [0; 32],
+        };
+        // Invariant: 32 bytes is far below HKDF-SHA256's 255 * 32 byte limit.
+        #[allow(clippy::expect_used)]
+        {
+            hk.expand(HKDF_INFO_ENC, &mut keys.enc)
+                .expect("32-byte HKDF output is valid");
+            hk.expand(HKDF_INFO_MAC, &mut keys.mac)
+                .expect("32-byte HKDF output is valid");
+        }
+        keys
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // Invariant: HMAC accepts keys of any length.
+        #[allow(clippy::expect_used)]
+        <HmacSha256 as KeyInit>::new_from_slice(&self.mac).expect("HMAC takes any key length")
+    }
+}
+
+/// Encodes the 64-byte header of a file with id `id`.
+pub fn encode_header(keys: &FileKeys, id: &FileId) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_be_bytes());
+    h[10] = CHUNK_LOG2;
+    h[16..32].copy_from_slice(&id.0);
+    let tag = keys
+        .mac()
+        .chain_update(MAC_DOMAIN_HEADER)
+        .chain_update(&h[..32])
+        .finalize()
+        .into_bytes();
+    h[32..64].copy_from_slice(&tag);
+    h
+}
+
+/// Reads the file id from a header without checking its MAC (the keys depend
+/// on the id); call [`verify_header`] once the keys are derived.
+pub fn parse_header(bytes: &[u8]) -> Result<FileId, FormatError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(FormatError::Integrity("file shorter than its header"));
+    }
+    if bytes[0..8] != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    if bytes[10] != CHUNK_LOG2 {
+        return Err(FormatError::UnsupportedChunkSize(bytes[10]));
+    }
+    if bytes[11..16].iter().any(|&b| b != 0) {
+        return Err(FormatError::Integrity("reserved header bytes are not zero"));
+    }
+    let mut id = [0u8; FILE_ID_LEN];
+    id.copy_from_slice(&bytes[16..32]);
+    Ok(FileId(id))
+}
+
+/// Checks the header MAC in constant time.
+pub fn verify_header(keys: &FileKeys, bytes: &[u8]) -> Result<(), FormatError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(FormatError::Integrity("file shorter than its header"));
+    }
+    keys.mac()
+        .chain_update(MAC_DOMAIN_HEADER)
+        .chain_update(&bytes[..32])
+        .verify_slice(&bytes[32..64])
+        .map_err(|_| FormatError::Integrity("header MAC mismatch"))
+}
+
+/// On-disk size of a record holding `plaintext_len` bytes.
+pub const fn record_len(plaintext_len: usize) -> usize {
+    RECORD_OVERHEAD + round_up_block(plaintext_len)
+}
+
+const fn round_up_block(n: usize) -> usize {
+    n.div_ceil(BLOCK) * BLOCK
+}
+
+/// Byte offset of record `index` in the stored file.
+pub const fn record_offset(index: u64) -> u64 {
+    HEADER_LEN as u64 + index * FULL_RECORD_LEN as u64
+}
+
+/// Where the records of a stored file of `stored_len` bytes lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of records (at least 1).
+    pub chunks: u64,
+    /// On-disk size of the last record.
+    pub last_record_len: usize,
+}
+
+impl Layout {
+    /// Derives the layout from the stored size alone; rejects sizes no valid
+    /// file can have.
+    pub fn from_stored_len(stored_len: u64) -> Result<Self, FormatError> {
+        let body = stored_len
+            .checked_sub(HEADER_LEN as u64)
+            .ok_or(FormatError::Integrity("file shorter than its header"))?;
+        if body == 0 {
+            return Err(FormatError::Integrity("file has no chunks (truncated)"));
+        }
+        let full = FULL_RECORD_LEN as u64;
+        let chunks = body.div_ceil(full);
+        let last = (body - (chunks - 1) * full) as usize;
+        if last < RECORD_OVERHEAD || (last - RECORD_OVERHEAD) % BLOCK != 0 {
+            return Err(FormatError::Integrity("file length is not a whole number of chunks"));
+        }
+        Ok(Layout {
+            chunks,
+            last_record_len: last,
+        })
+    }
+
+    /// Plaintext size, given the length field read from the last record.
+    pub fn plaintext_len(&self, last_len_field: [u8; LEN_FIELD]) -> Result<u64, FormatError> {
+        let last = u32::from_be_bytes(last_len_field) as usize;
+        if last > CHUNK_SIZE || record_len(last) != self.last_record_len {
+            return Err(FormatError::Integrity("last chunk length field is inconsistent"));
+        }
+        if last == 0 && self.chunks != 1 {
+            return Err(FormatError::Integrity("empty chunk after data"));
+        }
+        Ok((self.chunks - 1) * CHUNK_SIZE as u64 + last as u64)
+    }
+}
+
+/// Appends to `out` the record of chunk `index` holding `plaintext`, with the
+/// given IV. `is_final` marks the file's last chunk; every chunk but the last
+/// must be exactly [`CHUNK_SIZE`] bytes.
+pub fn encode_chunk(
+    keys: &FileKeys,
+    id: &FileId,
+    index: u64,
+    is_final: bool,
+    plaintext: &[u8],
+    iv: &[u8; BLOCK],
+    out: &mut Vec<u8>,
+) {
+    debug_assert!(plaintext.len() <= CHUNK_SIZE);
+    debug_assert!(is_final || plaintext.len() == CHUNK_SIZE);
+    let len = plaintext.len();
+    let start = out.len();
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(iv);
+    let ct_start = out.len();
+    out.extend_from_slice(plaintext);
+    // Zero padding is unambiguous here: the exact length is in the
+    // authenticated length field, so trailing NUL bytes survive.
+    out.resize(ct_start + round_up_block(len), 0);
+    let enc = cbc::Encryptor::<Aes256>::new(&keys.enc.into(), &(*iv).into());
+    let ct_len = out.len() - ct_start;
+    // Invariant: the buffer is a whole number of blocks, so NoPadding succeeds.
+    #[allow(clippy::expect_used)]
+    enc.encrypt_padded::<NoPadding>(&mut out[ct_start..], ct_len)
+        .expect("block-aligned buffer");
+    let tag = chunk_mac(keys, id, index, is_final, &out[start..]);
+    out.extend_from_slice(&tag);
+}
+
+/// Verifies (in constant time, before decrypting) and decrypts one record,
+/// appending the plaintext to `out`.
+pub fn decode_chunk(
+    keys: &FileKeys,
+    id: &FileId,
+    index: u64,
+    is_final: bool,
+    record: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    if record.len() < RECORD_OVERHEAD {
+        return Err(FormatError::Integrity("chunk shorter than its framing"));
+    }
+    let (body, tag) = record.split_at(record.len() - MAC_LEN);
+    keys.mac()
+        .chain_update(MAC_DOMAIN_CHUNK)
+        .chain_update(id.0)
+        .chain_update(index.to_be_bytes())
+        .chain_update([u8::from(is_final)])
+        .chain_update(body)
+        .verify_slice(tag)
+        .map_err(|_| FormatError::Integrity("chunk MAC mismatch"))?;
+    let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    let ct = &body[LEN_FIELD + BLOCK..];
+    if len > CHUNK_SIZE || ct.len() != round_up_block(len) || (!is_final && len != CHUNK_SIZE) {
+        return Err(FormatError::Integrity("chunk length is inconsistent"));
+    }
+    let mut iv = [0u8; BLOCK];
+    iv.copy_from_slice(&body[LEN_FIELD..LEN_FIELD + BLOCK]);
+    let start = out.len();
+    out.extend_from_slice(ct);
+    let dec = cbc::Decryptor::<Aes256>::new(&keys.enc.into(), &iv.into());
+    dec.decrypt_padded::<NoPadding>(&mut out[start..])
+        .map_err(|_| FormatError::Integrity("ciphertext is not block aligned"))?;
+    out.truncate(start + len);
+    Ok(())
+}
+
+fn chunk_mac(keys: &FileKeys, id: &FileId, index: u64, is_final: bool, body: &[u8]) -> [u8; MAC_LEN] {
+    keys.mac()
+        .chain_update(MAC_DOMAIN_CHUNK)
+        .chain_update(id.0)
+        .chain_update(index.to_be_bytes())
+        .chain_update([u8::from(is_final)])
+        .chain_update(body)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (FileKeys, FileId) {
+        let id = FileId([7; 16]);
+        (FileKeys::derive(&[42; 32], &id), id)
+    }
+
+    #[test]
+    fn chunk_round_trip_at_edge_sizes() {
+        let (k, id) = keys();
+        for len in [0, 1, 15, 16, 17, CHUNK_SIZE - 1, CHUNK_SIZE] {
+            let pt: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut rec = Vec::new();
+            encode_chunk(&k, &id, 3, true, &pt, &[1; 16], &mut rec);
+            assert_eq!(rec.len(), record_len(len));
+            let mut out = Vec::new();
+            decode_chunk(&k, &id, 3, true, &rec, &mut out).unwrap();
+            assert_eq!(out, pt);
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_tamper() {
+        let (k, id) = keys();
+        let h = encode_header(&k, &id);
+        assert_eq!(parse_header(&h).unwrap(), id);
+        verify_header(&k, &h).unwrap();
+        for i in 0..HEADER_LEN {
+            let mut t = h;
+            t[i] ^= 1;
+            let ok = parse_header(&t).is_ok() && verify_header(&k, &t).is_ok();
+            assert!(!ok, "flip at header byte {i} went unnoticed");
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! Encrypted files under one user's root.
+//!
+//! [`UserStore`] is what a session works with: it opens [`EncryptedFile`]s
+//! and performs directory operations, in plaintext terms (sizes are
+//! plaintext sizes). Below it, [`format`] defines the bytes and
+//! [`storage`] hides where they are kept.
+//!
+//! Crash safety: creating a file, or opening one with truncation, writes a
+//! staged object beside the target that replaces it only at [`EncryptedFile::close`],
+//! after it is synced; an interrupted upload leaves the previous version.
+//! Opening an existing file without truncation changes it in place, chunk by
+//! chunk; a torn chunk fails its MAC and is reported, never returned.
+//!
+//! Every call here blocks (file I/O and crypto); async callers run them on a
+//! blocking thread.
+
+pub mod file;
+pub mod format;
+pub mod storage;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+
+use crate::keys::DataKey;
+use file::FileState;
+use format::FormatError;
+use storage::{Access, Blob, Kind, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error from the storage (not found, permission, no space, ...).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The stored bytes failed authentication or are not a Dropzone file.
+    #[error("the file failed its integrity check: {0}")]
+    Integrity(#[from] FormatError),
+    /// A request that makes no sense (e.g. an offset that overflows).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// The handle was not opened for this kind of access.
+    #[error("the file was not opened for {0}")]
+    WrongAccess(&'static str),
+}
+
+impl StoreError {
+    /// Whether this error means "no such file or directory".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io(e) if e.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// How to open a file; the SFTP open flags map onto these one to one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+    /// Every write goes to the end of the file.
+    pub append: bool,
+    /// Create the file if it does not exist.
+    pub create: bool,
+    /// Start from an empty file (the old version stays until close).
+    pub truncate: bool,
+    /// With `create`: fail if the file exists.
+    pub exclusive: bool,
+    /// Permission bits for a new file (default 0o644).
+    pub mode: Option<u32>,
+}
+
+/// Metadata in plaintext terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    /// Object kind.
+    pub kind: Kind,
+    /// Plaintext size for files (0 if unreadable); stored size otherwise.
+    pub size: u64,
+    /// Permission bits.
+    pub permissions: u32,
+    /// Owner id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Link count.
+    pub nlink: u64,
+    /// Access time, seconds since the epoch.
+    pub atime: i64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+}
+
+/// Files opened in place, by storage identity, so that every handle on one
+/// file shares one cache and one lock (coherent reads, no torn chunk from a
+/// concurrent writer).
+static OPEN_FILES: LazyLock<Mutex<HashMap<(u64, u64), Weak<Mutex<FileState>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Locks a mutex, recovering the data if a panic poisoned it: the state is
+/// only a cache over the on-disk file, whose MACs catch any inconsistency.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A user's tree of encrypted files.
+pub struct UserStore {
+    storage: Arc<dyn Storage>,
+    key: Arc<DataKey>,
+}
+
+impl UserStore {
+    /// A store over `storage` whose files are encrypted under `key`.
+    pub fn new(storage: Arc<dyn Storage>, key: Arc<DataKey>) -> Self {
+        UserStore { storage, key }
+    }
+
+    /// Opens (or creates) the file at `path`.
+    pub fn open(&self, path: &ObjectPath, opts: OpenOptions) -> Result<EncryptedFile, StoreError> {
+        let existing = match self.storage.meta(path, true) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(m) = &existing {
+            if opts.create && opts.exclusive {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists).into());
+            }
+            if m.kind == Kind::Dir {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR).into());
+            }
+        } else if !opts.create {
+            return Err(io::Error::from(io::ErrorKind::NotFound).into());
+        }
+        let staged = existing.is_none() || (opts.truncate && opts.write);
+        if staged {
+            if !opts.write {
+                return Err(StoreError::WrongAccess("writing (create needs write access)"));
+            }
+            let s = self.storage.stage(path)?;
+            let mode = match &existing {
+                Some(m) => m.permissions,
+                None => opts.mode.unwrap_or(0o644) & 0o7777,
+            };
+            let state = match FileState::create(s.blob, self.key.expose()) {
+                Ok(state) => state,
+                Err(e) => {
+                    self.storage.discard(s.token);
+                    return Err(e);
+                }
+            };
+            return Ok(EncryptedFile {
+                state: Arc::new(Mutex::new(state)),
+                opts,
+                pending: Mutex::new(Pending {
+                    commit: Some(Commit {
+                        token: s.token,
+                        exclusive: opts.exclusive,
+                        storage: self.storage.clone(),
+                    }),
+                    permissions: Some(mode),
+                    times: None,
+                }),
+            });
+        }
+        let state = self.open_shared(path, opts.write)?;
+        Ok(EncryptedFile {
+            state,
+            opts,
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+
+    /// The shared state of an existing file, opened for writing if needed.
+    fn open_shared(&self, path: &ObjectPath, write: bool) -> Result<Arc<Mutex<FileState>>, StoreError> {
+        let access = if write { Access::ReadWrite } else { Access::Read };
+        let blob = self.storage.open(path, access)?;
+        let identity = blob.meta()?.identity;
+        let mut table = lock(&OPEN_FILES);
+        if let Some(state) = table.get(&identity).and_then(Weak::upgrade) {
+            if write {
+                // The shared state may hold a read-only descriptor; give it
+                // this writable one for the same file.
+                let mut guard = lock(&state);
+                guard.replace_blob_if_readonly(blob);
+            }
+            return Ok(state);
+        }
+        table.retain(|_, w| w.strong_count() > 0);
+        let state = Arc::new(Mutex::new(FileState::open(blob, self.key.expose(), write)?));
+        table.insert(identity, Arc::downgrade(&state));
+        Ok(state)
+    }
+
+    /// Attributes of `path`, following a final symlink or not.
+    pub fn stat(&self, path: &ObjectPath, follow: bool) -> Result<Attributes, StoreError> {
+        let meta = self.storage.meta(path, follow)?;
+        Ok(self.attributes(path, meta))
+    }
+
+    fn attributes(&self, path: &ObjectPath, meta: Meta) -> Attributes {
+        let size = if meta.kind == Kind::File {
+            self.plaintext_size(path, &meta)
+        } else {
+            meta.stored_len
+        };
+        Attributes {
+            kind: meta.kind,
+            size,
+            permissions: meta.permissions,
+            uid: meta.uid,
+            gid: meta.gid,
+            nlink: meta.nlink,
+            atime: meta.atime,
+            mtime: meta.mtime,
+        }
+    }
+
+    /// The plaintext size of a file, from an open handle's state if one
+    /// exists, else from the stored length and the last length field. A file
+    /// that is not a valid Dropzone file shows as 0 bytes; reading it reports
+    /// the integrity failure.
+    fn plaintext_size(&self, path: &ObjectPath, meta: &Meta) -> u64 {
+        if let Some(state) = lock(&OPEN_FILES).get(&meta.identity).and_then(Weak::upgrade) {
+            return lock(&state).size();
+        }
+        let Ok(layout) = format::Layout::from_stored_len(meta.stored_len) else {
+            return 0;
+        };
+        match self.storage.open(path, Access::Read) {
+            Ok(blob) => file::read_plaintext_len(&*blob, &layout).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Entries of the directory `path` with their attributes.
+    pub fn read_dir(&self, path: &ObjectPath) -> Result<Vec<(String, Attributes)>, StoreError> {
+        let entries = self.storage.read_dir(path)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (name, meta) in entries {
+            let attrs = match path.join(&name) {
+                Ok(child) => self.attributes(&child, meta),
+                // A name our paths cannot express (e.g. a reserved prefix
+                // planted on disk): list it with stored figures.
+                Err(_) => continue,
+            };
+            out.push((name, attrs));
+        }
+        Ok(out)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, path: &ObjectPath, mode: Option<u32>) -> Result<(), StoreError> {
+        Ok(self.storage.mkdir(path, mode.unwrap_or(0o755))?)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: &ObjectPath) -> Result<(), StoreError> {
+        Ok(self.storage.rmdir(path)?)
+    }
+
+    /// Removes a file or symlink.
+    pub fn remove(&self, path: &ObjectPath) -> Result<(), StoreError> {
+        if self.storage.meta(path, false)?.kind == Kind::Dir {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR).into());
+        }
+        Ok(self.storage.remove(path)?)
+    }
+
+    /// Renames; without `replace`, an existing target is an error.
+    pub fn rename(&self, from: &ObjectPath, to: &ObjectPath, replace: bool) -> Result<(), StoreError> {
+        Ok(self.storage.rename(from, to, replace)?)
+    }
+
+    /// Creates a hard link.
+    pub fn hard_link(&self, existing: &ObjectPath, link: &ObjectPath) -> Result<(), StoreError> {
+        Ok(self.storage.hard_link(existing, link)?)
+    }
+
+    /// Creates a symlink whose content is `target` (already checked by the
+    /// caller to stay inside the root).
+    pub fn symlink(&self, target: &str, link: &ObjectPath) -> Result<(), StoreError> {
+        Ok(self.storage.symlink(target, link)?)
+    }
+
+    /// The content of a symlink.
+    pub fn read_link(&self, path: &ObjectPath) -> Result<String, StoreError> {
+        Ok(self.storage.read_link(path)?)
+    }
+
+    /// Changes permission bits.
+    pub fn set_permissions(&self, path: &ObjectPath, mode: u32) -> Result<(), StoreError> {
+        Ok(self.storage.set_permissions(path, mode)?)
+    }
+
+    /// Changes access and modification times.
+    pub fn set_times(&self, path: &ObjectPath, atime: i64, mtime: i64) -> Result<(), StoreError> {
+        Ok(self.storage.set_times(path, atime, mtime)?)
+    }
+
+    /// Truncates or extends the file at `path` to `size` plaintext bytes.
+    pub fn set_size(&self, path: &ObjectPath, size: u64) -> Result<(), StoreError> {
+        let file = self.open(
+            path,
+            OpenOptions {
+                read: true,
+                write: true,
+                ..OpenOptions::default()
+            },
+        )?;
+        file.set_len(size)?;
+        file.close()
+    }
+
+    /// Filesystem space figures.
+    pub fn space(&self, path: &ObjectPath) -> Result<SpaceInfo, StoreError> {
+        Ok(self.storage.space(path)?)
+    }
+}
+
+struct Commit {
+    token: StagedToken,
+    exclusive: bool,
+    storage: Arc<dyn Storage>,
+}
+
+/// What a staged file still has to do at close.
+#[derive(Default)]
+struct Pending {
+    commit: Option<Commit>,
+    /// Applied at close, after the last data is written.
+    permissions: Option<u32>,
+    /// Applied at close, after the last data is written, so that a client's
+    /// "preserve times" survives the final flush.
+    times: Option<(i64, i64)>,
+}
+
+/// An open encrypted file (one SFTP handle).
+pub struct EncryptedFile {
+    state: Arc<Mutex<FileState>>,
+    opts: OpenOptions,
+    pending: Mutex<Pending>,
+}
+
+impl EncryptedFile {
+    /// Reads up to `len` bytes at `offset`; an empty result means end of file.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        if !self.opts.read {
+            return Err(StoreError::WrongAccess("reading"));
+        }
+        lock(&self.state).read_at(offset, len)
+    }
+
+    /// Writes `data` at `offset` (at the end, if opened for append).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        if !self.opts.write {
+            return Err(StoreError::WrongAccess("writing"));
+        }
+        let mut state = lock(&self.state);
+        let offset = if self.opts.append { state.size() } else { offset };
+        state.write_at(offset, data)
+    }
+
+    /// Plaintext size.
+    pub fn size(&self) -> u64 {
+        lock(&self.state).size()
+    }
+
+    /// Attributes of the open file.
+    pub fn attributes(&self) -> Result<Attributes, StoreError> {
+        let state = lock(&self.state);
+        let meta = state.blob_meta()?;
+        let pending = lock(&self.pending);
+        let (atime, mtime) = pending.times.unwrap_or((meta.atime, meta.mtime));
+        Ok(Attributes {
+            kind: meta.kind,
+            size: state.size(),
+            permissions: pending.permissions.unwrap_or(meta.permissions),
+            uid: meta.uid,
+            gid: meta.gid,
+            nlink: meta.nlink,
+            atime,
+            mtime,
+        })
+    }
+
+    /// Truncates or extends to `size` plaintext bytes.
+    pub fn set_len(&self, size: u64) -> Result<(), StoreError> {
+        if !self.opts.write {
+            return Err(StoreError::WrongAccess("writing"));
+        }
+        lock(&self.state).set_len(size)
+    }
+
+    /// Changes permission bits (deferred to close for a staged file).
+    pub fn set_permissions(&self, mode: u32) -> Result<(), StoreError> {
+        let mut pending = lock(&self.pending);
+        if pending.commit.is_some() {
+            pending.permissions = Some(mode & 0o7777);
+            return Ok(());
+        }
+        drop(pending);
+        Ok(lock(&self.state).blob().set_permissions(mode)?)
+    }
+
+    /// Changes times; applied after the last write, at close, if the file
+    /// is open for writing.
+    pub fn set_times(&self, atime: i64, mtime: i64) -> Result<(), StoreError> {
+        if self.opts.write {
+            lock(&self.pending).times = Some((atime, mtime));
+            return Ok(());
+        }
+        Ok(lock(&self.state).blob().set_times(atime, mtime)?)
+    }
+
+    /// Writes cached data and makes it durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        lock(&self.state).sync()
+    }
+
+    /// Finishes the file: writes cached data, and for a staged file syncs it
+    /// and moves it over its target. If this fails, a staged file is
+    /// discarded and the previous version is left as it was.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        let mut state = lock(&self.state);
+        let Some(commit) = pending.commit else {
+            if self.opts.write {
+                state.flush()?;
+                if let Some((atime, mtime)) = pending.times {
+                    state.blob().set_times(atime, mtime)?;
+                }
+            }
+            return Ok(());
+        };
+        let finish = |state: &mut FileState| -> Result<(), StoreError> {
+            state.flush()?;
+            if let Some(mode) = pending.permissions {
+                state.blob().set_permissions(mode)?;
+            }
+            if let Some((atime, mtime)) = pending.times {
+                state.blob().set_times(atime, mtime)?;
+            }
+            state.blob().sync()?;
+            Ok(())
+        };
+        if let Err(e) = finish(&mut state) {
+            commit.storage.discard(commit.token);
+            return Err(e);
+        }
+        Ok(commit.storage.commit(commit.token, commit.exclusive)?)
+    }
+
+    /// Abandons the file: a staged file is discarded (the previous version
+    /// stays); an in-place file keeps what was flushed plus the cached chunk.
+    pub fn abort(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        match pending.commit {
+            Some(commit) => commit.storage.discard(commit.token),
+            None => {
+                let _ = lock(&self.state).flush();
+            }
+        }
+    }
+}
+
+impl Drop for EncryptedFile {
+    fn drop(&mut self) {
+        // A handle dropped without close (session ended abruptly): a staged
+        // upload is discarded, as an interrupted upload must not replace the
+        // previous version; in-place changes are flushed.
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        match pending.commit {
+            Some(commit) => commit.storage.discard(commit.token),
+            None => {
+                if self.opts.write {
+                    let _ = lock(&self.state).flush();
+                }
+            }
+        }
+    }
+}
+
+/// Opens a blob for offline tools (verify/decrypt) and checks every chunk,
+/// returning the plaintext size.
+pub fn verify_blob(blob: Box<dyn Blob>, key: &DataKey) -> Result<u64, StoreError> {
+    let mut state = FileState::open(blob, key.expose(), false)?;
+    let size = state.size();
+    let mut offset = 0;
+    while offset < size {
+        let got = state.read_at(offset, format::CHUNK_SIZE)?;
+        if got.is_empty() {
+            break;
+        }
+        offset += got.len() as u64;
+    }
+    Ok(size)
+}

@@ -1,0 +1,650 @@
+//! Byte storage under one user's root, behind a small trait.
+//!
+//! The encrypted-file layer above sees only [`Storage`] and [`Blob`]; the
+//! local filesystem is one implementation ([`LocalStorage`]), an object store
+//! can be another. Paths arrive as [`ObjectPath`]: already normalised,
+//! relative to the root, free of `.`/`..`/NUL.
+//!
+//! [`LocalStorage`] resolves every path with `openat2(RESOLVE_IN_ROOT)`
+//! against a directory descriptor of the root, so `..` and symlinks (absolute
+//! or relative, made by a client or planted on disk) resolve as if the root
+//! were `/`: nothing outside it is reachable, and no check-then-use race
+//! exists. Operations on a final name (mkdir, unlink, rename, symlink) open
+//! the parent that way and act on a single component with the `*at` calls,
+//! which do not follow a symlink in that component.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+
+/// Names starting with this are the store's own (staged uploads); they are
+/// hidden from listings and refused as client paths.
+pub const RESERVED_PREFIX: &str = ".dropzone-";
+
+/// A normalised path relative to a storage root: zero or more components,
+/// none empty, `.`, `..`, containing `/` or NUL, or starting with
+/// [`RESERVED_PREFIX`]. The empty path is the root itself.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
+pub struct ObjectPath {
+    components: Vec<String>,
+}
+
+/// Why a name cannot be part of an [`ObjectPath`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadName {
+    /// `.` or `..` or empty.
+    #[error("path component {0:?} is not a name")]
+    NotAName(String),
+    /// NUL or `/` inside a component.
+    #[error("path component contains a NUL byte or slash")]
+    BadByte,
+    /// A name the store keeps for itself.
+    #[error("names starting with {RESERVED_PREFIX} are reserved")]
+    Reserved,
+    /// Longer than a filesystem name can be.
+    #[error("path component longer than 255 bytes")]
+    TooLong,
+}
+
+impl ObjectPath {
+    /// The root.
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// Builds a path from already separated components, validating each.
+    pub fn from_components<I, S>(parts: I) -> Result<Self, BadName>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut components = Vec::new();
+        for p in parts {
+            let p = p.into();
+            check_name(&p)?;
+            components.push(p);
+        }
+        Ok(ObjectPath { components })
+    }
+
+    /// The components, outermost first.
+    pub fn components(&self) -> &[String] {
+        &self.components
+    }
+
+    /// Whether this is the root.
+    pub fn is_root(&self) -> bool {
+        self.components.is_empty()
+    }
+
+    /// The last component, if any.
+    pub fn file_name(&self) -> Option<&str> {
+        self.components.last().map(String::as_str)
+    }
+
+    /// The parent path (the root's parent is the root).
+    pub fn parent(&self) -> ObjectPath {
+        let mut c = self.components.clone();
+        c.pop();
+        ObjectPath { components: c }
+    }
+
+    /// This path with `name` appended.
+    pub fn join(&self, name: &str) -> Result<ObjectPath, BadName> {
+        check_name(name)?;
+        let mut c = self.components.clone();
+        c.push(name.to_owned());
+        Ok(ObjectPath { components: c })
+    }
+
+    /// The path as the client sees it: `/a/b`, or `/` for the root.
+    pub fn to_client_string(&self) -> String {
+        if self.components.is_empty() {
+            "/".to_owned()
+        } else {
+            let mut s = String::new();
+            for c in &self.components {
+                s.push('/');
+                s.push_str(c);
+            }
+            s
+        }
+    }
+
+    fn relative(&self) -> String {
+        if self.components.is_empty() {
+            ".".to_owned()
+        } else {
+            self.components.join("/")
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), BadName> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(BadName::NotAName(name.to_owned()));
+    }
+    if name.bytes().any(|b| b == 0 || b == b'/') {
+        return Err(BadName::BadByte);
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(BadName::Reserved);
+    }
+    if name.len() > 255 {
+        return Err(BadName::TooLong);
+    }
+    Ok(())
+}
+
+/// What kind of object a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file (an encrypted file, if written by Dropzone).
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (only from `lstat`).
+    Symlink,
+    /// Anything else (FIFO, socket, device): never opened.
+    Other,
+}
+
+/// Metadata of a stored object, in storage terms (sizes are stored bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Object kind.
+    pub kind: Kind,
+    /// Stored size in bytes (ciphertext for files).
+    pub stored_len: u64,
+    /// Permission bits (`0o7777` mask).
+    pub permissions: u32,
+    /// Owner and group ids.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Link count.
+    pub nlink: u64,
+    /// Last access, seconds since the epoch.
+    pub atime: i64,
+    /// Last modification, seconds since the epoch.
+    pub mtime: i64,
+    /// Identity of the underlying object (device, inode), for sharing state
+    /// between handles that open the same file.
+    pub identity: (u64, u64),
+}
+
+/// Space figures for statvfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceInfo {
+    /// Fundamental block size.
+    pub block_size: u64,
+    /// Fragment size.
+    pub fragment_size: u64,
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Free blocks for unprivileged users.
+    pub blocks_avail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Free inodes for unprivileged users.
+    pub files_avail: u64,
+    /// Filesystem id.
+    pub fsid: u64,
+    /// Mount flags (ST_RDONLY = 1, ST_NOSUID = 2).
+    pub flags: u64,
+    /// Maximum name length.
+    pub name_max: u64,
+}
+
+/// An open stored object: random-access bytes.
+pub trait Blob: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 at end).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Current stored metadata.
+    fn meta(&self) -> io::Result<Meta>;
+    /// Cuts or extends the stored bytes to `len`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes written bytes durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Sets the permission bits.
+    fn set_permissions(&self, mode: u32) -> io::Result<()>;
+    /// Sets access and modification times (seconds since the epoch).
+    fn set_times(&self, atime: i64, mtime: i64) -> io::Result<()>;
+
+    /// Reads exactly `buf.len()` bytes at `offset`, or fails with
+    /// `UnexpectedEof`.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to open an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only.
+    Read,
+    /// Read and write.
+    ReadWrite,
+}
+
+/// A staged object: written beside its target, invisible until committed.
+pub struct Staged {
+    /// The open staged object.
+    pub blob: Box<dyn Blob>,
+    /// Opaque token naming the staged object for [`Storage::commit`].
+    pub token: StagedToken,
+}
+
+/// Identifies a staged object (where it lies and under which name).
+pub struct StagedToken {
+    dir: OwnedFd,
+    name: String,
+    target: String,
+}
+
+impl std::fmt::Debug for StagedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedToken")
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+/// One user's tree of stored objects.
+pub trait Storage: Send + Sync {
+    /// Opens an existing regular file.
+    fn open(&self, path: &ObjectPath, access: Access) -> io::Result<Box<dyn Blob>>;
+    /// Creates a new staged object beside `target` (whose parent must exist).
+    fn stage(&self, target: &ObjectPath) -> io::Result<Staged>;
+    /// Makes a staged object durable and moves it over its target; with
+    /// `exclusive`, fails with `AlreadyExists` instead of replacing.
+    fn commit(&self, token: StagedToken, exclusive: bool) -> io::Result<()>;
+    /// Removes a staged object that will not be committed.
+    fn discard(&self, token: StagedToken);
+    /// Metadata, following a final symlink (`stat`) or not (`lstat`).
+    fn meta(&self, path: &ObjectPath, follow: bool) -> io::Result<Meta>;
+    /// Entries of a directory with their (`lstat`) metadata, reserved names
+    /// left out.
+    fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>>;
+    /// Creates a directory.
+    fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn rmdir(&self, path: &ObjectPath) -> io::Result<()>;
+    /// Removes a file or symlink.
+    fn remove(&self, path: &ObjectPath) -> io::Result<()>;
+    /// Renames; with `replace` false, fails if the target exists.
+    fn rename(&self, from: &ObjectPath, to: &ObjectPath, replace: bool) -> io::Result<()>;
+    /// Creates a hard link `link` to `existing`.
+    fn hard_link(&self, existing: &ObjectPath, link: &ObjectPath) -> io::Result<()>;
+    /// Creates a symlink at `link` whose content is `target`.
+    fn symlink(&self, target: &str, link: &ObjectPath) -> io::Result<()>;
+    /// Reads a symlink's content.
+    fn read_link(&self, path: &ObjectPath) -> io::Result<String>;
+    /// Sets permission bits (following symlinks).
+    fn set_permissions(&self, path: &ObjectPath, mode: u32) -> io::Result<()>;
+    /// Sets times (following symlinks).
+    fn set_times(&self, path: &ObjectPath, atime: i64, mtime: i64) -> io::Result<()>;
+    /// Filesystem space figures.
+    fn space(&self, path: &ObjectPath) -> io::Result<SpaceInfo>;
+}
+
+/// [`Storage`] on a local directory.
+pub struct LocalStorage {
+    root: OwnedFd,
+}
+
+impl LocalStorage {
+    /// Opens (creating with mode 0700 if missing) the directory `root`.
+    pub fn open_root(root: &Path) -> io::Result<Self> {
+        match std::fs::create_dir(root) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(LocalStorage { root: fd })
+    }
+
+    fn resolve(&self, path: &ObjectPath, flags: OFlags) -> io::Result<OwnedFd> {
+        let fd = rustix::fs::openat2(
+            &self.root,
+            path.relative(),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+        )?;
+        Ok(fd)
+    }
+
+    /// The parent directory of `path` and its final name; the root has none.
+    fn parent_of<'p>(&self, path: &'p ObjectPath) -> io::Result<(OwnedFd, &'p str)> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "the root itself"))?;
+        let dir = self.resolve(&path.parent(), OFlags::PATH | OFlags::DIRECTORY)?;
+        Ok((dir, name))
+    }
+
+    /// `/proc/self/fd/N` of an `O_PATH` descriptor: acting on it reaches
+    /// exactly the resolved inode, the usual way to chmod/utime an `O_PATH` fd.
+    fn proc_path(fd: &OwnedFd) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", fd.as_raw_fd())
+    }
+}
+
+fn meta_from_stat(st: &rustix::fs::Stat) -> Meta {
+    let fmt = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let kind = match fmt {
+        rustix::fs::FileType::RegularFile => Kind::File,
+        rustix::fs::FileType::Directory => Kind::Dir,
+        rustix::fs::FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    };
+    Meta {
+        kind,
+        stored_len: st.st_size as u64,
+        permissions: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: st.st_nlink,
+        atime: st.st_atime,
+        mtime: st.st_mtime,
+        identity: (st.st_dev, st.st_ino),
+    }
+}
+
+struct LocalBlob {
+    file: File,
+}
+
+impl Blob for LocalBlob {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(&self.file, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.file, buf, offset)
+    }
+    fn meta(&self) -> io::Result<Meta> {
+        Ok(meta_from_stat(&rustix::fs::fstat(&self.file)?))
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+    fn set_permissions(&self, mode: u32) -> io::Result<()> {
+        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & 0o7777))?;
+        Ok(())
+    }
+    fn set_times(&self, atime: i64, mtime: i64) -> io::Result<()> {
+        rustix::fs::futimens(&self.file, &timestamps(atime, mtime))?;
+        Ok(())
+    }
+}
+
+fn timestamps(atime: i64, mtime: i64) -> rustix::fs::Timestamps {
+    rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: atime,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    }
+}
+
+fn staging_name() -> String {
+    let mut r = [0u8; 12];
+    crate::store::format::fill_random(&mut r);
+    format!("{RESERVED_PREFIX}upload-{}", hex::encode(r))
+}
+
+impl Storage for LocalStorage {
+    fn open(&self, path: &ObjectPath, access: Access) -> io::Result<Box<dyn Blob>> {
+        let mode = match access {
+            Access::Read => OFlags::RDONLY,
+            Access::ReadWrite => OFlags::RDWR,
+        };
+        // NONBLOCK: opening a planted FIFO must not hang the session; it is
+        // refused below as not a regular file. NOCTTY for planted ttys.
+        let fd = self.resolve(path, mode | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let st = rustix::fs::fstat(&fd)?;
+        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::RegularFile => {}
+            rustix::fs::FileType::Directory => {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR));
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "not a regular file",
+                ));
+            }
+        }
+        // Regular files ignore O_NONBLOCK, so the flag can stay.
+        Ok(Box::new(LocalBlob {
+            file: File::from(fd),
+        }))
+    }
+
+    fn stage(&self, target: &ObjectPath) -> io::Result<Staged> {
+        let (dir, target_name) = self.parent_of(target)?;
+        let name = staging_name();
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(Staged {
+            blob: Box::new(LocalBlob {
+                file: File::from(fd),
+            }),
+            token: StagedToken {
+                dir,
+                name,
+                target: target_name.to_owned(),
+            },
+        })
+    }
+
+    fn commit(&self, token: StagedToken, exclusive: bool) -> io::Result<()> {
+        let flags = if exclusive {
+            RenameFlags::NOREPLACE
+        } else {
+            RenameFlags::empty()
+        };
+        let result = rustix::fs::renameat_with(
+            &token.dir,
+            token.name.as_str(),
+            &token.dir,
+            token.target.as_str(),
+            flags,
+        );
+        if let Err(e) = result {
+            let _ = rustix::fs::unlinkat(&token.dir, token.name.as_str(), AtFlags::empty());
+            return Err(e.into());
+        }
+        // The rename is durable only once the directory is synced. An O_PATH
+        // descriptor cannot be fsynced, so open the directory itself.
+        let dir = rustix::fs::openat(
+            &token.dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::fsync(&dir)?;
+        Ok(())
+    }
+
+    fn discard(&self, token: StagedToken) {
+        let _ = rustix::fs::unlinkat(&token.dir, token.name.as_str(), AtFlags::empty());
+    }
+
+    fn meta(&self, path: &ObjectPath, follow: bool) -> io::Result<Meta> {
+        let st = if follow || path.is_root() {
+            let fd = self.resolve(path, OFlags::PATH)?;
+            rustix::fs::fstat(&fd)?
+        } else {
+            let (dir, name) = self.parent_of(path)?;
+            rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?
+        };
+        Ok(meta_from_stat(&st))
+    }
+
+    fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>> {
+        let fd = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd)?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let raw = entry.file_name().to_bytes();
+            if raw == b"." || raw == b".." || raw.starts_with(RESERVED_PREFIX.as_bytes()) {
+                continue;
+            }
+            // Names that are not UTF-8 cannot be expressed in our paths;
+            // they are skipped rather than shown mangled.
+            let Ok(name) = std::str::from_utf8(raw) else {
+                continue;
+            };
+            match rustix::fs::statat(&fd, OsStr::from_bytes(raw), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => out.push((name.to_owned(), meta_from_stat(&st))),
+                // Removed between readdir and stat: not an error.
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {
+        let (dir, name) = self.parent_of(path)?;
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777))?;
+        Ok(())
+    }
+
+    fn rmdir(&self, path: &ObjectPath) -> io::Result<()> {
+        let (dir, name) = self.parent_of(path)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)?;
+        Ok(())
+    }
+
+    fn remove(&self, path: &ObjectPath) -> io::Result<()> {
+        let (dir, name) = self.parent_of(path)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
+        Ok(())
+    }
+
+    fn rename(&self, from: &ObjectPath, to: &ObjectPath, replace: bool) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent_of(from)?;
+        let (to_dir, to_name) = self.parent_of(to)?;
+        let flags = if replace {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        rustix::fs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)?;
+        Ok(())
+    }
+
+    fn hard_link(&self, existing: &ObjectPath, link: &ObjectPath) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent_of(existing)?;
+        let (to_dir, to_name) = self.parent_of(link)?;
+        rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())?;
+        Ok(())
+    }
+
+    fn symlink(&self, target: &str, link: &ObjectPath) -> io::Result<()> {
+        let (dir, name) = self.parent_of(link)?;
+        rustix::fs::symlinkat(target, &dir, name)?;
+        Ok(())
+    }
+
+    fn read_link(&self, path: &ObjectPath) -> io::Result<String> {
+        let (dir, name) = self.parent_of(path)?;
+        let target = rustix::fs::readlinkat(&dir, name, Vec::new())?;
+        target
+            .into_string()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "link target is not UTF-8"))
+    }
+
+    fn set_permissions(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {
+        let fd = self.resolve(path, OFlags::PATH)?;
+        rustix::fs::chmod(
+            Self::proc_path(&fd).as_str(),
+            Mode::from_raw_mode(mode & 0o7777),
+        )?;
+        Ok(())
+    }
+
+    fn set_times(&self, path: &ObjectPath, atime: i64, mtime: i64) -> io::Result<()> {
+        let fd = self.resolve(path, OFlags::PATH)?;
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            Self::proc_path(&fd).as_str(),
+            &timestamps(atime, mtime),
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    fn space(&self, path: &ObjectPath) -> io::Result<SpaceInfo> {
+        let fd = self.resolve(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let s = rustix::fs::fstatvfs(fd.as_fd())?;
+        Ok(SpaceInfo {
+            block_size: s.f_bsize,
+            fragment_size: s.f_frsize,
+            blocks: s.f_blocks,
+            blocks_free: s.f_bfree,
+            blocks_avail: s.f_bavail,
+            files: s.f_files,
+            files_free: s.f_ffree,
+            files_avail: s.f_favail,
+            fsid: s.f_fsid,
+            flags: s.f_flag.bits(),
+            name_max: s.f_namemax,
+        })
+    }
+}
+
+/// Seconds since the epoch for `t` (0 for times before it).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64
+}

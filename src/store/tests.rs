@@ -1,0 +1,1 @@
+//! Tests of the encrypted file and user store over a real directory.
