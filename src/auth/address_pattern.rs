@@ -28,8 +28,14 @@ struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Matcher {
     /// An address or CIDR block: `prefix` leading bits of `network` must match.
-    V4 { network: u32, prefix: u32 },
-    V6 { network: u128, prefix: u32 },
+    V4 {
+        network: u32,
+        prefix: u32,
+    },
+    V6 {
+        network: u128,
+        prefix: u32,
+    },
     /// A `*`/`?` pattern matched against the address as `IpAddr` displays it
     /// (lower case, IPv6 compressed). Stored lower-cased.
     Wildcard(String),
@@ -54,9 +60,15 @@ impl AddressPatterns {
             if pattern.is_empty() {
                 return Err(PatternError(format!("empty pattern in list {list:?}")));
             }
-            entries.push(Entry { negated, matcher: Matcher::parse(pattern)? });
+            entries.push(Entry {
+                negated,
+                matcher: Matcher::parse(pattern)?,
+            });
         }
-        Ok(AddressPatterns { entries, source: list.to_owned() })
+        Ok(AddressPatterns {
+            entries,
+            source: list.to_owned(),
+        })
     }
 
     /// Whether `ip` is allowed: no negated entry matches it and at least one
@@ -119,8 +131,14 @@ impl Matcher {
 
     fn exact(ip: IpAddr) -> Self {
         match ip {
-            IpAddr::V4(v4) => Matcher::V4 { network: u32::from(v4), prefix: 32 },
-            IpAddr::V6(v6) => Matcher::V6 { network: u128::from(v6), prefix: 128 },
+            IpAddr::V4(v4) => Matcher::V4 {
+                network: u32::from(v4),
+                prefix: 32,
+            },
+            IpAddr::V6(v6) => Matcher::V6 {
+                network: u128::from(v6),
+                prefix: 128,
+            },
         }
     }
 
@@ -132,8 +150,14 @@ impl Matcher {
             return Err(bad("bad prefix length"));
         };
         let matcher = match addr.parse::<IpAddr>().map_err(|_| bad("bad address"))? {
-            IpAddr::V4(v4) if prefix <= 32 => Matcher::V4 { network: u32::from(v4), prefix },
-            IpAddr::V6(v6) if prefix <= 128 => Matcher::V6 { network: u128::from(v6), prefix },
+            IpAddr::V4(v4) if prefix <= 32 => Matcher::V4 {
+                network: u32::from(v4),
+                prefix,
+            },
+            IpAddr::V6(v6) if prefix <= 128 => Matcher::V6 {
+                network: u128::from(v6),
+                prefix,
+            },
             _ => return Err(bad("prefix length too long for the address family")),
         };
         // Like OpenSSH, refuse host bits: `10.0.0.1/8` is almost surely a typo.
@@ -204,7 +228,9 @@ mod tests {
     use super::*;
 
     fn allows(list: &str, ip: &str) -> bool {
-        AddressPatterns::parse(list).unwrap().allows(ip.parse().unwrap())
+        AddressPatterns::parse(list)
+            .unwrap()
+            .allows(ip.parse().unwrap())
     }
 
     #[test]
@@ -254,8 +280,18 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_match() {
         for bad in [
-            "", "a,,b", "!", "*.example.com", "host", "10.0.0.1/8", "10.0.0.0/33",
-            "10.0.0.0/", "10.0.0.0/x", "2001:db8::1/129", "fe80::1%eth0", "10.0.0.*/8",
+            "",
+            "a,,b",
+            "!",
+            "*.example.com",
+            "host",
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/x",
+            "2001:db8::1/129",
+            "fe80::1%eth0",
+            "10.0.0.*/8",
         ] {
             assert!(AddressPatterns::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -1,1 +1,363 @@
-fn main(){}
+//! The `dropzone` command: the server and its operator tools.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use dropzone::auth::{password, users_file::UsersFile};
+use dropzone::config::{self, Config, KmsBackend};
+use dropzone::keys::UserKeys;
+use dropzone::kms::{KeyWrapper, local::LocalKms};
+use dropzone::sftp::SftpConfig;
+use dropzone::ssh;
+use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
+use dropzone::store::{OpenOptions, UserStore};
+use dropzone::username::UserName;
+
+/// Exit status for a configuration error, as documented for operators.
+const EXIT_CONFIG: u8 = 2;
+
+/// Dropzone: an SFTP/SCP server that keeps every file encrypted at rest.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, env = "DROPZONE_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SSH/SFTP server.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Manage the users file.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Check that every stored file decrypts and authenticates; exit 1 if any fails.
+    Verify {
+        /// Only this user's files.
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Decrypt one stored file (offline recovery), to OUT or standard output.
+    Decrypt {
+        /// The file's owner.
+        #[arg(long)]
+        user: String,
+        /// The file's path as the user sees it (e.g. /reports/q3.pdf).
+        path: String,
+        /// Where to write the plaintext (default: standard output).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user to the users file.
+    Add {
+        /// User name (letters, digits, _ . -).
+        name: String,
+        /// Read a password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// An authorized_keys file (or a .pub file) whose keys may log in; repeatable.
+        #[arg(long = "authorized-key", value_name = "FILE")]
+        authorized_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove a user from the users file (their files and key stay on disk).
+    Remove {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// A failure that exits with a given status.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConfigFailure(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigFailure>() {
+                eprintln!("dropzone: configuration error: {c}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("dropzone: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    let mut config = Config::load(&arg.config).map_err(|e| ConfigFailure(e.to_string()))?;
+    if let Ok(listen) = std::env::var("DROPZONE_LISTEN") {
+        config.listen = listen
+            .parse()
+            .map_err(|e| ConfigFailure(format!("DROPZONE_LISTEN={listen:?}: {e}")))?;
+    }
+    Ok(config)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(&load_config(&config)?),
+        Command::User(cmd) => user_command(cmd),
+        Command::Verify { user, config } => verify(&load_config(&config)?, user.as_deref()),
+        Command::Decrypt { user, path, out, config } => {
+            decrypt(&load_config(&config)?, &user, &path, out.as_deref())
+        }
+    }
+}
+
+fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
+    match config.kms.backend {
+        KmsBackend::Local => Ok(Arc::new(
+            LocalKms::new(config.kms.local_key_dir.clone(), config.kms.local_secret_version.clone())
+                .context("local key backend")?,
+        )),
+        KmsBackend::Eaas => Err(ConfigFailure(
+            "kms.backend = \"eaas\": the EaaS client is not available in this build; use \"local\"".into(),
+        )
+        .into()),
+    }
+}
+
+fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
+    let wrapper = key_wrapper(config)?;
+    UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl).context("user key directory")
+}
+
+fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let host_keys = ssh::host_keys::load_or_generate(&config.host_keys_dir)?;
+        let keys = user_keys(config)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let (ctx, alive) = ssh::ServerContext::new(
+            config.auth.users_file.clone(),
+            keys,
+            config.data_dir.clone(),
+            SftpConfig {
+                max_handles: config.max_handles,
+            },
+        )
+        .map_err(|e| ConfigFailure(e.to_string()))?;
+        let ssh_config = Arc::new(ssh::ssh_config(
+            host_keys,
+            config.auth.max_auth_attempts,
+            config.idle_timeout,
+        ));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, "listening on {bound}");
+        ssh::run(listener, ssh_config, ctx, alive, config.login_grace, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the server still runs; it stops when killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn user_command(cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            password_stdin,
+            authorized_keys,
+            config,
+        } => {
+            let config = load_config(&config)?;
+            let path = &config.auth.users_file;
+            let mut users = UsersFile::load(path)?;
+            let hash = if password_stdin {
+                let mut line = zeroize::Zeroizing::new(String::new());
+                std::io::stdin().lock().read_line(&mut line).context("reading the password")?;
+                let pw = line.trim_end_matches(['\n', '\r']);
+                if pw.is_empty() {
+                    bail!("empty password on standard input");
+                }
+                Some(password::hash_password(pw)?)
+            } else {
+                None
+            };
+            let mut keys = Vec::new();
+            for file in &authorized_keys {
+                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                keys.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned),
+                );
+            }
+            if hash.is_none() && keys.is_empty() {
+                bail!("give --password-stdin or --authorized-key FILE, or the user cannot log in");
+            }
+            users.add_user(&name, hash, keys)?;
+            users.save(path)?;
+            println!("added user {name} to {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Remove { name, config } => {
+            let config = load_config(&config)?;
+            let path = &config.auth.users_file;
+            let mut users = UsersFile::load(path)?;
+            if !users.remove_user(&name)? {
+                bail!("no user {name} in {}", path.display());
+            }
+            users.save(path)?;
+            println!(
+                "removed user {name}; their files ({}) and key ({}) are kept",
+                config.data_dir.join(&name).display(),
+                config.keks_dir.join(format!("{name}.key")).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::List { config } => {
+            let config = load_config(&config)?;
+            let users = UsersFile::load(&config.auth.users_file)?;
+            for u in users.users() {
+                let mut methods = Vec::new();
+                if u.password_hash().is_some() {
+                    methods.push("password".to_owned());
+                }
+                if !u.key_lines().is_empty() {
+                    methods.push(format!("{} key(s)", u.key_lines().len()));
+                }
+                println!("{}\t{}", u.name(), methods.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let keys = user_keys(config)?;
+    let users = match only {
+        Some(u) => vec![UserName::parse(u)?],
+        None => keys.users()?,
+    };
+    let (mut checked, mut failed) = (0u64, 0u64);
+    for user in users {
+        let key = keys
+            .get_existing(&user)
+            .with_context(|| format!("key of user {user}"))?;
+        let root = config.data_dir.join(user.as_str());
+        if !root.is_dir() {
+            continue;
+        }
+        let storage = LocalStorage::open_root(&root)?;
+        let mut dirs = vec![ObjectPath::root()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match storage.read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL {user} {}: cannot list: {e}", dir.to_client_string());
+                    continue;
+                }
+            };
+            for (name, meta) in entries {
+                let Ok(path) = dir.join(&name) else { continue };
+                match meta.kind {
+                    Kind::Dir => dirs.push(path),
+                    Kind::File => {
+                        checked += 1;
+                        let result = storage
+                            .open(&path, Access::Read)
+                            .map_err(dropzone::store::StoreError::from)
+                            .and_then(|blob| dropzone::store::verify_blob(blob, &key));
+                        if let Err(e) = result {
+                            failed += 1;
+                            println!("FAIL {user} {}: {e}", path.to_client_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    println!("checked {checked} file(s), {failed} failure(s)");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn decrypt(config: &Config, user: &str, path: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let user = UserName::parse(user)?;
+    let keys = user_keys(config)?;
+    let key = keys.get_existing(&user).with_context(|| format!("key of user {user}"))?;
+    let storage = LocalStorage::open_root(&config.data_dir.join(user.as_str()))?;
+    let store = UserStore::new(Arc::new(storage), key);
+    let object = dropzone::jail::resolve(path)?;
+    let file = store.open(&object, OpenOptions { read: true, ..OpenOptions::default() })?;
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut offset = 0u64;
+    loop {
+        let data = file.read_at(offset, dropzone::store::format::CHUNK_SIZE)?;
+        if data.is_empty() {
+            break;
+        }
+        sink.write_all(&data)?;
+        offset += data.len() as u64;
+    }
+    sink.flush()?;
+    eprintln!("decrypted {offset} bytes");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,288 @@
-//! (in progress)
+//! The configuration file: a serde mirror of the TOML, then a validated
+//! [`Config`].
+//!
+//! Relative paths in the file are taken relative to the working directory
+//! the server is started from (the repository root in the README's
+//! commands, `/var/lib/dropzone` in the container).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where `dropzone` looks for its configuration by default.
+pub const DEFAULT_PATH: &str = "config/dropzone.toml";
+
+/// A configuration that could not be used. The message names the file and,
+/// for syntax and type errors, the line, column and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// What is wrong, with line and key where known.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    host_keys_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    keks_dir: Option<PathBuf>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    kms: RawKms,
+    #[serde(default)]
+    sftp: RawSftp,
+    #[serde(default)]
+    ssh: RawSsh,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users_file: Option<PathBuf>,
+    pam: Option<bool>,
+    max_auth_attempts: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKms {
+    backend: Option<String>,
+    key_cache_ttl_secs: Option<u64>,
+    #[serde(default)]
+    local: RawLocal,
+    eaas: Option<RawEaas>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    key_dir: Option<PathBuf>,
+    secret_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEaas {
+    url: String,
+    secret_path: String,
+    secret_version: toml::Value,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSftp {
+    max_handles: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    login_grace_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+}
+
+/// Which key service wraps user keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsBackend {
+    /// A local RSA key file (the default; no server needed).
+    Local,
+    /// The EaaS HTTP API.
+    Eaas,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Host keys; generated there on first start.
+    pub host_keys_dir: PathBuf,
+    /// User NAME's files live under `data_dir/NAME/`.
+    pub data_dir: PathBuf,
+    /// Wrapped user keys.
+    pub keks_dir: PathBuf,
+    /// Authentication settings.
+    pub auth: AuthConfig,
+    /// Key service settings.
+    pub kms: KmsConfig,
+    /// Most open handles per SFTP session.
+    pub max_handles: usize,
+    /// Time allowed from connection to successful login.
+    pub login_grace: Duration,
+    /// A session with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The users file managed by `dropzone user ...`.
+    pub users_file: PathBuf,
+    /// Linux users through PAM.
+    pub pam: bool,
+    /// Authentication attempts per connection.
+    pub max_auth_attempts: u32,
+}
+
+/// `[kms]`.
+#[derive(Debug, Clone)]
+pub struct KmsConfig {
+    /// The backend.
+    pub backend: KmsBackend,
+    /// Keep an unwrapped user key this long after its last session ends.
+    pub key_cache_ttl: Option<Duration>,
+    /// Directory of the local backend's master keys.
+    pub local_key_dir: PathBuf,
+    /// Master key version new user keys are wrapped under (local backend).
+    pub local_secret_version: String,
+    /// `[kms.eaas]`, if present.
+    pub eaas: Option<EaasConfig>,
+}
+
+/// `[kms.eaas]`.
+#[derive(Debug, Clone)]
+pub struct EaasConfig {
+    /// Base URL of the service.
+    pub url: String,
+    /// Name of the RSA key pair at the service.
+    pub secret_path: String,
+    /// Version of that key pair (a decimal string).
+    pub secret_version: String,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Config::parse(&text).map_err(err)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let pam = raw.auth.pam.unwrap_or(false);
+        if pam {
+            return Err("auth.pam = true: PAM authentication is not available in this build".into());
+        }
+        let backend = match raw.kms.backend.as_deref().unwrap_or("local") {
+            "local" => KmsBackend::Local,
+            "eaas" => KmsBackend::Eaas,
+            other => {
+                return Err(format!(
+                    "kms.backend = {other:?}: expected \"local\" or \"eaas\""
+                ));
+            }
+        };
+        let eaas = match raw.kms.eaas {
+            Some(e) => Some(EaasConfig {
+                url: e.url,
+                secret_path: e.secret_path,
+                secret_version: match e.secret_version {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(n) => n.to_string(),
+                    other => {
+                        return Err(format!(
+                            "kms.eaas.secret_version: expected a decimal string or number, found {}",
+                            other.type_str()
+                        ));
+                    }
+                },
+            }),
+            None => None,
+        };
+        if backend == KmsBackend::Eaas && eaas.is_none() {
+            return Err("kms.backend = \"eaas\" needs a [kms.eaas] table".into());
+        }
+        let local_secret_version = raw.kms.local.secret_version.unwrap_or_else(|| "1".into());
+        if local_secret_version.is_empty()
+            || local_secret_version.len() > 9
+            || !local_secret_version.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(format!(
+                "kms.local.secret_version = {local_secret_version:?}: expected 1-9 decimal digits"
+            ));
+        }
+        let max_auth_attempts = raw.auth.max_auth_attempts.unwrap_or(6);
+        if max_auth_attempts == 0 {
+            return Err("auth.max_auth_attempts must be at least 1".into());
+        }
+        let max_handles = raw.sftp.max_handles.unwrap_or(256);
+        if max_handles == 0 {
+            return Err("sftp.max_handles must be at least 1".into());
+        }
+        Ok(Config {
+            listen: raw
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 2022))),
+            host_keys_dir: raw.host_keys_dir.unwrap_or_else(|| "host_keys".into()),
+            data_dir: raw.data_dir.unwrap_or_else(|| "data".into()),
+            keks_dir: raw.keks_dir.unwrap_or_else(|| "keks".into()),
+            auth: AuthConfig {
+                users_file: raw
+                    .auth
+                    .users_file
+                    .unwrap_or_else(|| "config/users.toml".into()),
+                pam,
+                max_auth_attempts,
+            },
+            kms: KmsConfig {
+                backend,
+                key_cache_ttl: raw
+                    .kms
+                    .key_cache_ttl_secs
+                    .filter(|&s| s > 0)
+                    .map(Duration::from_secs),
+                local_key_dir: raw.kms.local.key_dir.unwrap_or_else(|| "master_key".into()),
+                local_secret_version,
+                eaas,
+            },
+            max_handles,
+            login_grace: Duration::from_secs(raw.ssh.login_grace_secs.unwrap_or(120)),
+            idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let text = include_str!("../../config/dropzone.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.kms.backend, KmsBackend::Local);
+        assert_eq!(c.listen.port(), 2022);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let e = Config::parse("listen = \"0.0.0.0:2022\"\n\ndata_dir = 5\n").unwrap_err();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("data_dir"), "{e}");
+        let e = Config::parse("[auth]\nusers_fil = \"x\"\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("users_fil"), "{e}");
+        let e = Config::parse("listen = \"nope\"\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn eaas_version_may_be_a_number() {
+        let c = Config::parse(
+            "[kms]\nbackend = \"eaas\"\n[kms.eaas]\nurl = \"http://e:8443\"\nsecret_path = \"p\"\nsecret_version = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.kms.eaas.unwrap().secret_version, "2");
+    }
+}

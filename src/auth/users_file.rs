@@ -1,0 +1,610 @@
+//! The users file (`[auth] users_file`, TOML), managed by `dropzone user ...`
+//! and fine to edit by hand:
+//!
+//! ```toml
+//! [[user]]
+//! name = "alice"
+//! password = "$argon2id$v=19$..."                         # optional
+//! authorized_keys = ["ssh-ed25519 AAAA... alice@laptop"]  # optional
+//! ```
+//!
+//! Everything is checked at load: user names, duplicates, every key line
+//! (with the [`super::authorized_keys`] parser, so a refused option stops the
+//! server from starting rather than being ignored) and every password hash.
+//! Key lines are kept as written, so saving does not rewrite them.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::authorized_keys::{AuthorizedKey, KeyLineError};
+use super::password::{self, InvalidHash};
+use crate::username::{InvalidUserName, UserName};
+
+/// Written at the top of every saved file.
+const HEADER: &str = "# Managed by `dropzone user ...`; hand edits are fine.\n\
+                      # (Comments other than these two lines are not kept when it is saved.)\n\n";
+/// Largest users file we read: far beyond any real one (a user with ten keys
+/// is about 1 KiB), small enough that a wrong path cannot exhaust memory.
+const MAX_FILE_LEN: u64 = 16 * 1024 * 1024;
+/// The file holds password hashes: owner-only.
+const FILE_MODE: u32 = 0o600;
+/// Mode of a directory we create to hold it.
+const DIR_MODE: u32 = 0o700;
+
+/// The file as TOML sees it.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default, rename = "user")]
+    users: Vec<RawUser>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    authorized_keys: Vec<String>,
+}
+
+/// One validated user of the users file.
+#[derive(Clone)]
+pub struct UserEntry {
+    name: UserName,
+    password_hash: Option<String>,
+    key_lines: Vec<String>,
+    keys: Vec<AuthorizedKey>,
+}
+
+impl UserEntry {
+    /// The user's name.
+    pub fn name(&self) -> &UserName {
+        &self.name
+    }
+
+    /// The Argon2 PHC hash of the user's password, if password login is set.
+    pub fn password_hash(&self) -> Option<&str> {
+        self.password_hash.as_deref()
+    }
+
+    /// The user's `authorized_keys` lines as written in the file.
+    pub fn key_lines(&self) -> &[String] {
+        &self.key_lines
+    }
+
+    /// The parsed form of [`UserEntry::key_lines`], in the same order.
+    pub fn keys(&self) -> &[AuthorizedKey] {
+        &self.keys
+    }
+
+    fn new(
+        name: &str,
+        password_hash: Option<String>,
+        key_lines: Vec<String>,
+    ) -> Result<Self, UserError> {
+        let fail = |problem| UserError {
+            user: name.chars().take(64).collect(),
+            problem,
+        };
+        let name = UserName::parse(name).map_err(|e| fail(UserProblem::Name(e)))?;
+        if let Some(hash) = &password_hash {
+            password::check_hash(hash).map_err(|e| fail(UserProblem::Password(e)))?;
+        }
+        let keys = key_lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                AuthorizedKey::parse(line).map_err(|error| {
+                    fail(UserProblem::Key {
+                        number: i + 1,
+                        error,
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UserEntry {
+            name,
+            password_hash,
+            key_lines,
+            keys,
+        })
+    }
+}
+
+impl fmt::Debug for UserEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The password hash is offline-attackable: never in logs.
+        f.debug_struct("UserEntry")
+            .field("name", &self.name)
+            .field("password", &self.password_hash.as_ref().map(|_| "<hash>"))
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// What is wrong with one user's entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserProblem {
+    /// The name is not a valid [`UserName`].
+    #[error("{0}")]
+    Name(InvalidUserName),
+    /// Another entry has the same name.
+    #[error("appears more than once")]
+    Duplicate,
+    /// [`UsersFile::add_user`] for a user that is already there.
+    #[error("already exists")]
+    Exists,
+    /// An `authorized_keys` line (numbered from 1) is refused.
+    #[error("authorized key {number}: {error}")]
+    Key {
+        /// 1-based position in the user's `authorized_keys` list.
+        number: usize,
+        /// Why it is refused.
+        error: KeyLineError,
+    },
+    /// The password hash is not usable.
+    #[error("password: {0}")]
+    Password(InvalidHash),
+}
+
+/// A refused user entry: the user's name (as written) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user {user:?}: {problem}")]
+pub struct UserError {
+    /// The name as written (shortened if very long).
+    pub user: String,
+    /// What is wrong.
+    pub problem: UserProblem,
+}
+
+/// Why the users file cannot be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersFileError {
+    /// The file exists but cannot be read.
+    #[error("cannot read users file {}: {source}", path.display())]
+    Read {
+        /// The users file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file cannot be written.
+    #[error("cannot write users file {}: {source}", path.display())]
+    Write {
+        /// The users file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Not valid TOML, or not the users file's shape. The message (from the
+    /// TOML parser) names the line, column and key.
+    #[error("users file {}: {message}", path.display())]
+    Syntax {
+        /// The users file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A user entry is invalid.
+    #[error("users file {}: {error}", path.display())]
+    User {
+        /// The users file.
+        path: PathBuf,
+        /// The user and the problem.
+        error: UserError,
+    },
+    /// The users could not be turned into TOML (not expected to happen).
+    #[error("cannot serialise users file {}: {message}", path.display())]
+    Serialize {
+        /// The users file.
+        path: PathBuf,
+        /// The serialiser's message.
+        message: String,
+    },
+}
+
+/// The validated users file.
+#[derive(Debug, Clone, Default)]
+pub struct UsersFile {
+    /// In file order, names unique.
+    users: Vec<UserEntry>,
+}
+
+impl UsersFile {
+    /// Loads and validates the users file. A missing file is an empty one
+    /// (no users yet).
+    pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
+        let text = match read_text(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(UsersFile::default()),
+            Err(source) => {
+                return Err(UsersFileError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text).map_err(|e| e.at(path))
+    }
+
+    /// Parses and validates the text of a users file.
+    fn parse(text: &str) -> Result<UsersFile, ParseError> {
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| ParseError::Syntax(e.to_string().trim_end().to_owned()))?;
+        let mut file = UsersFile::default();
+        for user in raw.users {
+            let entry = UserEntry::new(&user.name, user.password, user.authorized_keys)
+                .map_err(ParseError::User)?;
+            if file.get(entry.name.as_str()).is_some() {
+                return Err(ParseError::User(UserError {
+                    user: user.name,
+                    problem: UserProblem::Duplicate,
+                }));
+            }
+            file.users.push(entry);
+        }
+        Ok(file)
+    }
+
+    /// The file's TOML text.
+    fn to_text(&self) -> Result<String, toml::ser::Error> {
+        let raw = RawFile {
+            users: self
+                .users
+                .iter()
+                .map(|u| RawUser {
+                    name: u.name.as_str().to_owned(),
+                    password: u.password_hash.clone(),
+                    authorized_keys: u.key_lines.clone(),
+                })
+                .collect(),
+        };
+        Ok(format!("{HEADER}{}", toml::to_string(&raw)?))
+    }
+
+    /// Writes the file atomically: a temporary file beside it (mode 0600) is
+    /// written and fsynced, then renamed over `path`, and the directory is
+    /// fsynced. Readers see the old file or the new one, never a mix.
+    /// Comments other than the standard header are not preserved.
+    pub fn save(&self, path: &Path) -> Result<(), UsersFileError> {
+        let text = self.to_text().map_err(|e| UsersFileError::Serialize {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        write_atomic(path, text.as_bytes()).map_err(|source| UsersFileError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Adds a user. `password_hash` is a PHC string from
+    /// [`password::hash_password`]; each of `keys` is one `authorized_keys`
+    /// line, checked now so that a key with an unsupported option is refused
+    /// here rather than at the next server start. Surrounding whitespace of
+    /// key lines is dropped.
+    pub fn add_user(
+        &mut self,
+        name: &str,
+        password_hash: Option<String>,
+        keys: Vec<String>,
+    ) -> Result<(), UserError> {
+        let keys = keys.into_iter().map(|k| k.trim().to_owned()).collect();
+        let entry = UserEntry::new(name, password_hash, keys)?;
+        if self.get(name).is_some() {
+            return Err(UserError {
+                user: name.to_owned(),
+                problem: UserProblem::Exists,
+            });
+        }
+        self.users.push(entry);
+        Ok(())
+    }
+
+    /// Removes a user; `Ok(false)` if there was none of that name.
+    pub fn remove_user(&mut self, name: &str) -> Result<bool, UserError> {
+        let name = UserName::parse(name).map_err(|e| UserError {
+            user: name.chars().take(64).collect(),
+            problem: UserProblem::Name(e),
+        })?;
+        let before = self.users.len();
+        self.users.retain(|u| u.name != name);
+        Ok(self.users.len() != before)
+    }
+
+    /// The users, in file order.
+    pub fn users(&self) -> impl Iterator<Item = &UserEntry> {
+        self.users.iter()
+    }
+
+    /// The user called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&UserEntry> {
+        self.users.iter().find(|u| u.name.as_str() == name)
+    }
+
+    /// The number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// A parse failure before the path is known.
+enum ParseError {
+    Syntax(String),
+    User(UserError),
+}
+
+impl ParseError {
+    fn at(self, path: &Path) -> UsersFileError {
+        let path = path.to_owned();
+        match self {
+            ParseError::Syntax(message) => UsersFileError::Syntax { path, message },
+            ParseError::User(error) => UsersFileError::User { path, error },
+        }
+    }
+}
+
+/// Reads the file (following symlinks: container secrets are mounted as
+/// links), warning if others may read or write it.
+fn read_text(path: &Path) -> io::Result<String> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format_args!("{:o}", meta.mode() & 0o7777),
+            "users file is accessible to group or others; 0600 is expected"
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_LEN} bytes"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"))
+}
+
+/// Replaces `path` with `contents` atomically and durably.
+fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
+
+    /// A real hash of "pw", computed once per test binary run.
+    fn pw_hash() -> String {
+        static HASH: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| password::hash_password("pw").unwrap());
+        HASH.clone()
+    }
+
+    fn load_text(text: &str) -> Result<UsersFile, UsersFileError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        fs::write(&path, text).unwrap();
+        UsersFile::load(&path)
+    }
+
+    #[test]
+    fn missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = UsersFile::load(&dir.path().join("nope.toml")).unwrap();
+        assert!(file.is_empty());
+        assert!(load_text("# nothing yet\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn round_trip_keeps_key_lines_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/users.toml");
+        let quoted = format!("from=\"10.0.0.0/8,!10.9.9.9\",no-pty {KEY} alice \"work\" laptop");
+        let mut file = UsersFile::default();
+        file.add_user(
+            "alice",
+            Some(pw_hash()),
+            vec![quoted.clone(), format!("  {KEY}\n")],
+        )
+        .unwrap();
+        file.add_user("bob", None, vec![KEY.to_owned()]).unwrap();
+        file.add_user("carol", Some(pw_hash()), vec![]).unwrap();
+        file.save(&path).unwrap();
+
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# Managed by `dropzone user ...`"),
+            "{text}"
+        );
+
+        let back = UsersFile::load(&path).unwrap();
+        let names: Vec<&str> = back.users().map(|u| u.name().as_str()).collect();
+        assert_eq!(names, ["alice", "bob", "carol"]);
+        let alice = back.get("alice").unwrap();
+        assert_eq!(alice.key_lines(), [quoted, KEY.to_owned()]);
+        assert_eq!(alice.keys().len(), 2);
+        assert_eq!(alice.keys()[0].comment, "alice \"work\" laptop");
+        assert_eq!(alice.password_hash(), Some(pw_hash().as_str()));
+        assert_eq!(back.get("bob").unwrap().password_hash(), None);
+        assert!(back.get("carol").unwrap().key_lines().is_empty());
+        assert!(back.get("dave").is_none());
+
+        // Saving again over the existing file leaves no temporary behind.
+        back.save(&path).unwrap();
+        let entries: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn hand_written_file() {
+        let text = format!(
+            "# hand edited\n[[user]]\nname = \"alice\"\npassword = '{}'\n\
+             authorized_keys = [\n  '{KEY} a@b',  # laptop\n]\n\n[[user]]\nname = \"bob\"\n",
+            pw_hash()
+        );
+        let file = load_text(&text).unwrap();
+        assert_eq!(file.len(), 2);
+        assert!(file.get("bob").unwrap().keys().is_empty());
+    }
+
+    #[test]
+    fn duplicate_user_rejected() {
+        let text = "[[user]]\nname = \"alice\"\n[[user]]\nname = \"alice\"\n";
+        let err = load_text(text).unwrap_err();
+        assert!(matches!(
+            &err,
+            UsersFileError::User { error: UserError { problem: UserProblem::Duplicate, user, .. }, .. }
+                if user == "alice"
+        ));
+        assert!(
+            err.to_string()
+                .contains("users.toml: user \"alice\": appears more than once"),
+            "{err}"
+        );
+
+        let mut file = UsersFile::default();
+        file.add_user("alice", None, vec![]).unwrap();
+        let err = file.add_user("alice", None, vec![]).unwrap_err();
+        assert_eq!(err.problem, UserProblem::Exists);
+    }
+
+    #[test]
+    fn syntax_error_names_path_and_line() {
+        let err = load_text("[[user]]\nname = \"alice\"\npassword = \n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, UsersFileError::Syntax { .. }));
+        assert!(msg.contains("users.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_field_rejected() {
+        let err = load_text("[[user]]\nname = \"alice\"\npasword = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("pasword") && msg.contains("line 3"), "{msg}");
+        let err = load_text("[[users]]\nname = \"alice\"\n").unwrap_err();
+        assert!(err.to_string().contains("users"), "{err}");
+    }
+
+    #[test]
+    fn invalid_entries_name_user_and_problem() {
+        let err = load_text("[[user]]\nname = \"../x\"\n").unwrap_err();
+        assert!(err.to_string().contains("invalid user name"), "{err}");
+
+        let text = format!(
+            "[[user]]\nname = \"bob\"\nauthorized_keys = ['{KEY}', 'command=\"ls\" {KEY}']\n"
+        );
+        let msg = load_text(&text).unwrap_err().to_string();
+        assert!(
+            msg.contains("user \"bob\": authorized key 2: unsupported option command="),
+            "{msg}"
+        );
+
+        let msg = load_text("[[user]]\nname = \"bob\"\npassword = \"hunter2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("user \"bob\": password:"), "{msg}");
+        assert!(
+            !msg.contains("hunter2"),
+            "the hash must not be echoed: {msg}"
+        );
+
+        let mut file = UsersFile::default();
+        let err = file
+            .add_user("eve", None, vec![format!("permitopen=\"x:1\" {KEY}")])
+            .unwrap_err();
+        assert!(matches!(err.problem, UserProblem::Key { number: 1, .. }));
+        assert!(file.is_empty());
+        assert!(
+            file.add_user("eve", Some("plaintext".into()), vec![])
+                .is_err()
+        );
+        assert!(file.add_user("eve", None, vec![String::new()]).is_err());
+    }
+
+    #[test]
+    fn remove() {
+        let mut file = UsersFile::default();
+        file.add_user("alice", None, vec![]).unwrap();
+        file.add_user("bob", None, vec![]).unwrap();
+        assert_eq!(file.remove_user("alice"), Ok(true));
+        assert_eq!(file.remove_user("alice"), Ok(false));
+        assert!(file.remove_user("../bob").is_err());
+        let names: Vec<&str> = file.users().map(|u| u.name().as_str()).collect();
+        assert_eq!(names, ["bob"]);
+    }
+
+    #[test]
+    fn debug_hides_password_hash() {
+        let mut file = UsersFile::default();
+        file.add_user("alice", Some(pw_hash()), vec![]).unwrap();
+        let debug = format!("{file:?}");
+        assert!(!debug.contains("argon2"), "{debug}");
+    }
+}

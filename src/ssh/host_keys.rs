@@ -1,0 +1,146 @@
+//! Host keys: loaded from `host_keys_dir`, generated there on first start.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
+use russh::keys::ssh_key::{HashAlg, LineEnding};
+use russh::keys::{Algorithm, EcdsaCurve, PrivateKey};
+use tracing::info;
+
+/// RSA host keys are 3072 bits, NIST's size for security beyond 2030.
+const RSA_BITS: usize = 3072;
+
+/// What went wrong with the host keys.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    /// The directory or a key file could not be read or written.
+    #[error("host key {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key file exists but is not a usable OpenSSH private key.
+    #[error("host key {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The host key files, in the order they are offered.
+const KINDS: &[(&str, fn() -> Result<PrivateKey, String>)] = &[
+    ("ssh_host_ed25519_key", || {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| e.to_string())
+    }),
+    ("ssh_host_ecdsa_key", || {
+        PrivateKey::random(
+            &mut rand::rng(),
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }),
+    ("ssh_host_rsa_key", || {
+        let pair = RsaKeypair::random(&mut rand::rng(), RSA_BITS).map_err(|e| e.to_string())?;
+        PrivateKey::new(KeypairData::from(pair), "").map_err(|e| e.to_string())
+    }),
+];
+
+/// Loads every host key from `dir`, generating the missing ones (mode 0600)
+/// and logging each fingerprint.
+pub fn load_or_generate(dir: &Path) -> Result<Vec<PrivateKey>, HostKeyError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| HostKeyError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut keys = Vec::new();
+    for (name, generate) in KINDS {
+        let path = dir.join(name);
+        let key = match fs::read_to_string(&path) {
+            Ok(text) => PrivateKey::from_openssh(text.as_bytes()).map_err(|e| HostKeyError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = generate().map_err(|message| HostKeyError::Invalid {
+                    path: path.clone(),
+                    message,
+                })?;
+                write_new(&path, &key)?;
+                info!(path = %path.display(), "generated host key");
+                key
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mode = fs::metadata(&path).map_err(io(&path))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "host key is readable by others; set it to 0600");
+        }
+        info!(
+            algorithm = %key.algorithm(),
+            fingerprint = %key.public_key().fingerprint(HashAlg::Sha256),
+            "host key"
+        );
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Writes a new key file with mode 0600, never replacing an existing one.
+fn write_new(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
+    let text = key.to_openssh(LineEnding::LF).map_err(|e| HostKeyError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let io = |source| HostKeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    let public = key.public_key().to_openssh().map_err(|e| HostKeyError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let pub_path = path.with_extension("pub");
+    fs::write(&pub_path, format!("{public}\n")).map_err(|source| HostKeyError::Io {
+        path: pub_path,
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_then_loads_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_generate(dir.path()).unwrap();
+        assert_eq!(first.len(), 3);
+        for (name, _) in KINDS {
+            let mode = fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let second = load_or_generate(dir.path()).unwrap();
+        for (a, b) in first.iter().zip(&second) {
+            assert_eq!(a.public_key(), b.public_key());
+        }
+    }
+}
