@@ -15,7 +15,9 @@ pub struct UserName(String);
 
 /// Why a string is not a valid user name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid user name {0:?}: use 1-32 characters from A-Z a-z 0-9 _ . -, not starting with . or -")]
+#[error(
+    "invalid user name {0:?}: use 1-32 characters from A-Z a-z 0-9 _ . -, not starting with . or -"
+)]
 pub struct InvalidUserName(pub String);
 
 impl UserName {
@@ -65,7 +67,18 @@ mod tests {
 
     #[test]
     fn rejects_names_that_could_escape_or_confuse() {
-        for n in ["", ".", "..", ".hidden", "-rf", "a/b", "a\0b", "é", "a b", &"x".repeat(33)] {
+        for n in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-rf",
+            "a/b",
+            "a\0b",
+            "é",
+            "a b",
+            &"x".repeat(33),
+        ] {
             assert!(UserName::parse(n).is_err(), "{n:?} accepted");
         }
     }

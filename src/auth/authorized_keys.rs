@@ -663,4 +663,17 @@ mod tests {
             let _ = AuthorizedKey::parse(line);
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(line in "[a-zA-Z0-9=\",!*?./:\\ \t#-]{0,80}") {
+            let _ = AuthorizedKey::parse(&line);
+            let _ = AuthorizedKey::parse(&format!("{line} {KEY}"));
+        }
+
+        #[test]
+        fn parse_never_panics_on_any_text(line in "\\PC{0,120}") {
+            let _ = parse_file(&line);
+        }
+    }
 }

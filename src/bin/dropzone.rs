@@ -133,20 +133,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(&load_config(&config)?),
         Command::User(cmd) => user_command(cmd),
         Command::Verify { user, config } => verify(&load_config(&config)?, user.as_deref()),
-        Command::Decrypt { user, path, out, config } => {
-            decrypt(&load_config(&config)?, &user, &path, out.as_deref())
-        }
+        Command::Decrypt {
+            user,
+            path,
+            out,
+            config,
+        } => decrypt(&load_config(&config)?, &user, &path, out.as_deref()),
     }
 }
 
 fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
     match config.kms.backend {
         KmsBackend::Local => Ok(Arc::new(
-            LocalKms::new(config.kms.local_key_dir.clone(), config.kms.local_secret_version.clone())
-                .context("local key backend")?,
+            LocalKms::new(
+                config.kms.local_key_dir.clone(),
+                config.kms.local_secret_version.clone(),
+            )
+            .context("local key backend")?,
         )),
         KmsBackend::Eaas => Err(ConfigFailure(
-            "kms.backend = \"eaas\": the EaaS client is not available in this build; use \"local\"".into(),
+            "kms.backend = \"eaas\": the EaaS client is not available in this build; use \"local\""
+                .into(),
         )
         .into()),
     }
@@ -154,7 +161,8 @@ fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
 
 fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
     let wrapper = key_wrapper(config)?;
-    UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl).context("user key directory")
+    UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl)
+        .context("user key directory")
 }
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
@@ -194,7 +202,15 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on {}", config.listen))?;
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, "listening on {bound}");
-        ssh::run(listener, ssh_config, ctx, alive, config.login_grace, shutdown_signal()).await;
+        ssh::run(
+            listener,
+            ssh_config,
+            ctx,
+            alive,
+            config.login_grace,
+            shutdown_signal(),
+        )
+        .await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -203,7 +219,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the server still runs; it stops when killed.
         return std::future::pending().await;
     };
@@ -226,7 +245,10 @@ fn user_command(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             let mut users = UsersFile::load(path)?;
             let hash = if password_stdin {
                 let mut line = zeroize::Zeroizing::new(String::new());
-                std::io::stdin().lock().read_line(&mut line).context("reading the password")?;
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the password")?;
                 let pw = line.trim_end_matches(['\n', '\r']);
                 if pw.is_empty() {
                     bail!("empty password on standard input");
@@ -237,7 +259,8 @@ fn user_command(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             };
             let mut keys = Vec::new();
             for file in &authorized_keys {
-                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
                 keys.extend(
                     text.lines()
                         .map(str::trim)
@@ -333,19 +356,38 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
         }
     }
     println!("checked {checked} file(s), {failed} failure(s)");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn decrypt(config: &Config, user: &str, path: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn decrypt(
+    config: &Config,
+    user: &str,
+    path: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let user = UserName::parse(user)?;
     let keys = user_keys(config)?;
-    let key = keys.get_existing(&user).with_context(|| format!("key of user {user}"))?;
+    let key = keys
+        .get_existing(&user)
+        .with_context(|| format!("key of user {user}"))?;
     let storage = LocalStorage::open_root(&config.data_dir.join(user.as_str()))?;
     let store = UserStore::new(Arc::new(storage), key);
     let object = dropzone::jail::resolve(path)?;
-    let file = store.open(&object, OpenOptions { read: true, ..OpenOptions::default() })?;
+    let file = store.open(
+        &object,
+        OpenOptions {
+            read: true,
+            ..OpenOptions::default()
+        },
+    )?;
     let mut sink: Box<dyn Write> = match out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut offset = 0u64;

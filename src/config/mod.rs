@@ -170,10 +170,13 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         let pam = raw.auth.pam.unwrap_or(false);
         if pam {
-            return Err("auth.pam = true: PAM authentication is not available in this build".into());
+            return Err(
+                "auth.pam = true: PAM authentication is not available in this build".into(),
+            );
         }
         let backend = match raw.kms.backend.as_deref().unwrap_or("local") {
             "local" => KmsBackend::Local,

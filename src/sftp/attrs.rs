@@ -74,7 +74,11 @@ fn ls_date(t: i64, now: i64) -> String {
     let month_name = MONTHS[(month - 1) as usize];
     const SIX_MONTHS: i64 = 182 * 86_400;
     if (now - t).abs() < SIX_MONTHS {
-        format!("{month_name} {day:>2} {:02}:{:02}", secs / 3600, secs % 3600 / 60)
+        format!(
+            "{month_name} {day:>2} {:02}:{:02}",
+            secs / 3600,
+            secs % 3600 / 60
+        )
     } else {
         format!("{month_name} {day:>2}  {year}")
     }
@@ -115,7 +119,10 @@ mod tests {
     #[test]
     fn long_name_looks_like_ls() {
         let l = long_name("f.txt", &attrs(Kind::File, 0o644), "alice", 1_764_180_000);
-        assert_eq!(l, "-rw-r--r--    1 alice    alice        1234 Nov 26 18:00 f.txt");
+        assert_eq!(
+            l,
+            "-rw-r--r--    1 alice    alice        1234 Nov 26 18:00 f.txt"
+        );
         let d = long_name("d", &attrs(Kind::Dir, 0o1755), "bob", 1_900_000_000);
         assert!(d.starts_with("drwxr-xr-t"), "{d}");
         assert!(d.contains("Nov 26  2025"), "{d}");
@@ -124,6 +131,9 @@ mod tests {
     #[test]
     fn type_bits_are_set() {
         assert_eq!(to_sftp(&attrs(Kind::Dir, 0o755)).permissions, Some(0o40755));
-        assert_eq!(to_sftp(&attrs(Kind::File, 0o600)).permissions, Some(0o100600));
+        assert_eq!(
+            to_sftp(&attrs(Kind::File, 0o600)).permissions,
+            Some(0o100600)
+        );
     }
 }

@@ -107,14 +107,20 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
                 None => raw,
             };
             let path = jail::resolve(&expanded)?.to_client_string();
-            Ok(Packet::Name(Name { id, files: vec![File::dummy(path)] }))
+            Ok(Packet::Name(Name {
+                id,
+                files: vec![File::dummy(path)],
+            }))
         }
         "home-directory" => {
             let name = r.string()?;
             if !name.is_empty() && name != session.user.as_str() {
                 return Err(std::io::Error::from(std::io::ErrorKind::NotFound).into());
             }
-            Ok(Packet::Name(Name { id, files: vec![File::dummy("/")] }))
+            Ok(Packet::Name(Name {
+                id,
+                files: vec![File::dummy("/")],
+            }))
         }
         "users-groups-by-id@openssh.com" => {
             let uids = r.bytes()?;
@@ -142,8 +148,14 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
             let read_len = r.u64()?;
             let write_handle = r.string()?;
             let write_offset = r.u64()?;
-            let src = session.handles.file(&read_handle).ok_or(SftpError::BadHandle)?;
-            let dst = session.handles.file(&write_handle).ok_or(SftpError::BadHandle)?;
+            let src = session
+                .handles
+                .file(&read_handle)
+                .ok_or(SftpError::BadHandle)?;
+            let dst = session
+                .handles
+                .file(&write_handle)
+                .ok_or(SftpError::BadHandle)?;
             copy_data(&src, read_offset, read_len, &dst, write_offset)?;
             Ok(ok(id))
         }
@@ -152,8 +164,18 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
 }
 
 /// copy-data: a length of 0 copies to the end of the source.
-fn copy_data(src: &EncryptedFile, mut from: u64, len: u64, dst: &EncryptedFile, mut to: u64) -> Result<(), SftpError> {
-    let end = if len == 0 { u64::MAX } else { from.saturating_add(len) };
+fn copy_data(
+    src: &EncryptedFile,
+    mut from: u64,
+    len: u64,
+    dst: &EncryptedFile,
+    mut to: u64,
+) -> Result<(), SftpError> {
+    let end = if len == 0 {
+        u64::MAX
+    } else {
+        from.saturating_add(len)
+    };
     while from < end {
         let want = (end - from).min(crate::store::format::CHUNK_SIZE as u64) as usize;
         let data = src.read_at(from, want)?;

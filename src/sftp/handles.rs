@@ -14,12 +14,31 @@ use crate::store::storage::ObjectPath;
 
 /// Work for a file handle's worker, answered in order.
 pub(super) enum FileJob {
-    Read { id: u32, offset: u64, len: u32 },
-    Write { id: u32, offset: u64, data: Vec<u8> },
-    Fstat { id: u32 },
-    SetStat { id: u32, attrs: FileAttributes },
-    Extended { id: u32, request: String, data: Vec<u8> },
-    Close { id: u32 },
+    Read {
+        id: u32,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        id: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Fstat {
+        id: u32,
+    },
+    SetStat {
+        id: u32,
+        attrs: FileAttributes,
+    },
+    Extended {
+        id: u32,
+        request: String,
+        data: Vec<u8>,
+    },
+    Close {
+        id: u32,
+    },
 }
 
 /// A directory listing, read once at OPENDIR and handed out in batches.
@@ -79,7 +98,11 @@ impl HandleTable {
         Ok(name)
     }
 
-    pub(super) fn add_file(&self, queue: mpsc::Sender<FileJob>, file: Arc<EncryptedFile>) -> Result<String, SftpError> {
+    pub(super) fn add_file(
+        &self,
+        queue: mpsc::Sender<FileJob>,
+        file: Arc<EncryptedFile>,
+    ) -> Result<String, SftpError> {
         self.insert(Entry::File { queue, file })
     }
 
@@ -129,7 +152,11 @@ impl HandleTable {
 
 /// Runs the jobs of one file handle in order until it is closed or the
 /// session ends. An unclosed file is dropped, which discards a staged upload.
-pub(super) async fn run_worker(session: Arc<Session>, file: Arc<EncryptedFile>, mut jobs: mpsc::Receiver<FileJob>) {
+pub(super) async fn run_worker(
+    session: Arc<Session>,
+    file: Arc<EncryptedFile>,
+    mut jobs: mpsc::Receiver<FileJob>,
+) {
     while let Some(job) = jobs.recv().await {
         let closing = matches!(job, FileJob::Close { .. });
         let (s, f) = (session.clone(), file.clone());

@@ -25,8 +25,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode,
-    Version,
+    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -88,7 +87,11 @@ where
                     Ok(bytes) => buf.extend_from_slice(&bytes),
                     Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
                 }
-                next = if buf.len() < 256 * 1024 { reply_rx.try_recv().ok() } else { None };
+                next = if buf.len() < 256 * 1024 {
+                    reply_rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
             if writer.write_all(&buf).await.is_err() {
                 break;
@@ -159,7 +162,10 @@ fn ok(id: u32) -> Packet {
 
 fn error_reply(id: u32, err: &SftpError) -> Packet {
     let (code, msg) = to_status(err);
-    if matches!(err, SftpError::Store(crate::store::StoreError::Integrity(_))) {
+    if matches!(
+        err,
+        SftpError::Store(crate::store::StoreError::Integrity(_))
+    ) {
         warn!(error = %err, "integrity failure reported to client");
     } else {
         debug!(error = %err, "request failed");
@@ -191,14 +197,24 @@ impl Session {
             Err(e) => {
                 // Reply with the request id when one can be read, so the
                 // client's request fails cleanly instead of hanging.
-                let id = (raw.len() >= 5).then(|| u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]));
+                let id =
+                    (raw.len() >= 5).then(|| u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]));
                 debug!(error = %e, "malformed SFTP request");
-                let code = if raw.first().is_some_and(|t| (3..=20).contains(t) || *t == 200) {
+                let code = if raw
+                    .first()
+                    .is_some_and(|t| (3..=20).contains(t) || *t == 200)
+                {
                     StatusCode::BadMessage
                 } else {
                     StatusCode::OpUnsupported
                 };
-                return self.send(status(id.unwrap_or(0), code, "malformed or unsupported request")).await;
+                return self
+                    .send(status(
+                        id.unwrap_or(0),
+                        code,
+                        "malformed or unsupported request",
+                    ))
+                    .await;
             }
         };
         match packet {
@@ -206,20 +222,56 @@ impl Session {
                 debug!(client_version = init.version, "SFTP init");
                 self.send(Packet::Version(version_reply())).await
             }
-            Packet::Read(r) => self.to_handle(r.id, &r.handle, FileJob::Read { id: r.id, offset: r.offset, len: r.len }).await,
+            Packet::Read(r) => {
+                self.to_handle(
+                    r.id,
+                    &r.handle,
+                    FileJob::Read {
+                        id: r.id,
+                        offset: r.offset,
+                        len: r.len,
+                    },
+                )
+                .await
+            }
             Packet::Write(w) => {
-                self.to_handle(w.id, &w.handle, FileJob::Write { id: w.id, offset: w.offset, data: w.data }).await
+                self.to_handle(
+                    w.id,
+                    &w.handle,
+                    FileJob::Write {
+                        id: w.id,
+                        offset: w.offset,
+                        data: w.data,
+                    },
+                )
+                .await
             }
             Packet::Fstat(f) => match self.handles.dir(&f.handle) {
                 Some(dir) => {
                     let session = self.clone();
                     let path = dir.path.clone();
-                    let reply = reply_of(f.id, blocking(move || session.stat_reply(f.id, &path, true)).await);
+                    let reply = reply_of(
+                        f.id,
+                        blocking(move || session.stat_reply(f.id, &path, true)).await,
+                    );
                     self.send(reply).await
                 }
-                None => self.to_handle(f.id, &f.handle, FileJob::Fstat { id: f.id }).await,
+                None => {
+                    self.to_handle(f.id, &f.handle, FileJob::Fstat { id: f.id })
+                        .await
+                }
             },
-            Packet::FSetStat(f) => self.to_handle(f.id, &f.handle, FileJob::SetStat { id: f.id, attrs: f.attrs }).await,
+            Packet::FSetStat(f) => {
+                self.to_handle(
+                    f.id,
+                    &f.handle,
+                    FileJob::SetStat {
+                        id: f.id,
+                        attrs: f.attrs,
+                    },
+                )
+                .await
+            }
             Packet::Close(c) => {
                 if self.handles.remove_dir(&c.handle) {
                     return self.send(ok(c.id)).await;
@@ -239,7 +291,11 @@ impl Session {
             Packet::Extended(e) if extensions::is_handle_request(&e.request) => {
                 match extensions::handle_of(&e) {
                     Some(handle) if self.handles.dir(&handle).is_none() => {
-                        let job = FileJob::Extended { id: e.id, request: e.request, data: e.data };
+                        let job = FileJob::Extended {
+                            id: e.id,
+                            request: e.request,
+                            data: e.data,
+                        };
                         self.to_handle(e.id, &handle, job).await
                     }
                     Some(_) => {
@@ -300,7 +356,10 @@ impl Session {
                 Ok(ok(r.id))
             }
             Packet::MkDir(m) => {
-                store.mkdir(&jail::resolve(&m.path)?, m.attrs.permissions.map(|p| p & 0o7777))?;
+                store.mkdir(
+                    &jail::resolve(&m.path)?,
+                    m.attrs.permissions.map(|p| p & 0o7777),
+                )?;
                 Ok(ok(m.id))
             }
             Packet::RmDir(r) => {
@@ -313,17 +372,27 @@ impl Session {
             }
             Packet::RealPath(r) => {
                 let path = jail::resolve(&r.path)?.to_client_string();
-                Ok(Packet::Name(Name { id: r.id, files: vec![File::dummy(path)] }))
+                Ok(Packet::Name(Name {
+                    id: r.id,
+                    files: vec![File::dummy(path)],
+                }))
             }
             Packet::Rename(r) => {
                 // Like OpenSSH's sftp-server, plain RENAME never replaces an
                 // existing target; posix-rename@openssh.com does.
-                store.rename(&jail::resolve(&r.oldpath)?, &jail::resolve(&r.newpath)?, false)?;
+                store.rename(
+                    &jail::resolve(&r.oldpath)?,
+                    &jail::resolve(&r.newpath)?,
+                    false,
+                )?;
                 Ok(ok(r.id))
             }
             Packet::ReadLink(r) => {
                 let target = store.read_link(&jail::resolve(&r.path)?)?;
-                Ok(Packet::Name(Name { id: r.id, files: vec![File::dummy(target)] }))
+                Ok(Packet::Name(Name {
+                    id: r.id,
+                    files: vec![File::dummy(target)],
+                }))
             }
             Packet::Symlink(s) => {
                 // OpenSSH sends the target first, contrary to the draft; every
@@ -342,7 +411,13 @@ impl Session {
         }
     }
 
-    fn open(self: &Arc<Self>, id: u32, filename: &str, flags: OpenFlags, attrs: &FileAttributes) -> Result<Packet, SftpError> {
+    fn open(
+        self: &Arc<Self>,
+        id: u32,
+        filename: &str,
+        flags: OpenFlags,
+        attrs: &FileAttributes,
+    ) -> Result<Packet, SftpError> {
         let path = jail::resolve(filename)?;
         if path.is_root() {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
@@ -371,10 +446,18 @@ impl Session {
 
     fn stat_reply(&self, id: u32, path: &ObjectPath, follow: bool) -> Result<Packet, SftpError> {
         let a = self.store.stat(path, follow)?;
-        Ok(Packet::Attrs(Attrs { id, attrs: attrs::to_sftp(&a) }))
+        Ok(Packet::Attrs(Attrs {
+            id,
+            attrs: attrs::to_sftp(&a),
+        }))
     }
 
-    fn set_stat(&self, path: &ObjectPath, a: &FileAttributes, follow: bool) -> Result<(), SftpError> {
+    fn set_stat(
+        &self,
+        path: &ObjectPath,
+        a: &FileAttributes,
+        follow: bool,
+    ) -> Result<(), SftpError> {
         let current = self.store.stat(path, follow)?;
         check_owner(a, &current)?;
         if let Some(size) = a.size {
@@ -408,10 +491,18 @@ impl Session {
         }
         let parent = self.store.stat(&path.parent(), true)?;
         for (name, a) in [(".", &here), ("..", &parent)] {
-            files.push(File { filename: name.into(), longname: attrs::long_name(name, a, owner, now), attrs: attrs::to_sftp(a) });
+            files.push(File {
+                filename: name.into(),
+                longname: attrs::long_name(name, a, owner, now),
+                attrs: attrs::to_sftp(a),
+            });
         }
         for (name, a) in self.store.read_dir(path)? {
-            files.push(File { longname: attrs::long_name(&name, &a, owner, now), attrs: attrs::to_sftp(&a), filename: name });
+            files.push(File {
+                longname: attrs::long_name(&name, &a, owner, now),
+                attrs: attrs::to_sftp(&a),
+                filename: name,
+            });
         }
         Ok(files)
     }
@@ -447,7 +538,10 @@ fn version_reply() -> Version {
     for (name, version) in extensions::ADVERTISED {
         extensions.insert((*name).to_owned(), (*version).to_owned());
     }
-    Version { version: 3, extensions }
+    Version {
+        version: 3,
+        extensions,
+    }
 }
 
 /// Executes one job on an open file (on a blocking thread).
@@ -466,7 +560,10 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Packet {
             Err(e) => error_reply(id, &e.into()),
         },
         FileJob::Fstat { id } => match file.attributes() {
-            Ok(a) => Packet::Attrs(Attrs { id, attrs: attrs::to_sftp(&a) }),
+            Ok(a) => Packet::Attrs(Attrs {
+                id,
+                attrs: attrs::to_sftp(&a),
+            }),
             Err(e) => error_reply(id, &e.into()),
         },
         FileJob::SetStat { id, attrs } => reply_of(id, fsetstat(file, &attrs).map(|()| ok(id))),
@@ -474,9 +571,11 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Packet {
             Ok(()) => ok(id),
             Err(e) => error_reply(id, &e.into()),
         },
-        FileJob::Extended { id, request, data } => {
-            reply_of(id, extensions::handle_extension(session, id, file, &request, &data).map(|p| p.unwrap_or_else(|| ok(id))))
-        }
+        FileJob::Extended { id, request, data } => reply_of(
+            id,
+            extensions::handle_extension(session, id, file, &request, &data)
+                .map(|p| p.unwrap_or_else(|| ok(id))),
+        ),
     }
 }
 

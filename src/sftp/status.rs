@@ -57,14 +57,19 @@ pub fn to_status(err: &SftpError) -> (StatusCode, String) {
             "the file failed its integrity check (it was modified or damaged on the server)".into(),
         ),
         SftpError::Store(StoreError::Io(e)) => io_status(e),
-        SftpError::Store(StoreError::InvalidArgument(what)) => (C::Failure, format!("invalid argument: {what}")),
-        SftpError::Store(StoreError::WrongAccess(what)) => {
-            (C::PermissionDenied, format!("the file was not opened for {what}"))
+        SftpError::Store(StoreError::InvalidArgument(what)) => {
+            (C::Failure, format!("invalid argument: {what}"))
         }
+        SftpError::Store(StoreError::WrongAccess(what)) => (
+            C::PermissionDenied,
+            format!("the file was not opened for {what}"),
+        ),
         SftpError::Jail(e) => (C::Failure, e.to_string()),
         SftpError::BadHandle => (C::Failure, "invalid handle".into()),
         SftpError::BadMessage => (C::BadMessage, "malformed request".into()),
-        SftpError::Unsupported(what) => (C::OpUnsupported, format!("operation not supported: {what}")),
+        SftpError::Unsupported(what) => {
+            (C::OpUnsupported, format!("operation not supported: {what}"))
+        }
         SftpError::TooManyHandles => (C::Failure, "too many open files in this session".into()),
         SftpError::Internal => (C::Failure, "internal server error".into()),
     }

@@ -148,7 +148,10 @@ mod tests {
             .bytes(b"v")
             .finish();
         let a = Reader::new(&b).attrs().unwrap();
-        assert_eq!((a.size, a.uid, a.gid, a.permissions), (Some(5), Some(1), Some(2), Some(0o644)));
+        assert_eq!(
+            (a.size, a.uid, a.gid, a.permissions),
+            (Some(5), Some(1), Some(2), Some(0o644))
+        );
         assert_eq!((a.atime, a.mtime), (Some(10), Some(20)));
     }
 }

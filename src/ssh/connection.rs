@@ -34,7 +34,9 @@ pub(super) struct Connection {
 
 fn reject() -> Auth {
     Auth::Reject {
-        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..])),
+        proceed_with_methods: Some(MethodSet::from(
+            &[MethodKind::PublicKey, MethodKind::Password][..],
+        )),
         partial_success: false,
     }
 }
@@ -75,7 +77,10 @@ impl Connection {
         let ctx = self.ctx.clone();
         let n = name.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<UserStore, String> {
-            let key = ctx.keys.get_or_create(&n).map_err(|e| format!("user key unavailable: {e}"))?;
+            let key = ctx
+                .keys
+                .get_or_create(&n)
+                .map_err(|e| format!("user key unavailable: {e}"))?;
             let storage = LocalStorage::open_root(&ctx.data_dir.join(n.as_str()))
                 .map_err(|e| format!("cannot open the user's directory: {e}"))?;
             Ok(UserStore::new(Arc::new(storage), key))
@@ -122,7 +127,11 @@ impl russh::server::Handler for Connection {
         }
     }
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         self.note_user(user);
         let auth = self.ctx.authenticator();
         if !auth.key_allowed(user, key.public_key, Some(self.peer.ip())) {
@@ -135,7 +144,10 @@ impl russh::server::Handler for Connection {
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         self.note_user(user);
         let auth = self.ctx.authenticator();
-        let (u, p) = (user.to_owned(), zeroize::Zeroizing::new(password.to_owned()));
+        let (u, p) = (
+            user.to_owned(),
+            zeroize::Zeroizing::new(password.to_owned()),
+        );
         let ok = tokio::task::spawn_blocking(move || auth.password_ok(&u, &p))
             .await
             .unwrap_or(false);
@@ -153,7 +165,9 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.logged_in.is_none() {
-            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         self.channels.insert(channel.id(), channel);
@@ -161,7 +175,12 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn subsystem_request(&mut self, id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let (Some(login), true) = (&self.logged_in, name == "sftp") else {
             info!(peer = %self.peer, subsystem = name, "subsystem refused");
             session.channel_failure(id)?;
@@ -184,10 +203,17 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         let accepted = self.logged_in.is_some() && SCP_PENDING_is_scp_command(&command);
-        let (Some(login), true, Some(channel)) = (&self.logged_in, accepted, self.channels.remove(&id)) else {
+        let (Some(login), true, Some(channel)) =
+            (&self.logged_in, accepted, self.channels.remove(&id))
+        else {
             info!(peer = %self.peer, command = %command.chars().take(80).collect::<String>(), "exec refused: only scp is available");
             session.channel_failure(id)?;
             return Ok(());
@@ -205,7 +231,11 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn shell_request(&mut self, id: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         info!(peer = %self.peer, "shell refused");
         session.channel_failure(id)?;
         Ok(())
@@ -250,22 +280,39 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn agent_request(&mut self, id: ChannelId, session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         session.channel_failure(id)?;
         Ok(false)
     }
 
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 
-    async fn channel_close(&mut self, id: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        id: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&id);
         Ok(())
     }
 }
 
 #[allow(non_snake_case)]
-fn SCP_PENDING_is_scp_command(_: &str) -> bool { false }
+fn SCP_PENDING_is_scp_command(_: &str) -> bool {
+    false
+}
 #[allow(non_snake_case)]
-async fn SCP_PENDING_serve<S>(_: S, _: Arc<UserStore>, _: &str) -> u32 { 1 }
+async fn SCP_PENDING_serve<S>(_: S, _: Arc<UserStore>, _: &str) -> u32 {
+    1
+}

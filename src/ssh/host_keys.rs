@@ -34,8 +34,11 @@ pub enum HostKeyError {
     },
 }
 
+/// Makes a new key of one kind.
+type Generator = fn() -> Result<PrivateKey, String>;
+
 /// The host key files, in the order they are offered.
-const KINDS: &[(&str, fn() -> Result<PrivateKey, String>)] = &[
+const KINDS: &[(&str, Generator)] = &[
     ("ssh_host_ed25519_key", || {
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| e.to_string())
     }),
@@ -66,10 +69,12 @@ pub fn load_or_generate(dir: &Path) -> Result<Vec<PrivateKey>, HostKeyError> {
     for (name, generate) in KINDS {
         let path = dir.join(name);
         let key = match fs::read_to_string(&path) {
-            Ok(text) => PrivateKey::from_openssh(text.as_bytes()).map_err(|e| HostKeyError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
-            })?,
+            Ok(text) => {
+                PrivateKey::from_openssh(text.as_bytes()).map_err(|e| HostKeyError::Invalid {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = generate().map_err(|message| HostKeyError::Invalid {
                     path: path.clone(),
@@ -97,10 +102,12 @@ pub fn load_or_generate(dir: &Path) -> Result<Vec<PrivateKey>, HostKeyError> {
 
 /// Writes a new key file with mode 0600, never replacing an existing one.
 fn write_new(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
-    let text = key.to_openssh(LineEnding::LF).map_err(|e| HostKeyError::Invalid {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| HostKeyError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     let io = |source| HostKeyError::Io {
         path: path.to_owned(),
         source,
@@ -113,10 +120,13 @@ fn write_new(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
         .map_err(io)?;
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
-    let public = key.public_key().to_openssh().map_err(|e| HostKeyError::Invalid {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| HostKeyError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     let pub_path = path.with_extension("pub");
     fs::write(&pub_path, format!("{public}\n")).map_err(|source| HostKeyError::Io {
         path: pub_path,
@@ -135,7 +145,10 @@ mod tests {
         let first = load_or_generate(dir.path()).unwrap();
         assert_eq!(first.len(), 3);
         for (name, _) in KINDS {
-            let mode = fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         let second = load_or_generate(dir.path()).unwrap();

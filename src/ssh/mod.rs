@@ -81,7 +81,9 @@ impl ServerContext {
                     cache.auth = Arc::new(auth);
                     cache.modified = now;
                 }
-                Err(e) => warn!(error = %e, "users file changed but cannot be used; keeping the previous users"),
+                Err(e) => {
+                    warn!(error = %e, "users file changed but cannot be used; keeping the previous users")
+                }
             }
         }
         cache.auth.clone()
@@ -99,9 +101,13 @@ pub fn ssh_config(
     idle_timeout: Duration,
 ) -> SshConfig {
     SshConfig {
-        server_id: russh::SshId::Standard(format!("SSH-2.0-Dropzone_{}", env!("CARGO_PKG_VERSION")).into()),
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-Dropzone_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
         keys: host_keys,
-        methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey, russh::MethodKind::Password][..]),
+        methods: russh::MethodSet::from(
+            &[russh::MethodKind::PublicKey, russh::MethodKind::Password][..],
+        ),
         max_auth_attempts: max_auth_attempts as usize,
         // Every rejection takes the same time, so unknown users, wrong
         // passwords and unknown keys look alike from outside.
@@ -185,17 +191,29 @@ pub async fn run(
         }
     }
     info!("stopping: closing sessions");
-    let open: Vec<_> = handles.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
+    let open: Vec<_> = handles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .map(|(_, h)| h)
+        .collect();
     for h in open {
         let _ = h
-            .disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), "en".into())
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "server shutting down".into(),
+                "en".into(),
+            )
             .await;
     }
     drop(ctx);
     // The context holds the only `alive` sender and every session task holds
     // the context: when all are gone, every open file was closed, flushed or
     // discarded.
-    if tokio::time::timeout(SHUTDOWN_GRACE, alive.recv()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, alive.recv())
+        .await
+        .is_err()
+    {
         warn!("some sessions did not finish in time");
     }
     sessions.abort_all();

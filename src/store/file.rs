@@ -26,7 +26,11 @@ use crate::store::StoreError;
 /// Index of the chunk holding the last byte of a file of `size` bytes (0 for
 /// an empty file, which still has one, empty, chunk).
 fn last_index(size: u64) -> u64 {
-    if size == 0 { 0 } else { (size - 1) / CHUNK_SIZE as u64 }
+    if size == 0 {
+        0
+    } else {
+        (size - 1) / CHUNK_SIZE as u64
+    }
 }
 
 /// Plaintext length of chunk `index` in a file of `size` bytes.
@@ -161,7 +165,11 @@ impl FileState {
     pub(crate) fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or_else(|| StoreError::InvalidArgument("offset overflows"))?;
+            .ok_or(StoreError::InvalidArgument("offset overflows"))?;
+        if data.is_empty() {
+            // As pwrite(2): writing nothing does not extend the file.
+            return Ok(());
+        }
         if end > self.size {
             self.extend_to(end)?;
         }
@@ -263,6 +271,12 @@ impl FileState {
     fn extend_to(&mut self, new_size: u64) -> Result<(), StoreError> {
         let old_last = last_index(self.size);
         let new_last = last_index(new_size);
+        if new_last == old_last && old_last < self.disk_chunks {
+            // The last chunk stays last but grows. Its record on disk holds
+            // the old length, and `read_chunk_from_disk` derives the record
+            // length from `self.size`: cache it while the size is still old.
+            self.load(old_last)?;
+        }
         let cached = self.cache.as_ref().map(|c| c.index);
         if new_last > old_last {
             // Seal the old last chunk as full and non-final, unless it is the
@@ -302,7 +316,15 @@ impl FileState {
         let mut iv = [0u8; format::BLOCK];
         format::fill_random(&mut iv);
         self.record.clear();
-        format::encode_chunk(&self.keys, &self.id, index, is_final, data, &iv, &mut self.record);
+        format::encode_chunk(
+            &self.keys,
+            &self.id,
+            index,
+            is_final,
+            data,
+            &iv,
+            &mut self.record,
+        );
         self.blob
             .write_all_at(&self.record, format::record_offset(index))?;
         self.disk_chunks = self.disk_chunks.max(index + 1);
@@ -341,7 +363,14 @@ impl FileState {
         self.record.resize(format::record_len(len), 0);
         read_exact_or_integrity(&*self.blob, &mut self.record, format::record_offset(index))?;
         let mut out = Vec::with_capacity(CHUNK_SIZE);
-        format::decode_chunk(&self.keys, &self.id, index, is_final, &self.record, &mut out)?;
+        format::decode_chunk(
+            &self.keys,
+            &self.id,
+            index,
+            is_final,
+            &self.record,
+            &mut out,
+        )?;
         Ok(out)
     }
 }

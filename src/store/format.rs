@@ -217,8 +217,10 @@ impl Layout {
         let full = FULL_RECORD_LEN as u64;
         let chunks = body.div_ceil(full);
         let last = (body - (chunks - 1) * full) as usize;
-        if last < RECORD_OVERHEAD || (last - RECORD_OVERHEAD) % BLOCK != 0 {
-            return Err(FormatError::Integrity("file length is not a whole number of chunks"));
+        if last < RECORD_OVERHEAD || !(last - RECORD_OVERHEAD).is_multiple_of(BLOCK) {
+            return Err(FormatError::Integrity(
+                "file length is not a whole number of chunks",
+            ));
         }
         Ok(Layout {
             chunks,
@@ -230,7 +232,9 @@ impl Layout {
     pub fn plaintext_len(&self, last_len_field: [u8; LEN_FIELD]) -> Result<u64, FormatError> {
         let last = u32::from_be_bytes(last_len_field) as usize;
         if last > CHUNK_SIZE || record_len(last) != self.last_record_len {
-            return Err(FormatError::Integrity("last chunk length field is inconsistent"));
+            return Err(FormatError::Integrity(
+                "last chunk length field is inconsistent",
+            ));
         }
         if last == 0 && self.chunks != 1 {
             return Err(FormatError::Integrity("empty chunk after data"));
@@ -310,7 +314,13 @@ pub fn decode_chunk(
     Ok(())
 }
 
-fn chunk_mac(keys: &FileKeys, id: &FileId, index: u64, is_final: bool, body: &[u8]) -> [u8; MAC_LEN] {
+fn chunk_mac(
+    keys: &FileKeys,
+    id: &FileId,
+    index: u64,
+    is_final: bool,
+    body: &[u8],
+) -> [u8; MAC_LEN] {
     keys.mac()
         .chain_update(MAC_DOMAIN_CHUNK)
         .chain_update(id.0)

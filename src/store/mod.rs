@@ -94,11 +94,13 @@ pub struct Attributes {
     pub mtime: i64,
 }
 
+/// Open in-place files by storage identity (device, inode).
+type OpenFileTable = HashMap<(u64, u64), Weak<Mutex<FileState>>>;
+
 /// Files opened in place, by storage identity, so that every handle on one
 /// file shares one cache and one lock (coherent reads, no torn chunk from a
 /// concurrent writer).
-static OPEN_FILES: LazyLock<Mutex<HashMap<(u64, u64), Weak<Mutex<FileState>>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static OPEN_FILES: LazyLock<Mutex<OpenFileTable>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Locks a mutex, recovering the data if a panic poisoned it: the state is
 /// only a cache over the on-disk file, whose MACs catch any inconsistency.
@@ -138,7 +140,9 @@ impl UserStore {
         let staged = existing.is_none() || (opts.truncate && opts.write);
         if staged {
             if !opts.write {
-                return Err(StoreError::WrongAccess("writing (create needs write access)"));
+                return Err(StoreError::WrongAccess(
+                    "writing (create needs write access)",
+                ));
             }
             let s = self.storage.stage(path)?;
             let mode = match &existing {
@@ -175,8 +179,16 @@ impl UserStore {
     }
 
     /// The shared state of an existing file, opened for writing if needed.
-    fn open_shared(&self, path: &ObjectPath, write: bool) -> Result<Arc<Mutex<FileState>>, StoreError> {
-        let access = if write { Access::ReadWrite } else { Access::Read };
+    fn open_shared(
+        &self,
+        path: &ObjectPath,
+        write: bool,
+    ) -> Result<Arc<Mutex<FileState>>, StoreError> {
+        let access = if write {
+            Access::ReadWrite
+        } else {
+            Access::Read
+        };
         let blob = self.storage.open(path, access)?;
         let identity = blob.meta()?.identity;
         let mut table = lock(&OPEN_FILES);
@@ -224,7 +236,10 @@ impl UserStore {
     /// that is not a valid Dropzone file shows as 0 bytes; reading it reports
     /// the integrity failure.
     fn plaintext_size(&self, path: &ObjectPath, meta: &Meta) -> u64 {
-        if let Some(state) = lock(&OPEN_FILES).get(&meta.identity).and_then(Weak::upgrade) {
+        if let Some(state) = lock(&OPEN_FILES)
+            .get(&meta.identity)
+            .and_then(Weak::upgrade)
+        {
             return lock(&state).size();
         }
         let Ok(layout) = format::Layout::from_stored_len(meta.stored_len) else {
@@ -271,7 +286,12 @@ impl UserStore {
     }
 
     /// Renames; without `replace`, an existing target is an error.
-    pub fn rename(&self, from: &ObjectPath, to: &ObjectPath, replace: bool) -> Result<(), StoreError> {
+    pub fn rename(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        replace: bool,
+    ) -> Result<(), StoreError> {
         Ok(self.storage.rename(from, to, replace)?)
     }
 
@@ -360,7 +380,11 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("writing"));
         }
         let mut state = lock(&self.state);
-        let offset = if self.opts.append { state.size() } else { offset };
+        let offset = if self.opts.append {
+            state.size()
+        } else {
+            offset
+        };
         state.write_at(offset, data)
     }
 

@@ -172,7 +172,11 @@ fn assert_no_plaintext_window(stored: &[u8], plain: &[u8]) {
     }
     let seen: HashSet<&[u8]> = stored.windows(window).collect();
     for (i, w) in plain.windows(window).enumerate() {
-        assert!(!seen.contains(w), "plaintext bytes {i}..{} found in the stored file", i + window);
+        assert!(
+            !seen.contains(w),
+            "plaintext bytes {i}..{} found in the stored file",
+            i + window
+        );
     }
 }
 
@@ -200,7 +204,11 @@ fn round_trip(pieces: &[usize]) {
         let f = fx.store.open(&p(&name), create_trunc()).unwrap();
         write_in_pieces(&f, &plain, pieces);
         assert_eq!(f.size(), len as u64, "size while open, len {len}");
-        assert_eq!(f.attributes().unwrap().size, len as u64, "fstat while open, len {len}");
+        assert_eq!(
+            f.attributes().unwrap().size,
+            len as u64,
+            "fstat while open, len {len}"
+        );
         // Readable through the same handle before close.
         assert_eq!(read_all(&f).unwrap(), plain, "read before close, len {len}");
         f.close().unwrap();
@@ -214,7 +222,11 @@ fn round_trip(pieces: &[usize]) {
 
         // Reopen (read-only, then read-write in place: stat by path while
         // open comes from the shared state).
-        assert_eq!(get(&fx.store, &name).unwrap(), plain, "read after reopen, len {len}");
+        assert_eq!(
+            get(&fx.store, &name).unwrap(),
+            plain,
+            "read after reopen, len {len}"
+        );
         let f = fx.store.open(&p(&name), rw()).unwrap();
         assert_eq!(fx.store.stat(&p(&name), true).unwrap().size, len as u64);
         assert_eq!(f.attributes().unwrap().size, len as u64);
@@ -222,7 +234,11 @@ fn round_trip(pieces: &[usize]) {
         f.close().unwrap();
 
         let stored = fx.raw_bytes(&name);
-        assert_eq!(stored.len() as u64, expected_stored_len(len), "stored length, len {len}");
+        assert_eq!(
+            stored.len() as u64,
+            expected_stored_len(len),
+            "stored length, len {len}"
+        );
         assert_ne!(stored, plain);
         assert!(!stored[HEADER_LEN..].starts_with(&plain[..plain.len().min(16)]) || len == 0);
         assert_no_plaintext_window(&stored, &plain);
@@ -303,7 +319,9 @@ fn in_place_edits_match_a_model() {
         // Appends that grow the last record by a block or more.
         (16, |f, m| write_model(f, m, 16, &[9; 1])),
         (10, |f, m| write_model(f, m, 10, &[9; 20])),
-        (CHUNK_SIZE + 16, |f, m| write_model(f, m, C + 16, &[1, 2, 3])),
+        (CHUNK_SIZE + 16, |f, m| {
+            write_model(f, m, C + 16, &[1, 2, 3])
+        }),
         (100, |f, m| write_model(f, m, 150, &[5; 7])),
         // Extending within the last chunk.
         (10, |f, m| set_len_model(f, m, 20)),
@@ -336,8 +354,14 @@ fn in_place_edits_match_a_model() {
         assert_eq!(read_all(&f).unwrap(), model, "case {i} before close");
         f.close().unwrap();
         assert_eq!(get(&fx.store, "e").unwrap(), model, "case {i} after close");
-        assert_eq!(fx.store.stat(&p("e"), true).unwrap().size, model.len() as u64);
-        assert_eq!(fx.raw_bytes("e").len() as u64, expected_stored_len(model.len()));
+        assert_eq!(
+            fx.store.stat(&p("e"), true).unwrap().size,
+            model.len() as u64
+        );
+        assert_eq!(
+            fx.raw_bytes("e").len() as u64,
+            expected_stored_len(model.len())
+        );
     }
 }
 
@@ -419,9 +443,16 @@ impl Pos {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { at: Pos, len: usize, seed: u64 },
+    Write {
+        at: Pos,
+        len: usize,
+        seed: u64,
+    },
     SetLen(Pos),
-    Read { at: Pos, len: usize },
+    Read {
+        at: Pos,
+        len: usize,
+    },
     /// Close, then open again in place (no truncation).
     Reopen,
     /// Close, then open with create + truncate (a staged rewrite).
@@ -454,9 +485,15 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn check_closed(fx: &Fixture, model: &[u8]) {
-    assert_eq!(fx.store.stat(&p("m"), true).unwrap().size, model.len() as u64);
+    assert_eq!(
+        fx.store.stat(&p("m"), true).unwrap().size,
+        model.len() as u64
+    );
     assert_eq!(get(&fx.store, "m").unwrap(), model);
-    assert_eq!(fx.raw_bytes("m").len() as u64, expected_stored_len(model.len()));
+    assert_eq!(
+        fx.raw_bytes("m").len() as u64,
+        expected_stored_len(model.len())
+    );
 }
 
 fn run_model(ops: &[Op]) {
@@ -494,10 +531,17 @@ fn run_model(ops: &[Op]) {
                 };
             }
         }
-        assert_eq!(f.size(), model.len() as u64, "step {step}: size after {op:?}");
+        assert_eq!(
+            f.size(),
+            model.len() as u64,
+            "step {step}: size after {op:?}"
+        );
     }
     // Whole content through the open handle, then after close.
-    assert!(read_all(&f).unwrap() == model, "final read before close differs");
+    assert!(
+        read_all(&f).unwrap() == model,
+        "final read before close differs"
+    );
     f.close().unwrap();
     check_closed(&fx, &model);
 }
@@ -527,7 +571,11 @@ fn assert_rejected(fx: &Fixture, name: &str, what: &str) {
         Ok(f) => read_all(&f),
         Err(e) => Err(e),
     };
-    assert!(is_integrity(&r), "{what}: expected an integrity error, got {:?}", r.map(|v| v.len()));
+    assert!(
+        is_integrity(&r),
+        "{what}: expected an integrity error, got {:?}",
+        r.map(|v| v.len())
+    );
     // Also through verify_blob, as the offline `verify` does.
     let storage = LocalStorage::open_root(fx.dir.path()).unwrap();
     let blob = storage.open(&p(name), Access::Read).unwrap();
@@ -550,8 +598,22 @@ fn tampering_is_detected() {
     let mut positions = vec![0, 8, 10, 12, 20, 40, 63];
     for i in 0..4u64 {
         let r = format::record_offset(i) as usize;
-        let rec_len = if i < 3 { FULL_RECORD_LEN } else { format::record_len(7) };
-        positions.extend([r, r + 3, r + 4, r + 19, r + 20, r + 21, r + rec_len - 33, r + rec_len - 32, r + rec_len - 1]);
+        let rec_len = if i < 3 {
+            FULL_RECORD_LEN
+        } else {
+            format::record_len(7)
+        };
+        positions.extend([
+            r,
+            r + 3,
+            r + 4,
+            r + 19,
+            r + 20,
+            r + 21,
+            r + rec_len - 33,
+            r + rec_len - 32,
+            r + rec_len - 1,
+        ]);
         if i < 3 {
             positions.extend([r + 20 + CHUNK_SIZE / 2, r + 20 + CHUNK_SIZE - 1]);
         }
@@ -567,7 +629,10 @@ fn tampering_is_detected() {
 
     // Swap two full records.
     let mut b = good.clone();
-    let (r0, r1) = (format::record_offset(0) as usize, format::record_offset(1) as usize);
+    let (r0, r1) = (
+        format::record_offset(0) as usize,
+        format::record_offset(1) as usize,
+    );
     let rec0 = good[r0..r0 + FULL_RECORD_LEN].to_vec();
     let rec1 = good[r1..r1 + FULL_RECORD_LEN].to_vec();
     b[r0..r0 + FULL_RECORD_LEN].copy_from_slice(&rec1);
@@ -673,7 +738,11 @@ fn chunks_from_another_file_or_key_are_rejected() {
     assert!(is_integrity(&r), "a file opened under another key");
 
     // A plain (non-Dropzone) file.
-    std::fs::write(fx.raw("plain"), b"just some text that is not encrypted at all").unwrap();
+    std::fs::write(
+        fx.raw("plain"),
+        b"just some text that is not encrypted at all",
+    )
+    .unwrap();
     assert_rejected(&fx, "plain", "plaintext file");
     std::fs::write(fx.raw("empty"), b"").unwrap();
     assert_rejected(&fx, "empty", "zero-length file");
@@ -695,11 +764,20 @@ fn interrupted_staged_upload_keeps_the_previous_version() {
     write_in_pieces(&f, &bytes(3 * CHUNK_SIZE, 2), &[32 * 1024]);
     // Meanwhile the old version is what others see.
     assert_eq!(get(&fx.store, "doc").unwrap(), old);
-    assert_eq!(fx.store.stat(&p("doc"), true).unwrap().size, old.len() as u64);
+    assert_eq!(
+        fx.store.stat(&p("doc"), true).unwrap().size,
+        old.len() as u64
+    );
     drop(f);
     assert_eq!(get(&fx.store, "doc").unwrap(), old);
     assert_eq!(fx.raw_names(), names_before, "staged file left behind");
-    let listed: Vec<String> = fx.store.read_dir(&ObjectPath::root()).unwrap().into_iter().map(|e| e.0).collect();
+    let listed: Vec<String> = fx
+        .store
+        .read_dir(&ObjectPath::root())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(listed, vec!["doc".to_owned()]);
 
     // Aborted explicitly: same.
@@ -722,10 +800,18 @@ fn interrupted_staged_upload_keeps_the_previous_version() {
     write_in_pieces(&f, &bytes(2 * CHUNK_SIZE, 3), &[32 * 1024]);
     std::mem::forget(f);
     assert_eq!(get(&fx.store, "doc").unwrap(), old);
-    let listed: Vec<String> = fx.store.read_dir(&ObjectPath::root()).unwrap().into_iter().map(|e| e.0).collect();
+    let listed: Vec<String> = fx
+        .store
+        .read_dir(&ObjectPath::root())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(listed, vec!["doc".to_owned()]);
     assert!(
-        fx.raw_names().iter().any(|n| n.starts_with(super::storage::RESERVED_PREFIX)),
+        fx.raw_names()
+            .iter()
+            .any(|n| n.starts_with(super::storage::RESERVED_PREFIX)),
         "expected the leaked staged object on disk"
     );
 
@@ -749,7 +835,10 @@ fn staged_upload_keeps_permissions_and_applies_deferred_ones() {
     assert_eq!(f.attributes().unwrap().permissions, 0o640);
     f.close().unwrap();
     let a = fx.store.stat(&p("x"), true).unwrap();
-    assert_eq!((a.permissions, a.atime, a.mtime), (0o640, 1_000_000, 2_000_000));
+    assert_eq!(
+        (a.permissions, a.atime, a.mtime),
+        (0o640, 1_000_000, 2_000_000)
+    );
     assert_eq!(get(&fx.store, "x").unwrap(), b"three");
 }
 
@@ -959,7 +1048,9 @@ fn crash_at_every_step(
             match &read {
                 Ok(got) if got == old => outcomes.0 += 1,
                 Ok(got) if got == new => outcomes.1 += 1,
-                Ok(got) if matches!(accept, Accept::ChunkwiseOldOrNew) && chunkwise_mix(got, old, new) => {}
+                Ok(got)
+                    if matches!(accept, Accept::ChunkwiseOldOrNew)
+                        && chunkwise_mix(got, old, new) => {}
                 Ok(got) => panic!(
                     "{what} ({mode:?}), crash after {n} writes: read {} bytes that are neither old ({}) nor new ({})",
                     got.len(),
@@ -970,14 +1061,21 @@ fn crash_at_every_step(
                 Err(e) => panic!("{what} ({mode:?}), crash after {n} writes: unexpected error {e}"),
             }
             if completed {
-                assert_eq!(read.as_deref().ok(), Some(new), "{what}: completed but not new");
+                assert_eq!(
+                    read.as_deref().ok(),
+                    Some(new),
+                    "{what}: completed but not new"
+                );
                 break;
             }
             n += 1;
             assert!(n < 100, "{what}: never completes");
         }
         // The old content must survive a crash before the first write.
-        assert!(outcomes.0 >= 1, "{what} ({mode:?}): no crash point kept the old content");
+        assert!(
+            outcomes.0 >= 1,
+            "{what} ({mode:?}): no crash point kept the old content"
+        );
         eprintln!(
             "{what} ({mode:?}): {} crash points: {} old, {} new, {} integrity errors",
             n, outcomes.0, outcomes.1, outcomes.2
@@ -991,9 +1089,13 @@ fn torn_append_across_a_chunk_boundary() {
     let data = bytes(300, 2);
     let mut new = old.clone();
     new.extend_from_slice(&data);
-    crash_at_every_step("append across a boundary", &old, &new, Accept::OldOrNew, |f| {
-        f.write_at(old.len() as u64, &data)
-    });
+    crash_at_every_step(
+        "append across a boundary",
+        &old,
+        &new,
+        Accept::OldOrNew,
+        |f| f.write_at(old.len() as u64, &data),
+    );
 
     // Appending several chunks in 32 KiB writes.
     let old = bytes(CHUNK_SIZE + 50, 3);
@@ -1011,9 +1113,13 @@ fn torn_append_across_a_chunk_boundary() {
     let old = bytes(16, 5);
     let mut new = old.clone();
     new.push(9);
-    crash_at_every_step("append within the last chunk", &old, &new, Accept::OldOrNew, |f| {
-        f.write_at(16, &[9])
-    });
+    crash_at_every_step(
+        "append within the last chunk",
+        &old,
+        &new,
+        Accept::OldOrNew,
+        |f| f.write_at(16, &[9]),
+    );
 }
 
 #[test]
@@ -1028,14 +1134,20 @@ fn torn_extend_via_set_len() {
     let old = bytes(10, 2);
     let mut new = old.clone();
     new.resize(40, 0);
-    crash_at_every_step("extend within a chunk", &old, &new, Accept::OldOrNew, |f| f.set_len(40));
+    crash_at_every_step("extend within a chunk", &old, &new, Accept::OldOrNew, |f| {
+        f.set_len(40)
+    });
 
     let old = bytes(CHUNK_SIZE, 3);
     let mut new = old.clone();
     new.resize(CHUNK_SIZE + 1, 0);
-    crash_at_every_step("extend a full chunk by one", &old, &new, Accept::OldOrNew, |f| {
-        f.set_len(new.len() as u64)
-    });
+    crash_at_every_step(
+        "extend a full chunk by one",
+        &old,
+        &new,
+        Accept::OldOrNew,
+        |f| f.set_len(new.len() as u64),
+    );
 }
 
 #[test]
@@ -1043,16 +1155,24 @@ fn torn_shrink_via_set_len() {
     let old = bytes(3 * CHUNK_SIZE + 7, 1);
     for n in [CHUNK_SIZE + 3, 2 * CHUNK_SIZE, 3 * CHUNK_SIZE, 1, 0] {
         let new = old[..n].to_vec();
-        crash_at_every_step(&format!("shrink to {n}"), &old, &new, Accept::OldOrNew, |f| {
-            f.set_len(n as u64)
-        });
+        crash_at_every_step(
+            &format!("shrink to {n}"),
+            &old,
+            &new,
+            Accept::OldOrNew,
+            |f| f.set_len(n as u64),
+        );
     }
     let old = bytes(1000, 2);
     for n in [999, 10] {
         let new = old[..n].to_vec();
-        crash_at_every_step(&format!("shrink 1000 to {n}"), &old, &new, Accept::OldOrNew, |f| {
-            f.set_len(n as u64)
-        });
+        crash_at_every_step(
+            &format!("shrink 1000 to {n}"),
+            &old,
+            &new,
+            Accept::OldOrNew,
+            |f| f.set_len(n as u64),
+        );
     }
 }
 
@@ -1063,18 +1183,26 @@ fn torn_write_into_the_middle() {
     let at = CHUNK_SIZE + 1000;
     let mut new = old.clone();
     new[at..at + data.len()].copy_from_slice(&data);
-    crash_at_every_step("write inside one chunk", &old, &new, Accept::OldOrNew, |f| {
-        f.write_at(at as u64, &data)
-    });
+    crash_at_every_step(
+        "write inside one chunk",
+        &old,
+        &new,
+        Accept::OldOrNew,
+        |f| f.write_at(at as u64, &data),
+    );
 
     // A write spanning chunks 0, 1 and 2: each chunk is old or new.
     let data = bytes(CHUNK_SIZE + 200, 3);
     let at = CHUNK_SIZE - 100;
     let mut new = old.clone();
     new[at..at + data.len()].copy_from_slice(&data);
-    crash_at_every_step("write spanning three chunks", &old, &new, Accept::ChunkwiseOldOrNew, |f| {
-        f.write_at(at as u64, &data)
-    });
+    crash_at_every_step(
+        "write spanning three chunks",
+        &old,
+        &new,
+        Accept::ChunkwiseOldOrNew,
+        |f| f.write_at(at as u64, &data),
+    );
 }
 
 #[test]
@@ -1253,7 +1381,10 @@ fn exclusive_create_fails_on_an_existing_file() {
     f2.write_at(0, b"two").unwrap();
     f1.close().unwrap();
     let e = f2.close().unwrap_err();
-    assert!(matches!(&e, StoreError::Io(e) if e.kind() == io::ErrorKind::AlreadyExists), "{e:?}");
+    assert!(
+        matches!(&e, StoreError::Io(e) if e.kind() == io::ErrorKind::AlreadyExists),
+        "{e:?}"
+    );
     assert_eq!(get(&fx.store, "z").unwrap(), b"one");
     assert_eq!(fx.raw_names(), vec!["x", "y", "z"]);
 }
@@ -1286,7 +1417,10 @@ fn wrong_access_is_refused() {
     f.close().unwrap();
 
     let f = fx.store.open(&p("a"), ro()).unwrap();
-    assert!(matches!(f.write_at(0, b"x"), Err(StoreError::WrongAccess(_))));
+    assert!(matches!(
+        f.write_at(0, b"x"),
+        Err(StoreError::WrongAccess(_))
+    ));
     assert!(matches!(f.set_len(0), Err(StoreError::WrongAccess(_))));
     assert_eq!(read_all(&f).unwrap(), b"abcd");
     drop(f);
@@ -1309,7 +1443,10 @@ fn wrong_access_is_refused() {
         create: true,
         ..OpenOptions::default()
     };
-    assert!(matches!(fx.store.open(&p("c"), create_ro), Err(StoreError::WrongAccess(_))));
+    assert!(matches!(
+        fx.store.open(&p("c"), create_ro),
+        Err(StoreError::WrongAccess(_))
+    ));
     // Missing file without create.
     assert!(matches!(fx.store.open(&p("missing"), ro()), Err(e) if e.is_not_found()));
 }
@@ -1323,7 +1460,10 @@ fn read_past_the_end_is_empty() {
     assert!(f.read_at(u64::MAX, 10).unwrap().is_empty());
     assert_eq!(f.read_at(C, 100).unwrap().len(), 5);
     let f = fx.store.open(&p("r"), rw()).unwrap();
-    assert!(matches!(f.write_at(u64::MAX - 1, b"xyz"), Err(StoreError::InvalidArgument(_))));
+    assert!(matches!(
+        f.write_at(u64::MAX - 1, b"xyz"),
+        Err(StoreError::InvalidArgument(_))
+    ));
 }
 
 #[test]
