@@ -13,6 +13,7 @@
 //! - [`auth`]: the users file, authorized keys and password hashes.
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
+//! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
@@ -33,6 +34,7 @@ pub mod config;
 pub mod jail;
 pub mod keys;
 pub mod kms;
+pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;

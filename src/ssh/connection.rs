@@ -210,7 +210,7 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
-        let accepted = self.logged_in.is_some() && SCP_PENDING_is_scp_command(&command);
+        let accepted = self.logged_in.is_some() && crate::scp::is_scp_command(&command);
         let (Some(login), true, Some(channel)) =
             (&self.logged_in, accepted, self.channels.remove(&id))
         else {
@@ -222,7 +222,7 @@ impl russh::server::Handler for Connection {
         let (store, ctx) = (login.store.clone(), self.ctx.clone());
         let handle = session.handle();
         tokio::spawn(async move {
-            let status = SCP_PENDING_serve(channel.into_stream(), store, &command).await;
+            let status = crate::scp::serve(channel.into_stream(), store, &command).await;
             let _ = handle.exit_status_request(id, status).await;
             let _ = handle.eof(id).await;
             let _ = handle.close(id).await;
@@ -306,13 +306,4 @@ impl russh::server::Handler for Connection {
         self.channels.remove(&id);
         Ok(())
     }
-}
-
-#[allow(non_snake_case)]
-fn SCP_PENDING_is_scp_command(_: &str) -> bool {
-    false
-}
-#[allow(non_snake_case)]
-async fn SCP_PENDING_serve<S>(_: S, _: Arc<UserStore>, _: &str) -> u32 {
-    1
 }
