@@ -52,7 +52,7 @@ const UMASK: u32 = 0o022;
 /// the channel is the caller's business.
 pub async fn serve<S>(stream: S, store: Arc<UserStore>, command: &str) -> u32
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut conn = Conn {
         io: BufReader::new(stream),

@@ -155,15 +155,23 @@ impl HandleTable {
 pub(super) async fn run_worker(
     session: Arc<Session>,
     file: Arc<EncryptedFile>,
+    path: String,
     mut jobs: mpsc::Receiver<FileJob>,
 ) {
+    let mut noticed = false;
     while let Some(job) = jobs.recv().await {
         let closing = matches!(job, FileJob::Close { .. });
         let (s, f) = (session.clone(), file.clone());
-        let reply = match tokio::task::spawn_blocking(move || file_job(&s, &f, job)).await {
-            Ok(reply) => reply,
-            Err(_) => break,
-        };
+        let (reply, integrity_failed) =
+            match tokio::task::spawn_blocking(move || file_job(&s, &f, job)).await {
+                Ok(reply) => reply,
+                Err(_) => break,
+            };
+        // Once per handle: a download with 64 reads in flight fails 64 times.
+        if integrity_failed && !noticed {
+            noticed = true;
+            session.integrity_notice(&path);
+        }
         if session.replies.send(reply).await.is_err() || closing {
             break;
         }

@@ -68,14 +68,32 @@ struct Session {
     user: UserName,
     handles: HandleTable,
     replies: mpsc::Sender<Packet>,
+    notices: mpsc::Sender<String>,
 }
 
-/// Serves SFTP on `stream` until the client closes it.
-pub async fn serve<S>(stream: S, store: Arc<UserStore>, user: UserName, config: SftpConfig)
+/// Serves SFTP on `stream` until the client closes it, and returns the
+/// stream so that the caller decides when the channel closes. `notices`
+/// receives human-readable lines for the user (the channel's stderr).
+pub async fn serve<S, N>(
+    stream: S,
+    mut notices: N,
+    store: Arc<UserStore>,
+    user: UserName,
+    config: SftpConfig,
+) -> S
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    N: AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
+    let (notice_tx, mut notice_rx) = mpsc::channel::<String>(16);
+    let notice_task = tokio::spawn(async move {
+        while let Some(line) = notice_rx.recv().await {
+            if notices.write_all(line.as_bytes()).await.is_err() || notices.flush().await.is_err() {
+                break;
+            }
+        }
+    });
     let (reply_tx, mut reply_rx) = mpsc::channel::<Packet>(HANDLE_QUEUE * 2);
     let writer_task = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -101,13 +119,15 @@ where
                 break;
             }
         }
-        let _ = writer.shutdown().await;
+        let _ = writer.flush().await;
+        writer
     });
     let session = Arc::new(Session {
         store,
         user,
         handles: HandleTable::new(config.max_handles),
         replies: reply_tx,
+        notices: notice_tx,
     });
     loop {
         let body = match read_packet(&mut reader).await {
@@ -126,7 +146,13 @@ where
     // staged uploads that were not closed are discarded.
     session.handles.clear();
     drop(session);
-    let _ = writer_task.await;
+    let _ = notice_task.await;
+    match writer_task.await {
+        Ok(writer) => reader.unsplit(writer),
+        // The writer task cannot panic short of a bug in encoding; the
+        // reader half alone cannot rebuild the stream.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Reads one length-prefixed packet; `None` at a clean end of stream.
@@ -316,6 +342,14 @@ impl Session {
         }
     }
 
+    /// Tells the user on stderr that `path` failed its integrity check:
+    /// OpenSSH's client shows only "Failure" for the status reply.
+    fn integrity_notice(&self, path: &str) {
+        let _ = self.notices.try_send(format!(
+            "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
+        ));
+    }
+
     async fn send(&self, packet: Packet) -> bool {
         self.replies.send(packet).await.is_ok()
     }
@@ -422,6 +456,7 @@ impl Session {
         if path.is_root() {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
         }
+        let client_path = path.to_client_string();
         let opts = OpenOptions {
             read: flags.contains(OpenFlags::READ),
             write: flags.contains(OpenFlags::WRITE),
@@ -431,7 +466,15 @@ impl Session {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
             mode: attrs.permissions.map(|p| p & 0o7777),
         };
-        let file = Arc::new(self.store.open(&path, opts)?);
+        let file = match self.store.open(&path, opts) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                if matches!(e, crate::store::StoreError::Integrity(_)) {
+                    self.integrity_notice(&client_path);
+                }
+                return Err(e.into());
+            }
+        };
         let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
         let handle = match self.handles.add_file(tx, file.clone()) {
             Ok(h) => h,
@@ -440,7 +483,12 @@ impl Session {
                 return Err(e);
             }
         };
-        tokio::runtime::Handle::current().spawn(handles::run_worker(self.clone(), file, rx));
+        tokio::runtime::Handle::current().spawn(handles::run_worker(
+            self.clone(),
+            file,
+            client_path,
+            rx,
+        ));
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
@@ -544,39 +592,46 @@ fn version_reply() -> Version {
     }
 }
 
-/// Executes one job on an open file (on a blocking thread).
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Packet {
-    match job {
+/// Executes one job on an open file (on a blocking thread); the flag tells
+/// whether it failed an integrity check.
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, bool) {
+    let mut integrity_failed = false;
+    let mut fail = |id: u32, e: crate::store::StoreError| {
+        integrity_failed |= matches!(e, crate::store::StoreError::Integrity(_));
+        error_reply(id, &e.into())
+    };
+    let reply = match job {
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
             match file.read_at(offset, len) {
                 Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "End of file"),
                 Ok(data) => Packet::Data(Data { id, data }),
-                Err(e) => error_reply(id, &e.into()),
+                Err(e) => fail(id, e),
             }
         }
         FileJob::Write { id, offset, data } => match file.write_at(offset, &data) {
             Ok(()) => ok(id),
-            Err(e) => error_reply(id, &e.into()),
+            Err(e) => fail(id, e),
         },
         FileJob::Fstat { id } => match file.attributes() {
             Ok(a) => Packet::Attrs(Attrs {
                 id,
                 attrs: attrs::to_sftp(&a),
             }),
-            Err(e) => error_reply(id, &e.into()),
+            Err(e) => fail(id, e),
         },
         FileJob::SetStat { id, attrs } => reply_of(id, fsetstat(file, &attrs).map(|()| ok(id))),
         FileJob::Close { id } => match file.close() {
             Ok(()) => ok(id),
-            Err(e) => error_reply(id, &e.into()),
+            Err(e) => fail(id, e),
         },
         FileJob::Extended { id, request, data } => reply_of(
             id,
             extensions::handle_extension(session, id, file, &request, &data)
                 .map(|p| p.unwrap_or_else(|| ok(id))),
         ),
-    }
+    };
+    (reply, integrity_failed)
 }
 
 fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {

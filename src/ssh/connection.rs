@@ -193,11 +193,24 @@ impl russh::server::Handler for Connection {
         session.channel_success(id)?;
         let (store, user, ctx) = (login.store.clone(), login.user.clone(), self.ctx.clone());
         let handle = session.handle();
+        // Messages for the user that SFTP status replies cannot carry to
+        // OpenSSH's client (it prints only the status code) go to stderr.
+        let notices = channel.make_writer_ext(Some(1));
         tokio::spawn(async move {
-            crate::sftp::serve(channel.into_stream(), store, user, ctx.sftp.clone()).await;
+            let stream = crate::sftp::serve(
+                channel.into_stream(),
+                notices,
+                store,
+                user,
+                ctx.sftp.clone(),
+            )
+            .await;
+            // The stream closes the channel when dropped: report the exit
+            // status first, or the client may see a close without one.
             let _ = handle.exit_status_request(id, 0).await;
             let _ = handle.eof(id).await;
             let _ = handle.close(id).await;
+            drop(stream);
             drop(ctx);
         });
         Ok(())
@@ -222,10 +235,14 @@ impl russh::server::Handler for Connection {
         let (store, ctx) = (login.store.clone(), self.ctx.clone());
         let handle = session.handle();
         tokio::spawn(async move {
-            let status = crate::scp::serve(channel.into_stream(), store, &command).await;
+            let mut stream = channel.into_stream();
+            let status = crate::scp::serve(&mut stream, store, &command).await;
+            // As for SFTP: the exit status must precede the close that
+            // dropping the stream sends.
             let _ = handle.exit_status_request(id, status).await;
             let _ = handle.eof(id).await;
             let _ = handle.close(id).await;
+            drop(stream);
             drop(ctx);
         });
         Ok(())

@@ -23,6 +23,12 @@ use super::format::{
 use super::storage::{Blob, Meta};
 use crate::store::StoreError;
 
+/// Largest plaintext size accepted: 1 TiB. Every byte of a file, including
+/// a gap written past its end, is stored encrypted (there are no sparse
+/// files), so a write at an absurd offset must fail instead of filling the
+/// disk; the cap also keeps every record offset far from overflow.
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
 /// Index of the chunk holding the last byte of a file of `size` bytes (0 for
 /// an empty file, which still has one, empty, chunk).
 fn last_index(size: u64) -> u64 {
@@ -165,7 +171,10 @@ impl FileState {
     pub(crate) fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(StoreError::InvalidArgument("offset overflows"))?;
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(StoreError::InvalidArgument(
+                "the file would exceed the 1 TiB size limit",
+            ))?;
         if data.is_empty() {
             // As pwrite(2): writing nothing does not extend the file.
             return Ok(());
@@ -193,6 +202,11 @@ impl FileState {
 
     /// Truncates or extends (with zeros) to `new_size`.
     pub(crate) fn set_len(&mut self, new_size: u64) -> Result<(), StoreError> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(StoreError::InvalidArgument(
+                "the file would exceed the 1 TiB size limit",
+            ));
+        }
         if new_size > self.size {
             self.extend_to(new_size)?;
             let last = last_index(new_size);

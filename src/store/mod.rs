@@ -19,6 +19,8 @@ pub mod format;
 pub mod storage;
 
 #[cfg(test)]
+mod format_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -1,0 +1,732 @@
+//! Test harness: a real `dropzone serve` in a temporary directory, users
+//! added through the real CLI, and helpers to run client commands with
+//! useful failure reports (in the spirit of ripgrep's `tests/util.rs`).
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The `dropzone` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_dropzone");
+
+/// How long the server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long any one client command may run before it is killed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Alice's password (she also has a key).
+pub const ALICE_PASSWORD: &str = "secret";
+/// Bob's password (he also has a key).
+pub const BOB_PASSWORD: &str = "bob-has-another-secret";
+
+const CONFIG: &str = r#"# Written by the integration test harness.
+listen = "127.0.0.1:0"
+host_keys_dir = "host_keys"
+data_dir = "data"
+keks_dir = "keks"
+
+[auth]
+users_file = "config/users.toml"
+pam = false
+
+[kms]
+backend = "local"
+key_cache_ttl_secs = 0
+
+[kms.local]
+key_dir = "master_key"
+secret_version = "1"
+"#;
+
+/// A user of the test server.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Private ed25519 key (the `.pub` next to it is authorized).
+    pub key: PathBuf,
+    /// Password, if the user has one.
+    pub password: Option<String>,
+}
+
+/// A running `dropzone serve`, killed when dropped.
+pub struct Server {
+    dir: tempfile::TempDir,
+    /// The port the server listens on (127.0.0.1).
+    pub port: u16,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    users: HashMap<String, User>,
+}
+
+impl Server {
+    /// Starts a server with two users: `alice` (key and password
+    /// [`ALICE_PASSWORD`]) and `bob` (key and password [`BOB_PASSWORD`]).
+    pub fn start() -> Server {
+        Server::start_with(&[("alice", Some(ALICE_PASSWORD)), ("bob", Some(BOB_PASSWORD))])
+    }
+
+    /// Starts a server with these users (each gets an ed25519 key; a
+    /// password when given).
+    pub fn start_with(users: &[(&str, Option<&str>)]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("dropzone-it-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let root = dir.path().to_path_buf();
+        for sub in ["config", "keys", "local"] {
+            std::fs::create_dir_all(root.join(sub)).expect("creating test directories");
+        }
+        std::fs::write(root.join("config/dropzone.toml"), CONFIG).expect("writing the config");
+
+        let mut added = HashMap::new();
+        for &(name, password) in users {
+            let key = root.join("keys").join(name);
+            run(Command::new("ssh-keygen")
+                .args(["-t", "ed25519", "-N", "", "-q", "-C"])
+                .arg(format!("{name}@dropzone-test"))
+                .arg("-f")
+                .arg(&key));
+            let mut cmd = dropzone_command(&root);
+            cmd.args(["user", "add", name, "--authorized-key"])
+                .arg(key.with_extension("pub"))
+                .args(["--config", "config/dropzone.toml"]);
+            match password {
+                Some(pw) => {
+                    cmd.arg("--password-stdin");
+                    run_with_stdin(&mut cmd, format!("{pw}\n").as_bytes());
+                }
+                None => {
+                    run(&mut cmd);
+                }
+            }
+            added.insert(
+                name.to_owned(),
+                User {
+                    name: name.to_owned(),
+                    key,
+                    password: password.map(str::to_owned),
+                },
+            );
+        }
+
+        let mut cmd = dropzone_command(&root);
+        cmd.args(["serve", "--config", "config/dropzone.toml"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let stderr = child.stderr.take().expect("server stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(port) = listening_port(&line)
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(port);
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(port) => break port,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                thread::sleep(Duration::from_millis(100)); // let the reader catch up
+                panic!(
+                    "the server exited before listening ({status})\n\
+                     working dir: {}\n--- server log ---\n{}",
+                    root.display(),
+                    log.lock().unwrap()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
+                     working dir: {}\n--- server log ---\n{}",
+                    root.display(),
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Server {
+            dir,
+            port,
+            child,
+            log,
+            users: added,
+        }
+    }
+
+    /// The server's working directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path under the server's working directory.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Where `user`'s files are stored (encrypted).
+    pub fn data(&self, user: &str) -> PathBuf {
+        self.dir.path().join("data").join(user)
+    }
+
+    /// A scratch directory for client-side files (the clients' working directory).
+    pub fn local(&self) -> PathBuf {
+        self.dir.path().join("local")
+    }
+
+    /// A path in the client scratch directory.
+    pub fn local_path(&self, name: &str) -> PathBuf {
+        self.local().join(name)
+    }
+
+    /// A user created by [`Server::start_with`].
+    pub fn user(&self, name: &str) -> &User {
+        self.users
+            .get(name)
+            .unwrap_or_else(|| panic!("no test user {name}"))
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The last `n` lines of the server log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// True while the server process is running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Options common to ssh, sftp and scp, without the port and key.
+    pub fn common_opts() -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "ServerAliveInterval=0",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Options for a key login as `user` (BatchMode, only this key).
+    fn key_opts(&self, user: &str) -> Vec<String> {
+        let key = &self.user(user).key;
+        let mut opts = Server::common_opts();
+        opts.extend(
+            [
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "PasswordAuthentication=no",
+                "-o",
+                "KbdInteractiveAuthentication=no",
+                "-i",
+            ]
+            .map(str::to_owned),
+        );
+        opts.push(key.display().to_string());
+        opts
+    }
+
+    /// A client command with the scratch directory as working directory and
+    /// no agent.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(self.local()).env_remove("SSH_AUTH_SOCK");
+        cmd
+    }
+
+    /// `user@127.0.0.1`
+    pub fn dest(&self, user: &str) -> String {
+        format!("{user}@127.0.0.1")
+    }
+
+    /// Writes an sftp batch file and returns its path.
+    fn batch_file(&self, batch: &str) -> PathBuf {
+        let mut f = tempfile::Builder::new()
+            .prefix("batch-")
+            .tempfile_in(self.dir.path())
+            .expect("creating a batch file");
+        f.write_all(batch.as_bytes())
+            .expect("writing the batch file");
+        let (_, path) = f.keep().expect("keeping the batch file");
+        path
+    }
+
+    /// `sftp -b BATCH` as `user` with their key, in the scratch directory.
+    pub fn sftp(&self, user: &str, batch: &str) -> Command {
+        let file = self.batch_file(batch);
+        let mut cmd = self.client("sftp");
+        cmd.args(self.key_opts(user))
+            .args(["-P", &self.port.to_string(), "-b"])
+            .arg(file)
+            .arg(self.dest(user));
+        cmd
+    }
+
+    /// `sshpass -p PASSWORD sftp -b BATCH` as `user`, password only.
+    pub fn sftp_password(&self, user: &str, password: &str, batch: &str) -> Command {
+        let file = self.batch_file(batch);
+        let mut cmd = self.client("sshpass");
+        cmd.args(["-p", password, "sftp"])
+            .args(Server::common_opts())
+            .args([
+                // Must come before -b, which adds "-oBatchMode yes" (first value wins).
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-P",
+                &self.port.to_string(),
+                "-b",
+            ])
+            .arg(file)
+            .arg(self.dest(user));
+        cmd
+    }
+
+    /// `scp -P PORT [extra] SRC DST` as `user` with their key; remote paths
+    /// are written `user@127.0.0.1:path` by the caller (see [`Server::remote`]).
+    pub fn scp(
+        &self,
+        user: &str,
+        extra: &[&str],
+        src: impl AsRef<OsStr>,
+        dst: impl AsRef<OsStr>,
+    ) -> Command {
+        let mut cmd = self.client("scp");
+        cmd.args(self.key_opts(user))
+            .args(["-q", "-P", &self.port.to_string()])
+            .args(extra)
+            .arg(src)
+            .arg(dst);
+        cmd
+    }
+
+    /// `user@127.0.0.1:path`
+    pub fn remote(&self, user: &str, path: &str) -> String {
+        format!("{user}@127.0.0.1:{path}")
+    }
+
+    /// `ssh -p PORT user@127.0.0.1 ARGS...` with the user's key.
+    pub fn ssh(&self, user: &str, args: &[&str]) -> Command {
+        let mut cmd = self.client("ssh");
+        cmd.args(self.key_opts(user))
+            .args(["-T", "-p", &self.port.to_string()])
+            .arg(self.dest(user))
+            .args(args);
+        cmd
+    }
+
+    /// The `dropzone` binary with the server's working directory (for
+    /// `verify`, `decrypt`, ...); the caller adds `--config config/dropzone.toml`
+    /// where needed (see [`Server::dropzone_tool`]).
+    pub fn dropzone(&self) -> Command {
+        dropzone_command(self.dir.path())
+    }
+
+    /// `dropzone ARGS... --config config/dropzone.toml` in the server's directory.
+    pub fn dropzone_tool(&self, args: &[&str]) -> Command {
+        let mut cmd = self.dropzone();
+        cmd.args(args).args(["--config", "config/dropzone.toml"]);
+        cmd
+    }
+
+    /// Runs `cmd`, which must succeed; panics with a full report otherwise.
+    pub fn run(&self, cmd: &mut Command) -> Output {
+        let out = output_with_timeout(cmd, None);
+        if !out.status.success() {
+            panic!("{}", self.report("command failed", cmd, &out));
+        }
+        out
+    }
+
+    /// Runs `cmd`, which must fail; panics with a full report if it succeeds.
+    pub fn run_fail(&self, cmd: &mut Command) -> Output {
+        let out = output_with_timeout(cmd, None);
+        if out.status.success() {
+            panic!(
+                "{}",
+                self.report("command succeeded but should have failed", cmd, &out)
+            );
+        }
+        out
+    }
+
+    /// Runs `cmd` whatever its outcome.
+    pub fn run_any(&self, cmd: &mut Command) -> Output {
+        output_with_timeout(cmd, None)
+    }
+
+    /// A failure report about `cmd` and its output, with the server log tail.
+    pub fn report(&self, what: &str, cmd: &Command, out: &Output) -> String {
+        let mut s = describe(what, cmd, out);
+        let _ = write!(s, "\n--- server log (tail) ---\n{}\n", self.log_tail(40));
+        s
+    }
+
+    /// Asserts with a report: `cond` must hold about `cmd`'s output.
+    #[track_caller]
+    pub fn check(&self, cond: bool, what: &str, cmd: &Command, out: &Output) {
+        if !cond {
+            panic!("{}", self.report(what, cmd, out));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() && std::env::var_os("DROPZONE_TEST_KEEP").is_some() {
+            let path = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temporary directory"),
+            )
+            .keep();
+            eprintln!("test directory kept at {}", path.display());
+        }
+    }
+}
+
+/// The port in a `listening on 127.0.0.1:PORT` log line.
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("listening on 127.0.0.1:")? + "listening on 127.0.0.1:".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The `dropzone` binary in `dir`, with no inherited overrides.
+fn dropzone_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("DROPZONE_CONFIG")
+        .env_remove("DROPZONE_LISTEN")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}\n... ({} more bytes)", &s[..cut], s.len() - cut)
+}
+
+/// A description of a command and its outcome.
+pub fn describe(what: &str, cmd: &Command, out: &Output) -> String {
+    let dir = cmd
+        .get_current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "(inherited)".into());
+    format!(
+        "{what}\ncommand: {cmd:?}\nworking dir: {dir}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        truncate(&String::from_utf8_lossy(&out.stdout), 8000),
+        truncate(&String::from_utf8_lossy(&out.stderr), 8000),
+    )
+}
+
+/// Runs `cmd` (with `stdin` if given) to completion or [`COMMAND_TIMEOUT`],
+/// capturing stdout and stderr.
+pub fn output_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the program installed?)"));
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let data = data.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let collect = |r: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_t = collect(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err_t = collect(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status: ExitStatus = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("waiting for a killed child");
+            let out = Output {
+                status,
+                stdout: out_t.join().unwrap_or_default(),
+                stderr: err_t.join().unwrap_or_default(),
+            };
+            panic!(
+                "{}",
+                describe(
+                    &format!("command timed out after {COMMAND_TIMEOUT:?}"),
+                    cmd,
+                    &out
+                )
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+/// Runs `cmd`, which must succeed (no server involved).
+pub fn run(cmd: &mut Command) -> Output {
+    let out = output_with_timeout(cmd, None);
+    if !out.status.success() {
+        panic!("{}", describe("command failed", cmd, &out));
+    }
+    out
+}
+
+/// Runs `cmd` with `stdin`, which must succeed (no server involved).
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let out = output_with_timeout(cmd, Some(stdin));
+    if !out.status.success() {
+        panic!("{}", describe("command failed", cmd, &out));
+    }
+    out
+}
+
+/// Standard output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The lines of an `sftp -b` stdout without the echoed `sftp> ...` commands.
+pub fn sftp_output_lines(out: &Output) -> Vec<String> {
+    stdout(out)
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes (splitmix64), different per seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A seed that differs between runs (so content is random, not fixed).
+pub fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Asserts two files have identical content, with a short report otherwise.
+#[track_caller]
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let x = std::fs::read(a).unwrap_or_else(|e| panic!("reading {}: {e}", a.display()));
+    let y = std::fs::read(b).unwrap_or_else(|e| panic!("reading {}: {e}", b.display()));
+    if x != y {
+        let first = x
+            .iter()
+            .zip(&y)
+            .position(|(p, q)| p != q)
+            .unwrap_or(x.len().min(y.len()));
+        panic!(
+            "{} ({} bytes) and {} ({} bytes) differ (first difference at byte {first})",
+            a.display(),
+            x.len(),
+            b.display(),
+            y.len()
+        );
+    }
+}
+
+/// Length of the windows [`find_plaintext_window`] looks for.
+pub const WINDOW: usize = 32;
+
+/// Looks for any of the `WINDOW`-byte windows of `plain` starting at the
+/// offsets `starts` inside `stored`; returns (plain offset, stored offset)
+/// of the first found.
+pub fn find_plaintext_window(
+    plain: &[u8],
+    starts: &[usize],
+    stored: &[u8],
+) -> Option<(usize, usize)> {
+    if stored.len() < WINDOW {
+        return None;
+    }
+    // A 2^24-bit filter on each window's first three bytes, then exact lookups.
+    let mut filter = vec![0u64; 1 << 18];
+    let mut by_prefix: HashMap<[u8; 4], Vec<usize>> = HashMap::new();
+    for &s in starts {
+        if s + WINDOW > plain.len() {
+            continue;
+        }
+        let p = &plain[s..s + WINDOW];
+        let bit = (usize::from(p[0]) << 16) | (usize::from(p[1]) << 8) | usize::from(p[2]);
+        filter[bit >> 6] |= 1 << (bit & 63);
+        by_prefix
+            .entry([p[0], p[1], p[2], p[3]])
+            .or_default()
+            .push(s);
+    }
+    if by_prefix.is_empty() {
+        return None;
+    }
+    for i in 0..=stored.len() - WINDOW {
+        let bit = (usize::from(stored[i]) << 16)
+            | (usize::from(stored[i + 1]) << 8)
+            | usize::from(stored[i + 2]);
+        if filter[bit >> 6] & (1 << (bit & 63)) == 0 {
+            continue;
+        }
+        if let Some(candidates) =
+            by_prefix.get(&[stored[i], stored[i + 1], stored[i + 2], stored[i + 3]])
+        {
+            for &s in candidates {
+                if plain[s..s + WINDOW] == stored[i..i + WINDOW] {
+                    return Some((s, i));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Every regular file under `dir`, recursively (relative paths).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(_) => found.push(p.strip_prefix(dir).unwrap_or(&p).to_path_buf()),
+                Err(_) => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every entry (files, dirs, links) under `dir`, recursively.
+pub fn entries_under(dir: &Path) -> HashSet<PathBuf> {
+    let mut found = HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if matches!(e.file_type(), Ok(t) if t.is_dir()) {
+                stack.push(p.clone());
+            }
+            found.insert(p.strip_prefix(dir).unwrap_or(&p).to_path_buf());
+        }
+    }
+    found
+}

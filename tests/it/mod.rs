@@ -1,0 +1,10 @@
+//! Integration test modules.
+
+pub mod harness;
+
+mod auth;
+mod jail;
+mod paramiko;
+mod scp;
+mod sftp;
+mod tamper;
