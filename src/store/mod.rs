@@ -2,7 +2,7 @@
 //!
 //! [`UserStore`] is what a session works with: it opens [`EncryptedFile`]s
 //! and performs directory operations, in plaintext terms (sizes are
-//! plaintext sizes). Below it, [`format`] defines the bytes and
+//! plaintext sizes). Below it, [`format`](mod@format) defines the bytes and
 //! [`storage`] hides where they are kept.
 //!
 //! Crash safety: creating a file, or opening one with truncation, writes a
