@@ -70,10 +70,50 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `f` (which returns the duration it measured) REPETITIONS times and
+/// User and system CPU time of this process so far, in clock ticks (from
+/// /proc/self/stat; `None` where there is no procfs).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime = fields.next()?.parse().ok()?;
+    let stime = fields.next()?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// Runs `f` (which returns the duration it measured) REPETITIONS times,
+/// prints every run and the share of CPU time spent in the kernel, and
 /// returns the median throughput for `bytes`.
-fn measure(bytes: usize, mut f: impl FnMut() -> Duration) -> f64 {
-    median((0..REPETITIONS).map(|_| mib_per_s(bytes, f())).collect())
+fn measure(what: &str, bytes: usize, mut f: impl FnMut() -> Duration) -> f64 {
+    let before = cpu_ticks();
+    let runs: Vec<f64> = (0..REPETITIONS).map(|_| mib_per_s(bytes, f())).collect();
+    let kernel = match (before, cpu_ticks()) {
+        (Some((u0, s0)), Some((u1, s1))) if u1 + s1 > u0 + s0 => {
+            format!(
+                "{:>3.0}%",
+                100.0 * (s1 - s0) as f64 / ((u1 - u0) + (s1 - s0)) as f64
+            )
+        }
+        _ => "   ?".to_owned(),
+    };
+    let shown: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+    let m = median(runs);
+    println!(
+        "{what:<40} {m:>7.0} {kernel:>7}   (runs: {})",
+        shown.join(", ")
+    );
+    m
+}
+
+/// Whether the phase `name` runs: `DZ_BENCH_ONLY` (comma-separated among
+/// raw, format, store) restricts the run, e.g. to profile one phase.
+fn enabled(name: &str) -> bool {
+    match std::env::var("DZ_BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|p| p.trim() == name),
+        Err(_) => true,
+    }
 }
 
 fn raw_encrypt(total: usize, key: &[u8; 32], mac_key: &[u8; 32]) -> Duration {
@@ -214,33 +254,40 @@ fn main() {
         dir.path().display()
     );
 
-    // Warm up (CPU frequency, page cache of the tmpfs, allocator).
+    // Warm up (CPU frequency, tmpfs pages, allocator).
     raw_encrypt(total.min(32 << 20), &enc_key, &mac_key);
-    store_write(&store, &path, &data, total.min(32 << 20));
+    if enabled("store") {
+        store_write(&store, &path, &data, total.min(32 << 20));
+    }
 
-    let raw_enc = measure(total, || raw_encrypt(total, &enc_key, &mac_key));
-    let raw_dec = measure(total, || raw_decrypt(total, &enc_key, &mac_key));
-    let fmt_enc = measure(total, || format_encode(total, &keys, &id));
-    let fmt_dec = measure(total, || format_decode(total, &keys, &id));
-    let store_enc = measure(total, || store_write(&store, &path, &data, total));
-    let store_dec = measure(total, || store_read(&store, &path, total));
-
-    println!("{:<44} {:>10}", "", "MiB/s");
-    println!(
-        "{:<44} {:>10.0}",
-        "raw AES-256-CBC encrypt + HMAC-SHA256", raw_enc
-    );
-    println!(
-        "{:<44} {:>10.0}",
-        "raw HMAC-SHA256 verify + AES-256-CBC decrypt", raw_dec
-    );
-    println!("{:<44} {:>10.0}", "format::encode_chunk", fmt_enc);
-    println!("{:<44} {:>10.0}", "format::decode_chunk", fmt_dec);
-    println!(
-        "{:<44} {:>10.0}",
-        "store write (32 KiB writes, close)", store_enc
-    );
-    println!("{:<44} {:>10.0}", "store read (32 KiB reads)", store_dec);
+    println!("{:<40} {:>7} {:>7}", "", "MiB/s", "kernel");
+    let nan = f64::NAN;
+    let (mut raw_enc, mut raw_dec, mut fmt_enc, mut fmt_dec) = (nan, nan, nan, nan);
+    let (mut store_enc, mut store_dec) = (nan, nan);
+    if enabled("raw") {
+        raw_enc = measure("raw encrypt (AES-256-CBC + HMAC-SHA256)", total, || {
+            raw_encrypt(total, &enc_key, &mac_key)
+        });
+        raw_dec = measure("raw decrypt (HMAC verify + AES-CBC)", total, || {
+            raw_decrypt(total, &enc_key, &mac_key)
+        });
+    }
+    if enabled("format") {
+        fmt_enc = measure("format::encode_chunk", total, || {
+            format_encode(total, &keys, &id)
+        });
+        fmt_dec = measure("format::decode_chunk", total, || {
+            format_decode(total, &keys, &id)
+        });
+    }
+    if enabled("store") {
+        store_enc = measure("store write (32 KiB writes, close)", total, || {
+            store_write(&store, &path, &data, total)
+        });
+        store_dec = measure("store read (open, 32 KiB reads)", total, || {
+            store_read(&store, &path, total)
+        });
+    }
     println!(
         "ratio format/raw: encrypt {:.2}, decrypt {:.2}",
         fmt_enc / raw_enc,

@@ -87,7 +87,7 @@ impl FileState {
         // The empty chunk 0 makes even an empty file complete on disk.
         state.cache = Some(CachedChunk {
             index: 0,
-            data: Vec::new(),
+            data: Vec::with_capacity(CHUNK_SIZE),
             dirty: true,
         });
         Ok(state)
@@ -301,13 +301,19 @@ impl FileState {
                     c.dirty = true;
                 }
             } else if old_last < self.disk_chunks {
-                let mut data = self.read_chunk_from_disk(old_last)?;
+                let mut data = Vec::with_capacity(CHUNK_SIZE);
+                self.read_chunk_from_disk(old_last, &mut data)?;
                 data.resize(CHUNK_SIZE, 0);
                 self.size = new_size;
                 self.write_record(old_last, false, &data)?;
             }
             self.size = new_size;
-            let zeros = vec![0u8; CHUNK_SIZE];
+            // Only a gap of whole chunks needs them (not a plain append).
+            let zeros = if old_last + 1 < new_last {
+                vec![0u8; CHUNK_SIZE]
+            } else {
+                Vec::new()
+            };
             for index in old_last + 1..new_last {
                 if cached != Some(index) {
                     self.write_record(index, false, &zeros)?;
@@ -351,12 +357,20 @@ impl FileState {
         let hit = self.cache.as_ref().is_some_and(|c| c.index == index);
         if !hit {
             self.flush()?;
-            let len = chunk_len(index, self.size);
-            let data = if index < self.disk_chunks && len > 0 {
-                self.read_chunk_from_disk(index)?
-            } else {
-                vec![0u8; len]
+            // Reuse the evicted (clean, after the flush) chunk's buffer:
+            // sequential I/O then allocates and zero-fills nothing per chunk
+            // and the buffer never regrows.
+            let mut data = match self.cache.take() {
+                Some(c) => c.data,
+                None => Vec::with_capacity(CHUNK_SIZE),
             };
+            data.clear();
+            let len = chunk_len(index, self.size);
+            if index < self.disk_chunks && len > 0 {
+                self.read_chunk_from_disk(index, &mut data)?;
+            } else {
+                data.resize(len, 0);
+            }
             self.cache = Some(CachedChunk {
                 index,
                 data,
@@ -371,21 +385,13 @@ impl FileState {
     /// Reads, authenticates and decrypts chunk `index` from disk. Every
     /// chunk but the cached one is on disk as the logical size says (see the
     /// module invariants), so its length and finality follow from the size.
-    fn read_chunk_from_disk(&mut self, index: u64) -> Result<Vec<u8>, StoreError> {
+    fn read_chunk_from_disk(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let is_final = index == last_index(self.size);
         let len = chunk_len(index, self.size);
         self.record.resize(format::record_len(len), 0);
         read_exact_or_integrity(&*self.blob, &mut self.record, format::record_offset(index))?;
-        let mut out = Vec::with_capacity(CHUNK_SIZE);
-        format::decode_chunk(
-            &self.keys,
-            &self.id,
-            index,
-            is_final,
-            &self.record,
-            &mut out,
-        )?;
-        Ok(out)
+        format::decode_chunk(&self.keys, &self.id, index, is_final, &self.record, out)?;
+        Ok(())
     }
 }
 

@@ -514,7 +514,7 @@ fn check_closed(fx: &Fixture, model: &[u8]) {
         fx.store.stat(&p("m"), true).unwrap().size,
         model.len() as u64
     );
-    assert_bytes(&get(&fx.store, "m").unwrap(), &model, "get");
+    assert_bytes(&get(&fx.store, "m").unwrap(), model, "get");
     assert_eq!(
         fx.raw_bytes("m").len() as u64,
         expected_stored_len(model.len())
@@ -1513,4 +1513,33 @@ fn set_size_by_path() {
     expect.resize(200, 0);
     assert_bytes(&get(&fx.store, "s").unwrap(), &expect, "get");
     assert_eq!(fx.store.stat(&p("s"), true).unwrap().size, 200);
+}
+
+#[test]
+fn size_cap_is_enforced_without_damage() {
+    use super::file::MAX_FILE_SIZE;
+    let fx = Fixture::new();
+    put(&fx.store, "big", b"small");
+    let f = fx.store.open(&p("big"), rw()).unwrap();
+    // A write or extension past the cap fails before anything is written.
+    assert!(matches!(
+        f.write_at(MAX_FILE_SIZE, b"x"),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        f.write_at(MAX_FILE_SIZE - 1, b"xy"),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        f.set_len(MAX_FILE_SIZE + 1),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(f.size(), 5);
+    f.close().unwrap();
+    assert_bytes(
+        &get(&fx.store, "big").unwrap(),
+        b"small",
+        "after refused writes",
+    );
+    assert_eq!(fx.raw_bytes("big").len() as u64, expected_stored_len(5));
 }
