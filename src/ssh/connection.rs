@@ -105,6 +105,15 @@ impl Connection {
     }
 }
 
+/// Reports the exit status, then EOF and close. Callers drop the channel
+/// stream only afterwards: dropping it closes the channel, and a client that
+/// sees the close before the exit status (scp in SFTP mode) reports failure.
+async fn finish_channel(handle: &russh::server::Handle, id: ChannelId, status: u32) {
+    let _ = handle.exit_status_request(id, status).await;
+    let _ = handle.eof(id).await;
+    let _ = handle.close(id).await;
+}
+
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
@@ -205,11 +214,7 @@ impl russh::server::Handler for Connection {
                 ctx.sftp.clone(),
             )
             .await;
-            // The stream closes the channel when dropped: report the exit
-            // status first, or the client may see a close without one.
-            let _ = handle.exit_status_request(id, 0).await;
-            let _ = handle.eof(id).await;
-            let _ = handle.close(id).await;
+            finish_channel(&handle, id, 0).await;
             drop(stream);
             drop(ctx);
         });
@@ -237,11 +242,7 @@ impl russh::server::Handler for Connection {
         tokio::spawn(async move {
             let mut stream = channel.into_stream();
             let status = crate::scp::serve(&mut stream, store, &command).await;
-            // As for SFTP: the exit status must precede the close that
-            // dropping the stream sends.
-            let _ = handle.exit_status_request(id, status).await;
-            let _ = handle.eof(id).await;
-            let _ = handle.close(id).await;
+            finish_channel(&handle, id, status).await;
             drop(stream);
             drop(ctx);
         });
