@@ -29,6 +29,7 @@
 //! writes a data key unwrapped, and never lets a client path reach the
 //! filesystem without going through [`jail`] and [`store::storage`].
 
+mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod jail;

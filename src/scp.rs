@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::jail;
+use crate::sftp::blocking;
 use crate::sftp::status::{SftpError, to_status};
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{Attributes, EncryptedFile, OpenOptions, StoreError, UserStore};
@@ -351,17 +352,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Err(Stop::ClientAbort)
         }
     }
-}
-
-/// Runs blocking store work off the async threads.
-async fn blocking<T, F>(f: F) -> Result<T, SftpError>
-where
-    F: FnOnce() -> Result<T, SftpError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| SftpError::Internal)?
 }
 
 /// The result of a store task spawned directly.

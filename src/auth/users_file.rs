@@ -14,11 +14,10 @@
 //! Key lines are kept as written, so saving does not rewrite them.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +31,6 @@ const HEADER: &str = "# Managed by `dropzone user ...`; hand edits are fine.\n\
 /// Largest users file we read: far beyond any real one (a user with ten keys
 /// is about 1 KiB), small enough that a wrong path cannot exhaust memory.
 const MAX_FILE_LEN: u64 = 16 * 1024 * 1024;
-/// The file holds password hashes: owner-only.
-const FILE_MODE: u32 = 0o600;
-/// Mode of a directory we create to hold it.
-const DIR_MODE: u32 = 0o700;
 
 /// The file as TOML sees it.
 #[derive(Serialize, Deserialize, Default)]
@@ -386,52 +381,24 @@ fn read_text(path: &Path) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"))
 }
 
-/// Replaces `path` with `contents` atomically and durably.
+/// Replaces `path` with `contents` atomically and durably (mode 0600,
+/// parent created 0700 if missing).
 fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "path has no UTF-8 file name")
+    })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)?;
-
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    File::open(dir)?.sync_all()
+    crate::atomic_file::create_private_dir(dir)?;
+    crate::atomic_file::replace(dir, name, contents)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     const KEY: &str =

@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 
 pub use data_key::{DATA_KEY_LEN, DataKey};
 
-use crate::kms::atomic_file;
+use crate::atomic_file;
 use crate::kms::{KeyWrapper, KmsError, MasterKeyRef};
 use crate::username::UserName;
 use cache::KeyCache;

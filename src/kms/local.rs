@@ -18,8 +18,8 @@ use rsa::{Oaep, RsaPrivateKey};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::atomic_file;
 use super::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::atomic_file;
 
 /// The `secret_path` of every local master key.
 pub const SECRET_PATH: &str = "local";

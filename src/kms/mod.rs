@@ -7,7 +7,6 @@
 //! Backends:
 //! - [`local::LocalKms`]: RSA-3072 keys in PEM files on this host (default).
 
-pub(crate) mod atomic_file;
 pub mod local;
 
 /// Identifies one master key version at a backend.

@@ -203,8 +203,8 @@ fn reply_of(id: u32, result: Result<Packet, SftpError>) -> Packet {
     result.unwrap_or_else(|e| error_reply(id, &e))
 }
 
-/// Runs blocking store work off the async threads.
-async fn blocking<T, F>(f: F) -> Result<T, SftpError>
+/// Runs blocking store work off the async threads (SFTP and scp share it).
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, SftpError>
 where
     F: FnOnce() -> Result<T, SftpError> + Send + 'static,
     T: Send + 'static,

@@ -1,7 +1,8 @@
 //! Durable, atomic creation and replacement of small secret files.
 //!
-//! Master key files ([`super::local`]) and wrapped data key files
-//! ([`crate::keys`]) share the same needs: mode 0600, never a half-written
+//! Master key files ([`crate::kms::local`]), wrapped data key files
+//! ([`crate::keys`]) and the users file ([`crate::auth::users_file`]) share
+//! the same needs: mode 0600, never a half-written
 //! file under the final name, and "create unless it exists" that is race-free
 //! across threads and processes. A file is written in full to a temporary name
 //! in the same directory and fsynced, then linked (create) or renamed
