@@ -14,7 +14,7 @@
 //! one record with `len = 0`, so that cutting every record off is detected.
 
 use aes::Aes256;
-use cbc::cipher::block_padding::NoPadding;
+use cbc::cipher::block_padding::{NoPadding, ZeroPadding};
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -262,16 +262,16 @@ pub fn encode_chunk(
     out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(iv);
     let ct_start = out.len();
-    out.extend_from_slice(plaintext);
-    // Zero padding is unambiguous here: the exact length is in the
-    // authenticated length field, so trailing NUL bytes survive.
     out.resize(ct_start + round_up_block(len), 0);
     let enc = cbc::Encryptor::<Aes256>::new(&keys.enc.into(), &(*iv).into());
-    let ct_len = out.len() - ct_start;
-    // Invariant: the buffer is a whole number of blocks, so NoPadding succeeds.
+    // Encrypting buffer to buffer saves a copy of the plaintext. Zero
+    // padding is unambiguous here: the exact length is in the authenticated
+    // length field, so trailing NUL bytes survive.
+    // Invariant: the output holds round_up_block(len) bytes, what
+    // ZeroPadding needs, so this cannot fail.
     #[allow(clippy::expect_used)]
-    enc.encrypt_padded::<NoPadding>(&mut out[ct_start..], ct_len)
-        .expect("block-aligned buffer");
+    enc.encrypt_padded_b2b::<ZeroPadding>(plaintext, &mut out[ct_start..])
+        .expect("output sized for the padded plaintext");
     let tag = chunk_mac(keys, id, index, is_final, &out[start..]);
     out.extend_from_slice(&tag);
 }
@@ -306,9 +306,9 @@ pub fn decode_chunk(
     let mut iv = [0u8; BLOCK];
     iv.copy_from_slice(&body[LEN_FIELD..LEN_FIELD + BLOCK]);
     let start = out.len();
-    out.extend_from_slice(ct);
+    out.resize(start + ct.len(), 0);
     let dec = cbc::Decryptor::<Aes256>::new(&keys.enc.into(), &iv.into());
-    dec.decrypt_padded::<NoPadding>(&mut out[start..])
+    dec.decrypt_padded_b2b::<NoPadding>(ct, &mut out[start..])
         .map_err(|_| FormatError::Integrity("ciphertext is not block aligned"))?;
     out.truncate(start + len);
     Ok(())
