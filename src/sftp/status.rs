@@ -65,6 +65,7 @@ pub fn to_status(err: &SftpError) -> (StatusCode, String) {
             format!("the file was not opened for {what}"),
         ),
         SftpError::Jail(e) => (C::Failure, e.to_string()),
+        SftpError::Store(StoreError::Internal(_)) => (C::Failure, "internal server error".into()),
         SftpError::BadHandle => (C::Failure, "invalid handle".into()),
         SftpError::BadMessage => (C::BadMessage, "malformed request".into()),
         SftpError::Unsupported(what) => {

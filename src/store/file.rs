@@ -2,8 +2,16 @@
 //!
 //! One chunk of plaintext is cached per open file: sequential writes fill it
 //! and it is encrypted once when the writer moves on, and sequential reads
-//! decrypt each chunk once. Memory per open file is therefore about two
-//! chunks (the cached plaintext and one record buffer), whatever the size.
+//! decrypt each chunk once.
+//!
+//! To use more than one core, sequential access is pipelined through the
+//! crate's crypto thread pool: a full chunk the writer leaves behind is
+//! encrypted and written by a worker while the caller fills the next one
+//! (at most [`WRITE_BEHIND`] at a time), and a sequential reader gets every
+//! other chunk decrypted by a worker while it decrypts the one before. Anything else (a read from disk, a final
+//! chunk, a truncation, a sync) first waits for the writes in flight, so
+//! their order on disk is the same as without the pipeline. Memory per open
+//! file stays bounded by a few chunks whatever the file size.
 //!
 //! On-disk invariants, outside of an operation in progress:
 //! - every record except the last holds a full chunk and is not final;
@@ -15,11 +23,14 @@
 //! reveal (a chunk marked final that is not last, or a last chunk that is not
 //! marked final), never silently wrong data.
 
+use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
 };
+use super::pool::{self, Pending};
 use super::storage::{Blob, Meta};
 use crate::store::StoreError;
 
@@ -28,6 +39,25 @@ use crate::store::StoreError;
 /// files), so a write at an absurd offset must fail instead of filling the
 /// disk; the cap also keeps every record offset far from overflow.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Chunks being encrypted and written behind the writer, per open file: two
+/// keep one worker busy while the caller fills the next chunk, and bound the
+/// memory a fast writer can pin.
+pub const WRITE_BEHIND: usize = 2;
+
+/// Spare buffers kept per open file, for reuse instead of allocation: one
+/// per write in flight, one for the read-ahead, one for the cache.
+const SPARE_BUFFERS: usize = WRITE_BEHIND + 2;
+
+/// The buffers a pool job works in: a chunk's plaintext and its record.
+struct Buffers {
+    data: Vec<u8>,
+    record: Vec<u8>,
+}
+
+/// A job's outcome: its buffers back (the plaintext of a read-ahead), or the
+/// error.
+type ChunkJob = Pending<Result<Buffers, StoreError>>;
 
 /// Index of the chunk holding the last byte of a file of `size` bytes (0 for
 /// an empty file, which still has one, empty, chunk).
@@ -53,8 +83,8 @@ struct CachedChunk {
 
 /// The state of one open encrypted file, shared by every handle on it.
 pub(crate) struct FileState {
-    blob: Box<dyn Blob>,
-    keys: FileKeys,
+    blob: Arc<dyn Blob>,
+    keys: Arc<FileKeys>,
     id: FileId,
     /// Logical plaintext size.
     size: u64,
@@ -65,6 +95,14 @@ pub(crate) struct FileState {
     record: Vec<u8>,
     /// Whether `blob` was opened for writing.
     writable: bool,
+    /// Full chunks being encrypted and written by the pool, oldest first.
+    behind: VecDeque<ChunkJob>,
+    /// The chunk being read and decrypted ahead of a sequential reader.
+    ahead: VecDeque<(u64, ChunkJob)>,
+    /// The chunk loaded before the cached one, to recognise sequential reads.
+    previous: Option<u64>,
+    /// Buffers kept for reuse.
+    spares: Vec<Buffers>,
 }
 
 impl FileState {
@@ -74,16 +112,7 @@ impl FileState {
         let keys = FileKeys::derive(data_key, &id);
         let header = format::encode_header(&keys, &id);
         blob.write_all_at(&header, 0)?;
-        let mut state = FileState {
-            blob,
-            keys,
-            id,
-            size: 0,
-            disk_chunks: 0,
-            cache: None,
-            record: Vec::with_capacity(format::FULL_RECORD_LEN),
-            writable: true,
-        };
+        let mut state = FileState::new(blob, keys, id, 0, 0, true);
         // The empty chunk 0 makes even an empty file complete on disk.
         state.cache = Some(CachedChunk {
             index: 0,
@@ -108,23 +137,45 @@ impl FileState {
         format::verify_header(&keys, &header)?;
         let layout = Layout::from_stored_len(stored_len)?;
         let size = read_plaintext_len(&*blob, &layout)?;
-        Ok(FileState {
+        Ok(FileState::new(
             blob,
             keys,
             id,
             size,
-            disk_chunks: layout.chunks,
+            layout.chunks,
+            writable,
+        ))
+    }
+
+    fn new(
+        blob: Box<dyn Blob>,
+        keys: FileKeys,
+        id: FileId,
+        size: u64,
+        disk_chunks: u64,
+        writable: bool,
+    ) -> Self {
+        FileState {
+            blob: Arc::from(blob),
+            keys: Arc::new(keys),
+            id,
+            size,
+            disk_chunks,
             cache: None,
             record: Vec::with_capacity(format::FULL_RECORD_LEN),
             writable,
-        })
+            behind: VecDeque::new(),
+            ahead: VecDeque::new(),
+            previous: None,
+            spares: Vec::new(),
+        }
     }
 
     /// Swaps in a writable descriptor of the same file if this state was
     /// opened read-only.
     pub(crate) fn replace_blob_if_readonly(&mut self, blob: Box<dyn Blob>) {
         if !self.writable {
-            self.blob = blob;
+            self.blob = Arc::from(blob);
             self.writable = true;
         }
     }
@@ -179,6 +230,7 @@ impl FileState {
             // As pwrite(2): writing nothing does not extend the file.
             return Ok(());
         }
+        self.ahead.clear();
         if end > self.size {
             self.extend_to(end)?;
         }
@@ -207,6 +259,7 @@ impl FileState {
                 "the file would exceed the 1 TiB size limit",
             ));
         }
+        self.ahead.clear();
         if new_size > self.size {
             self.extend_to(new_size)?;
             let last = last_index(new_size);
@@ -234,6 +287,9 @@ impl FileState {
 
     /// Writes the dirty cached chunk, if any.
     pub(crate) fn flush(&mut self) -> Result<(), StoreError> {
+        // Writes in flight land first: a final record and the truncation
+        // after it must come last.
+        self.drain()?;
         let Some(chunk) = self.cache.as_mut() else {
             return Ok(());
         };
@@ -333,6 +389,7 @@ impl FileState {
     }
 
     fn write_record(&mut self, index: u64, is_final: bool, data: &[u8]) -> Result<(), StoreError> {
+        self.drain()?;
         let mut iv = [0u8; format::BLOCK];
         format::fill_random(&mut iv);
         self.record.clear();
@@ -356,21 +413,43 @@ impl FileState {
     fn load(&mut self, index: u64) -> Result<&mut CachedChunk, StoreError> {
         let hit = self.cache.as_ref().is_some_and(|c| c.index == index);
         if !hit {
-            self.flush()?;
-            // Reuse the evicted (clean, after the flush) chunk's buffer:
-            // sequential I/O then allocates and zero-fills nothing per chunk
-            // and the buffer never regrows.
-            let mut data = match self.cache.take() {
-                Some(c) => c.data,
-                None => Vec::with_capacity(CHUNK_SIZE),
-            };
-            data.clear();
+            self.evict()?;
             let len = chunk_len(index, self.size);
-            if index < self.disk_chunks && len > 0 {
-                self.read_chunk_from_disk(index, &mut data)?;
-            } else {
-                data.resize(len, 0);
+            // Read-ahead jobs for chunks before this one are stale.
+            while self.ahead.front().is_some_and(|(i, _)| *i < index) {
+                self.ahead.pop_front();
             }
+            let sequential = index > 0 && self.previous == Some(index - 1);
+            self.previous = Some(index);
+            let data = match self.ahead.pop_front() {
+                Some((i, job)) if i == index => {
+                    let mut b = job
+                        .wait_soon()
+                        .ok_or(StoreError::Internal("a crypto worker failed"))??;
+                    let data = std::mem::take(&mut b.data);
+                    self.keep_spare(b);
+                    data
+                }
+                _ => {
+                    self.ahead.clear();
+                    // A sequential reader gets the next chunk decrypted by a
+                    // worker while this one is decrypted here: both cores
+                    // work, with one hand-off for every two chunks.
+                    if sequential {
+                        self.read_ahead(index + 1);
+                    }
+                    // Reuse a buffer: sequential I/O then allocates nothing
+                    // per chunk and the buffer never regrows.
+                    let mut data = self.take_spare().data;
+                    data.clear();
+                    if index < self.disk_chunks && len > 0 {
+                        self.read_chunk_from_disk(index, &mut data)?;
+                    } else {
+                        data.resize(len, 0);
+                    }
+                    data
+                }
+            };
             self.cache = Some(CachedChunk {
                 index,
                 data,
@@ -382,10 +461,124 @@ impl FileState {
         Ok(self.cache.as_mut().expect("cache filled above"))
     }
 
+    /// Frees the cache slot. A dirty chunk that is not the last one is full
+    /// and complete: it goes to the pool to be encrypted and written while
+    /// the caller goes on; anything else is flushed here.
+    fn evict(&mut self) -> Result<(), StoreError> {
+        let behind = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.dirty && c.index != last_index(self.size));
+        if !behind {
+            self.flush()?;
+            if let Some(c) = self.cache.take() {
+                let record = Vec::new();
+                self.keep_spare(Buffers {
+                    data: c.data,
+                    record,
+                });
+            }
+            return Ok(());
+        }
+        while self.behind.len() >= WRITE_BEHIND {
+            self.wait_oldest()?;
+        }
+        let Some(chunk) = self.cache.take() else {
+            return Ok(());
+        };
+        let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
+        self.disk_chunks = self.disk_chunks.max(chunk.index + 1);
+        let mut record = self.take_spare().record;
+        self.behind.push_back(pool::spawn(move || {
+            let mut iv = [0u8; format::BLOCK];
+            format::fill_random(&mut iv);
+            record.clear();
+            format::encode_chunk(
+                &keys,
+                &id,
+                chunk.index,
+                false,
+                &chunk.data,
+                &iv,
+                &mut record,
+            );
+            blob.write_all_at(&record, format::record_offset(chunk.index))?;
+            Ok(Buffers {
+                data: chunk.data,
+                record,
+            })
+        }));
+        Ok(())
+    }
+
+    /// Starts decrypting chunk `index` on a worker, if it is on disk and
+    /// nothing is being written.
+    fn read_ahead(&mut self, index: u64) {
+        let last = last_index(self.size);
+        if !self.behind.is_empty() || index >= self.disk_chunks || index > last {
+            return;
+        }
+        let is_final = index == last;
+        let len = chunk_len(index, self.size);
+        let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
+        let Buffers {
+            mut data,
+            mut record,
+        } = self.take_spare();
+        let job = pool::spawn(move || {
+            record.resize(format::record_len(len), 0);
+            read_exact_or_integrity(&*blob, &mut record, format::record_offset(index))?;
+            data.clear();
+            format::decode_chunk(&keys, &id, index, is_final, &record, &mut data)?;
+            Ok(Buffers { data, record })
+        });
+        self.ahead.push_back((index, job));
+    }
+
+    fn take_spare(&mut self) -> Buffers {
+        self.spares.pop().unwrap_or_else(|| Buffers {
+            data: Vec::with_capacity(CHUNK_SIZE),
+            record: Vec::with_capacity(format::FULL_RECORD_LEN),
+        })
+    }
+
+    fn keep_spare(&mut self, b: Buffers) {
+        if self.spares.len() < SPARE_BUFFERS {
+            self.spares.push(b);
+        }
+    }
+
+    /// Waits for the oldest write in flight.
+    fn wait_oldest(&mut self) -> Result<(), StoreError> {
+        let Some(job) = self.behind.pop_front() else {
+            return Ok(());
+        };
+        let buffers = job
+            .wait()
+            .ok_or(StoreError::Internal("a crypto worker failed"))??;
+        self.keep_spare(buffers);
+        Ok(())
+    }
+
+    /// Waits for every write in flight; the first failure is returned after
+    /// all have finished.
+    fn drain(&mut self) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        while !self.behind.is_empty() {
+            let r = self.wait_oldest();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
     /// Reads, authenticates and decrypts chunk `index` from disk. Every
     /// chunk but the cached one is on disk as the logical size says (see the
     /// module invariants), so its length and finality follow from the size.
     fn read_chunk_from_disk(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        // The chunk may be among the writes in flight.
+        self.drain()?;
         let is_final = index == last_index(self.size);
         let len = chunk_len(index, self.size);
         self.record.resize(format::record_len(len), 0);

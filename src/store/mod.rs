@@ -16,6 +16,7 @@
 
 pub mod file;
 pub mod format;
+mod pool;
 pub mod storage;
 
 #[cfg(test)]
@@ -47,6 +48,9 @@ pub enum StoreError {
     /// The handle was not opened for this kind of access.
     #[error("the file was not opened for {0}")]
     WrongAccess(&'static str),
+    /// A bug, reported rather than panicking (e.g. a worker that panicked).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl StoreError {

@@ -1,0 +1,128 @@
+//! A small process-wide pool of threads for chunk crypto and its I/O.
+//!
+//! One open file can then use more than one core: while the caller fills the
+//! next chunk, a worker encrypts and writes the previous one; while the
+//! caller copies a chunk out, a worker reads and decrypts the next. Jobs
+//! never take locks of the store, so waiting for one while holding a file's
+//! lock cannot deadlock.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The job queue; `None` if no worker thread could be started, in which
+/// case jobs run on the caller's thread.
+static QUEUE: LazyLock<Option<Sender<Job>>> = LazyLock::new(start_workers);
+
+fn start_workers() -> Option<Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = std::sync::Arc::new(Mutex::new(rx));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut started = 0;
+    for i in 0..workers {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dropzone-crypto-{i}"))
+            .spawn(move || {
+                loop {
+                    let Some(job) = next_job(&rx) else { return };
+                    // A panicking job must not take the worker with it; its
+                    // result channel is dropped, which the waiter sees.
+                    let _ = catch_unwind(AssertUnwindSafe(job));
+                }
+            });
+        if spawned.is_ok() {
+            started += 1;
+        }
+    }
+    (started > 0).then_some(tx)
+}
+
+/// How long a thread polls before it sleeps. Waking a sleeping thread costs
+/// an inter-processor interrupt, which in a VM is tens of microseconds, as
+/// long as encrypting a few KiB; chunk jobs come every ~50-130 us during a
+/// transfer, so a short poll usually catches the next one awake.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Takes the next job: polls for [`SPIN`], then sleeps until one comes;
+/// `None` when the queue is closed.
+fn next_job(rx: &Mutex<Receiver<Job>>) -> Option<Job> {
+    let lock = || rx.lock().unwrap_or_else(|p| p.into_inner());
+    let start = Instant::now();
+    while start.elapsed() < SPIN {
+        match lock().try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+        }
+    }
+    // Hold the queue lock only while taking one job.
+    lock().recv().ok()
+}
+
+/// The result of a job, to be waited for.
+pub(crate) struct Pending<T>(Receiver<T>);
+
+impl<T> Pending<T> {
+    /// Waits for the job; `None` if it panicked.
+    pub(crate) fn wait(self) -> Option<T> {
+        self.0.recv().ok()
+    }
+
+    /// Waits for a job that is expected to finish within [`SPIN`], polling
+    /// first so that the waiter is not put to sleep and woken again.
+    pub(crate) fn wait_soon(self) -> Option<T> {
+        let start = Instant::now();
+        while start.elapsed() < SPIN {
+            match self.0.try_recv() {
+                Ok(v) => return Some(v),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        self.0.recv().ok()
+    }
+}
+
+/// Runs `f` on a worker thread.
+pub(crate) fn spawn<T, F>(f: F) -> Pending<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    match QUEUE.as_ref() {
+        Some(queue) => {
+            if let Err(mpsc::SendError(job)) = queue.send(job) {
+                job();
+            }
+        }
+        None => job(),
+    }
+    Pending(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_run_and_return() {
+        let jobs: Vec<_> = (0..16u64).map(|i| spawn(move || i * i)).collect();
+        let results: Vec<_> = jobs.into_iter().map(|p| p.wait().unwrap()).collect();
+        assert_eq!(results, (0..16u64).map(|i| i * i).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_pool_survives() {
+        let p = spawn(|| -> u32 { panic!("boom") });
+        assert_eq!(p.wait(), None);
+        assert_eq!(spawn(|| 7).wait(), Some(7));
+    }
+}
