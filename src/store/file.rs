@@ -483,9 +483,11 @@ impl FileState {
         while self.behind.len() >= WRITE_BEHIND {
             self.wait_oldest()?;
         }
-        let Some(chunk) = self.cache.take() else {
+        let Some(mut chunk) = self.cache.take() else {
             return Ok(());
         };
+        // Not the last chunk, so full: make sure of it, as flush does.
+        chunk.data.resize(CHUNK_SIZE, 0);
         let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
         self.disk_chunks = self.disk_chunks.max(chunk.index + 1);
         let mut record = self.take_spare().record;
