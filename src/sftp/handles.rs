@@ -41,6 +41,24 @@ pub(super) enum FileJob {
     },
 }
 
+impl FileJob {
+    /// What the job holds or will hold in memory, in KiB (at least 1), for
+    /// the session's in-flight budget.
+    pub(super) fn cost_kib(&self) -> u32 {
+        let bytes = match self {
+            FileJob::Read { len, .. } => (*len).min(super::MAX_READ_WRITE_LEN) as usize,
+            FileJob::Write { data, .. } => data.len(),
+            FileJob::Extended { data, .. } => data.len(),
+            _ => 0,
+        };
+        (bytes / 1024 + 1) as u32
+    }
+}
+
+/// A job and its share of the session's in-flight budget, released when the
+/// reply has been handed on.
+pub(super) type QueuedJob = (FileJob, tokio::sync::OwnedSemaphorePermit);
+
 /// A directory listing, read once at OPENDIR and handed out in batches.
 pub(super) struct DirListing {
     pub(super) path: ObjectPath,
@@ -62,7 +80,7 @@ impl DirListing {
 
 enum Entry {
     File {
-        queue: mpsc::Sender<FileJob>,
+        queue: mpsc::Sender<QueuedJob>,
         file: Arc<EncryptedFile>,
     },
     Dir(Arc<DirListing>),
@@ -100,7 +118,7 @@ impl HandleTable {
 
     pub(super) fn add_file(
         &self,
-        queue: mpsc::Sender<FileJob>,
+        queue: mpsc::Sender<QueuedJob>,
         file: Arc<EncryptedFile>,
     ) -> Result<String, SftpError> {
         self.insert(Entry::File { queue, file })
@@ -110,7 +128,7 @@ impl HandleTable {
         self.insert(Entry::Dir(Arc::new(listing)))
     }
 
-    pub(super) fn file_queue(&self, handle: &str) -> Option<mpsc::Sender<FileJob>> {
+    pub(super) fn file_queue(&self, handle: &str) -> Option<mpsc::Sender<QueuedJob>> {
         match lock(&self.entries).get(handle) {
             Some(Entry::File { queue, .. }) => Some(queue.clone()),
             _ => None,
@@ -156,10 +174,10 @@ pub(super) async fn run_worker(
     session: Arc<Session>,
     file: Arc<EncryptedFile>,
     path: String,
-    mut jobs: mpsc::Receiver<FileJob>,
+    mut jobs: mpsc::Receiver<QueuedJob>,
 ) {
     let mut noticed = false;
-    while let Some(job) = jobs.recv().await {
+    while let Some((job, permit)) = jobs.recv().await {
         let closing = matches!(job, FileJob::Close { .. });
         let (s, f) = (session.clone(), file.clone());
         let (reply, integrity_failed) =
@@ -172,7 +190,9 @@ pub(super) async fn run_worker(
             noticed = true;
             session.integrity_notice(&path);
         }
-        if session.replies.send(reply).await.is_err() || closing {
+        let sent = session.replies.send(reply).await;
+        drop(permit);
+        if sent.is_err() || closing {
             break;
         }
     }

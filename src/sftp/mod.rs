@@ -48,6 +48,11 @@ pub const MAX_READ_WRITE_LEN: u32 = 261_120;
 const HANDLE_QUEUE: usize = 64;
 /// Entries per READDIR reply.
 const READDIR_BATCH: usize = 128;
+/// Bytes of requests and replies one session may have queued on its file
+/// handles, in KiB: each handle's queue is bounded in count, but a client
+/// with many handles could otherwise pin `max_handles * 64 * 256 KiB`.
+/// 32 MiB keeps two windows of OpenSSH's 64 x 32 KiB requests in flight.
+const IN_FLIGHT_KIB: usize = 32 * 1024;
 
 /// Session-wide SFTP settings.
 #[derive(Debug, Clone)]
@@ -68,6 +73,8 @@ struct Session {
     user: UserName,
     handles: HandleTable,
     replies: mpsc::Sender<Packet>,
+    /// Admits handle jobs by size; see [`IN_FLIGHT_KIB`].
+    in_flight: Arc<tokio::sync::Semaphore>,
     notices: mpsc::Sender<String>,
 }
 
@@ -127,6 +134,7 @@ where
         user,
         handles: HandleTable::new(config.max_handles),
         replies: reply_tx,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB)),
         notices: notice_tx,
     });
     loop {
@@ -358,7 +366,17 @@ impl Session {
     async fn to_handle(self: &Arc<Self>, id: u32, handle: &str, job: FileJob) -> bool {
         match self.handles.file_queue(handle) {
             Some(queue) => {
-                if queue.send(job).await.is_err() {
+                // Waiting here stops reading from the client, which the SSH
+                // window turns into backpressure.
+                let Ok(permit) = self
+                    .in_flight
+                    .clone()
+                    .acquire_many_owned(job.cost_kib())
+                    .await
+                else {
+                    return false;
+                };
+                if queue.send((job, permit)).await.is_err() {
                     return self.send(error_reply(id, &SftpError::BadHandle)).await;
                 }
                 true
