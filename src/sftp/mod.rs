@@ -20,6 +20,9 @@ mod handles;
 pub mod status;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

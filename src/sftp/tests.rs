@@ -1,0 +1,260 @@
+//! The dispatcher driven with raw SFTP packets over an in-memory stream:
+//! malformed input, pipelined requests, and the reply for each.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use russh_sftp::protocol::{Packet, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::wire::Writer;
+use super::{SftpConfig, serve};
+use crate::keys::DataKey;
+use crate::store::UserStore;
+use crate::store::storage::LocalStorage;
+use crate::username::UserName;
+
+const FXP_INIT: u8 = 1;
+const FXP_OPEN: u8 = 3;
+const FXP_CLOSE: u8 = 4;
+const FXP_READ: u8 = 5;
+const FXP_WRITE: u8 = 6;
+const FXP_OPENDIR: u8 = 11;
+const FXP_READDIR: u8 = 12;
+const FXP_STAT: u8 = 17;
+const FXP_EXTENDED: u8 = 200;
+
+struct Client {
+    io: DuplexStream,
+    _dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<DuplexStream>,
+}
+
+impl Client {
+    async fn start() -> Client {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open_root(&dir.path().join("u")).unwrap();
+        let store = Arc::new(UserStore::new(
+            Arc::new(storage),
+            Arc::new(DataKey::from_bytes([9; 32])),
+        ));
+        let (client, server_side) = tokio::io::duplex(1 << 20);
+        let user = UserName::parse("u").unwrap();
+        let server = tokio::spawn(serve(
+            server_side,
+            tokio::io::sink(),
+            store,
+            user,
+            SftpConfig::default(),
+        ));
+        let mut c = Client {
+            io: client,
+            _dir: dir,
+            server,
+        };
+        c.raw(&[FXP_INIT, 0, 0, 0, 3]).await;
+        match c.reply().await {
+            Packet::Version(v) => {
+                assert_eq!(v.version, 3);
+                assert!(v.extensions.contains_key("limits@openssh.com"));
+            }
+            other => panic!("expected VERSION, got {other:?}"),
+        }
+        c
+    }
+
+    async fn raw(&mut self, body: &[u8]) {
+        self.io.write_u32(body.len() as u32).await.unwrap();
+        self.io.write_all(body).await.unwrap();
+    }
+
+    async fn request(&mut self, kind: u8, payload: Writer) {
+        let mut body = vec![kind];
+        body.extend(payload.finish());
+        self.raw(&body).await;
+    }
+
+    async fn reply(&mut self) -> Packet {
+        let len = self.io.read_u32().await.unwrap();
+        let mut body = vec![0; len as usize];
+        self.io.read_exact(&mut body).await.unwrap();
+        Packet::try_from(&mut Bytes::from(body)).unwrap()
+    }
+
+    async fn status(&mut self) -> (u32, StatusCode, String) {
+        match self.reply().await {
+            Packet::Status(s) => (s.id, s.status_code, s.error_message),
+            other => panic!("expected STATUS, got {other:?}"),
+        }
+    }
+
+    async fn open(&mut self, id: u32, path: &str, pflags: u32) -> String {
+        self.request(
+            FXP_OPEN,
+            Writer::default()
+                .u32(id)
+                .bytes(path.as_bytes())
+                .u32(pflags)
+                .u32(0),
+        )
+        .await;
+        match self.reply().await {
+            Packet::Handle(h) if h.id == id => h.handle,
+            other => panic!("expected HANDLE {id}, got {other:?}"),
+        }
+    }
+}
+
+const READ: u32 = 1;
+const WRITE: u32 = 2;
+const CREAT: u32 = 8;
+const TRUNC: u32 = 0x10;
+
+#[tokio::test]
+async fn malformed_requests_get_clean_errors_and_the_session_goes_on() {
+    let mut c = Client::start().await;
+    // Unknown packet type with an id.
+    c.raw(&[99, 0, 0, 0, 7, 1, 2]).await;
+    let (id, code, _) = c.status().await;
+    assert_eq!((id, code), (7, StatusCode::OpUnsupported));
+    // OPEN truncated in the middle of its path string.
+    c.raw(&[FXP_OPEN, 0, 0, 0, 8, 0, 0, 0, 50, b'a']).await;
+    let (id, code, _) = c.status().await;
+    assert_eq!((id, code), (8, StatusCode::BadMessage));
+    // A NUL in a path.
+    c.request(FXP_STAT, Writer::default().u32(9).bytes(b"a\0b"))
+        .await;
+    let (id, code, msg) = c.status().await;
+    assert_eq!((id, code), (9, StatusCode::Failure));
+    assert!(msg.contains("NUL"), "{msg}");
+    // A handle that was never opened.
+    c.request(
+        FXP_READ,
+        Writer::default().u32(10).bytes(b"nope").u64(0).u32(10),
+    )
+    .await;
+    let (id, code, msg) = c.status().await;
+    assert_eq!(
+        (id, code, msg.as_str()),
+        (10, StatusCode::Failure, "invalid handle")
+    );
+    // An unknown extension.
+    c.request(
+        FXP_EXTENDED,
+        Writer::default().u32(11).bytes(b"evil@example.com"),
+    )
+    .await;
+    let (id, code, _) = c.status().await;
+    assert_eq!((id, code), (11, StatusCode::OpUnsupported));
+    // Still serving.
+    c.request(FXP_STAT, Writer::default().u32(12).bytes(b"/"))
+        .await;
+    assert!(matches!(c.reply().await, Packet::Attrs(a) if a.id == 12));
+}
+
+#[tokio::test]
+async fn an_oversized_packet_ends_the_session_without_a_panic() {
+    let mut c = Client::start().await;
+    c.io.write_u32(64 * 1024 * 1024).await.unwrap();
+    drop(c.io);
+    // The server task returns its stream instead of panicking.
+    c.server.await.unwrap();
+}
+
+#[tokio::test]
+async fn pipelined_writes_and_reads_round_trip() {
+    let mut c = Client::start().await;
+    let h = c.open(1, "/f", WRITE | CREAT | TRUNC).await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    // Send every write before reading any reply, as OpenSSH's client does.
+    let pieces: Vec<_> = data.chunks(32 * 1024).enumerate().collect();
+    for (n, piece) in &pieces {
+        let offset = (*n * 32 * 1024) as u64;
+        c.request(
+            FXP_WRITE,
+            Writer::default()
+                .u32(100 + *n as u32)
+                .bytes(h.as_bytes())
+                .u64(offset)
+                .bytes(piece),
+        )
+        .await;
+    }
+    let mut acked: Vec<u32> = Vec::new();
+    for _ in &pieces {
+        let (id, code, _) = c.status().await;
+        assert_eq!(code, StatusCode::Ok);
+        acked.push(id);
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, (100..100 + pieces.len() as u32).collect::<Vec<_>>());
+    c.request(FXP_CLOSE, Writer::default().u32(2).bytes(h.as_bytes()))
+        .await;
+    assert_eq!(c.status().await.1, StatusCode::Ok);
+
+    let h = c.open(3, "/f", READ).await;
+    for n in 0..10u32 {
+        c.request(
+            FXP_READ,
+            Writer::default()
+                .u32(200 + n)
+                .bytes(h.as_bytes())
+                .u64(u64::from(n) * 32 * 1024)
+                .u32(32 * 1024),
+        )
+        .await;
+    }
+    let mut back = vec![0u8; data.len()];
+    let mut eofs = 0;
+    for _ in 0..10 {
+        match c.reply().await {
+            Packet::Data(d) => {
+                let at = (d.id - 200) as usize * 32 * 1024;
+                back[at..at + d.data.len()].copy_from_slice(&d.data);
+            }
+            Packet::Status(s) if s.status_code == StatusCode::Eof => eofs += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(eofs, 0, "all ten reads lie within the 300000 bytes");
+    assert_eq!(back, data);
+}
+
+#[tokio::test]
+async fn readdir_lists_entries_then_eof() {
+    let mut c = Client::start().await;
+    for (i, name) in ["/a", "/b"].iter().enumerate() {
+        let h = c.open(i as u32, name, WRITE | CREAT).await;
+        c.request(FXP_CLOSE, Writer::default().u32(50).bytes(h.as_bytes()))
+            .await;
+        assert_eq!(c.status().await.1, StatusCode::Ok);
+    }
+    c.request(FXP_OPENDIR, Writer::default().u32(60).bytes(b"/"))
+        .await;
+    let Packet::Handle(h) = c.reply().await else {
+        panic!("no handle")
+    };
+    c.request(
+        FXP_READDIR,
+        Writer::default().u32(61).bytes(h.handle.as_bytes()),
+    )
+    .await;
+    let Packet::Name(names) = c.reply().await else {
+        panic!("no names")
+    };
+    let mut listed: Vec<_> = names.files.iter().map(|f| f.filename.as_str()).collect();
+    listed.sort_unstable();
+    assert_eq!(listed, [".", "..", "a", "b"]);
+    assert!(
+        names
+            .files
+            .iter()
+            .any(|f| f.longname.starts_with("-rw-r--r--"))
+    );
+    c.request(
+        FXP_READDIR,
+        Writer::default().u32(62).bytes(h.handle.as_bytes()),
+    )
+    .await;
+    assert_eq!(c.status().await.1, StatusCode::Eof);
+}
