@@ -23,7 +23,9 @@
 //!   in-memory cache that zeroizes keys after the last session.
 //! - [`username`]: the validated user name every layer shares.
 //! - [`kms`]: the [`kms::KeyWrapper`] trait and its backends (a local RSA
-//!   key file by default).
+//!   key file by default, or the EaaS HTTP client).
+//! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
+//!   process; the HTTP API of the original EaaS).
 //!
 //! What this crate does not do: it never decrypts a file to disk, never
 //! writes a data key unwrapped, and never lets a client path reach the
@@ -32,6 +34,7 @@
 mod atomic_file;
 pub mod auth;
 pub mod config;
+pub mod eaas;
 pub mod jail;
 pub mod keys;
 pub mod kms;

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 
 use dropzone::auth::{password, users_file::UsersFile};
 use dropzone::config::{self, Config, KmsBackend};
-use dropzone::keys::UserKeys;
-use dropzone::kms::{KeyWrapper, local::LocalKms};
+use dropzone::keys::{Rewrapped, UserKeys};
+use dropzone::kms::eaas::{EaasKms, EaasOptions};
+use dropzone::kms::{KeyWrapper, MasterKeyRef, local::LocalKms};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
 use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
@@ -46,6 +47,9 @@ enum Command {
     /// Manage the users file.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the master key that wraps user keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Check that every stored file decrypts and authenticates; exit 1 if any fails.
     Verify {
         /// Only this user's files.
@@ -98,6 +102,23 @@ enum UserCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-wrap every user's key under master key version V (created at the
+    /// key service if needed). Stored files are not touched. Resumable and
+    /// idempotent: users already on V are skipped. Exit 1 if any user failed.
+    ///
+    /// Afterwards, set the configured secret_version to V so that new users
+    /// get it too; each login unwraps with the version in the user's key file.
+    Rotate {
+        /// The master key version to re-wrap under (decimal digits).
+        #[arg(long, value_name = "V")]
+        secret_version: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
 /// A failure that exits with a given status.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -132,6 +153,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(&load_config(&config)?),
         Command::User(cmd) => user_command(cmd),
+        Command::Keys(KeysCommand::Rotate {
+            secret_version,
+            config,
+        }) => rotate(&load_config(&config)?, &secret_version),
         Command::Verify { user, config } => verify(&load_config(&config)?, user.as_deref()),
         Command::Decrypt {
             user,
@@ -151,18 +176,43 @@ fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
             )
             .context("local key backend")?,
         )),
-        KmsBackend::Eaas => Err(ConfigFailure(
-            "kms.backend = \"eaas\": the EaaS client is not available in this build; use \"local\""
-                .into(),
-        )
-        .into()),
+        KmsBackend::Eaas => {
+            let Some(e) = &config.kms.eaas else {
+                return Err(ConfigFailure(
+                    "kms.backend = \"eaas\" needs a [kms.eaas] table".into(),
+                )
+                .into());
+            };
+            let mut options = EaasOptions::new(
+                e.url.clone(),
+                e.secret_path.clone(),
+                e.secret_version.clone(),
+            );
+            options.token_file = e.token_file.clone();
+            options.ca_file = e.ca_file.clone();
+            options.connect_timeout = e.connect_timeout;
+            options.request_timeout = e.request_timeout;
+            let kms =
+                EaasKms::new(options).map_err(|e| ConfigFailure(format!("[kms.eaas]: {e}")))?;
+            if kms.url().starts_with("http://") {
+                tracing::warn!(
+                    url = kms.url(),
+                    "the key service URL is plain HTTP: user keys cross the network unencrypted; \
+                     use https (with ca_file) outside a private network"
+                );
+            }
+            Ok(Arc::new(kms))
+        }
     }
 }
 
-fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
-    let wrapper = key_wrapper(config)?;
+fn user_keys_with(config: &Config, wrapper: Arc<dyn KeyWrapper>) -> anyhow::Result<UserKeys> {
     UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl)
         .context("user key directory")
+}
+
+fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
+    user_keys_with(config, key_wrapper(config)?)
 }
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
@@ -174,13 +224,17 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The key service client is blocking and runs its own runtime thread:
+    // it is built (and, through `wrapper`, dropped) outside the async runtime.
+    let wrapper = key_wrapper(config)?;
+    let keys = user_keys_with(config, wrapper.clone())?;
+    prepare_master_key(wrapper.as_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let host_keys = ssh::host_keys::load_or_generate(&config.host_keys_dir)?;
-        let keys = user_keys(config)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let (ctx, alive) = ssh::ServerContext::new(
@@ -213,7 +267,87 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    drop(runtime);
+    drop(wrapper);
+    result
+}
+
+/// Asks the backend to create the configured master key if it does not
+/// exist (for the EaaS, `/gen/key/rsa`, as the original did). A key service
+/// that is down is not fatal: logins fail closed until it is back.
+fn prepare_master_key(wrapper: &dyn KeyWrapper) {
+    let master = wrapper.current();
+    match wrapper.ensure_master_key(&master) {
+        Ok(()) => {
+            tracing::info!(backend = wrapper.backend(), master = %master, "master key ready");
+        }
+        Err(e) if e.is_transient() => tracing::warn!(
+            backend = wrapper.backend(),
+            master = %master,
+            error = %e,
+            "key service unavailable at start-up; logins are refused until it is back"
+        ),
+        Err(e) => tracing::error!(
+            backend = wrapper.backend(),
+            master = %master,
+            error = %e,
+            "the key service refused to provide the master key; logins will fail until this is fixed"
+        ),
+    }
+}
+
+/// `dropzone keys rotate`: re-wraps every user's key under version `version`.
+fn rotate(config: &Config, version: &str) -> anyhow::Result<ExitCode> {
+    if !config::is_version(version) {
+        return Err(ConfigFailure(format!(
+            "--secret-version {version:?}: expected 1-9 decimal digits"
+        ))
+        .into());
+    }
+    let wrapper = key_wrapper(config)?;
+    let to = MasterKeyRef {
+        secret_path: wrapper.current().secret_path,
+        secret_version: version.to_owned(),
+    };
+    wrapper
+        .ensure_master_key(&to)
+        .with_context(|| format!("creating master key {to} ({} backend)", wrapper.backend()))?;
+    println!("master key {to} is ready ({} backend)", wrapper.backend());
+    let keys = user_keys_with(config, wrapper.clone())?;
+    let users = keys.users()?;
+    let (mut rotated, mut skipped, mut failed) = (0usize, 0usize, 0usize);
+    for user in &users {
+        match keys.rewrap(user, &to) {
+            Ok(Rewrapped::Done { from }) => {
+                rotated += 1;
+                let from = if from.secret_path == to.secret_path {
+                    from.secret_version
+                } else {
+                    from.to_string()
+                };
+                println!("rotated {user} ({from} -> {version})");
+            }
+            Ok(Rewrapped::Already) => {
+                skipped += 1;
+                println!("skipped {user} (already {version})");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED {user}: {e}");
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+    println!(
+        "{} user(s): {rotated} rotated, {skipped} already on version {version}, {failed} failed",
+        users.len()
+    );
+    if failed > 0 {
+        eprintln!("dropzone: {failed} user(s) not rotated; run the command again to retry them");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -73,6 +73,10 @@ struct RawEaas {
     url: String,
     secret_path: String,
     secret_version: toml::Value,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -153,8 +157,17 @@ pub struct EaasConfig {
     pub url: String,
     /// Name of the RSA key pair at the service.
     pub secret_path: String,
-    /// Version of that key pair (a decimal string).
+    /// Version of that key pair new user keys are wrapped under (1-9
+    /// decimal digits; a TOML number is accepted too, as the original did).
     pub secret_version: String,
+    /// A file whose first line is the bearer token sent to the service.
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificates for an `https` URL (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed to connect (default 5 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for a whole request (default 15 s).
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -188,10 +201,8 @@ impl Config {
             }
         };
         let eaas = match raw.kms.eaas {
-            Some(e) => Some(EaasConfig {
-                url: e.url,
-                secret_path: e.secret_path,
-                secret_version: match e.secret_version {
+            Some(e) => {
+                let secret_version = match e.secret_version {
                     toml::Value::String(s) => s,
                     toml::Value::Integer(n) => n.to_string(),
                     other => {
@@ -200,18 +211,34 @@ impl Config {
                             other.type_str()
                         ));
                     }
-                },
-            }),
+                };
+                if !is_version(&secret_version) {
+                    return Err(format!(
+                        "kms.eaas.secret_version = {secret_version:?}: expected 1-9 decimal digits"
+                    ));
+                }
+                let timeout = |name: &str, secs: Option<u64>, default: u64| match secs {
+                    Some(0) => Err(format!("kms.eaas.{name} must be at least 1")),
+                    Some(s) => Ok(Duration::from_secs(s)),
+                    None => Ok(Duration::from_secs(default)),
+                };
+                Some(EaasConfig {
+                    url: e.url,
+                    secret_path: e.secret_path,
+                    secret_version,
+                    token_file: e.token_file,
+                    ca_file: e.ca_file,
+                    connect_timeout: timeout("connect_timeout_secs", e.connect_timeout_secs, 5)?,
+                    request_timeout: timeout("request_timeout_secs", e.request_timeout_secs, 15)?,
+                })
+            }
             None => None,
         };
         if backend == KmsBackend::Eaas && eaas.is_none() {
             return Err("kms.backend = \"eaas\" needs a [kms.eaas] table".into());
         }
         let local_secret_version = raw.kms.local.secret_version.unwrap_or_else(|| "1".into());
-        if local_secret_version.is_empty()
-            || local_secret_version.len() > 9
-            || !local_secret_version.bytes().all(|b| b.is_ascii_digit())
-        {
+        if !is_version(&local_secret_version) {
             return Err(format!(
                 "kms.local.secret_version = {local_secret_version:?}: expected 1-9 decimal digits"
             ));
@@ -257,6 +284,12 @@ impl Config {
     }
 }
 
+/// A master key version: 1 to 9 decimal digits (safe in file names, fits
+/// in `u32`).
+pub fn is_version(v: &str) -> bool {
+    (1..=9).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +319,39 @@ mod tests {
             "[kms]\nbackend = \"eaas\"\n[kms.eaas]\nurl = \"http://e:8443\"\nsecret_path = \"p\"\nsecret_version = 2\n",
         )
         .unwrap();
-        assert_eq!(c.kms.eaas.unwrap().secret_version, "2");
+        let e = c.kms.eaas.unwrap();
+        assert_eq!(e.secret_version, "2");
+        assert_eq!(e.connect_timeout, Duration::from_secs(5));
+        assert_eq!(e.request_timeout, Duration::from_secs(15));
+        assert_eq!(e.token_file, None);
+    }
+
+    #[test]
+    fn eaas_optional_keys() {
+        let c = Config::parse(
+            "[kms]\nbackend = \"eaas\"\n[kms.eaas]\nurl = \"https://e:8443\"\nsecret_path = \"p\"\n\
+             secret_version = \"3\"\ntoken_file = \"secrets/token\"\nca_file = \"secrets/ca.pem\"\n\
+             connect_timeout_secs = 2\nrequest_timeout_secs = 30\n",
+        )
+        .unwrap();
+        let e = c.kms.eaas.unwrap();
+        assert_eq!(e.token_file, Some(PathBuf::from("secrets/token")));
+        assert_eq!(e.ca_file, Some(PathBuf::from("secrets/ca.pem")));
+        assert_eq!(e.connect_timeout, Duration::from_secs(2));
+        assert_eq!(e.request_timeout, Duration::from_secs(30));
+        for bad in [
+            "secret_version = \"v1\"",
+            "secret_version = -1",
+            "secret_version = 1.5",
+        ] {
+            let text = format!("[kms.eaas]\nurl = \"http://e\"\nsecret_path = \"p\"\n{bad}\n");
+            assert!(Config::parse(&text).is_err(), "{bad}");
+        }
+        let text = "[kms.eaas]\nurl = \"http://e\"\nsecret_path = \"p\"\nsecret_version = 1\nrequest_timeout_secs = 0\n";
+        assert!(
+            Config::parse(text)
+                .unwrap_err()
+                .contains("request_timeout_secs")
+        );
     }
 }

@@ -88,6 +88,18 @@ impl KeyError {
     }
 }
 
+/// What [`UserKeys::rewrap`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrapped {
+    /// The key was re-wrapped; it had been wrapped under `from`.
+    Done {
+        /// The master key it was wrapped under before.
+        from: MasterKeyRef,
+    },
+    /// The key was already wrapped under the requested master key.
+    Already,
+}
+
 /// The wrapped-key files in `keks_dir` plus the in-memory cache of
 /// unwrapped keys.
 ///
@@ -171,19 +183,20 @@ impl UserKeys {
         Ok(users)
     }
 
-    /// Re-wraps the user's key under `to`, replacing the key file atomically.
-    /// Returns `false` if it was already wrapped under `to`.
+    /// Re-wraps the user's key under `to`, replacing the key file atomically
+    /// (for a rotation of the master key). A key already wrapped under `to`
+    /// is left alone, so a rotation can be run again to finish or check one.
     ///
     /// The new wrapping is unwrapped and compared before it replaces the old
     /// one, so a failure at any point leaves the user's key readable.
-    pub fn rewrap(&self, user: &UserName, to: &MasterKeyRef) -> Result<bool, KeyError> {
+    pub fn rewrap(&self, user: &UserName, to: &MasterKeyRef) -> Result<Rewrapped, KeyError> {
         self.with_user_lock(user, || {
             let path = self.key_file_path(user);
             let record = self
                 .read_record(user)?
                 .ok_or_else(|| KeyError::NotFound(user.clone()))?;
             if record.backend == self.wrapper.backend() && record.master == *to {
-                return Ok(false);
+                return Ok(Rewrapped::Already);
             }
             let key = self.unwrap_record(&path, &record)?;
             let wrapped = self.wrapper.wrap(key.expose(), to)?;
@@ -196,7 +209,9 @@ impl UserKeys {
             let new = record.rewrapped(to.clone(), wrapped);
             self.write(user, &new, Write::Replace)?;
             tracing::info!(user = %user, from = %record.master, to = %to, "re-wrapped data key");
-            Ok(true)
+            Ok(Rewrapped::Done {
+                from: record.master,
+            })
         })
     }
 

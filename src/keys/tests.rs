@@ -412,7 +412,12 @@ fn rewrap_keeps_the_key_and_records_the_new_version() {
         secret_path: "local".into(),
         secret_version: "2".into(),
     };
-    assert!(keys.rewrap(&hank, &v2).unwrap());
+    assert_eq!(
+        keys.rewrap(&hank, &v2).unwrap(),
+        Rewrapped::Done {
+            from: kms().current()
+        }
+    );
     let t = key_toml(&keys, "hank");
     assert_eq!(t["secret_version"].as_str(), Some("2"));
     assert_eq!(t["created_at"].as_str(), Some(created.as_str()));
@@ -424,7 +429,7 @@ fn rewrap_keeps_the_key_and_records_the_new_version() {
             & 0o777,
         0o600
     );
-    assert!(!keys.rewrap(&hank, &v2).unwrap());
+    assert_eq!(keys.rewrap(&hank, &v2).unwrap(), Rewrapped::Already);
     assert_eq!(entries(&keks), ["hank.key"]);
 
     // A fresh instance (empty cache) unwraps under version 2 to the same key.

@@ -164,6 +164,11 @@ impl KeyWrapper for LocalKms {
         self.current.clone()
     }
 
+    /// Loads the key file, generating it if it is missing.
+    fn ensure_master_key(&self, under: &MasterKeyRef) -> Result<(), KmsError> {
+        self.key(under, true).map(drop)
+    }
+
     fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
         let private = self.key(under, true)?;
         private

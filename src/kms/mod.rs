@@ -6,7 +6,10 @@
 //!
 //! Backends:
 //! - [`local::LocalKms`]: RSA-3072 keys in PEM files on this host (default).
+//! - [`eaas::EaasKms`]: RSA keys held by a key service over HTTP (the
+//!   original Dropzone's EaaS API; `dropzone-eaas` is the reference service).
 
+pub mod eaas;
 pub mod local;
 
 /// Identifies one master key version at a backend.
@@ -41,6 +44,10 @@ pub enum KmsError {
     /// decimal digits).
     #[error("invalid master key version {0:?}: use 1 to 9 decimal digits")]
     InvalidVersion(String),
+    /// The backend's settings cannot be used (a bad URL, an unreadable
+    /// token or CA file).
+    #[error("key service misconfigured: {0}")]
+    Misconfigured(String),
     /// An I/O error without further context.
     #[error("key service I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -60,10 +67,14 @@ impl KmsError {
 /// `spawn_blocking`. The trait is object safe and used as
 /// `Arc<dyn KeyWrapper>`.
 pub trait KeyWrapper: Send + Sync {
-    /// The backend's name as recorded in key files: `"local"` (later `"eaas"`).
+    /// The backend's name as recorded in key files: `"local"` or `"eaas"`.
     fn backend(&self) -> &'static str;
     /// The master key version new keys are wrapped under.
     fn current(&self) -> MasterKeyRef;
+    /// Makes sure the master key `under` exists, creating it if it does not
+    /// (idempotent). Called at server start for [`KeyWrapper::current`] and
+    /// before a rotation for the new version.
+    fn ensure_master_key(&self, under: &MasterKeyRef) -> Result<(), KmsError>;
     /// Wraps `key` under the master key `under`.
     fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError>;
     /// Unwraps a key that [`KeyWrapper::wrap`] produced under `under`.

@@ -10,6 +10,7 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tracing::{info, warn};
 
 use super::ServerContext;
+use crate::keys::KeyError;
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
 use crate::username::UserName;
@@ -29,7 +30,48 @@ pub(super) struct Connection {
     attempted_user: Option<String>,
     logged_in: Option<LoggedIn>,
     logged_in_flag: Arc<AtomicBool>,
+    /// Set when valid credentials could not complete a login: the reason
+    /// the client is told as the connection is closed.
+    refusal: Option<&'static str>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+/// Why a login with valid credentials could not be completed.
+enum LoginFailure {
+    /// The user's data key could not be had.
+    Key(KeyError),
+    /// The user's root directory could not be opened.
+    Root(std::io::Error),
+}
+
+impl LoginFailure {
+    /// What the client is told: the cause in general terms, never a path or
+    /// the key service's reply (those go to the log).
+    fn client_message(&self) -> &'static str {
+        match self {
+            LoginFailure::Key(KeyError::Kms(e)) if e.is_transient() => {
+                "login refused: the key service is unavailable; try again later"
+            }
+            LoginFailure::Key(KeyError::Kms(_)) => {
+                "login refused: the key service refused your key; contact the administrator"
+            }
+            LoginFailure::Key(_) => {
+                "login refused: your key cannot be loaded; contact the administrator"
+            }
+            LoginFailure::Root(_) => {
+                "login refused: your files cannot be opened; contact the administrator"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LoginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginFailure::Key(e) => write!(f, "user key unavailable: {e}"),
+            LoginFailure::Root(e) => write!(f, "cannot open the user's directory: {e}"),
+        }
+    }
 }
 
 fn reject() -> Auth {
@@ -51,6 +93,7 @@ impl Connection {
                 attempted_user: None,
                 logged_in: None,
                 logged_in_flag: flag.clone(),
+                refusal: None,
                 channels: HashMap::new(),
             },
             flag,
@@ -68,21 +111,29 @@ impl Connection {
     }
 
     /// Completes a login whose credentials were accepted: unwraps (or
-    /// creates) the user's key and opens their root. Any failure rejects the
-    /// login: without the key nothing can be read or written.
+    /// creates) the user's key, then opens their root. Without the key the
+    /// login fails closed: nothing is created (no key file, no directory)
+    /// and nothing can be read or written.
+    ///
+    /// A failure is answered with [`Auth::Accept`] followed at once, in
+    /// [`russh::server::Handler::auth_succeeded`], by a disconnect whose
+    /// reason tells the client why. A rejection cannot carry a message, and
+    /// OpenSSH's client stops at the rejection without reading what follows;
+    /// the disconnect reason is what `ssh`, `sftp` and `scp` print. The
+    /// session never gets a store: `logged_in` stays empty, so no channel
+    /// can open even before the disconnect lands.
     async fn complete_login(&mut self, user: &str, method: &str) -> Auth {
         let Ok(name) = UserName::parse(user) else {
             return reject();
         };
         let ctx = self.ctx.clone();
         let n = name.clone();
-        let opened = tokio::task::spawn_blocking(move || -> Result<UserStore, String> {
-            let key = ctx
-                .keys
-                .get_or_create(&n)
-                .map_err(|e| format!("user key unavailable: {e}"))?;
+        let opened = tokio::task::spawn_blocking(move || -> Result<UserStore, LoginFailure> {
+            // The key first: the user's directory is created only once the
+            // key is known to be available.
+            let key = ctx.keys.get_or_create(&n).map_err(LoginFailure::Key)?;
             let storage = LocalStorage::open_root(&ctx.data_dir.join(n.as_str()))
-                .map_err(|e| format!("cannot open the user's directory: {e}"))?;
+                .map_err(LoginFailure::Root)?;
             Ok(UserStore::new(Arc::new(storage), key))
         })
         .await;
@@ -96,9 +147,12 @@ impl Connection {
                 self.logged_in_flag.store(true, Ordering::Release);
                 Auth::Accept
             }
-            Ok(Err(reason)) => {
-                warn!(peer = %self.peer, user = %name, reason, "login refused: fails closed");
-                reject()
+            Ok(Err(failure)) => {
+                let told = failure.client_message();
+                warn!(peer = %self.peer, user = %name, reason = %failure, told, "login refused: fails closed");
+                self.logged_in = None;
+                self.refusal = Some(told);
+                Auth::Accept
             }
             Err(_) => reject(),
         }
@@ -116,6 +170,15 @@ async fn finish_channel(handle: &russh::server::Handle, id: ChannelId, status: u
 
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(reason) = self.refusal.take() {
+            // See `complete_login`: the credentials were good but the login
+            // cannot complete; tell the client why and close.
+            session.disconnect(russh::Disconnect::ByApplication, reason, "en")?;
+        }
+        Ok(())
+    }
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         self.note_user(user);

@@ -29,7 +29,8 @@ pub const ALICE_PASSWORD: &str = "secret";
 /// Bob's password (he also has a key).
 pub const BOB_PASSWORD: &str = "bob-has-another-secret";
 
-const CONFIG: &str = r#"# Written by the integration test harness.
+/// The configuration up to its `[kms]` part.
+const BASE_CONFIG: &str = r#"# Written by the integration test harness.
 listen = "127.0.0.1:0"
 host_keys_dir = "host_keys"
 data_dir = "data"
@@ -39,7 +40,10 @@ keks_dir = "keks"
 users_file = "config/users.toml"
 pam = false
 
-[kms]
+"#;
+
+/// The default `[kms]` part: the local backend, no key cache.
+pub const LOCAL_KMS_CONFIG: &str = r#"[kms]
 backend = "local"
 key_cache_ttl_secs = 0
 
@@ -47,6 +51,16 @@ key_cache_ttl_secs = 0
 key_dir = "master_key"
 secret_version = "1"
 "#;
+
+/// How to start a [`Server`] (see [`Server::start_opts`]).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Replaces the `[kms]` tables of the configuration (default:
+    /// [`LOCAL_KMS_CONFIG`]).
+    pub kms_config: Option<String>,
+    /// Appended to the configuration (further tables).
+    pub extra_config: String,
+}
 
 /// A user of the test server.
 #[derive(Debug, Clone)]
@@ -79,6 +93,11 @@ impl Server {
     /// Starts a server with these users (each gets an ed25519 key; a
     /// password when given).
     pub fn start_with(users: &[(&str, Option<&str>)]) -> Server {
+        Server::start_opts(users, &ServerOptions::default())
+    }
+
+    /// Starts a server with these users and configuration options.
+    pub fn start_opts(users: &[(&str, Option<&str>)], opts: &ServerOptions) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("dropzone-it-")
             .tempdir()
@@ -87,7 +106,12 @@ impl Server {
         for sub in ["config", "keys", "local"] {
             std::fs::create_dir_all(root.join(sub)).expect("creating test directories");
         }
-        std::fs::write(root.join("config/dropzone.toml"), CONFIG).expect("writing the config");
+        let config = format!(
+            "{BASE_CONFIG}{}\n{}",
+            opts.kms_config.as_deref().unwrap_or(LOCAL_KMS_CONFIG),
+            opts.extra_config
+        );
+        std::fs::write(root.join("config/dropzone.toml"), config).expect("writing the config");
 
         let mut added = HashMap::new();
         for &(name, password) in users {

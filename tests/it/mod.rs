@@ -3,6 +3,8 @@
 pub mod harness;
 
 mod auth;
+mod eaas_client;
+mod eaas_service;
 mod jail;
 mod paramiko;
 mod scp;

@@ -1,0 +1,122 @@
+//! The `dropzone-eaas` command: the reference key service (see
+//! `docs/EAAS.md`).
+
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use dropzone::eaas::config::{self, Config};
+use dropzone::eaas::server::{self, PASSPHRASE_ENV, StartError};
+
+/// Exit status for a configuration error, as for `dropzone`.
+const EXIT_CONFIG: u8 = 2;
+
+/// dropzone-eaas: RSA keys per secret path and version behind the HTTP API
+/// of the original EaaS, encrypted at rest.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the key service.
+    ///
+    /// The at-rest passphrase comes from DROPZONE_EAAS_PASSPHRASE, else from
+    /// passphrase_file, else from keys_dir/.passphrase (generated on first
+    /// start). DROPZONE_EAAS_LISTEN overrides `listen`.
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "DROPZONE_EAAS_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+/// A configuration error: exit status [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConfigFailure(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigFailure>() {
+                eprintln!("dropzone-eaas: configuration error: {c}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("dropzone-eaas: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(path).map_err(|e| ConfigFailure(e.to_string()))?;
+    if let Ok(listen) = std::env::var("DROPZONE_EAAS_LISTEN") {
+        config.listen = listen
+            .parse()
+            .map_err(|e| ConfigFailure(format!("DROPZONE_EAAS_LISTEN={listen:?}: {e}")))?;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let env_passphrase = std::env::var_os(PASSPHRASE_ENV).map(|v| Zeroizing::new(v.into_vec()));
+    let prepared = server::prepare(&config, env_passphrase.as_deref().map(Vec::as_slice)).map_err(
+        |e| match e {
+            StartError::Config(m) => anyhow::Error::new(ConfigFailure(m)),
+            StartError::Failed(m) => anyhow::anyhow!(m),
+        },
+    )?;
+    drop(env_passphrase);
+    let scheme = if prepared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, scheme, "listening on {bound}");
+        server::run(listener, prepared, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the service still runs; it stops when killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

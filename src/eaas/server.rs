@@ -1,0 +1,287 @@
+//! Start-up ([`prepare`]: passphrase, key store, token, TLS) and the HTTP
+//! transport ([`run`]: HTTP/1.1 over TCP or TLS with hyper on tokio).
+//!
+//! Requests are read whole (bounded in size and time), then answered by
+//! [`Service::handle`] on tokio's blocking pool, so slow RSA work runs on
+//! many threads and never stalls the connections.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+
+use super::config::Config;
+use super::keystore::KeyStore;
+use super::passphrase::{self, Passphrase, PassphraseSource};
+use super::service::{Request, Response, Service};
+use super::tls;
+use super::token::Token;
+use crate::atomic_file;
+
+/// Largest request body: the biggest real one, a decrypt under RSA-4096,
+/// is about 1.1 KB; 64 KiB leaves room for any client's extra fields.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 1024;
+/// Time allowed for a request's headers, and for its body.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment variable that may hold the at-rest passphrase.
+pub const PASSPHRASE_ENV: &str = "DROPZONE_EAAS_PASSPHRASE";
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (or a file or variable it names) cannot be used;
+    /// the message names the key and line.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (the key directory cannot be created, ...).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A service ready to run: what [`prepare`] builds and [`run`] serves.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The API over the key store.
+    pub service: Arc<Service>,
+    /// The TLS configuration when `[tls]` is set.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// Loads everything the configuration names. `env_passphrase` is the value
+/// of [`PASSPHRASE_ENV`], if set; it takes precedence over
+/// `passphrase_file`, which takes precedence over `keys_dir/.passphrase`
+/// (generated here on first start).
+pub fn prepare(config: &Config, env_passphrase: Option<&[u8]>) -> Result<Prepared, StartError> {
+    let keys_dir = &config.keys_dir;
+    atomic_file::create_private_dir(keys_dir)
+        .map_err(|e| StartError::Failed(format!("keys_dir {}: {e}", keys_dir.display())))?;
+    let (passphrase, source) = match (env_passphrase, &config.passphrase_file) {
+        (Some(value), file) => {
+            if let Some(file) = file {
+                tracing::info!("{PASSPHRASE_ENV} is set and overrides passphrase_file ({file})");
+            }
+            let p = Passphrase::from_value(value, PASSPHRASE_ENV)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            (p, PassphraseSource::Environment)
+        }
+        (None, Some(file)) => {
+            let p = Passphrase::read_file(&file.path)
+                .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
+            (p, PassphraseSource::File(file.path.clone()))
+        }
+        (None, None) => {
+            let path = keys_dir.join(passphrase::GENERATED_FILE);
+            let (p, created) = Passphrase::load_or_generate(keys_dir)
+                .map_err(|e| StartError::Failed(format!("passphrase: {e}")))?;
+            if created {
+                tracing::warn!(
+                    file = %path.display(),
+                    "created a random passphrase for the keys at rest; back it up: without it \
+                     the keys cannot be read. Stored beside the keys, it protects only key \
+                     files copied without it; set passphrase_file or {PASSPHRASE_ENV} to keep \
+                     it elsewhere (docs/EAAS.md)"
+                );
+                (p, PassphraseSource::GeneratedNow(path))
+            } else {
+                (p, PassphraseSource::GeneratedEarlier(path))
+            }
+        }
+    };
+    if passphrase.is_short() {
+        tracing::warn!(
+            "the at-rest passphrase is shorter than {} bytes",
+            passphrase::SHORT_LEN
+        );
+    }
+    let source_text = match &source {
+        PassphraseSource::Environment => PASSPHRASE_ENV.to_owned(),
+        PassphraseSource::File(p)
+        | PassphraseSource::GeneratedEarlier(p)
+        | PassphraseSource::GeneratedNow(p) => p.display().to_string(),
+    };
+    let store = KeyStore::open(keys_dir.clone(), passphrase, config.key_bits)
+        .map_err(|e| StartError::Failed(e.to_string()))?;
+    match store.check_passphrase() {
+        Ok(Some(file)) => {
+            tracing::debug!(file = %file.display(), "the passphrase decrypts an existing key");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return Err(StartError::Config(format!(
+                "the at-rest passphrase from {source_text} does not open the existing keys: {e}"
+            )));
+        }
+    }
+    let token = match &config.token_file {
+        Some(file) => {
+            let t = Token::read_file(&file.path)
+                .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
+            if t.is_short() {
+                tracing::warn!(
+                    "the bearer token in {} is shorter than {} characters",
+                    file.path.display(),
+                    super::token::SHORT_LEN
+                );
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(files).map_err(StartError::Config)?),
+        None => None,
+    };
+    tracing::info!(
+        keys_dir = %keys_dir.display(),
+        key_bits = config.key_bits.get(),
+        passphrase = %source_text,
+        token = token.is_some(),
+        tls = tls.is_some(),
+        "key service ready"
+    );
+    Ok(Prepared {
+        service: Arc::new(Service::new(store, token)),
+        tls,
+    })
+}
+
+/// Serves `listener` until `shutdown` completes. Connections in progress
+/// end with the runtime.
+pub async fn run(listener: TcpListener, prepared: Prepared, shutdown: impl Future<Output = ()>) {
+    let Prepared { service, tls } = prepared;
+    let acceptor = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE; back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections ({MAX_CONNECTIONS}); closing this one");
+            continue;
+        };
+        let service = Arc::clone(&service);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_connection(stream, peer, service, permit).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, service, permit).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    tracing::info!("stopped accepting connections");
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    service: Arc<Service>,
+    _permit: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(
+            TokioIo::new(io),
+            service_fn(move |req| handle(req, peer, Arc::clone(&service))),
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    service: Arc<Service>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let refuse = |status: u16, message: &str| {
+        tracing::warn!(%peer, %method, %path, status, "{message}");
+        Ok(to_hyper(Response::text(status, message)))
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return refuse(413, &format!("request body larger than {MAX_BODY} bytes"));
+    }
+    let authorization = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let body = Limited::new(req.into_body(), MAX_BODY);
+    let body = match tokio::time::timeout(READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(413, &format!("request body larger than {MAX_BODY} bytes"));
+        }
+        Ok(Err(_)) => return refuse(400, "could not read the request body"),
+        Err(_) => return refuse(408, "request body not received in time"),
+    };
+    let answered = tokio::task::spawn_blocking(move || {
+        service.handle(&Request {
+            method: &method,
+            path: &path,
+            authorization: authorization.as_deref(),
+            body: &body,
+            peer: Some(peer),
+        })
+    })
+    .await;
+    Ok(to_hyper(answered.unwrap_or_else(|e| {
+        tracing::error!(%peer, error = %e, "request handler panicked");
+        Response::text(500, "internal error")
+    })))
+}
+
+fn to_hyper(r: Response) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(Bytes::from_owner(r.body)));
+    *out.status_mut() =
+        hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    for (name, value) in r.headers {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    out
+}
