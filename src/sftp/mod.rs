@@ -54,8 +54,9 @@ const READDIR_BATCH: usize = 128;
 /// Bytes of requests and replies one session may have queued on its file
 /// handles, in KiB: each handle's queue is bounded in count, but a client
 /// with many handles could otherwise pin `max_handles * 64 * 256 KiB`.
-/// 32 MiB keeps two windows of OpenSSH's 64 x 32 KiB requests in flight.
-const IN_FLIGHT_KIB: usize = 32 * 1024;
+/// 8 MiB is four times what OpenSSH's client keeps in flight (64 x 32 KiB)
+/// and twice the SSH window, so it never limits a single transfer.
+const IN_FLIGHT_KIB: usize = 8 * 1024;
 
 /// Session-wide SFTP settings.
 #[derive(Debug, Clone)]

@@ -1,0 +1,501 @@
+#!/usr/bin/env bash
+# Server throughput: Dropzone against a private OpenSSH sshd (internal-sftp),
+# both on loopback with their files on tmpfs, both driven by the OpenSSH
+# sftp/scp clients. See docs/PERFORMANCE.md, "Server throughput vs OpenSSH".
+#
+#   bench/compare.sh                 full run: 1 GiB, 2000 x 4 KiB, 8 x 128 MiB, 3 runs
+#   bench/compare.sh --runs 5        more runs (the table shows medians)
+#   bench/compare.sh --smoke         tiny sizes, 1 run: proves the benchmark works (CI)
+#   bench/compare.sh --keep          keep the work directory on /dev/shm afterwards
+#
+# Needs: cargo, OpenSSH client (sftp, scp, ssh-keygen), /usr/sbin/sshd
+# (installed with apt-get if missing), root (sshd must run as root and the
+# OpenSSH test user is the current user), and /dev/shm.
+set -euo pipefail
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+
+SMOKE=0
+RUNS=
+KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift ;;
+        --runs=*) RUNS=${1#--runs=} ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$SMOKE" = 1 ]; then
+    BIG_MIB=8        # (a) and (d): one file
+    SMALL_N=50       # (b): files of 4 KiB
+    PAR_N=2          # (c): parallel sessions ...
+    PAR_MIB=4        #      ... of this many MiB each
+    RUNS=${RUNS:-1}
+    TIMEOUT=60       # seconds per client command
+else
+    BIG_MIB=1024
+    SMALL_N=2000
+    PAR_N=8
+    PAR_MIB=128
+    RUNS=${RUNS:-3}
+    TIMEOUT=900
+fi
+SMALL_KIB=4
+case "$RUNS" in ''|*[!0-9]*|0) echo "compare.sh: --runs must be a positive integer" >&2; exit 2 ;; esac
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "compare.sh: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (the private sshd runs as root; its test user is root)"
+[ -d /dev/shm ] || die "/dev/shm (tmpfs) is needed for both servers' files"
+for c in sftp scp ssh-keygen cmp diff timeout awk; do
+    command -v "$c" >/dev/null || die "$c not found (install openssh-client / coreutils / diffutils)"
+done
+SSHD=/usr/sbin/sshd
+if [ ! -x "$SSHD" ]; then
+    say "== $SSHD missing: apt-get install -y openssh-server"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >&2 \
+        || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >&2; } \
+        || die "could not install openssh-server"
+fi
+
+# ---------------------------------------------------------------- build
+say "== cargo build --release"
+cargo build --release >&2
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/dropzone"
+[ -x "$BIN" ] || die "$BIN not built"
+
+# ---------------------------------------------------------------- work dir
+WORK=$(mktemp -d /dev/shm/dropzone-bench.XXXXXX)
+SRC=$WORK/src          # client-side sources (generated once)
+DL=$WORK/dl            # client-side downloads (checked, then removed)
+OUT=$WORK/out          # client command outputs
+DZ_DIR=$WORK/dropzone  # Dropzone's config, keys and data
+SSHD_DIR=$WORK/sshd    # sshd's config and host key
+SSHD_HOME=$SSHD_DIR/data   # where internal-sftp starts (-d): OpenSSH's files
+mkdir -p "$SRC" "$DL" "$OUT" "$DZ_DIR" "$SSHD_DIR" "$SSHD_HOME"
+DZ_PID=
+SSHD_PID=
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$DZ_PID" ] && kill -0 "$DZ_PID" 2>/dev/null; then
+        kill -TERM "$DZ_PID"; wait "$DZ_PID" 2>/dev/null
+    fi
+    if [ -n "$SSHD_PID" ] && kill -0 "$SSHD_PID" 2>/dev/null; then
+        kill -TERM "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null
+    fi
+    if [ "$KEEP" = 1 ]; then
+        say "== work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+KEY=$WORK/client_key
+ssh-keygen -q -t ed25519 -N '' -C dropzone-bench -f "$KEY"
+
+# ---------------------------------------------------------------- Dropzone
+cat >"$DZ_DIR/dropzone.toml" <<EOF
+listen = "127.0.0.1:0"
+host_keys_dir = "host_keys"
+data_dir = "data"
+keks_dir = "keks"
+
+[auth]
+users_file = "users.toml"
+
+[kms.local]
+key_dir = "master_key"
+EOF
+(cd "$DZ_DIR" && "$BIN" user add bench --authorized-key "$KEY.pub" --config dropzone.toml) >&2
+DZ_LOG=$DZ_DIR/server.log
+(cd "$DZ_DIR" && exec "$BIN" serve --config dropzone.toml) 2>"$DZ_LOG" &
+DZ_PID=$!
+DZ_PORT=
+for _ in $(seq 1 300); do
+    DZ_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$DZ_LOG" | head -n1)
+    [ -n "$DZ_PORT" ] && break
+    kill -0 "$DZ_PID" 2>/dev/null || { cat "$DZ_LOG" >&2; die "dropzone serve exited during start-up"; }
+    sleep 0.1
+done
+[ -n "$DZ_PORT" ] || { cat "$DZ_LOG" >&2; die "dropzone did not report 'listening on' within 30 s"; }
+say "== dropzone pid $DZ_PID listening on 127.0.0.1:$DZ_PORT"
+
+# ---------------------------------------------------------------- OpenSSH sshd
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/ssh_host_ed25519_key"
+cp "$KEY.pub" "$SSHD_DIR/authorized_keys"
+# sshd refuses to start without its privilege separation directory.
+[ -d /run/sshd ] || mkdir -p -m 0755 /run/sshd
+SSHD_LOG=$SSHD_DIR/server.log
+SSHD_PORT=
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    p=$((20000 + RANDOM % 40000))
+    port_in_use "$p" && continue
+    cat >"$SSHD_DIR/sshd_config" <<EOF
+Port $p
+ListenAddress 127.0.0.1
+HostKey $SSHD_DIR/ssh_host_ed25519_key
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+# Start every session in the tmpfs directory (no ChrootDirectory), so that
+# relative paths mean the same on both servers.
+Subsystem sftp internal-sftp -d $SSHD_HOME
+EOF
+    : >"$SSHD_LOG"
+    "$SSHD" -D -e -f "$SSHD_DIR/sshd_config" 2>"$SSHD_LOG" &
+    SSHD_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q "Server listening on 127.0.0.1 port $p" "$SSHD_LOG" && { SSHD_PORT=$p; break; }
+        kill -0 "$SSHD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$SSHD_PORT" ] && break
+    say "sshd did not start on port $p:"; cat "$SSHD_LOG" >&2
+    kill "$SSHD_PID" 2>/dev/null || true; wait "$SSHD_PID" 2>/dev/null || true
+    SSHD_PID=
+done
+[ -n "$SSHD_PORT" ] || die "could not start $SSHD"
+say "== sshd pid $SSHD_PID listening on 127.0.0.1:$SSHD_PORT"
+
+declare -A PORT=([dropzone]=$DZ_PORT [openssh]=$SSHD_PORT)
+declare -A LOGIN=([dropzone]=bench [openssh]=$(id -un))
+declare -A LOG=([dropzone]=$DZ_LOG [openssh]=$SSHD_LOG)
+declare -A PID=([dropzone]=$DZ_PID [openssh]=$SSHD_PID)
+SSH_OPTS=(-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+          -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -i "$KEY")
+
+# ---------------------------------------------------------------- helpers
+now() { date +%s.%N; }
+# mibs BYTES T0 T1 -> MiB/s
+mibs() { awk -v b="$1" -v a="$2" -v z="$3" 'BEGIN { printf "%.1f", b / 1048576 / (z - a) }'; }
+
+# fail SERVER OUTFILE STATUS CMD... : report a failed client command and stop.
+fail() {
+    local s=$1 out=$2 st=$3; shift 3
+    say ""
+    say "!! FAILED against $s (exit status $st):"
+    say "!!   $*"
+    say "!! client output:"; sed 's/^/   | /' "$out" >&2 || true
+    if kill -0 "${PID[$s]}" 2>/dev/null; then
+        say "!! $s server (pid ${PID[$s]}) is still running"
+    else
+        say "!! $s server (pid ${PID[$s]}) is NOT running any more"
+    fi
+    say "!! $s server log, last 40 lines (${LOG[$s]}):"
+    tail -n 40 "${LOG[$s]}" | sed 's/^/   | /' >&2 || true
+    exit 1
+}
+
+# sftp_cmd SERVER BATCHFILE : the sftp command line (printed into the array CMD)
+sftp_cmd() { CMD=(sftp -b "$2" "${SSH_OPTS[@]}" -P "${PORT[$1]}" "${LOGIN[$1]}@127.0.0.1"); }
+
+# run SERVER OUTFILE CMD... : run a client command with a time limit; fail loudly.
+run() {
+    local s=$1 out=$2 st=0; shift 2
+    timeout "$TIMEOUT" "$@" >"$out" 2>&1 || st=$?
+    [ "$st" = 0 ] || fail "$s" "$out" "$st" "$@"
+}
+
+# sftp_batch SERVER NAME 'commands' : run an sftp batch (one session).
+sftp_batch() {
+    local s=$1 name=$2
+    printf '%s\n' "$3" >"$OUT/$name.$s.batch"
+    sftp_cmd "$s" "$OUT/$name.$s.batch"
+    run "$s" "$OUT/$name.$s.out" "${CMD[@]}"
+}
+
+check_same() { # check_same SERVER WHAT EXPECTED GOT
+    if [ -d "$3" ]; then
+        diff -r "$3" "$4" >"$OUT/diff.out" 2>&1 \
+            || { say "!! MISMATCH ($1, $2): diff -r $3 $4"; head -n 20 "$OUT/diff.out" >&2; exit 1; }
+    else
+        cmp "$3" "$4" >&2 || { say "!! MISMATCH ($1, $2): cmp $3 $4"; exit 1; }
+    fi
+}
+
+# Peak RSS of the Dropzone server. Writing 5 to clear_refs resets VmHWM to
+# the current RSS, so VmHWM read after a transfer is the peak during it.
+kib_field() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$DZ_PID/status"; }
+LIFE_HWM_KIB=0
+RSS_RESET_FAILED=0
+RSS_BEFORE_KIB=0
+RSSLOG=$WORK/rss.txt   # lines: RUN LABEL RSS_BEFORE_KIB PEAK_KIB RSS_AFTER_KIB
+: >"$RSSLOG"
+rss_reset() { # rss_reset SERVER : start a Dropzone measurement
+    [ "$1" = dropzone ] || return 0
+    local h; h=$(kib_field VmHWM)
+    [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
+    echo 5 >"/proc/$DZ_PID/clear_refs" 2>/dev/null || RSS_RESET_FAILED=1
+    RSS_BEFORE_KIB=$(kib_field VmRSS)
+}
+rss_note() { # rss_note SERVER LABEL : the Dropzone peak since rss_reset
+    [ "$1" = dropzone ] || return 0
+    local h a; h=$(kib_field VmHWM); a=$(kib_field VmRSS)
+    [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
+    printf '%s %s %s %s %s\n' "$r" "$2" "$RSS_BEFORE_KIB" "$h" "$a" >>"$RSSLOG"
+    printf '   %-10s dropzone  RSS before %s MiB, peak %s MiB, after %s MiB\n' \
+        "$2" "$(mib "$RSS_BEFORE_KIB")" "$(mib "$h")" "$(mib "$a")" >&2
+}
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+alive() {
+    local s
+    for s in dropzone openssh; do
+        kill -0 "${PID[$s]}" 2>/dev/null && continue
+        say "!! the $s server (pid ${PID[$s]}) has exited; log tail:"
+        tail -n 40 "${LOG[$s]}" | sed 's/^/   | /' >&2
+        exit 1
+    done
+}
+
+RESULTS=$WORK/results.txt   # lines: TEST SERVER MIB_S
+: >"$RESULTS"
+record() { # record TEST SERVER BYTES T0 T1
+    local r; r=$(mibs "$3" "$4" "$5")
+    printf '%s %s %s\n' "$1" "$2" "$r" >>"$RESULTS"
+    printf '   %-10s %-9s %8s MiB/s  (%.2f s)\n' "$1" "$2" "$r" "$(awk -v a="$4" -v z="$5" 'BEGIN{print z-a}')" >&2
+}
+
+# ---------------------------------------------------------------- test data
+say "== generating test data on $SRC"
+BIG_BYTES=$((BIG_MIB * 1048576))
+head -c "$BIG_BYTES" /dev/urandom >"$SRC/big"
+mkdir "$SRC/small"
+head -c $((SMALL_N * SMALL_KIB * 1024)) /dev/urandom >"$SRC/small.all"
+(cd "$SRC/small" && split -b $((SMALL_KIB * 1024)) -a 5 -d ../small.all f)
+rm "$SRC/small.all"
+[ "$(find "$SRC/small" -type f | wc -l)" = "$SMALL_N" ] || die "small-file set not generated"
+SMALL_BYTES=$((SMALL_N * SMALL_KIB * 1024))
+PAR_BYTES=$((PAR_MIB * 1048576))
+for ((i = 0; i < PAR_N; i++)); do head -c "$PAR_BYTES" /dev/urandom >"$SRC/par$i"; done
+
+# ---------------------------------------------------------------- the tests
+test_big_sftp() {
+    local s=$1 t0 t1
+    rss_reset "$s"
+    t0=$(now); sftp_batch "$s" big-up "put $SRC/big big"; t1=$(now)
+    rss_note "$s" big-up
+    record big-up "$s" "$BIG_BYTES" "$t0" "$t1"
+    rss_reset "$s"
+    t0=$(now); sftp_batch "$s" big-down "get big $DL/big"; t1=$(now)
+    rss_note "$s" big-down
+    record big-down "$s" "$BIG_BYTES" "$t0" "$t1"
+    check_same "$s" "sftp get big" "$SRC/big" "$DL/big"
+    rm -f "$DL/big"
+    sftp_batch "$s" big-rm "rm big"
+}
+
+test_small() {
+    local s=$1 t0 t1
+    t0=$(now); sftp_batch "$s" small-up "put -r $SRC/small small"; t1=$(now)
+    record small-up "$s" "$SMALL_BYTES" "$t0" "$t1"
+    t0=$(now); sftp_batch "$s" small-down "get -r small $DL/small"; t1=$(now)
+    record small-down "$s" "$SMALL_BYTES" "$t0" "$t1"
+    check_same "$s" "sftp get -r small" "$SRC/small" "$DL/small"
+    rm -rf "$DL/small"
+    sftp_batch "$s" small-rm "rm small/*
+rmdir small"
+}
+
+test_parallel() {
+    local s=$1 t0 t1 i st
+    local pids=()
+    rss_reset "$s"
+    t0=$(now)
+    for ((i = 0; i < PAR_N; i++)); do
+        printf 'put %s par%d\nget par%d %s\n' "$SRC/par$i" "$i" "$i" "$DL/par$i" >"$OUT/par$i.$s.batch"
+        sftp_cmd "$s" "$OUT/par$i.$s.batch"
+        timeout "$TIMEOUT" "${CMD[@]}" >"$OUT/par$i.$s.out" 2>&1 &
+        pids+=($!)
+    done
+    for ((i = 0; i < PAR_N; i++)); do
+        st=0; wait "${pids[$i]}" || st=$?
+        if [ "$st" != 0 ]; then
+            for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+            sftp_cmd "$s" "$OUT/par$i.$s.batch"
+            say "(session $i of $PAR_N; its batch: $(tr '\n' ';' <"$OUT/par$i.$s.batch"))"
+            fail "$s" "$OUT/par$i.$s.out" "$st" "${CMD[@]}"
+        fi
+    done
+    t1=$(now)
+    rss_note "$s" parallel
+    record parallel "$s" $((2 * PAR_N * PAR_BYTES)) "$t0" "$t1"
+    local rmcmds=""
+    for ((i = 0; i < PAR_N; i++)); do
+        check_same "$s" "parallel session $i" "$SRC/par$i" "$DL/par$i"
+        rm -f "$DL/par$i"
+        rmcmds+="rm par$i"$'\n'
+    done
+    sftp_batch "$s" par-rm "$rmcmds"
+}
+
+test_scp() {
+    local s=$1 t0 t1
+    local remote="${LOGIN[$s]}@127.0.0.1"
+    local scp_opts=(-s -q "${SSH_OPTS[@]}" -P "${PORT[$s]}")
+    rss_reset "$s"
+    t0=$(now); run "$s" "$OUT/scp-up.$s.out" scp "${scp_opts[@]}" "$SRC/big" "$remote:big"; t1=$(now)
+    rss_note "$s" scp-up
+    record scp-up "$s" "$BIG_BYTES" "$t0" "$t1"
+    rss_reset "$s"
+    t0=$(now); run "$s" "$OUT/scp-down.$s.out" scp "${scp_opts[@]}" "$remote:big" "$DL/big"; t1=$(now)
+    rss_note "$s" scp-down
+    record scp-down "$s" "$BIG_BYTES" "$t0" "$t1"
+    check_same "$s" "scp download" "$SRC/big" "$DL/big"
+    rm -f "$DL/big"
+    sftp_batch "$s" scp-rm "rm big"
+}
+
+# Session set-up alone (connect, key exchange, authentication, sftp
+# subsystem, disconnect): an empty batch, 3 times. Part of every figure above.
+CONNECTS=$WORK/connect.txt   # lines: SERVER MILLISECONDS
+: >"$CONNECTS"
+test_connect() {
+    local s=$1 t0 t1 k
+    for k in 1 2 3; do
+        t0=$(now); sftp_batch "$s" connect ""; t1=$(now)
+        awk -v s="$s" -v a="$t0" -v z="$t1" 'BEGIN { printf "%s %.0f\n", s, (z - a) * 1000 }' >>"$CONNECTS"
+    done
+}
+
+# Both servers must be empty between runs so that every run starts equal.
+check_empty() {
+    local left
+    left=$(find "$SSHD_HOME" -mindepth 1 | head -n 5)
+    [ -z "$left" ] || die "OpenSSH data directory not empty after a run: $left"
+    if [ -d "$DZ_DIR/data/bench" ]; then
+        left=$(find "$DZ_DIR/data/bench" -mindepth 1 | head -n 5)
+        [ -z "$left" ] || die "Dropzone data directory not empty after a run: $left"
+    fi
+}
+
+# Negotiated algorithms, for the record (same client, same options).
+algos() {
+    # ssh takes the first value it is given: this LogLevel wins over SSH_OPTS'.
+    timeout 30 sftp -v -b /dev/null -o LogLevel=DEBUG1 "${SSH_OPTS[@]}" -P "${PORT[$1]}" "${LOGIN[$1]}@127.0.0.1" 2>&1 </dev/null \
+        | sed -n 's/.*kex: algorithm: \(.*\)/kex \1/p; s/.*kex: host key algorithm: \(.*\)/hostkey \1/p; s/.*kex: server->client cipher: \([^ ]*\) MAC: \([^ ]*\).*/cipher \1 mac \2/p' \
+        | tr '\n' ' '
+}
+ALGO_DZ=$(algos dropzone)
+ALGO_OS=$(algos openssh)
+say "== negotiated: dropzone: $ALGO_DZ"
+say "==             openssh:  $ALGO_OS"
+
+DZ_IDLE_KIB=$(kib_field VmRSS)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(now)
+for ((r = 1; r <= RUNS; r++)); do
+    # Alternate which server goes first in each test, run by run.
+    if ((r % 2)); then order=(dropzone openssh); else order=(openssh dropzone); fi
+    say "== run $r of $RUNS (${order[0]} first)"
+    for t in test_connect test_big_sftp test_scp test_small test_parallel; do
+        for s in "${order[@]}"; do
+            "$t" "$s"
+            alive
+        done
+    done
+    check_empty
+done
+T_END=$(now)
+
+# ---------------------------------------------------------------- report
+median() { # median TEST SERVER
+    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
+        | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+range() { # range TEST SERVER -> min-max
+    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
+        | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
+}
+size_label() { if [ "$1" -ge 1024 ]; then echo "$(($1 / 1024)) GiB"; else echo "$1 MiB"; fi; }
+BIG_L=$(size_label "$BIG_MIB")
+
+cmed() { awk -v s="$1" '$1 == s { print $2 }' "$CONNECTS" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+SMALL_MIB=$(awk -v b="$SMALL_BYTES" 'BEGIN { print b / 1048576 }')
+declare -A MIB=([big-up]=$BIG_MIB [big-down]=$BIG_MIB [small-up]=$SMALL_MIB [small-down]=$SMALL_MIB
+                [parallel]=$((2 * PAR_N * PAR_MIB)) [scp-up]=$BIG_MIB [scp-down]=$BIG_MIB)
+declare -A LABEL=(
+    [big-up]="sftp put, $BIG_L file"
+    [big-down]="sftp get, $BIG_L file"
+    [small-up]="sftp put -r, $SMALL_N x $SMALL_KIB KiB"
+    [small-down]="sftp get -r, $SMALL_N x $SMALL_KIB KiB"
+    [parallel]="$PAR_N sessions x $PAR_MIB MiB put+get"
+    [scp-up]="scp upload, $BIG_L file"
+    [scp-down]="scp download, $BIG_L file"
+)
+
+{
+    echo
+    echo "Dropzone vs OpenSSH sshd (internal-sftp), loopback, tmpfs; OpenSSH sftp/scp client"
+    echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "machine:  nproc=$(nproc), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+    echo "dropzone: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ' + uncommitted changes in src/Cargo' || true), $(rustc --version 2>/dev/null || true)"
+    echo "openssh:  $("$SSHD" -V 2>&1 | head -n1 || true); client $(ssh -V 2>&1)"
+    echo "algos:    dropzone: $ALGO_DZ"
+    echo "          openssh:  $ALGO_OS"
+    echo "load:     $LOAD_BEFORE before the runs (1/5/15 min load average; other work on the machine skews the figures)"
+    echo "runs:     $RUNS per server and test, alternating; MiB/s = MiB moved / wall time of the client command (incl. connect+auth); medians"
+    echo "          parallel: total MiB moved by all sessions (up + down) / wall time until the last session ended"
+    echo
+    CD=$(cmed dropzone); CO=$(cmed openssh)
+    printf '| %-34s | %14s | %14s | %16s | %16s | %6s | %18s |\n' test "Dropzone MiB/s" "OpenSSH MiB/s" "Dropzone range" "OpenSSH range" ratio "ratio excl. set-up"
+    printf '|%s|%s:|%s:|%s:|%s:|%s:|%s:|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..7})" "$(printf -- '-%.0s' {1..19})"
+    for t in big-up big-down small-up small-down parallel scp-up scp-down; do
+        d=$(median "$t" dropzone); o=$(median "$t" openssh)
+        ratio=$(awk -v d="$d" -v o="$o" 'BEGIN { if (o > 0) printf "%.2fx", d / o; else print "-" }')
+        # The same ratio with each server's median session set-up time taken
+        # off the transfer time (one set-up per timed command; the parallel
+        # sessions set up concurrently).
+        net=$(awk -v m="${MIB[$t]}" -v d="$d" -v o="$o" -v cd="$CD" -v co="$CO" 'BEGIN {
+            td = m / d - cd / 1000; to = m / o - co / 1000
+            if (td > 0 && to > 0) printf "%.2fx", to / td; else print "-" }')
+        printf '| %-34s | %14s | %14s | %16s | %16s | %6s | %18s |\n' "${LABEL[$t]}" "$d" "$o" "$(range "$t" dropzone)" "$(range "$t" openssh)" "$ratio" "$net"
+    done
+    echo
+    echo "Session set-up (empty sftp batch: connect, kex, auth, subsystem, exit), median of $((3 * RUNS)):"
+    echo "  dropzone $CD ms, openssh $CO ms (included in every figure above; the last column takes it off)"
+    echo
+    # rss MAXFIELD FILTER : the largest field (4: peak, 3: RSS before, 5: after) over matching lines
+    rss() { awk -v f="$1" "$2"' { if ($f > m) m = $f } END { printf "%.1f", m / 1024 }' "$RSSLOG"; }
+    BIGSEL='$2 ~ /^(big|scp)-/'
+    echo "Dropzone server memory (/proc/PID/status; VmHWM reset with clear_refs before each transfer):"
+    if [ "$RSS_RESET_FAILED" = 1 ]; then
+        echo "  (could not reset VmHWM through /proc/PID/clear_refs: the peaks below are lifetime peaks)"
+    fi
+    echo "  idle after start-up: RSS $(mib "$DZ_IDLE_KIB") MiB"
+    echo "  $BIG_L transfers, run 1 (before any parallel test), peak:"
+    echo "    sftp put $(rss 4 '$1 == 1 && $2 == "big-up"'), sftp get $(rss 4 '$1 == 1 && $2 == "big-down"'), scp up $(rss 4 '$1 == 1 && $2 == "scp-up"'), scp down $(rss 4 '$1 == 1 && $2 == "scp-down"') MiB"
+    echo "  $BIG_L transfers, all runs: peak $(rss 4 "$BIGSEL") MiB (RSS before a transfer up to $(rss 3 "$BIGSEL") MiB)"
+    echo "  $PAR_N parallel sessions: peak $(rss 4 '$2 == "parallel"') MiB, RSS left after them up to $(rss 5 '$2 == "parallel"') MiB"
+    rss_reset dropzone
+    echo "  whole benchmark (incl. start-up): peak $(mib "$LIFE_HWM_KIB") MiB"
+    echo
+    # A transfer can succeed while the server logs a problem: show any.
+    for sv in dropzone openssh; do
+        if [ "$sv" = dropzone ]; then pat='WARN|ERROR|panick'; else pat='error|fatal|[Ff]ailed'; fi
+        n=$(grep -Ec "$pat" "${LOG[$sv]}" || true)
+        echo "$sv server log: $n line(s) matching /$pat/"
+        grep -E "$pat" "${LOG[$sv]}" | head -n 10 | sed 's/^/    /' || true
+    done
+    echo "total time of the runs: $(awk -v a="$T_START" -v z="$T_END" 'BEGIN { printf "%.0f s", z - a }'); every download checked with cmp / diff -r: OK"
+}
