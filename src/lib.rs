@@ -10,7 +10,8 @@
 //! - [`config`]: the TOML configuration, parsed then validated.
 //! - [`ssh`]: the russh server: host keys, authentication, session and
 //!   channel policy; hands the `sftp` subsystem to [`sftp`].
-//! - [`auth`]: the users file, authorized keys and password hashes.
+//! - [`auth`]: the users file, authorized keys and password hashes; Linux
+//!   users through PAM and their `~/.ssh/authorized_keys` (feature `pam`).
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.

@@ -1,5 +1,5 @@
-//! Who may log in, and with what: the users file, authorized keys and
-//! password hashes.
+//! Who may log in, and with what: the users file, authorized keys,
+//! password hashes, and Linux system users.
 //!
 //! - [`users_file`]: the TOML users file, loaded and validated as a whole,
 //!   saved atomically by `dropzone user ...`.
@@ -7,14 +7,23 @@
 //!   server cannot enforce are refused, `from=` and `expiry-time=` enforced.
 //! - [`password`]: Argon2id hashes, and the dummy verification that makes
 //!   unknown users cost what a wrong password costs.
+//! - [`system_users`]: Linux users (`[auth] pam = true`): passwords through
+//!   PAM (`pam`, cargo feature `pam`) on blocking threads with a timeout,
+//!   keys from `~/.ssh/authorized_keys` checked as OpenSSH's StrictModes
+//!   does ([`system_keys`]).
 //!
-//! The SSH layer asks [`Authenticator`] only yes/no questions; it never
-//! learns whether a user exists from a failed check (DESIGN.md, property 7).
-//! Slowing and banning repeated failures is the caller's job.
+//! The SSH layer asks [`Authenticator`] (and [`SystemUsers`] for names the
+//! users file does not know) only yes/no questions; it never learns whether
+//! a user exists from a failed check (DESIGN.md, property 7). Slowing and
+//! banning repeated failures is the caller's job.
 
 mod address_pattern;
 pub mod authorized_keys;
+#[cfg(feature = "pam")]
+mod pam;
 pub mod password;
+pub mod system_keys;
+pub mod system_users;
 pub mod users_file;
 
 use std::collections::HashMap;
@@ -26,6 +35,7 @@ use std::time::SystemTime;
 use russh::keys::{HashAlg, PublicKey};
 
 use authorized_keys::AuthorizedKey;
+pub use system_users::SystemUsers;
 use users_file::{UsersFile, UsersFileError};
 
 /// The credential checks of every known user, immutable once built. `Send +

@@ -71,6 +71,19 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Check that the server answers with an SSH identification line (for
+    /// container health checks): exit 0 if it does, 1 (saying why) if not.
+    Healthcheck {
+        /// Where to connect (default: the configured listen address, with
+        /// 0.0.0.0 or :: replaced by the loopback address).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// Give up after this many seconds (connecting and reading together).
+        #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +177,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             config,
         } => decrypt(&load_config(&config)?, &user, &path, out.as_deref()),
+        Command::Healthcheck {
+            address,
+            timeout,
+            config,
+        } => Ok(healthcheck(address.as_deref(), timeout, &config)),
     }
 }
 
@@ -237,6 +255,8 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         let host_keys = ssh::host_keys::load_or_generate(&config.host_keys_dir)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
+            .map_err(|e| ConfigFailure(e.to_string()))?;
         let (ctx, alive) = ssh::ServerContext::new(
             config.auth.users_file.clone(),
             keys,
@@ -244,6 +264,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             SftpConfig {
                 max_handles: config.max_handles,
             },
+            system_users,
         )
         .map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
@@ -536,4 +557,123 @@ fn decrypt(
     sink.flush()?;
     eprintln!("decrypted {offset} bytes");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--timeout SECS`: a positive number of seconds (fractions allowed).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 => {
+            std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+        }
+        _ => Err(format!("{s:?}: expected a positive number of seconds")),
+    }
+}
+
+/// `dropzone healthcheck`: connects, reads the server's identification line
+/// and checks that it is SSH 2.0. Every failure (configuration included)
+/// exits 1, which container engines read as "unhealthy".
+fn healthcheck(
+    address: Option<&str>,
+    timeout: std::time::Duration,
+    config: &ConfigArg,
+) -> ExitCode {
+    match check_ssh_banner(address, timeout, config) {
+        Ok((addr, banner)) => {
+            println!("ok: {addr}: {banner}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("dropzone healthcheck: {why:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The address checked and the identification line it sent.
+fn check_ssh_banner(
+    address: Option<&str>,
+    timeout: std::time::Duration,
+    config: &ConfigArg,
+) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    use std::io::{ErrorKind, Read};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+    use std::time::Instant;
+
+    let deadline = Instant::now() + timeout;
+    let targets: Vec<SocketAddr> = match address {
+        Some(a) => a
+            .to_socket_addrs()
+            .with_context(|| format!("--address {a:?}: cannot resolve (expected HOST:PORT)"))?
+            .collect(),
+        None => {
+            let mut listen = load_config(config)?.listen;
+            match listen.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => listen.set_ip(Ipv4Addr::LOCALHOST.into()),
+                IpAddr::V6(ip) if ip.is_unspecified() => listen.set_ip(Ipv6Addr::LOCALHOST.into()),
+                _ => {}
+            }
+            vec![listen]
+        }
+    };
+    let remaining = |what: &str, addr: &SocketAddr| {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("{addr}: timed out after {timeout:?} {what}"))
+    };
+    let mut last_error = None;
+    let mut connected = None;
+    for addr in &targets {
+        let left = remaining("connecting", addr)?;
+        match TcpStream::connect_timeout(addr, left) {
+            Ok(stream) => {
+                connected = Some((*addr, stream));
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                last_error = Some(anyhow::anyhow!(
+                    "{addr}: timed out after {timeout:?} connecting"
+                ));
+            }
+            Err(e) => last_error = Some(anyhow::anyhow!("{addr}: cannot connect: {e}")),
+        }
+    }
+    let Some((addr, mut stream)) = connected else {
+        return Err(last_error.unwrap_or_else(|| {
+            anyhow::anyhow!(
+                "--address {}: resolves to no address",
+                address.unwrap_or("")
+            )
+        }));
+    };
+    // RFC 4253 4.2: the identification line is at most 255 bytes with CR LF.
+    let mut line = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !line.contains(&b'\n') && line.len() < 255 {
+        let left = remaining("waiting for the SSH identification", &addr)?;
+        stream
+            .set_read_timeout(Some(left))
+            .with_context(|| format!("{addr}: setting a read timeout"))?;
+        match stream.read(&mut buf[..255 - line.len()]) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                bail!("{addr}: timed out after {timeout:?} waiting for the SSH identification")
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => bail!("{addr}: reading the SSH identification: {e}"),
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let text = String::from_utf8_lossy(&line[..end]);
+    let text = text.trim_end_matches('\r');
+    if line.is_empty() {
+        bail!("{addr}: connection closed without an SSH identification");
+    }
+    if !text.starts_with("SSH-2.0-") {
+        let shown: String = text.chars().take(80).collect();
+        bail!("{addr}: not an SSH 2.0 server: it sent {shown:?}");
+    }
+    Ok((addr, text.to_owned()))
 }

@@ -47,6 +47,9 @@ struct RawConfig {
 struct RawAuth {
     users_file: Option<PathBuf>,
     pam: Option<bool>,
+    pam_service: Option<String>,
+    pam_allow_root: Option<bool>,
+    pam_timeout_secs: Option<u64>,
     max_auth_attempts: Option<u32>,
 }
 
@@ -129,8 +132,16 @@ pub struct Config {
 pub struct AuthConfig {
     /// The users file managed by `dropzone user ...`.
     pub users_file: PathBuf,
-    /// Linux users through PAM.
+    /// Linux system users: passwords through PAM, keys from their
+    /// `~/.ssh/authorized_keys` (cargo feature `pam`).
     pub pam: bool,
+    /// The PAM service, i.e. the file `/etc/pam.d/NAME` (default
+    /// `dropzone`; the repository ships `config/pam.d/dropzone`).
+    pub pam_service: String,
+    /// Whether root (uid 0) may log in as a Linux user (default no).
+    pub pam_allow_root: bool,
+    /// Longest wait for one PAM transaction (default 10 s).
+    pub pam_timeout: Duration,
     /// Authentication attempts per connection.
     pub max_auth_attempts: u32,
 }
@@ -186,11 +197,25 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         let pam = raw.auth.pam.unwrap_or(false);
-        if pam {
+        if pam && !cfg!(feature = "pam") {
             return Err(
-                "auth.pam = true: PAM authentication is not available in this build".into(),
+                "auth.pam = true: PAM authentication is not available in this build \
+                 (build with --features pam)"
+                    .into(),
             );
         }
+        let pam_service = raw.auth.pam_service.unwrap_or_else(|| "dropzone".into());
+        if !is_pam_service_name(&pam_service) {
+            return Err(format!(
+                "auth.pam_service = {pam_service:?}: expected a file name under /etc/pam.d \
+                 (letters, digits, . _ -)"
+            ));
+        }
+        let pam_timeout = match raw.auth.pam_timeout_secs {
+            Some(0) => return Err("auth.pam_timeout_secs must be at least 1".into()),
+            Some(secs) => Duration::from_secs(secs),
+            None => Duration::from_secs(10),
+        };
         let backend = match raw.kms.backend.as_deref().unwrap_or("local") {
             "local" => KmsBackend::Local,
             "eaas" => KmsBackend::Eaas,
@@ -264,6 +289,9 @@ impl Config {
                     .users_file
                     .unwrap_or_else(|| "config/users.toml".into()),
                 pam,
+                pam_service,
+                pam_allow_root: raw.auth.pam_allow_root.unwrap_or(false),
+                pam_timeout,
                 max_auth_attempts,
             },
             kms: KmsConfig {
@@ -282,6 +310,15 @@ impl Config {
             idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
         })
     }
+}
+
+/// A PAM service name: a plain file name under `/etc/pam.d`.
+fn is_pam_service_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A master key version: 1 to 9 decimal digits (safe in file names, fits
@@ -311,6 +348,32 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("users_fil"), "{e}");
         let e = Config::parse("listen = \"nope\"\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn pam_keys() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.auth.pam);
+        assert_eq!(c.auth.pam_service, "dropzone");
+        assert!(!c.auth.pam_allow_root);
+        assert_eq!(c.auth.pam_timeout, Duration::from_secs(10));
+        let text = "[auth]\npam = true\npam_service = \"dropzone-test\"\npam_allow_root = true\npam_timeout_secs = 3\n";
+        if cfg!(feature = "pam") {
+            let c = Config::parse(text).unwrap();
+            assert!(c.auth.pam && c.auth.pam_allow_root);
+            assert_eq!(c.auth.pam_service, "dropzone-test");
+            assert_eq!(c.auth.pam_timeout, Duration::from_secs(3));
+        } else {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.contains("not available in this build"), "{e}");
+        }
+        for bad in [
+            "pam_service = \"../shadow\"",
+            "pam_service = \"\"",
+            "pam_timeout_secs = 0",
+        ] {
+            assert!(Config::parse(&format!("[auth]\n{bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

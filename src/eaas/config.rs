@@ -36,6 +36,17 @@ struct RawConfig {
     key_bits: Option<Spanned<i64>>,
     passphrase_file: Option<Spanned<PathBuf>>,
     tls: Option<RawTls>,
+    // Parsed in every build, so that a build without the `pkcs11` feature
+    // can say so instead of calling the table unknown.
+    pkcs11: Option<Spanned<RawPkcs11>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPkcs11 {
+    module: Spanned<PathBuf>,
+    token_label: Spanned<String>,
+    pin_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +89,26 @@ pub struct TlsFiles {
     pub key_file: FileSetting,
 }
 
+/// `[pkcs11]`: keep the RSA keys in a PKCS#11 token instead of `keys_dir`
+/// (cargo feature `pkcs11`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Settings {
+    /// The PKCS#11 module (shared library) to load, like
+    /// `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: FileSetting,
+    /// The label of the token that holds the keys (1 to 32 bytes, as
+    /// `softhsm2-util --init-token --label` sets it).
+    pub token_label: String,
+    /// The file holding the token's user PIN; the environment variable
+    /// `DROPZONE_EAAS_PKCS11_PIN` takes precedence.
+    pub pin_file: Option<FileSetting>,
+    /// The line of the `[pkcs11]` table.
+    pub line: usize,
+}
+
+/// Longest token label: `CK_TOKEN_INFO.label` is 32 bytes, blank padded.
+pub const MAX_TOKEN_LABEL_LEN: usize = 32;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -96,6 +127,10 @@ pub struct Config {
     pub passphrase_file: Option<FileSetting>,
     /// HTTPS instead of HTTP.
     pub tls: Option<TlsFiles>,
+    /// Keys in a PKCS#11 token instead of `keys_dir` (then `keys_dir` and
+    /// the passphrase are not used). Always `None` in a build without the
+    /// `pkcs11` feature, which refuses the table.
+    pub pkcs11: Option<Pkcs11Settings>,
 }
 
 impl Config {
@@ -132,6 +167,35 @@ impl Config {
                     )
                 })?,
         };
+        let pkcs11 = match raw.pkcs11 {
+            None => None,
+            Some(table) => {
+                let table_line = line(table.span());
+                if !cfg!(feature = "pkcs11") {
+                    return Err(format!(
+                        "line {table_line}: [pkcs11]: this dropzone-eaas was built without the \
+                         `pkcs11` cargo feature, so it cannot keep keys in a PKCS#11 token; \
+                         build it with `cargo build --features pkcs11`, or remove [pkcs11] to \
+                         keep the keys in keys_dir"
+                    ));
+                }
+                let t = table.into_inner();
+                let label_line = line(t.token_label.span());
+                let token_label = t.token_label.into_inner();
+                if token_label.trim().is_empty() || token_label.len() > MAX_TOKEN_LABEL_LEN {
+                    return Err(format!(
+                        "line {label_line}: pkcs11.token_label = {token_label:?}: expected 1 to \
+                         {MAX_TOKEN_LABEL_LEN} bytes, not all blank"
+                    ));
+                }
+                Some(Pkcs11Settings {
+                    module: file("pkcs11.module", t.module),
+                    token_label: token_label.trim_end().to_owned(),
+                    pin_file: t.pin_file.map(|s| file("pkcs11.pin_file", s)),
+                    line: table_line,
+                })
+            }
+        };
         Ok(Config {
             listen: raw
                 .listen
@@ -144,6 +208,7 @@ impl Config {
                 cert_file: file("tls.cert_file", t.cert_file),
                 key_file: file("tls.key_file", t.key_file),
             }),
+            pkcs11,
         })
     }
 }
@@ -169,6 +234,56 @@ mod tests {
         assert_eq!(c.keys_dir, PathBuf::from("eaas_keys"));
         assert_eq!(c.key_bits, KeyBits::DEFAULT);
         assert!(c.token_file.is_none() && c.passphrase_file.is_none() && c.tls.is_none());
+        assert!(c.pkcs11.is_none());
+    }
+
+    const PKCS11_TABLE: &str = "listen = \"127.0.0.1:0\"\n\n[pkcs11]\n\
+        module = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"dropzone\"\n\
+        pin_file = \"pin\"\n";
+
+    #[cfg(feature = "pkcs11")]
+    #[test]
+    fn pkcs11_table() {
+        let c = Config::parse(PKCS11_TABLE).unwrap();
+        let p = c.pkcs11.unwrap();
+        assert_eq!(p.line, 3);
+        assert_eq!(
+            p.module.path,
+            PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
+        );
+        assert_eq!((p.module.key, p.module.line), ("pkcs11.module", 4));
+        assert_eq!(p.token_label, "dropzone");
+        assert_eq!(
+            p.pin_file.unwrap().to_string(),
+            "line 6: pkcs11.pin_file = \"pin\""
+        );
+        // The PIN file is optional (the environment variable may hold it);
+        // the module and the label are not.
+        let c = Config::parse("[pkcs11]\nmodule = \"m.so\"\ntoken_label = \"t\"\n").unwrap();
+        assert!(c.pkcs11.unwrap().pin_file.is_none());
+        let e = Config::parse("[pkcs11]\nmodule = \"m.so\"\n").unwrap_err();
+        assert!(e.contains("token_label"), "{e}");
+        let e = Config::parse("[pkcs11]\nmodule = \"m.so\"\ntoken_label = \"\"\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("token_label"), "{e}");
+        let long = "x".repeat(33);
+        let e = Config::parse(&format!(
+            "[pkcs11]\nmodule = \"m\"\ntoken_label = \"{long}\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("line 3") && e.contains("1 to 32 bytes"), "{e}");
+        let e =
+            Config::parse("[pkcs11]\nmodule = \"m\"\ntoken_label = \"t\"\nslot = 1\n").unwrap_err();
+        assert!(e.contains("line 4") && e.contains("slot"), "{e}");
+    }
+
+    #[cfg(not(feature = "pkcs11"))]
+    #[test]
+    fn pkcs11_table_without_the_feature_is_refused() {
+        let e = Config::parse(PKCS11_TABLE).unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("without the `pkcs11` cargo feature"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Start-up ([`prepare`]: passphrase, key store, token, TLS) and the HTTP
+//! Start-up ([`prepare`]: the key store (key files and their passphrase,
+//! or a PKCS#11 token and its PIN), bearer token, TLS) and the HTTP
 //! transport ([`run`]: HTTP/1.1 over TCP or TLS with hyper on tokio).
 //!
 //! Requests are read whole (bounded in size and time), then answered by
@@ -8,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +25,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use super::config::Config;
-use super::keystore::KeyStore;
+use zeroize::Zeroizing;
+
+use super::config::{Config, Pkcs11Settings};
+use super::keystore::{FileKeyStore, KeyStore};
 use super::passphrase::{self, Passphrase, PassphraseSource};
 use super::service::{Request, Response, Service};
 use super::tls;
@@ -43,6 +47,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The environment variable that may hold the at-rest passphrase.
 pub const PASSPHRASE_ENV: &str = "DROPZONE_EAAS_PASSPHRASE";
+/// The environment variable that may hold the PKCS#11 user PIN (`[pkcs11]`).
+pub const PKCS11_PIN_ENV: &str = "DROPZONE_EAAS_PKCS11_PIN";
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +74,73 @@ pub struct Prepared {
 /// Loads everything the configuration names. `env_passphrase` is the value
 /// of [`PASSPHRASE_ENV`], if set; it takes precedence over
 /// `passphrase_file`, which takes precedence over `keys_dir/.passphrase`
-/// (generated here on first start).
+/// (generated here on first start). With `[pkcs11]`, the user PIN comes
+/// from [`PKCS11_PIN_ENV`] (read here) or `pkcs11.pin_file`.
 pub fn prepare(config: &Config, env_passphrase: Option<&[u8]>) -> Result<Prepared, StartError> {
+    let env_pin = std::env::var_os(PKCS11_PIN_ENV).map(|v| Zeroizing::new(v.into_vec()));
+    prepare_with(
+        config,
+        env_passphrase,
+        env_pin.as_deref().map(Vec::as_slice),
+    )
+}
+
+/// [`prepare`] with the value of [`PKCS11_PIN_ENV`] given rather than read.
+pub fn prepare_with(
+    config: &Config,
+    env_passphrase: Option<&[u8]>,
+    env_pin: Option<&[u8]>,
+) -> Result<Prepared, StartError> {
+    let store: Box<dyn KeyStore> = match &config.pkcs11 {
+        None => Box::new(open_file_store(config, env_passphrase)?),
+        Some(settings) => {
+            if env_passphrase.is_some() || config.passphrase_file.is_some() {
+                tracing::info!(
+                    "the keys are in a PKCS#11 token ([pkcs11]): keys_dir, passphrase_file and \
+                     {PASSPHRASE_ENV} are not used"
+                );
+            }
+            open_token_store(config, settings, env_pin)?
+        }
+    };
+    let token = match &config.token_file {
+        Some(file) => {
+            let t = Token::read_file(&file.path)
+                .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
+            if t.is_short() {
+                tracing::warn!(
+                    "the bearer token in {} is shorter than {} characters",
+                    file.path.display(),
+                    super::token::SHORT_LEN
+                );
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(files).map_err(StartError::Config)?),
+        None => None,
+    };
+    tracing::info!(
+        keys = %store.describe(),
+        key_bits = config.key_bits.get(),
+        token = token.is_some(),
+        tls = tls.is_some(),
+        "key service ready"
+    );
+    Ok(Prepared {
+        service: Arc::new(Service::new(store, token)),
+        tls,
+    })
+}
+
+/// The key files under `keys_dir`, with the passphrase checked against an
+/// existing key.
+fn open_file_store(
+    config: &Config,
+    env_passphrase: Option<&[u8]>,
+) -> Result<FileKeyStore, StartError> {
     let keys_dir = &config.keys_dir;
     atomic_file::create_private_dir(keys_dir)
         .map_err(|e| StartError::Failed(format!("keys_dir {}: {e}", keys_dir.display())))?;
@@ -117,7 +188,7 @@ pub fn prepare(config: &Config, env_passphrase: Option<&[u8]>) -> Result<Prepare
         | PassphraseSource::GeneratedEarlier(p)
         | PassphraseSource::GeneratedNow(p) => p.display().to_string(),
     };
-    let store = KeyStore::open(keys_dir.clone(), passphrase, config.key_bits)
+    let store = FileKeyStore::open(keys_dir.clone(), passphrase, config.key_bits)
         .map_err(|e| StartError::Failed(e.to_string()))?;
     match store.check_passphrase() {
         Ok(Some(file)) => {
@@ -130,37 +201,56 @@ pub fn prepare(config: &Config, env_passphrase: Option<&[u8]>) -> Result<Prepare
             )));
         }
     }
-    let token = match &config.token_file {
-        Some(file) => {
-            let t = Token::read_file(&file.path)
-                .map_err(|e| StartError::Config(format!("{file}: {e}")))?;
-            if t.is_short() {
-                tracing::warn!(
-                    "the bearer token in {} is shorter than {} characters",
-                    file.path.display(),
-                    super::token::SHORT_LEN
-                );
+    tracing::info!(passphrase = %source_text, "key files are encrypted at rest");
+    Ok(store)
+}
+
+/// The PKCS#11 token of `[pkcs11]`, logged in with the user PIN.
+#[cfg(feature = "pkcs11")]
+fn open_token_store(
+    config: &Config,
+    settings: &Pkcs11Settings,
+    env_pin: Option<&[u8]>,
+) -> Result<Box<dyn KeyStore>, StartError> {
+    use super::keystore::pkcs11::{OpenError, Pkcs11KeyStore};
+    let pin = match (env_pin, &settings.pin_file) {
+        (Some(value), file) => {
+            if let Some(file) = file {
+                tracing::info!("{PKCS11_PIN_ENV} is set and overrides pkcs11.pin_file ({file})");
             }
-            Some(t)
+            Passphrase::from_value(value, PKCS11_PIN_ENV)
+                .map_err(|e| StartError::Config(e.to_string()))?
         }
-        None => None,
+        (None, Some(file)) => Passphrase::read_file(&file.path)
+            .map_err(|e| StartError::Config(format!("{file}: {e}")))?,
+        (None, None) => {
+            return Err(StartError::Config(format!(
+                "line {}: [pkcs11]: no user PIN for token {:?}: set pkcs11.pin_file or \
+                 {PKCS11_PIN_ENV}",
+                settings.line, settings.token_label
+            )));
+        }
     };
-    let tls = match &config.tls {
-        Some(files) => Some(tls::server_config(files).map_err(StartError::Config)?),
-        None => None,
-    };
-    tracing::info!(
-        keys_dir = %keys_dir.display(),
-        key_bits = config.key_bits.get(),
-        passphrase = %source_text,
-        token = token.is_some(),
-        tls = tls.is_some(),
-        "key service ready"
-    );
-    Ok(Prepared {
-        service: Arc::new(Service::new(store, token)),
-        tls,
-    })
+    let store =
+        Pkcs11KeyStore::open(settings, pin.as_bytes(), config.key_bits).map_err(|e| match e {
+            OpenError::Config(m) => StartError::Config(m),
+            OpenError::Failed(m) => StartError::Failed(m),
+        })?;
+    Ok(Box::new(store))
+}
+
+/// A build without the feature refuses `[pkcs11]` when parsing the
+/// configuration; this covers a [`Config`] built in code.
+#[cfg(not(feature = "pkcs11"))]
+fn open_token_store(
+    _config: &Config,
+    settings: &Pkcs11Settings,
+    _env_pin: Option<&[u8]>,
+) -> Result<Box<dyn KeyStore>, StartError> {
+    Err(StartError::Config(format!(
+        "line {}: [pkcs11]: this dropzone-eaas was built without the `pkcs11` cargo feature",
+        settings.line
+    )))
 }
 
 /// Serves `listener` until `shutdown` completes. Connections in progress

@@ -197,7 +197,7 @@ impl Failure {
                 KeyStoreError::UnknownKey(_)
                 | KeyStoreError::PlaintextTooLong { .. }
                 | KeyStoreError::DecryptionFailed(_) => e.to_string(),
-                KeyStoreError::BadKeyFile { .. } => {
+                KeyStoreError::BadKeyFile { .. } | KeyStoreError::BadTokenKey(_) => {
                     format!("key {id} cannot be loaded (see the service log)")
                 }
                 KeyStoreError::Storage(_) => {
@@ -225,20 +225,20 @@ impl Failure {
 /// The key service: a key store behind the wire API.
 #[derive(Debug)]
 pub struct Service {
-    store: KeyStore,
+    store: Box<dyn KeyStore>,
     token: Option<Token>,
 }
 
 impl Service {
-    /// The API over `store`; with a `token`, every request but `GET /`
-    /// must carry it.
-    pub fn new(store: KeyStore, token: Option<Token>) -> Service {
+    /// The API over `store` (key files or a PKCS#11 token: the replies are
+    /// the same); with a `token`, every request but `GET /` must carry it.
+    pub fn new(store: Box<dyn KeyStore>, token: Option<Token>) -> Service {
         Service { store, token }
     }
 
     /// The key store.
-    pub fn store(&self) -> &KeyStore {
-        &self.store
+    pub fn store(&self) -> &dyn KeyStore {
+        &*self.store
     }
 
     /// Answers one request (blocking: key generation and RSA take time) and
@@ -363,20 +363,20 @@ impl Service {
 type Outcome = Result<(Response, KeyId), (Failure, Option<KeyId>)>;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::eaas::keystore::KeyBits;
+    use crate::eaas::keystore::{FileKeyStore, KeyBits};
     use crate::eaas::passphrase::Passphrase;
 
     fn service(dir: &std::path::Path, token: Option<&str>) -> Service {
-        let store = KeyStore::open(
+        let store = FileKeyStore::open(
             dir.join("keys"),
             Passphrase::from_value(b"test passphrase", "test").unwrap(),
             KeyBits::DEFAULT,
         )
         .unwrap();
         Service::new(
-            store,
+            Box::new(store),
             token.map(|t| Token::from_value(t.as_bytes()).unwrap()),
         )
     }
@@ -440,19 +440,25 @@ mod tests {
     #[test]
     fn gen_encrypt_decrypt_and_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let s = service(dir.path(), None);
-        let r = call(&s, "GET", "/", "");
+        check_api(&service(dir.path(), None));
+    }
+
+    /// Every endpoint, reply and error of the API on `s`, whose store has
+    /// no key `dropzone/rsa` yet and makes 2048-bit keys: shared by the
+    /// stores, whose replies must not differ.
+    pub(crate) fn check_api(s: &Service) {
+        let r = call(s, "GET", "/", "");
         assert_eq!(r.status, 200);
         assert_eq!(json(&r)["service"], "dropzone-eaas");
         assert_eq!(json(&r)["status"], "ok");
 
         let gen_body = r#"{"secret_path": "dropzone/rsa", "secret_version": "1"}"#;
-        let r = call(&s, "POST", "/gen/key/rsa", gen_body);
+        let r = call(s, "POST", "/gen/key/rsa", gen_body);
         assert_eq!(r.status, 200);
         assert_eq!(json(&r)["Info"], "dropzone/rsa v1 Generated");
         // Idempotent; the version may be a number.
         let r = call(
-            &s,
+            s,
             "POST",
             "/gen/key/rsa",
             r#"{"secret_path": "dropzone/rsa", "secret_version": 1}"#,
@@ -464,7 +470,7 @@ mod tests {
             let body = format!(
                 r#"{{"secret_path": "dropzone/rsa", "secret_version": {version}, "plaintext": "{dek}"}}"#
             );
-            let r = call(&s, "POST", "/key/encrypt/rsa", &body);
+            let r = call(s, "POST", "/key/encrypt/rsa", &body);
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
             json(&r)["ciphertext"].as_str().unwrap().to_owned()
         };
@@ -477,7 +483,7 @@ mod tests {
             let body = format!(
                 r#"{{"secret_path": "dropzone/rsa", "secret_version": 1, "ciphertext": "{c}"}}"#
             );
-            call(&s, "POST", "/key/decrypt/rsa", &body)
+            call(s, "POST", "/key/decrypt/rsa", &body)
         };
         for c in [&c1, &c2] {
             let r = dec(c);
@@ -501,7 +507,7 @@ mod tests {
 
         // Unknown key or version.
         let r = call(
-            &s,
+            s,
             "POST",
             "/key/encrypt/rsa",
             r#"{"secret_path": "dropzone/rsa", "secret_version": "2", "plaintext": "x"}"#,
@@ -511,7 +517,7 @@ mod tests {
         // Too long a plaintext.
         let long = "a".repeat(215);
         let r = call(
-            &s,
+            s,
             "POST",
             "/key/encrypt/rsa",
             &format!(
@@ -521,14 +527,14 @@ mod tests {
         assert_eq!(r.status, 500);
         assert!(text(&r).contains("at most 214 bytes"));
         // Missing field, bad JSON, bad path.
-        let r = call(&s, "POST", "/key/encrypt/rsa", gen_body);
+        let r = call(s, "POST", "/key/encrypt/rsa", gen_body);
         assert_eq!(r.status, 500);
         assert!(text(&r).contains("missing field `plaintext`"));
-        let r = call(&s, "POST", "/gen/key/rsa", "{");
+        let r = call(s, "POST", "/gen/key/rsa", "{");
         assert_eq!(r.status, 500);
         assert!(text(&r).contains("not valid JSON"));
         let r = call(
-            &s,
+            s,
             "POST",
             "/gen/key/rsa",
             r#"{"secret_path": "../x", "secret_version": "1"}"#,
@@ -537,14 +543,14 @@ mod tests {
         assert!(text(&r).contains("invalid secret_path"));
 
         // Unsupported key type: 200 with Error; unknown path 404; wrong method 405.
-        let r = call(&s, "POST", "/gen/key/aes", gen_body);
+        let r = call(s, "POST", "/gen/key/aes", gen_body);
         assert_eq!(r.status, 200);
         assert!(json(&r)["Error"].as_str().unwrap().contains("aes"));
-        assert_eq!(call(&s, "POST", "/nope", "").status, 404);
-        let r = call(&s, "GET", "/gen/key/rsa", "");
+        assert_eq!(call(s, "POST", "/nope", "").status, 404);
+        let r = call(s, "GET", "/gen/key/rsa", "");
         assert_eq!(r.status, 405);
         assert_eq!(r.headers, [("Allow", "POST")]);
-        assert_eq!(call(&s, "POST", "/", "").status, 405);
+        assert_eq!(call(s, "POST", "/", "").status, 405);
     }
 
     #[test]

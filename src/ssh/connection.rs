@@ -1,13 +1,16 @@
 //! One SSH connection: authentication state and channel policy.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use super::ServerContext;
 use crate::keys::KeyError;
@@ -74,13 +77,17 @@ impl std::fmt::Display for LoginFailure {
     }
 }
 
-fn reject() -> Auth {
-    Auth::Reject {
-        proceed_with_methods: Some(MethodSet::from(
-            &[MethodKind::PublicKey, MethodKind::Password][..],
-        )),
-        partial_success: false,
-    }
+/// The one prompt of keyboard-interactive: the password, not echoed.
+const PASSWORD_PROMPT: &[(Cow<'static, str>, bool)] = &[(Cow::Borrowed("Password: "), false)];
+
+/// Who a login name belongs to (decided before any check, and never told
+/// to the client).
+enum Owner {
+    /// A name of the users file (also when system users are off: then
+    /// every name is checked against the users file).
+    UsersFile,
+    /// A name the users file does not know, with system users on.
+    System(Arc<crate::auth::SystemUsers>),
 }
 
 impl Connection {
@@ -98,6 +105,89 @@ impl Connection {
             },
             flag,
         )
+    }
+
+    /// The rejection of every method: the client may go on with public
+    /// key, password, and (only with system users) keyboard-interactive.
+    fn reject(&self) -> Auth {
+        let methods: &[MethodKind] = if self.ctx.system_users.is_some() {
+            &[
+                MethodKind::PublicKey,
+                MethodKind::Password,
+                MethodKind::KeyboardInteractive,
+            ]
+        } else {
+            &[MethodKind::PublicKey, MethodKind::Password]
+        };
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(methods)),
+            partial_success: false,
+        }
+    }
+
+    /// The users file decides for a name it knows; system users (if on) for
+    /// the others.
+    fn owner(&self, user: &str) -> Owner {
+        match &self.ctx.system_users {
+            Some(system) if !self.ctx.authenticator().user_exists(user) => {
+                Owner::System(system.clone())
+            }
+            _ => Owner::UsersFile,
+        }
+    }
+
+    /// Whether `key` may log in as `user` (the offer and the signed attempt
+    /// alike).
+    async fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
+        let ip = Some(self.peer.ip());
+        match self.owner(user) {
+            Owner::UsersFile => self.ctx.authenticator().key_allowed(user, key, ip),
+            Owner::System(system) => {
+                // Reads the passwd database and the user's home: blocking.
+                let (user, key) = (user.to_owned(), key.clone());
+                tokio::task::spawn_blocking(move || system.key_allowed(&user, &key, ip))
+                    .await
+                    .unwrap_or(false)
+            }
+        }
+    }
+
+    /// Checks a password (from the `password` method or keyboard-
+    /// interactive) and completes the login. Unknown users, wrong passwords
+    /// and refused accounts get the same rejection; with system users on,
+    /// a wrong users-file password also spends PAM's failure delay, so that
+    /// neither kind of name can be told from the other by timing.
+    async fn password_login(
+        &mut self,
+        user: &str,
+        password: Zeroizing<Vec<u8>>,
+        method: &'static str,
+    ) -> Auth {
+        let ip = Some(self.peer.ip());
+        let ok = match self.owner(user) {
+            Owner::System(system) => system.password_ok(user, password, ip).await,
+            Owner::UsersFile => {
+                let auth = self.ctx.authenticator();
+                let u = user.to_owned();
+                let ok = tokio::task::spawn_blocking(move || {
+                    // A password that is not UTF-8 is checked as a wrong one,
+                    // at the same cost.
+                    let text = Zeroizing::new(String::from_utf8_lossy(&password).into_owned());
+                    std::str::from_utf8(&password).is_ok() & auth.password_ok(&u, &text)
+                })
+                .await
+                .unwrap_or(false);
+                if !ok && let Some(system) = &self.ctx.system_users {
+                    system.spend_failure(user, ip).await;
+                }
+                ok
+            }
+        };
+        if !ok {
+            info!(peer = %self.peer, user, method, "password refused");
+            return self.reject();
+        }
+        self.complete_login(user, method).await
     }
 
     fn note_user(&mut self, user: &str) {
@@ -124,7 +214,7 @@ impl Connection {
     /// can open even before the disconnect lands.
     async fn complete_login(&mut self, user: &str, method: &str) -> Auth {
         let Ok(name) = UserName::parse(user) else {
-            return reject();
+            return self.reject();
         };
         let ctx = self.ctx.clone();
         let n = name.clone();
@@ -154,7 +244,7 @@ impl Connection {
                 self.refusal = Some(told);
                 Auth::Accept
             }
-            Err(_) => reject(),
+            Err(_) => self.reject(),
         }
     }
 }
@@ -182,7 +272,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        Ok(reject())
+        Ok(self.reject())
     }
 
     async fn auth_publickey_offered(
@@ -191,11 +281,10 @@ impl russh::server::Handler for Connection {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        let auth = self.ctx.authenticator();
-        if auth.key_allowed(user, offer.public_key, Some(self.peer.ip())) {
+        if self.key_allowed(user, offer.public_key).await {
             Ok(Auth::Accept)
         } else {
-            Ok(reject())
+            Ok(self.reject())
         }
     }
 
@@ -205,29 +294,53 @@ impl russh::server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        let auth = self.ctx.authenticator();
-        if !auth.key_allowed(user, key.public_key, Some(self.peer.ip())) {
+        if !self.key_allowed(user, key.public_key).await {
             info!(peer = %self.peer, user, "public key refused");
-            return Ok(reject());
+            return Ok(self.reject());
+        }
+        // A Linux user's account must also pass PAM's account management
+        // (expired, disabled, pam_access...), as with OpenSSH's UsePAM.
+        if let Owner::System(system) = self.owner(user)
+            && !system.account_ok(user, Some(self.peer.ip())).await
+        {
+            return Ok(self.reject());
         }
         Ok(self.complete_login(user, "publickey").await)
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        let auth = self.ctx.authenticator();
-        let (u, p) = (
-            user.to_owned(),
-            zeroize::Zeroizing::new(password.to_owned()),
-        );
-        let ok = tokio::task::spawn_blocking(move || auth.password_ok(&u, &p))
-            .await
-            .unwrap_or(false);
-        if !ok {
-            info!(peer = %self.peer, user, "password refused");
-            return Ok(reject());
+        let password = Zeroizing::new(password.as_bytes().to_vec());
+        Ok(self.password_login(user, password, "password").await)
+    }
+
+    /// Keyboard-interactive, offered only with system users: one hidden
+    /// `Password: ` prompt, whose answer is checked as a password.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.note_user(user);
+        if self.ctx.system_users.is_none() {
+            return Ok(self.reject());
         }
-        Ok(self.complete_login(user, "password").await)
+        let Some(mut response) = response else {
+            return Ok(Auth::Partial {
+                name: Cow::Borrowed(""),
+                instructions: Cow::Borrowed(""),
+                prompts: Cow::Borrowed(PASSWORD_PROMPT),
+            });
+        };
+        let (Some(answer), None) = (response.next(), response.next()) else {
+            info!(peer = %self.peer, user, "keyboard-interactive: expected exactly one answer");
+            return Ok(self.reject());
+        };
+        let password = Zeroizing::new(answer.to_vec());
+        Ok(self
+            .password_login(user, password, "keyboard-interactive")
+            .await)
     }
 
     async fn channel_open_session(

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, SystemUsers};
 use crate::keys::UserKeys;
 use crate::sftp::SftpConfig;
 
@@ -29,6 +29,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct ServerContext {
     users_file: PathBuf,
     users: Mutex<UsersCache>,
+    /// Linux users (`[auth] pam = true`), for names the users file does not
+    /// know.
+    system_users: Option<Arc<SystemUsers>>,
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
@@ -45,12 +48,15 @@ struct UsersCache {
 
 impl ServerContext {
     /// Builds the context; the users file is loaded now (a broken file is an
-    /// error at start-up) and reloaded whenever it changes on disk.
+    /// error at start-up) and reloaded whenever it changes on disk. With
+    /// `system_users`, Linux users log in too (by password, and by
+    /// keyboard-interactive, which is offered only then).
     pub fn new(
         users_file: PathBuf,
         keys: UserKeys,
         data_dir: PathBuf,
         sftp: SftpConfig,
+        system_users: Option<SystemUsers>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -59,6 +65,7 @@ impl ServerContext {
             Arc::new(ServerContext {
                 users_file,
                 users: Mutex::new(UsersCache { modified, auth }),
+                system_users: system_users.map(Arc::new),
                 keys,
                 data_dir,
                 sftp,
@@ -116,8 +123,10 @@ pub fn ssh_config(
         auth_rejection_time_initial: Some(Duration::from_millis(0)),
         inactivity_timeout: Some(idle_timeout),
         // Large windows and packets let one channel fill a fast link:
-        // 16 MiB in flight, 256 KiB per packet.
-        window_size: 16 * 1024 * 1024,
+        // 4 MiB in flight (twice OpenSSH's 64 x 32 KiB requests), 256 KiB
+        // per packet. The window is memory per channel: it bounds what a
+        // client can make the server buffer.
+        window_size: 4 * 1024 * 1024,
         maximum_packet_size: 256 * 1024,
         channel_buffer_size: 256,
         nodelay: true,

@@ -29,18 +29,17 @@ pub const ALICE_PASSWORD: &str = "secret";
 /// Bob's password (he also has a key).
 pub const BOB_PASSWORD: &str = "bob-has-another-secret";
 
-/// The configuration up to its `[kms]` part.
+/// The configuration up to its `[auth]` table.
 const BASE_CONFIG: &str = r#"# Written by the integration test harness.
 listen = "127.0.0.1:0"
 host_keys_dir = "host_keys"
 data_dir = "data"
 keks_dir = "keks"
 
-[auth]
-users_file = "config/users.toml"
-pam = false
-
 "#;
+
+/// The default `[auth]` keys after `users_file`: no Linux users.
+pub const DEFAULT_AUTH_CONFIG: &str = "pam = false\n";
 
 /// The default `[kms]` part: the local backend, no key cache.
 pub const LOCAL_KMS_CONFIG: &str = r#"[kms]
@@ -60,6 +59,9 @@ pub struct ServerOptions {
     pub kms_config: Option<String>,
     /// Appended to the configuration (further tables).
     pub extra_config: String,
+    /// Keys of the `[auth]` table after `users_file` (default:
+    /// [`DEFAULT_AUTH_CONFIG`]), e.g. `pam = true` and `pam_service`.
+    pub auth_config: Option<String>,
 }
 
 /// A user of the test server.
@@ -107,7 +109,8 @@ impl Server {
             std::fs::create_dir_all(root.join(sub)).expect("creating test directories");
         }
         let config = format!(
-            "{BASE_CONFIG}{}\n{}",
+            "{BASE_CONFIG}[auth]\nusers_file = \"config/users.toml\"\n{}\n{}\n{}",
+            opts.auth_config.as_deref().unwrap_or(DEFAULT_AUTH_CONFIG),
             opts.kms_config.as_deref().unwrap_or(LOCAL_KMS_CONFIG),
             opts.extra_config
         );

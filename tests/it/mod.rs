@@ -3,9 +3,15 @@
 pub mod harness;
 
 mod auth;
+mod container;
 mod eaas_client;
+#[cfg(feature = "pkcs11")]
+mod eaas_pkcs11;
 mod eaas_service;
+mod healthcheck;
 mod jail;
+#[cfg(feature = "pam")]
+mod pam;
 mod paramiko;
 mod scp;
 mod sftp;
