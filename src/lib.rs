@@ -7,6 +7,7 @@
 //!
 //! The crate is layered; each module uses only the ones below it:
 //!
+//! - [`daemon`]: logging and signal handling shared by both servers.
 //! - [`config`]: the TOML configuration, parsed then validated.
 //! - [`ssh`]: the russh server: host keys, authentication, session and
 //!   channel policy; hands the `sftp` subsystem to [`sftp`].
@@ -35,6 +36,7 @@
 mod atomic_file;
 pub mod auth;
 pub mod config;
+pub mod daemon;
 pub mod eaas;
 pub mod jail;
 pub mod keys;

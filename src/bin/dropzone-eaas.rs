@@ -68,14 +68,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             .parse()
             .map_err(|e| ConfigFailure(format!("DROPZONE_EAAS_LISTEN={listen:?}: {e}")))?;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    dropzone::daemon::init_logging();
     let env_passphrase = std::env::var_os(PASSPHRASE_ENV).map(|v| Zeroizing::new(v.into_vec()));
     let prepared = server::prepare(&config, env_passphrase.as_deref().map(Vec::as_slice)).map_err(
         |e| match e {
@@ -99,24 +92,8 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on {}", config.listen))?;
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, scheme, "listening on {bound}");
-        server::run(listener, prepared, shutdown_signal()).await;
+        server::run(listener, prepared, dropzone::daemon::shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the service still runs; it stops when killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
 }

@@ -234,14 +234,7 @@ fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
 }
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    dropzone::daemon::init_logging();
     // The key service client is blocking and runs its own runtime thread:
     // it is built (and, through `wrapper`, dropped) outside the async runtime.
     let wrapper = key_wrapper(config)?;
@@ -283,7 +276,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             ctx,
             alive,
             config.login_grace,
-            shutdown_signal(),
+            dropzone::daemon::shutdown_signal(),
         )
         .await;
         tracing::info!("stopped");
@@ -369,22 +362,6 @@ fn rotate(config: &Config, version: &str) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the server still runs; it stops when killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
 }
 
 fn user_command(cmd: UserCommand) -> anyhow::Result<ExitCode> {
