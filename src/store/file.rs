@@ -232,7 +232,9 @@ impl FileState {
         }
         self.ahead.clear();
         if end > self.size {
-            self.extend_to(end)?;
+            // Chunks from the one `offset` falls in are about to be written
+            // whole or in part: no zero records for them.
+            self.extend_to(end, offset / CHUNK_SIZE as u64)?;
         }
         let mut pos = offset;
         let mut rest = data;
@@ -261,7 +263,7 @@ impl FileState {
         }
         self.ahead.clear();
         if new_size > self.size {
-            self.extend_to(new_size)?;
+            self.extend_to(new_size, u64::MAX)?;
             let last = last_index(new_size);
             let chunk = self.load(last)?;
             chunk.dirty = true;
@@ -336,9 +338,10 @@ impl FileState {
 
     /// Grows the logical size to `new_size`, rewriting on disk every chunk
     /// between the old last chunk and the new last one (the old last becomes
-    /// full and not final; chunks in a gap become zeros). The new last chunk
-    /// and the cached chunk are left to the caller and to `flush`.
-    fn extend_to(&mut self, new_size: u64) -> Result<(), StoreError> {
+    /// full and not final; chunks of a gap before chunk `written_from`
+    /// become zeros). From `written_from` on, the new last chunk and the
+    /// cached chunk are left to the caller and to `flush`.
+    fn extend_to(&mut self, new_size: u64, written_from: u64) -> Result<(), StoreError> {
         let old_last = last_index(self.size);
         let new_last = last_index(new_size);
         if new_last == old_last && old_last < self.disk_chunks {
@@ -364,13 +367,17 @@ impl FileState {
                 self.write_record(old_last, false, &data)?;
             }
             self.size = new_size;
-            // Only a gap of whole chunks needs them (not a plain append).
-            let zeros = if old_last + 1 < new_last {
+            // Zero records only for a gap the caller will not write: a
+            // chunk the caller writes next is loaded as zeros (it is not on
+            // disk) and written once, not written as zeros, read back and
+            // written again.
+            let gap_end = new_last.min(written_from);
+            let zeros = if old_last + 1 < gap_end {
                 vec![0u8; CHUNK_SIZE]
             } else {
                 Vec::new()
             };
-            for index in old_last + 1..new_last {
+            for index in old_last + 1..gap_end {
                 if cached != Some(index) {
                     self.write_record(index, false, &zeros)?;
                 }
