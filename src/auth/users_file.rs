@@ -227,7 +227,13 @@ impl UsersFile {
                 });
             }
         };
-        Self::parse(&text).map_err(|e| e.at(path))
+        Self::from_text(&text, path)
+    }
+
+    /// Parses and validates the text of a users file; `path` is where the
+    /// text came from, for the error message.
+    pub fn from_text(text: &str, path: &Path) -> Result<UsersFile, UsersFileError> {
+        Self::parse(text).map_err(|e| e.at(path))
     }
 
     /// Parses and validates the text of a users file.

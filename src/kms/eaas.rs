@@ -32,14 +32,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{KeyWrapper, KmsError, MasterKeyRef};
+
+pub mod reply;
+
+use reply::{MAX_REPLY_LEN, Op, Reply};
 
 /// The backend name recorded in key files.
 pub const BACKEND: &str = "eaas";
@@ -54,9 +57,6 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// of the service without holding a login for long.
 pub const DEFAULT_RETRY_DELAYS: [Duration; 2] =
     [Duration::from_millis(100), Duration::from_millis(400)];
-/// Largest reply read: an RSA-16384 ciphertext is 4 KiB of hex; anything
-/// much bigger is not a reply of this API.
-const MAX_REPLY_LEN: u64 = 64 * 1024;
 /// Largest wrapped key accepted (the key file format's own limit).
 const MAX_WRAPPED_LEN: usize = 8 * 1024;
 /// Longest body excerpt in an error message, in characters.
@@ -132,30 +132,6 @@ impl fmt::Debug for EaasKms {
     }
 }
 
-/// The three operations of the API.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Generate,
-    Encrypt,
-    Decrypt,
-}
-
-impl Op {
-    fn path(self) -> &'static str {
-        match self {
-            Op::Generate => "/gen/key/rsa",
-            Op::Encrypt => "/key/encrypt/rsa",
-            Op::Decrypt => "/key/decrypt/rsa",
-        }
-    }
-
-    /// Whether a successful reply carries key material and must never be
-    /// quoted.
-    fn secret_reply(self) -> bool {
-        self == Op::Decrypt
-    }
-}
-
 #[derive(Serialize)]
 struct Request<'a> {
     secret_path: &'a str,
@@ -164,18 +140,6 @@ struct Request<'a> {
     plaintext: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ciphertext: Option<&'a str>,
-}
-
-/// A successful reply as far as this client reads it. Unknown fields are
-/// ignored, as the original's clients did.
-#[derive(Deserialize)]
-struct Reply {
-    #[serde(rename = "Error")]
-    error: Option<serde_json::Value>,
-    #[serde(rename = "Info")]
-    info: Option<serde_json::Value>,
-    ciphertext: Option<serde_json::Value>,
-    plaintext: Option<Zeroizing<String>>,
 }
 
 impl EaasKms {
@@ -262,80 +226,18 @@ impl EaasKms {
             }
         };
         let status = response.status();
-        let mut reply = Zeroizing::new(Vec::new());
+        let mut body = Zeroizing::new(Vec::new());
         response
             .take(MAX_REPLY_LEN + 1)
-            .read_to_end(&mut reply)
+            .read_to_end(&mut body)
             .map_err(|e| {
                 KmsError::Unavailable(format!(
-                    "reading the reply of {url} (HTTP {status}) failed: {}",
+                    "reading the reply of {url} (HTTP {}) failed: {}",
+                    reply::status_text(status),
                     chain(&e)
                 ))
             })?;
-        if !status.is_success() {
-            let message = format!(
-                "{url} answered HTTP {}: {}",
-                status_text(status),
-                excerpt(&reply)
-            );
-            return Err(if transient_status(status) {
-                KmsError::Unavailable(message)
-            } else {
-                KmsError::Refused(message)
-            });
-        }
-        if reply.len() as u64 > MAX_REPLY_LEN {
-            return Err(KmsError::Refused(format!(
-                "{url} answered HTTP {} with more than {MAX_REPLY_LEN} bytes",
-                status_text(status)
-            )));
-        }
-        // Quotes the reply unless it may hold key material.
-        let quote = |reply: &[u8]| {
-            if op.secret_reply() {
-                format!("({} bytes, not shown)", reply.len())
-            } else {
-                excerpt(reply)
-            }
-        };
-        let parsed: Reply = serde_json::from_slice(&reply).map_err(|e| {
-            let what = match e.classify() {
-                serde_json::error::Category::Data => "a JSON object of the expected shape",
-                _ => "JSON",
-            };
-            KmsError::Refused(format!(
-                "{url} answered HTTP {} with a body that is not {what}: {}",
-                status_text(status),
-                quote(&reply)
-            ))
-        })?;
-        if let Some(error) = &parsed.error {
-            return Err(KmsError::Refused(format!(
-                "{url} answered HTTP {} with an error: {}",
-                status_text(status),
-                excerpt(json_text(error).as_bytes())
-            )));
-        }
-        let missing = |field: &str| {
-            KmsError::Refused(format!(
-                "{url} answered HTTP {} without a {field:?} field: {}",
-                status_text(status),
-                quote(&reply)
-            ))
-        };
-        let present = match op {
-            Op::Generate => parsed.info.is_some(),
-            Op::Encrypt => parsed.ciphertext.is_some(),
-            Op::Decrypt => parsed.plaintext.is_some(),
-        };
-        if !present {
-            return Err(missing(match op {
-                Op::Generate => "Info",
-                Op::Encrypt => "ciphertext",
-                Op::Decrypt => "plaintext",
-            }));
-        }
-        Ok(parsed)
+        reply::parse(op, &url, status.as_u16(), &body)
     }
 
     fn transport_error(&self, url: &str, attempts: usize, e: &reqwest::Error) -> KmsError {
@@ -390,8 +292,7 @@ impl KeyWrapper for EaasKms {
         check_secret(&under.secret_path, &under.secret_version)?;
         let body = Self::body(under, None, None)?;
         let reply = self.call(Op::Generate, &body)?;
-        let info = reply.info.as_ref().map(json_text).unwrap_or_default();
-        tracing::info!(url = %self.base, master = %under, info = %excerpt(info.as_bytes()), "key service master key ready");
+        tracing::info!(url = %self.base, master = %under, info = %reply.info(), "key service master key ready");
         self.ensured
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -411,22 +312,8 @@ impl KeyWrapper for EaasKms {
         }
         let plaintext = Zeroizing::new(hex::encode(key));
         let body = Self::body(under, Some(&plaintext), None)?;
-        let reply = self.call(Op::Encrypt, &body)?;
-        let bad = |why: &str| {
-            KmsError::Refused(format!(
-                "{}{} answered with an unusable ciphertext: {why}",
-                self.base,
-                Op::Encrypt.path()
-            ))
-        };
-        let Some(serde_json::Value::String(hex_text)) = &reply.ciphertext else {
-            return Err(bad("not a string"));
-        };
-        let wrapped = hex::decode(hex_text).map_err(|_| bad("not hex"))?;
-        if wrapped.is_empty() || wrapped.len() > MAX_WRAPPED_LEN {
-            return Err(bad(&format!("{} bytes", wrapped.len())));
-        }
-        Ok(wrapped)
+        self.call(Op::Encrypt, &body)?
+            .wrapped_key(&format!("{}{}", self.base, Op::Encrypt.path()))
     }
 
     fn unwrap(
@@ -437,20 +324,8 @@ impl KeyWrapper for EaasKms {
         check_secret(&under.secret_path, &under.secret_version)?;
         let ciphertext = hex::encode(wrapped);
         let body = Self::body(under, None, Some(&ciphertext))?;
-        let reply = self.call(Op::Decrypt, &body)?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        // `call` checked that the field is present.
-        let plaintext = reply.plaintext.as_deref().map_or("", String::as_str);
-        if plaintext.len() != 64 || hex::decode_to_slice(plaintext, &mut key[..]).is_err() {
-            return Err(KmsError::Refused(format!(
-                "{}{} answered with a plaintext that is not a data key \
-                 (want 64 hex characters, got {} characters; not shown)",
-                self.base,
-                Op::Decrypt.path(),
-                plaintext.chars().count()
-            )));
-        }
-        Ok(key)
+        self.call(Op::Decrypt, &body)?
+            .data_key(&format!("{}{}", self.base, Op::Decrypt.path()))
     }
 }
 
@@ -578,34 +453,6 @@ fn tls_config(https: bool, ca_file: Option<&Path>) -> Result<rustls::ClientConfi
             .with_no_client_auth(),
     };
     Ok(config)
-}
-
-/// Statuses that say "try again later" rather than "no".
-fn transient_status(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::REQUEST_TIMEOUT
-            | StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT
-    )
-}
-
-/// `500 Internal Server Error`
-fn status_text(status: StatusCode) -> String {
-    match status.canonical_reason() {
-        Some(reason) => format!("{} {reason}", status.as_u16()),
-        None => status.as_u16().to_string(),
-    }
-}
-
-/// A JSON value as text: a string without its quotes, anything else as JSON.
-fn json_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// At most [`EXCERPT_CHARS`] characters of `body`, as text, with control
