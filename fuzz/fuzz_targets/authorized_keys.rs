@@ -32,8 +32,15 @@ fuzz_target!(|data: &[u8]| {
     for (line, e) in &errors {
         assert!(*line >= 1);
         let message = e.to_string();
-        assert!(message.len() <= MAX_MESSAGE, "{} bytes: {message}", message.len());
-        assert!(!message.contains(['\n', '\r']), "multi-line message: {message:?}");
+        assert!(
+            message.len() <= MAX_MESSAGE,
+            "{} bytes: {message}",
+            message.len()
+        );
+        assert!(
+            !message.contains(['\n', '\r']),
+            "multi-line message: {message:?}"
+        );
     }
     // An address and a time from the input's first bytes.
     let ip = match data.first_chunk::<16>() {

@@ -39,7 +39,8 @@ fuzz_target!(|data: &[u8]| {
             match r.wrapped_key(URL) {
                 Ok(wrapped) => {
                     assert!(!wrapped.is_empty() && wrapped.len() <= 8 * 1024);
-                    let json: serde_json::Value = serde_json::from_slice(body).expect("parsed before");
+                    let json: serde_json::Value =
+                        serde_json::from_slice(body).expect("parsed before");
                     let hex_text = json["ciphertext"].as_str().expect("a string");
                     assert_eq!(hex::decode(hex_text).expect("hex"), wrapped);
                 }

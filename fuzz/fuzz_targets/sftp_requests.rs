@@ -88,7 +88,16 @@ async fn session(store: Arc<UserStore>, user: UserName, requests: &[Vec<u8>]) ->
     let (client, server_side) = tokio::io::duplex(1 << 16);
     let server = tokio::spawn(async move {
         // Dropping the returned stream closes the client's read side.
-        drop(serve(server_side, tokio::io::sink(), store, user, SftpConfig::default()).await);
+        drop(
+            serve(
+                server_side,
+                tokio::io::sink(),
+                store,
+                user,
+                SftpConfig::default(),
+            )
+            .await,
+        );
     });
     let (mut rx, mut tx) = tokio::io::split(client);
     // Read concurrently: the server stops reading when its replies back up.
@@ -99,7 +108,9 @@ async fn session(store: Arc<UserStore>, user: UserName, requests: &[Vec<u8>]) ->
     });
     for body in requests {
         let len = u32::try_from(body.len()).expect("frame fits in u32");
-        tx.write_all(&len.to_be_bytes()).await.expect("writing a request");
+        tx.write_all(&len.to_be_bytes())
+            .await
+            .expect("writing a request");
         tx.write_all(body).await.expect("writing a request");
     }
     tx.shutdown().await.expect("closing the client side");
@@ -116,7 +127,10 @@ fn split_replies(mut all: &[u8]) -> Vec<Vec<u8>> {
             .split_first_chunk::<4>()
             .expect("a reply's length is cut short");
         let len = u32::from_be_bytes(*len) as usize;
-        assert!(len > 0 && len <= rest.len(), "reply length {len} past the end");
+        assert!(
+            len > 0 && len <= rest.len(),
+            "reply length {len} past the end"
+        );
         out.push(rest[..len].to_vec());
         all = &rest[len..];
     }
@@ -124,11 +138,7 @@ fn split_replies(mut all: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn check_replies(requests: &[Vec<u8>], replies: &[Vec<u8>]) {
-    assert_eq!(
-        replies.len(),
-        requests.len(),
-        "one reply per request"
-    );
+    assert_eq!(replies.len(), requests.len(), "one reply per request");
     // The id the server can read from a request: bytes 1-4, else 0; 0 also
     // for server-to-client packet types sent by the client, which carry
     // no request id.
@@ -169,7 +179,11 @@ fn check_outside(tmp: &Path, outside: &Path) {
         .map(|e| e.expect("temp dir entry").file_name())
         .collect();
     names.sort();
-    assert_eq!(names, ["outside", "u"], "something was created beside the root");
+    assert_eq!(
+        names,
+        ["outside", "u"],
+        "something was created beside the root"
+    );
     let decoy: Vec<_> = std::fs::read_dir(outside)
         .expect("listing the decoy dir")
         .map(|e| e.expect("decoy entry").file_name())

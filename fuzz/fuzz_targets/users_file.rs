@@ -21,8 +21,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(file) => {
             let mut names = HashSet::new();
             for user in file.users() {
-                assert!(names.insert(user.name().as_str().to_owned()), "duplicate user");
-                let found = file.get(user.name().as_str()).expect("get finds a listed user");
+                assert!(
+                    names.insert(user.name().as_str().to_owned()),
+                    "duplicate user"
+                );
+                let found = file
+                    .get(user.name().as_str())
+                    .expect("get finds a listed user");
                 assert_eq!(found.name(), user.name());
                 assert_eq!(user.keys().len(), user.key_lines().len());
             }

@@ -46,6 +46,21 @@ enum Matcher {
 #[error("{0}")]
 pub(crate) struct PatternError(String);
 
+/// Longest pattern or list quoted in an error, in characters: a line of
+/// garbage must not make a garbage-sized message in the log or in
+/// `dropzone user` output.
+const MAX_QUOTED: usize = 64;
+
+/// `text` quoted for an error message, cut to [`MAX_QUOTED`] characters.
+fn quoted(text: &str) -> String {
+    if text.chars().count() <= MAX_QUOTED {
+        format!("{text:?}")
+    } else {
+        let short: String = text.chars().take(MAX_QUOTED).collect();
+        format!("{short:?}...")
+    }
+}
+
 impl AddressPatterns {
     /// Parses a comma-separated pattern list (the already dequoted value of
     /// `from=`).
@@ -58,7 +73,10 @@ impl AddressPatterns {
                 None => (false, item),
             };
             if pattern.is_empty() {
-                return Err(PatternError(format!("empty pattern in list {list:?}")));
+                return Err(PatternError(format!(
+                    "empty pattern in list {}",
+                    quoted(list)
+                )));
             }
             entries.push(Entry {
                 negated,
@@ -122,8 +140,9 @@ impl Matcher {
             .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'*' | b'?'));
         if !address_like {
             return Err(PatternError(format!(
-                "from= pattern {pattern:?} is not an address, CIDR block or address wildcard \
-                 (Dropzone matches client addresses, not host names)"
+                "from= pattern {} is not an address, CIDR block or address wildcard \
+                 (Dropzone matches client addresses, not host names)",
+                quoted(pattern)
             )));
         }
         Ok(Matcher::Wildcard(pattern.to_ascii_lowercase()))
@@ -143,7 +162,7 @@ impl Matcher {
     }
 
     fn cidr(pattern: &str, addr: &str, bits: &str) -> Result<Self, PatternError> {
-        let bad = |why: &str| PatternError(format!("from= CIDR block {pattern:?}: {why}"));
+        let bad = |why: &str| PatternError(format!("from= CIDR block {}: {why}", quoted(pattern)));
         let prefix: u32 = if !bits.is_empty() && bits.bytes().all(|b| b.is_ascii_digit()) {
             bits.parse().map_err(|_| bad("bad prefix length"))?
         } else {
@@ -231,6 +250,22 @@ mod tests {
         AddressPatterns::parse(list)
             .unwrap()
             .allows(ip.parse().unwrap())
+    }
+
+    /// Found by the `authorized_keys` fuzz target: a CIDR block of 600
+    /// characters was quoted whole.
+    #[test]
+    fn long_patterns_are_cut_in_messages() {
+        let long = format!("fe80::{}/10", "\u{fffd}".repeat(600));
+        for list in [
+            long.clone(),
+            format!("{}.example", "h".repeat(600)),
+            format!("{},,", "1.2.3.4,".repeat(100)),
+        ] {
+            let e = AddressPatterns::parse(&list).unwrap_err().to_string();
+            assert!(e.chars().count() < 200, "{} characters: {e}", e.len());
+            assert!(e.contains("..."), "{e}");
+        }
     }
 
     #[test]
