@@ -34,6 +34,8 @@ const NO_OP_OPTIONS: &[&str] = &[
 /// Longest option name echoed back in an error, so a garbage line does not
 /// produce a garbage-sized message.
 const MAX_ECHO: usize = 64;
+/// Longest key decoder message repeated in an error, in characters.
+const MAX_REASON: usize = 160;
 
 /// One parsed `authorized_keys` entry.
 #[derive(Clone, Debug)]
@@ -125,7 +127,7 @@ impl AuthorizedKey {
         let mut key = PublicKey::from_openssh(&format!("{key_type} {data}")).map_err(|e| {
             KeyLineError::BadKey {
                 key_type: key_type.to_owned(),
-                reason: e.to_string(),
+                reason: one_line(&e.to_string()),
             }
         })?;
         let comment = comment.trim_end().to_owned();
@@ -344,6 +346,21 @@ fn echo(text: &str) -> String {
         short.push_str("...");
         short
     }
+}
+
+/// A decoder's message made safe to log: it may quote bytes decoded from
+/// the base64 data (control characters included), so those become `?` and
+/// the text is cut to [`MAX_REASON`] characters.
+fn one_line(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_REASON)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(MAX_REASON).is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Parses `YYYYMMDD[HHMM[SS]]` as UTC (a trailing `Z` is accepted too).
@@ -628,6 +645,19 @@ mod tests {
         ));
         assert_eq!(err("ssh-ed25519"), KeyLineError::MissingKey);
         assert_eq!(err(&format!("{KEY} a\0b")), KeyLineError::ControlCharacter);
+    }
+
+    /// Found by the `authorized_keys` fuzz target: the key decoder's
+    /// message quoted a decoded label holding a carriage return.
+    #[test]
+    fn decoder_messages_are_single_short_lines() {
+        let line = "ssh-rsa AAAAB3NzTw15aC1yc2EAAAADAQABAAAAgQDET/KzIFj1cKZfbr4jlbIQ7aiphGzsVQbhPkWRrFhOKJ6rtkTw15hoh8vK5TLDETHtP/gzbVsJYd/wBFqzM0FvIhmtuTm0fQM6a9i6q8GU8e4VCC8N56Vg8RlhB5z6tq+SGhIcy9GAYxdmxayFIXGJa3Ebzne/PUUcvoSWOkAyIw== seed@host";
+        let message = err(line).to_string();
+        assert!(message.starts_with("invalid ssh-rsa key data"), "{message}");
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        let long = format!("x{}", "\u{7}".repeat(500));
+        assert_eq!(one_line(&long).chars().count(), MAX_REASON + 3);
+        assert!(!one_line(&long).chars().any(char::is_control));
     }
 
     #[test]
