@@ -19,6 +19,12 @@ use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
 use dropzone::store::{OpenOptions, UserStore};
 use dropzone::username::UserName;
 
+/// The server's allocator. glibc's malloc kept 200-300 MiB in per-thread
+/// arenas after a burst of parallel sessions and never returned it;
+/// mimalloc hands freed pages back to the system (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration error, as documented for operators.
 const EXIT_CONFIG: u8 = 2;
 
@@ -240,6 +246,9 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let wrapper = key_wrapper(config)?;
     let keys = user_keys_with(config, wrapper.clone())?;
     prepare_master_key(wrapper.as_ref());
+    // The store's crypto workers poll briefly for work by default; in the
+    // server that time is better left to the transport and other sessions.
+    dropzone::store::set_crypto_polling(std::time::Duration::ZERO);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
