@@ -131,7 +131,7 @@ impl Decryptor {
     /// content: all of them, except in the final piece, whose last block
     /// loses its trailing NULs.
     pub fn decrypt_piece(&mut self, piece: &mut [u8]) -> Result<usize, LegacyFormatError> {
-        if piece.len() % BLOCK != 0 {
+        if !piece.len().is_multiple_of(BLOCK) {
             return Err(LegacyFormatError::Misuse(
                 "a piece that is not whole blocks",
             ));
@@ -185,7 +185,7 @@ mod tests {
         full_block_when_aligned: bool,
     ) -> Vec<u8> {
         let mut padded = content.to_vec();
-        let pad = if content.len() % BLOCK == 0 && full_block_when_aligned {
+        let pad = if content.len().is_multiple_of(BLOCK) && full_block_when_aligned {
             BLOCK
         } else {
             (BLOCK - content.len() % BLOCK) % BLOCK

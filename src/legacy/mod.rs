@@ -6,7 +6,7 @@
 //! AES-256-CBC of the zero-padded content; no MAC), plus plaintext files
 //! left by sessions that were open or crashed.
 //!
-//! - [`format`]: the legacy file format, pure functions on bytes.
+//! - [`format`](mod@format): the legacy file format, pure functions on bytes.
 //! - [`source`]: reading the legacy tree (key files, file contents).
 //! - [`walk`]: one home directory turned into a plan (names, collisions).
 //! - [`import`](mod@import): the walk that writes through [`crate::store`]

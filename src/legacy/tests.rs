@@ -504,8 +504,21 @@ fn the_destination_path_is_the_legacy_path_without_enc() {
     let key = [0x77; 32];
     fx.add_key("ivy", &key);
     fx.put_enc("ivy", "a dir.enc/my file.tar.gz", &key, b"tgz");
+    // The modification time is carried over.
+    let src = fx.homes().join("ivy/a dir.enc/my file.tar.gz.enc");
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        .unwrap();
     fx.run(&fx.options(false));
     assert_eq!(read(&fx.store("ivy"), "/a dir.enc/my file.tar.gz"), b"tgz");
+    let dest = crate::jail::resolve("/a dir.enc/my file.tar.gz").unwrap();
+    assert_eq!(
+        fx.store("ivy").stat(&dest, false).unwrap().mtime,
+        1_000_000_000
+    );
     let p = ObjectPath::from_components(["a dir.enc"]).unwrap();
     assert!(fx.store("ivy").stat(&p, false).is_ok());
 }
