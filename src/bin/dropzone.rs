@@ -85,7 +85,7 @@ enum Command {
         /// The original's home directories (one NAME/ per user).
         #[arg(long, value_name = "DIR")]
         homes: PathBuf,
-        /// Report what would be done and check every source file, writing
+        /// Report what would be done, checking every key and file length, writing
         /// nothing (no key, no directory, no file).
         #[arg(long)]
         dry_run: bool,
