@@ -72,12 +72,13 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Import the original (Python) Dropzone: unwrap each user's key through
-    /// the configured key service (EaaS), re-encrypt every file into
-    /// data_dir/NAME/ and create the user's Dropzone key. Idempotent; the
-    /// source is never modified. Progress on standard error, a summary on
-    /// standard output; exit 1 if anything was not imported. See
-    /// docs/MIGRATION.md.
+    /// Import the original (Python) Dropzone's users and files.
+    ///
+    /// Unwraps each user's key through the configured key service (EaaS),
+    /// re-encrypts every file into data_dir/NAME/ and creates the user's
+    /// Dropzone key. Idempotent; the source is never modified. Progress on
+    /// standard error, a summary on standard output; exit 1 if anything was
+    /// not imported. See docs/MIGRATION.md.
     ImportLegacy {
         /// The original's key directory (files .<sha224 of the user>.secret).
         #[arg(long, value_name = "DIR")]
