@@ -522,3 +522,21 @@ fn the_destination_path_is_the_legacy_path_without_enc() {
     let p = ObjectPath::from_components(["a dir.enc"]).unwrap();
     assert!(fx.store("ivy").stat(&p, false).is_ok());
 }
+
+#[test]
+fn a_plaintext_copy_equal_to_its_enc_is_reported_as_the_same() {
+    let fx = Fixture::new();
+    let key = [0x88; 32];
+    fx.add_key("jo", &key);
+    fx.put_enc("jo", "same", &key, b"unchanged during the session");
+    fx.put("jo", "same", b"unchanged during the session");
+    let (sum, events) = fx.run(&fx.options(false));
+    assert!(!sum.failed(), "{sum}");
+    assert_eq!(sum.plaintext.len(), 1, "{sum}");
+    let same = events.iter().find_map(|e| match e {
+        Event::Superseded { same, .. } => Some(same.clone()),
+        _ => None,
+    });
+    assert_eq!(same, Some(Ok(true)));
+    assert!(sum.superseded[0].contains("same content"), "{sum}");
+}
