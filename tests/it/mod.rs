@@ -9,6 +9,7 @@ mod eaas_client;
 mod eaas_pkcs11;
 mod eaas_service;
 mod healthcheck;
+mod import_legacy;
 mod jail;
 #[cfg(feature = "pam")]
 mod pam;
