@@ -403,3 +403,7 @@ impl Drop for Slot<'_> {
         self.0.freed.notify_one();
     }
 }
+
+#[cfg(test)]
+#[path = "scanner_tests.rs"]
+mod tests;
