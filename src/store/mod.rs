@@ -29,6 +29,8 @@ pub mod upload;
 mod format_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upload_tests;
 
 use std::collections::HashMap;
 use std::io;
