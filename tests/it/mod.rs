@@ -13,6 +13,7 @@ mod jail;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+mod scan;
 mod scp;
 mod sftp;
 mod tamper;
