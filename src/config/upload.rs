@@ -103,7 +103,9 @@ impl RawUpload {
         };
         let notify_retries = match self.notify_retries {
             Some(n) if n > MAX_RETRIES => {
-                return Err(format!("upload.notify_retries must be at most {MAX_RETRIES}"));
+                return Err(format!(
+                    "upload.notify_retries must be at most {MAX_RETRIES}"
+                ));
             }
             Some(n) => n,
             None => d.notify_retries,
@@ -163,11 +165,20 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.scan_command.as_deref(),
-            Some(&["/usr/bin/clamdscan".to_owned(), "--no-summary".into(), "-".into()][..])
+            Some(
+                &[
+                    "/usr/bin/clamdscan".to_owned(),
+                    "--no-summary".into(),
+                    "-".into()
+                ][..]
+            )
         );
         assert_eq!(c.scan_timeout, Duration::from_secs(30));
         assert_eq!(c.max_concurrent_scans, 2);
-        assert_eq!(c.notify_url.as_deref(), Some("https://hooks.example:8443/dz"));
+        assert_eq!(
+            c.notify_url.as_deref(),
+            Some("https://hooks.example:8443/dz")
+        );
         assert_eq!(c.notify_queue, 10);
         assert_eq!(c.notify_timeout, Duration::from_secs(2));
         assert_eq!(c.notify_retries, 0);

@@ -144,7 +144,10 @@ fn a_clean_upload_is_checked_whole_then_committed_and_announced() {
     assert_eq!(seen[0].0, "/clean.bin");
     assert_eq!(seen[0].1, data.len() as u64);
     assert_eq!(seen[0].2, data);
-    assert_eq!(gate.committed(), vec![("/clean.bin".into(), data.len() as u64)]);
+    assert_eq!(
+        gate.committed(),
+        vec![("/clean.bin".into(), data.len() as u64)]
+    );
 }
 
 #[test]
@@ -182,7 +185,11 @@ fn in_place_writes_go_through_a_checked_copy() {
     // A clean in-place write: invisible until close, then stored whole.
     let f = s.open(&p("big"), IN_PLACE).unwrap();
     f.write_at(70_000, b"hello").unwrap();
-    assert_eq!(get(&s, "big"), original, "the live file changed before close");
+    assert_eq!(
+        get(&s, "big"),
+        original,
+        "the live file changed before close"
+    );
     f.close().unwrap();
     let mut want = original.clone();
     want[70_000..70_005].copy_from_slice(b"hello");
@@ -265,8 +272,5 @@ fn without_checks_writes_stay_in_place_and_are_announced() {
     f.close().unwrap();
     assert_eq!(ino(), before, "written in place");
     assert!(gate.seen().is_empty());
-    assert_eq!(
-        gate.committed(),
-        vec![("/f".into(), 18), ("/f".into(), 18)]
-    );
+    assert_eq!(gate.committed(), vec![("/f".into(), 18), ("/f".into(), 18)]);
 }

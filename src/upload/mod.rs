@@ -171,3 +171,30 @@ impl UploadGate for SessionGate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_scan_program_is_a_config_error() {
+        let e = check_program("/nonexistent/dropzone-scan").unwrap_err();
+        assert!(
+            e.contains("upload.scan_command") && e.contains("not found"),
+            "{e}"
+        );
+        let e = check_program("dropzone-no-such-scanner").unwrap_err();
+        assert!(e.contains("in PATH"), "{e}");
+        check_program("/bin/sh").unwrap();
+        check_program("sh").unwrap();
+    }
+
+    #[test]
+    fn nothing_configured_builds_nothing() {
+        assert!(
+            Uploads::from_config(&UploadConfig::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+}

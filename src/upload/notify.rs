@@ -119,7 +119,10 @@ impl Notifier {
             }
             Err(TrySendError::Disconnected(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                warn!(dropped_total = n, "upload notification thread gone; event dropped");
+                warn!(
+                    dropped_total = n,
+                    "upload notification thread gone; event dropped"
+                );
             }
         }
     }
@@ -218,5 +221,10 @@ fn http_client(settings: &NotifySettings) -> Result<Client, String> {
         .timeout(settings.timeout)
         .user_agent(concat!("dropzone/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("upload.notify_url: cannot build the HTTP client: {}", error_chain(&e)))
+        .map_err(|e| {
+            format!(
+                "upload.notify_url: cannot build the HTTP client: {}",
+                error_chain(&e)
+            )
+        })
 }

@@ -138,7 +138,11 @@ impl std::fmt::Display for Refusal {
                 message.as_deref().unwrap_or("(no message)")
             ),
             Refusal::TimedOut { after } => {
-                write!(f, "scanner still running after {} s; killed", after.as_secs())
+                write!(
+                    f,
+                    "scanner still running after {} s; killed",
+                    after.as_secs()
+                )
             }
             Refusal::Unavailable(e) => write!(f, "scanner could not be started: {e}"),
             Refusal::Failed(e) => write!(f, "scanning failed: {e}"),
@@ -302,9 +306,7 @@ fn feed(stdin: ChildStdin, content: &mut dyn Read, deadline: Instant) -> io::Res
                 Ok(written) => rest = &rest[written..],
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_writable(&stdin, deadline)?
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_writable(&stdin, deadline)?,
                 Err(e) => return Err(e),
             }
         }

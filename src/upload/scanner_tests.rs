@@ -24,7 +24,10 @@ fn req(size: u64) -> ScanRequest<'static> {
 }
 
 fn scan(scanner: &Scanner, content: &[u8]) -> Verdict {
-    scanner.scan(req(content.len() as u64), &mut Cursor::new(content.to_vec()))
+    scanner.scan(
+        req(content.len() as u64),
+        &mut Cursor::new(content.to_vec()),
+    )
 }
 
 /// Bytes that are not all alike, so that a lost or reordered block changes
@@ -207,11 +210,7 @@ fn concurrent_scans_are_limited() {
         "mkdir {0} 2>/dev/null || exit 9; cat >/dev/null; sleep 0.2; rmdir {0}",
         lock.display()
     );
-    let s = Scanner::new(
-        vec!["/bin/sh".into(), "-c".into(), script],
-        LONG,
-        1,
-    );
+    let s = Scanner::new(vec!["/bin/sh".into(), "-c".into(), script], LONG, 1);
     std::thread::scope(|scope| {
         let runs: Vec<_> = (0..4).map(|_| scope.spawn(|| scan(&s, b"x"))).collect();
         for r in runs {
@@ -225,7 +224,10 @@ fn concurrent_scans_are_limited() {
 fn first_line_is_bounded_and_printable() {
     assert_eq!(first_line(b""), None);
     assert_eq!(first_line(b"\n  \n"), None);
-    assert_eq!(first_line(b"\n virus \x1b[31m\nmore"), Some("virus ?[31m".into()));
+    assert_eq!(
+        first_line(b"\n virus \x1b[31m\nmore"),
+        Some("virus ?[31m".into())
+    );
     let long = "x".repeat(1000);
     let got = first_line(long.as_bytes()).unwrap();
     assert_eq!(got.chars().count(), MAX_REASON_CHARS + 3);

@@ -174,7 +174,12 @@ fn scp_rejects_eicar(mode: &str) {
     std::fs::write(srv.local_path("eicar.com"), EICAR).unwrap();
     std::fs::write(srv.local_path("ok.txt"), b"nothing to see here\n").unwrap();
 
-    let mut cmd = srv.scp("alice", &[mode], "eicar.com", srv.remote("alice", "eicar.com"));
+    let mut cmd = srv.scp(
+        "alice",
+        &[mode],
+        "eicar.com",
+        srv.remote("alice", "eicar.com"),
+    );
     let out = srv.run_fail(&mut cmd);
     srv.check(
         stderr(&out).contains(FOUND),
@@ -186,14 +191,24 @@ fn scp_rejects_eicar(mode: &str) {
 
     let mut cmd = srv.scp("alice", &[mode], "ok.txt", srv.remote("alice", "ok.txt"));
     srv.run(&mut cmd);
-    let mut cmd = srv.scp("alice", &[mode], srv.remote("alice", "ok.txt"), "ok-back.txt");
+    let mut cmd = srv.scp(
+        "alice",
+        &[mode],
+        srv.remote("alice", "ok.txt"),
+        "ok-back.txt",
+    );
     srv.run(&mut cmd);
     assert_same_file(&srv.local_path("ok.txt"), &srv.local_path("ok-back.txt"));
 
     // Over an existing file: rejected, the old content stays.
     let mut cmd = srv.scp("alice", &[mode], "eicar.com", srv.remote("alice", "ok.txt"));
     srv.run_fail(&mut cmd);
-    let mut cmd = srv.scp("alice", &[mode], srv.remote("alice", "ok.txt"), "ok-again.txt");
+    let mut cmd = srv.scp(
+        "alice",
+        &[mode],
+        srv.remote("alice", "ok.txt"),
+        "ok-again.txt",
+    );
     srv.run(&mut cmd);
     assert_same_file(&srv.local_path("ok.txt"), &srv.local_path("ok-again.txt"));
     assert!(leftovers(&srv.data("alice")).is_empty());
@@ -229,7 +244,11 @@ fn a_multi_mib_upload_reaches_the_scanner_whole() {
 fn a_scanner_timeout_rejects_and_the_server_goes_on() {
     let scanner = ScannerDir::new();
     let srv = scanning_server(&scanner, 2, "");
-    std::fs::write(srv.local_path("hang.txt"), b"the scanner hangs on this name").unwrap();
+    std::fs::write(
+        srv.local_path("hang.txt"),
+        b"the scanner hangs on this name",
+    )
+    .unwrap();
     std::fs::write(srv.local_path("fine.txt"), b"fine").unwrap();
     let started = Instant::now();
     let mut cmd = srv.sftp("alice", "put hang.txt\n");
