@@ -294,6 +294,10 @@ fn feed(stdin: ChildStdin, content: &mut dyn Read, deadline: Instant) -> io::Res
     let mut stdin = stdin;
     let mut buf = vec![0u8; FEED_BLOCK];
     loop {
+        // The timeout bounds the whole scan, streaming included.
+        if Instant::now() >= deadline {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         let n = match content.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
