@@ -159,6 +159,19 @@ fn sftp_eicar_is_rejected_with_the_scanners_message_and_clean_files_pass() {
         clean,
         "a rejected resume changed the stored file"
     );
+    // A clean resume goes through the checked copy and is stored.
+    let mut clean_longer = clean.clone();
+    clean_longer.extend_from_slice(b"a clean tail");
+    std::fs::write(srv.local_path("clean-longer.bin"), &clean_longer).unwrap();
+    let mut cmd = srv.sftp(
+        "alice",
+        "reput clean-longer.bin clean.bin\nget clean.bin resumed.bin\n",
+    );
+    srv.run(&mut cmd);
+    assert_eq!(
+        std::fs::read(srv.local_path("resumed.bin")).unwrap(),
+        clean_longer
+    );
 
     assert!(leftovers(&srv.data("alice")).is_empty());
     let log = srv.log();
@@ -243,7 +256,7 @@ fn a_multi_mib_upload_reaches_the_scanner_whole() {
 #[test]
 fn a_scanner_timeout_rejects_and_the_server_goes_on() {
     let scanner = ScannerDir::new();
-    let srv = scanning_server(&scanner, 2, "");
+    let srv = scanning_server(&scanner, 5, "");
     std::fs::write(
         srv.local_path("hang.txt"),
         b"the scanner hangs on this name",
