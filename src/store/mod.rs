@@ -13,7 +13,7 @@
 //!
 //! Upload checks: with an [`UploadGate`] that checks uploads, a staged file
 //! is committed only once the gate accepted its plaintext, and every write
-//! to an existing file goes through a staged copy of its ciphertext
+//! to an existing file goes through a staged, re-encrypted copy
 //! (copy-on-open), so nothing unchecked replaces a stored version.
 //!
 //! Every call here blocks (file I/O and crypto); async callers run them on a
@@ -233,10 +233,12 @@ impl UserStore {
         })
     }
 
-    /// Opens a staged copy of the existing file at `path` for writing: its
-    /// ciphertext is copied as is (same file id, so its MACs stay valid),
-    /// and the copy replaces the file at close if it was changed and the
-    /// gate accepts it. No plaintext is written anywhere.
+    /// Opens a staged copy of the existing file at `path` for writing; the
+    /// copy replaces the file at close if it was changed and the gate
+    /// accepts it. The copy is re-encrypted chunk by chunk under a new file
+    /// id (plaintext only in memory, every chunk authenticated on the way),
+    /// so the old and new versions never share keys and chunks of one
+    /// cannot pass for the other's.
     fn open_copy(
         &self,
         path: &ObjectPath,
@@ -244,11 +246,16 @@ impl UserStore {
         mode: u32,
         upload: Option<ClosingUpload>,
     ) -> Result<EncryptedFile, StoreError> {
-        let source = self.storage.open(path, Access::Read)?;
+        let mut source = FileState::open(
+            self.storage.open(path, Access::Read)?,
+            self.key.expose(),
+            false,
+        )?;
         let s = self.storage.stage(path)?;
-        let copied = copy_blob(&*source, &*s.blob)
-            .map_err(StoreError::from)
-            .and_then(|()| FileState::open(s.blob, self.key.expose(), true));
+        let copied = FileState::create(s.blob, self.key.expose()).and_then(|mut copy| {
+            copy_plaintext(&mut source, &mut copy)?;
+            Ok(copy)
+        });
         let state = match copied {
             Ok(state) => state,
             Err(e) => {
@@ -437,20 +444,17 @@ impl UserStore {
     }
 }
 
-/// Bytes copied per read for a copy-on-open (a few encrypted chunks).
-const COPY_BLOCK: usize = 1 << 20;
-
-/// Copies all stored bytes of `from` into the empty `to`.
-fn copy_blob(from: &dyn Blob, to: &dyn Blob) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BLOCK];
+/// Copies the plaintext of `from` into the new file `to`, one chunk at a
+/// time (sequential, so both sides use their read-ahead and write-behind).
+fn copy_plaintext(from: &mut FileState, to: &mut FileState) -> Result<(), StoreError> {
     let mut offset = 0u64;
     loop {
-        let n = from.read_at(&mut buf, offset)?;
-        if n == 0 {
+        let chunk = from.read_at(offset, format::CHUNK_SIZE)?;
+        if chunk.is_empty() {
             return Ok(());
         }
-        to.write_all_at(&buf[..n], offset)?;
-        offset += n as u64;
+        to.write_at(offset, &chunk)?;
+        offset += chunk.len() as u64;
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tempfile::TempDir;
 
+use super::format;
 use super::storage::{LocalStorage, ObjectPath};
 use super::{OpenOptions, Rejection, StoreError, Upload, UploadGate, UserStore};
 use crate::keys::DataKey;
@@ -182,6 +183,8 @@ fn in_place_writes_go_through_a_checked_copy() {
     let original: Vec<u8> = vec![b'a'; 150_000];
     put(&s, "big", &original).unwrap();
 
+    let header = || std::fs::read(dir.path().join("big")).unwrap()[..format::HEADER_LEN].to_vec();
+    let old_header = header();
     // A clean in-place write: invisible until close, then stored whole.
     let f = s.open(&p("big"), IN_PLACE).unwrap();
     f.write_at(70_000, b"hello").unwrap();
@@ -195,6 +198,8 @@ fn in_place_writes_go_through_a_checked_copy() {
     want[70_000..70_005].copy_from_slice(b"hello");
     assert_eq!(get(&s, "big"), want);
     assert_eq!(gate.seen().last().unwrap().2, want);
+    // The copy was re-encrypted under a new file id.
+    assert_ne!(header(), old_header);
 
     // A rejected one leaves the stored file as it was.
     let f = s.open(&p("big"), IN_PLACE).unwrap();
