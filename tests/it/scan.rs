@@ -251,6 +251,22 @@ fn a_multi_mib_upload_reaches_the_scanner_whole() {
         seen.contains(&want),
         "the scanner saw {seen:?}, expected a line {want:?}"
     );
+
+    // EICAR at the start of a large file: the scanner stops reading at the
+    // match (the server's writes then fail with EPIPE) and its exit status
+    // decides.
+    let mut infected = EICAR.as_bytes().to_vec();
+    infected.extend_from_slice(&data);
+    std::fs::write(srv.local_path("infected.bin"), &infected).unwrap();
+    let mut cmd = srv.sftp("alice", "put infected.bin d/infected.bin\n");
+    let out = srv.run_fail(&mut cmd);
+    srv.check(
+        stderr(&out).contains(FOUND),
+        "the large infected upload is rejected with the scanner's message",
+        &cmd,
+        &out,
+    );
+    assert!(!srv.data("alice").join("d/infected.bin").exists());
 }
 
 #[test]
