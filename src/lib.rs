@@ -16,6 +16,8 @@
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
+//! - [`upload`]: what happens around an upload's commit: the scan command
+//!   that must accept it, and the notification POSTed once it is stored.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
@@ -48,4 +50,5 @@ pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod upload;
 pub mod username;

@@ -336,6 +336,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                 max_handles: config.max_handles,
             },
             system_users,
+            dropzone::upload::Uploads::from_config(&config.upload).map_err(ConfigFailure)?,
         )
         .map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(

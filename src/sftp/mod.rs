@@ -406,6 +406,23 @@ impl Session {
         ));
     }
 
+    /// Tells the user on stderr why an upload was rejected, for the same
+    /// reason as [`Session::integrity_notice`].
+    fn rejection_notice(&self, path: &str, reason: &str) {
+        let _ = self
+            .notices
+            .try_send(format!("dropzone: {path}: upload rejected: {reason}\n"));
+    }
+
+    /// Sends the stderr notice that `e`, an error about `path`, calls for.
+    fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
+        match e {
+            crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
+            crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
+            _ => {}
+        }
+    }
+
     async fn send(&self, packet: Packet) -> bool {
         self.replies.send(Reply::Packet(packet)).await.is_ok()
     }
@@ -535,9 +552,7 @@ impl Session {
         let file = match self.store.open(&path, opts) {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                if matches!(e, crate::store::StoreError::Integrity(_)) {
-                    self.integrity_notice(&client_path);
-                }
+                self.notice_for(&client_path, &e);
                 return Err(e.into());
             }
         };
@@ -578,7 +593,10 @@ impl Session {
             if current.kind != Kind::File {
                 return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
             }
-            self.store.set_size(path, size)?;
+            if let Err(e) = self.store.set_size(path, size) {
+                self.notice_for(&path.to_client_string(), &e);
+                return Err(e.into());
+            }
         }
         if let Some(p) = a.permissions {
             if current.kind == Kind::Symlink {
@@ -658,19 +676,37 @@ fn version_reply() -> Version {
     }
 }
 
-/// Executes one job on an open file (on a blocking thread); the flag tells
-/// whether it failed an integrity check.
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, bool) {
-    let mut integrity_failed = false;
+/// What the user must be told on stderr after a file job.
+pub(super) enum FileNotice {
+    /// The file failed an integrity check.
+    Integrity,
+    /// The upload was rejected at close, for this reason.
+    Rejected(String),
+}
+
+/// Executes one job on an open file (on a blocking thread), with the stderr
+/// notice its failure calls for.
+fn file_job(
+    session: &Session,
+    file: &EncryptedFile,
+    job: FileJob,
+) -> (Reply, Option<FileNotice>) {
+    let mut notice = None;
     let mut fail = |id: u32, e: crate::store::StoreError| {
-        integrity_failed |= matches!(e, crate::store::StoreError::Integrity(_));
+        match &e {
+            crate::store::StoreError::Integrity(_) => notice = Some(FileNotice::Integrity),
+            crate::store::StoreError::Rejected { reason } => {
+                notice = Some(FileNotice::Rejected(reason.clone()))
+            }
+            _ => {}
+        }
         error_reply(id, &e.into())
     };
     let reply = match job {
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
             match wire::data_reply(id, len, |buf| file.read_into(offset, len, buf)) {
-                Ok(Some(packet)) => return (Reply::Encoded(packet, None), false),
+                Ok(Some(packet)) => return (Reply::Encoded(packet, None), None),
                 Ok(None) => status(id, StatusCode::Eof, "End of file"),
                 Err(e) => fail(id, e),
             }
@@ -697,7 +733,7 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, bo
                 .map(|p| p.unwrap_or_else(|| ok(id))),
         ),
     };
-    (Reply::Packet(reply), integrity_failed)
+    (Reply::Packet(reply), notice)
 }
 
 fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {

@@ -14,6 +14,7 @@ mod jail;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+mod scan;
 mod scp;
 mod sftp;
 mod tamper;
