@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
+mod ssh;
+
+pub use limits::{LimitsConfig, PenaltyConfig};
+pub use ssh::SshConfig;
+
 /// Where `dropzone` looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "config/dropzone.toml";
 
@@ -39,7 +45,9 @@ struct RawConfig {
     #[serde(default)]
     sftp: RawSftp,
     #[serde(default)]
-    ssh: RawSsh,
+    ssh: ssh::RawSsh,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,13 +96,6 @@ struct RawSftp {
     max_handles: Option<usize>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    login_grace_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-}
-
 /// Which key service wraps user keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsBackend {
@@ -121,10 +122,10 @@ pub struct Config {
     pub kms: KmsConfig,
     /// Most open handles per SFTP session.
     pub max_handles: usize,
-    /// Time allowed from connection to successful login.
-    pub login_grace: Duration,
-    /// A session with no traffic for this long is closed.
-    pub idle_timeout: Duration,
+    /// `[ssh]`: timeouts and algorithms.
+    pub ssh: SshConfig,
+    /// `[limits]`: connection and session caps, failure penalties.
+    pub limits: LimitsConfig,
 }
 
 /// `[auth]`.
@@ -306,8 +307,8 @@ impl Config {
                 eaas,
             },
             max_handles,
-            login_grace: Duration::from_secs(raw.ssh.login_grace_secs.unwrap_or(120)),
-            idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
+            ssh: raw.ssh.validate()?,
+            limits: raw.limits.validate()?,
         })
     }
 }

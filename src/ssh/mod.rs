@@ -5,20 +5,23 @@
 //! A login succeeds only once the user's data key is unwrapped: if the key
 //! service fails, the login fails closed.
 
+mod admission;
 mod connection;
 pub mod host_keys;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use russh::server::Config as SshConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::auth::{Authenticator, SystemUsers};
+use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
 use crate::sftp::SftpConfig;
 
@@ -35,6 +38,10 @@ pub struct ServerContext {
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
+    /// Connection and session caps.
+    admission: Arc<admission::Admission>,
+    /// Failure penalties per source (`None`: turned off).
+    penalties: Option<Penalties>,
     /// Never read: the server waits at shutdown until the last context, and
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
@@ -57,6 +64,7 @@ impl ServerContext {
         data_dir: PathBuf,
         sftp: SftpConfig,
         system_users: Option<SystemUsers>,
+        limits: LimitsConfig,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -69,6 +77,8 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
+                penalties: limits.penalty.clone().map(Penalties::new),
+                admission: admission::Admission::new(limits),
                 alive,
             }),
             alive_rx,
@@ -101,13 +111,32 @@ fn modified_time(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// The algorithms offered: the configured lists, plus the markers for
+/// strict key exchange (the Terrapin fix) and extension negotiation, which
+/// are always on.
+fn preferred(algorithms: &crate::config::SshConfig) -> russh::Preferred {
+    let mut kex = algorithms.kex.clone();
+    kex.extend([
+        russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+        russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]);
+    russh::Preferred {
+        kex: kex.into(),
+        key: algorithms.host_key_algorithms.clone().into(),
+        cipher: algorithms.ciphers.clone().into(),
+        mac: algorithms.macs.clone().into(),
+        ..russh::Preferred::DEFAULT
+    }
+}
+
 /// The russh configuration for the server.
 pub fn ssh_config(
     host_keys: Vec<russh::keys::PrivateKey>,
     max_auth_attempts: u32,
-    idle_timeout: Duration,
+    ssh: &crate::config::SshConfig,
 ) -> SshConfig {
     SshConfig {
+        preferred: preferred(ssh),
         server_id: russh::SshId::Standard(
             format!("SSH-2.0-Dropzone_{}", env!("CARGO_PKG_VERSION")).into(),
         ),
@@ -121,7 +150,7 @@ pub fn ssh_config(
         auth_rejection_time: Duration::from_secs(1),
         // ...except the very first "none" probe every client sends.
         auth_rejection_time_initial: Some(Duration::from_millis(0)),
-        inactivity_timeout: Some(idle_timeout),
+        inactivity_timeout: Some(ssh.idle_timeout),
         // Large windows and packets let one channel fill a fast link:
         // 4 MiB in flight (twice OpenSSH's 64 x 32 KiB requests), 256 KiB
         // per packet. The window is memory per channel: it bounds what a
@@ -161,8 +190,30 @@ pub async fn run(
                         continue;
                     }
                 };
+                // A banned source is closed before the banner: it learns
+                // nothing and costs no key exchange. One log line per ban.
+                if let Some(penalties) = &ctx.penalties
+                    && let BanCheck::Banned { remaining, first } = penalties.admission(peer.ip(), Instant::now())
+                {
+                    if first {
+                        warn!(%peer, remaining_secs = remaining.as_secs(), "connection refused: source banned after repeated authentication failures");
+                    }
+                    drop(socket);
+                    continue;
+                }
+                let startup = match ctx.admission.startup(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        ctx.admission.log_refusal(refusal, peer);
+                        // Lines before the version string are allowed
+                        // (RFC 4253, 4.2); clients show them when debugging.
+                        let _ = socket.try_write(format!("{}\r\n", refusal.message()).as_bytes());
+                        drop(socket);
+                        continue;
+                    }
+                };
                 let _ = socket.set_nodelay(true);
-                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer);
+                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer, startup);
                 let config = config.clone();
                 let handles = handles.clone();
                 next_id += 1;
