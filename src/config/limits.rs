@@ -79,7 +79,7 @@ impl RawLimits {
             .collect::<Result<Vec<_>, _>>()?;
         let penalty = PenaltyConfig {
             per_failure: secs("penalty_per_failure_secs", self.penalty_per_failure_secs, 5)?,
-            ban_after: secs("penalty_ban_after_secs", self.penalty_ban_after_secs, 15)?,
+            ban_after: secs("penalty_ban_after_secs", self.penalty_ban_after_secs, 30)?,
             max: secs("penalty_max_secs", self.penalty_max_secs, 600)?,
             max_sources: at_least_one("penalty_max_sources", self.penalty_max_sources, 65536)?,
             exempt,
@@ -134,7 +134,7 @@ mod tests {
         );
         let p = c.penalty.unwrap();
         assert_eq!(p.per_failure, Duration::from_secs(5));
-        assert_eq!(p.ban_after, Duration::from_secs(15));
+        assert_eq!(p.ban_after, Duration::from_secs(30));
         assert_eq!(p.max, Duration::from_secs(600));
         assert_eq!(p.max_sources, 65536);
         assert!(p.exempt.is_empty());
