@@ -163,6 +163,99 @@ pub fn ssh_config(
     }
 }
 
+/// The registry of open sessions, to disconnect them at shutdown.
+type Handles = Arc<Mutex<std::collections::HashMap<u64, russh::server::Handle>>>;
+
+/// What [`serve_connection`] needs besides the socket and handler.
+struct ConnectionTask {
+    peer: std::net::SocketAddr,
+    conn_id: u64,
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
+    handles: Handles,
+    login_grace: Duration,
+}
+
+/// Runs one connection to its end. The login grace time runs from the
+/// accept, so it covers the version exchange and key exchange too: a
+/// connection that has not logged in by then is told so if it got that
+/// far, and its socket is shut down in any case, whatever state the SSH
+/// session is in (a client that never sends its version, or stops in the
+/// middle of the key exchange, cannot keep its place).
+async fn serve_connection(
+    config: Arc<SshConfig>,
+    socket: tokio::net::TcpStream,
+    handler: connection::Connection,
+    task: ConnectionTask,
+) {
+    let ConnectionTask {
+        peer,
+        conn_id,
+        logged_in,
+        handles,
+        login_grace,
+    } = task;
+    // A second descriptor of the same socket, to shut it down from outside
+    // the session.
+    let (socket, killer) = match socket.into_std().and_then(|s| {
+        let killer = s.try_clone()?;
+        Ok((tokio::net::TcpStream::from_std(s)?, killer))
+    }) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
+    let grace = {
+        let handles = handles.clone();
+        let logged_in = logged_in.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(login_grace).await;
+            if logged_in.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            info!(%peer, "login grace time exceeded");
+            let handle = handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&conn_id)
+                .cloned();
+            if let Some(handle) = handle {
+                // Polite first; a session stuck in key exchange may never
+                // send it, hence the bound.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    handle.disconnect(
+                        russh::Disconnect::ByApplication,
+                        "login grace time exceeded".into(),
+                        "en".into(),
+                    ),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let _ = killer.shutdown(std::net::Shutdown::Both);
+        })
+    };
+    match russh::server::run_stream(config, socket, handler).await {
+        Ok(running) => {
+            handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conn_id, running.handle());
+            if let Err(e) = running.await {
+                tracing::debug!(%peer, error = %e, "session ended with an error");
+            }
+            handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&conn_id);
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+    }
+    grace.abort();
+}
+
 /// Accepts connections on `listener` until `shutdown` completes, then
 /// disconnects every session and waits (up to a grace period) for their
 /// open files to be flushed or discarded.
@@ -175,7 +268,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut sessions = tokio::task::JoinSet::new();
-    let handles: Arc<Mutex<std::collections::HashMap<u64, russh::server::Handle>>> = Arc::default();
+    let handles: Handles = Arc::default();
     let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -218,34 +311,12 @@ pub async fn run(
                 let handles = handles.clone();
                 next_id += 1;
                 let conn_id = next_id;
-                sessions.spawn(async move {
-                    let running = match russh::server::run_stream(config, socket, handler).await {
-                        Ok(running) => running,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "SSH handshake failed");
-                            return;
-                        }
-                    };
-                    let handle = running.handle();
-                    handles.lock().unwrap_or_else(|p| p.into_inner()).insert(conn_id, handle.clone());
-                    // Login grace: a connection that has not logged in by
-                    // then is dropped, so idle unauthenticated sockets
-                    // cannot pile up.
-                    let grace = tokio::spawn(async move {
-                        tokio::time::sleep(login_grace).await;
-                        if !logged_in.load(std::sync::atomic::Ordering::Acquire) {
-                            info!(%peer, "login grace time exceeded");
-                            let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "login grace time exceeded".into(), "en".into())
-                                .await;
-                        }
-                    });
-                    if let Err(e) = running.await {
-                        tracing::debug!(%peer, error = %e, "session ended with an error");
-                    }
-                    grace.abort();
-                    handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn_id);
-                });
+                sessions.spawn(serve_connection(
+                    config,
+                    socket,
+                    handler,
+                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace },
+                ));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }

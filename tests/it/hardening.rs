@@ -467,29 +467,47 @@ fn sessions_are_capped_per_user_and_overall_with_a_clear_message() {
     }
 }
 
+/// Reads until the server closes `s`; false if it is still open after
+/// [`PATIENCE`].
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 #[test]
 fn login_grace_closes_a_connection_that_does_not_log_in() {
-    let srv = start("[ssh]\nlogin_grace_secs = 2\n");
-    let mut s = connect_from("127.0.0.1", srv.port);
-    assert!(is_banner(&first_line(&mut s)));
-    s.write_all(b"SSH-2.0-stalled_test_client\r\n").unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    // The server's key exchange init, then nothing until it closes.
-    let started = Instant::now();
-    let mut buf = [0u8; 4096];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
+    let srv = start("[ssh]\nlogin_grace_secs = 5\n");
+    // One client stops after the version exchange (the server's key
+    // exchange init is all it gets), one never even sends its version.
+    let mut after_version = connect_from("127.0.0.1", srv.port);
+    assert!(is_banner(&first_line(&mut after_version)));
+    after_version
+        .write_all(b"SSH-2.0-stalled_test_client\r\n")
+        .unwrap();
+    let mut silent = connect_from("127.0.0.1", srv.port);
+    assert!(is_banner(&first_line(&mut silent)));
     assert!(
-        closed && started.elapsed() < PATIENCE,
-        "connection not closed by the login grace time\n{}",
+        closed_by_server(&mut after_version),
+        "a connection stopped in key exchange outlived the login grace time\n{}",
         srv.log_tail(20)
     );
+    assert!(
+        closed_by_server(&mut silent),
+        "a connection that never sent its version outlived the login grace time\n{}",
+        srv.log_tail(20)
+    );
+    assert!(srv.log().contains("login grace time exceeded"));
+    // A client that logs in in time is not affected by the short grace.
+    let mut cmd = srv.sftp("alice", "ls\n");
+    srv.run(&mut cmd);
 }
 
 const IDLE_SCRIPT: &str = r#"
@@ -542,6 +560,8 @@ for i in range(6):
 files.pop().close()
 files.append(s.open("again", "w"))
 print("after close ok", flush=True)
+for f in files:
+    f.close()
 print("listed", len(s.listdir(".")), flush=True)
 "#;
 
