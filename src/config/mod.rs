@@ -338,6 +338,11 @@ mod tests {
         let c = Config::parse(text).unwrap();
         assert_eq!(c.kms.backend, KmsBackend::Local);
         assert_eq!(c.listen.port(), 2022);
+        // Its commented algorithm lists and limits are the built-in defaults.
+        let defaults = Config::parse("").unwrap();
+        assert_eq!(c.ssh.kex, defaults.ssh.kex);
+        assert_eq!(c.ssh.host_key_algorithms, defaults.ssh.host_key_algorithms);
+        assert!(c.limits.penalty.is_some());
     }
 
     #[test]

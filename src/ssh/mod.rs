@@ -4,6 +4,12 @@
 //! shells, ptys, environment, X11, agent and port forwarding are refused.
 //! A login succeeds only once the user's data key is unwrapped: if the key
 //! service fails, the login fails closed.
+//!
+//! Before any of that, a connection must pass the abuse controls
+//! (docs/HARDENING.md): a banned source is closed before the banner, the
+//! unauthenticated-connection caps (`admission`) are checked at accept and
+//! the session caps at login, and the login grace time bounds everything
+//! before login, version exchange included.
 
 mod admission;
 mod connection;
