@@ -695,3 +695,86 @@ fn a_client_that_stops_reading_does_not_block_other_sessions() {
     let mut cmd = srv.sftp("bob", "ls\n");
     srv.run(&mut cmd);
 }
+
+/// An SSH_ASKPASS program that answers `wrong-1`, `wrong-2`, ... and the
+/// right password `$RIGHT` at prompt `$RIGHT_AT`,
+/// counting its calls in `$0.count`.
+const ASKPASS: &str = "#!/bin/sh\n\
+n=$(cat \"$0.count\" 2>/dev/null || echo 0)\n\
+n=$((n + 1))\n\
+echo \"$n\" > \"$0.count\"\n\
+if [ \"$n\" -eq \"$RIGHT_AT\" ]; then echo \"$RIGHT\"; else echo \"wrong-$n\"; fi\n";
+
+/// Logs in as alice with OpenSSH sftp, answering password prompts through
+/// [`ASKPASS`] (right at prompt 4); returns the output and the number of
+/// prompts.
+fn login_with_prompts(srv: &Server) -> (Command, std::process::Output, u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let askpass = srv.local_path("askpass.sh");
+    std::fs::write(&askpass, ASKPASS).unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let batch = srv.local_path("batch.txt");
+    std::fs::write(&batch, "ls\n").unwrap();
+    let mut cmd = Command::new("sftp");
+    cmd.current_dir(srv.local())
+        .env_remove("SSH_AUTH_SOCK")
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .env("RIGHT", ALICE_PASSWORD)
+        .env("RIGHT_AT", "4")
+        .stdin(Stdio::null())
+        .args(Server::common_opts())
+        .args([
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=4",
+            "-P",
+            &srv.port.to_string(),
+            "-b",
+        ])
+        .arg(&batch)
+        .arg(srv.dest("alice"));
+    let out = srv.run_any(&mut cmd);
+    let prompts = std::fs::read_to_string(srv.local_path("askpass.sh.count"))
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(0);
+    (cmd, out, prompts)
+}
+
+#[test]
+fn max_auth_attempts_ends_the_connection() {
+    // Penalties off: this is about the per-connection cap alone.
+    let capped = Server::start_opts(
+        &[("alice", Some(ALICE_PASSWORD))],
+        &ServerOptions {
+            auth_config: Some(format!("{DEFAULT_AUTH_CONFIG}max_auth_attempts = 2\n")),
+            extra_config: "[limits]\npenalty = false\n".into(),
+            ..ServerOptions::default()
+        },
+    );
+    let (cmd, out, prompts) = login_with_prompts(&capped);
+    capped.check(
+        !out.status.success()
+            && stderr(&out).contains("Too many authentication attempts")
+            && prompts < 4,
+        &format!("not stopped by max_auth_attempts = 2 ({prompts} prompts)"),
+        &cmd,
+        &out,
+    );
+    // With the default cap the fourth prompt's right password gets in.
+    let default = start("[limits]\npenalty = false\n");
+    let (cmd, out, prompts) = login_with_prompts(&default);
+    default.check(
+        out.status.success() && prompts == 4,
+        &format!("the right password at prompt 4 was refused ({prompts} prompts)"),
+        &cmd,
+        &out,
+    );
+}
