@@ -778,3 +778,27 @@ fn max_auth_attempts_ends_the_connection() {
         &out,
     );
 }
+
+/// The MAC list that also serves libssh2 before 1.11 (curl's `sftp://` on
+/// Debian 12), which has neither AEAD ciphers nor encrypt-then-MAC
+/// (docs/HARDENING.md): ssh-audit warns about the two extra MACs.
+const COMPAT_MACS: &str = "[ssh]\nmacs = [\"hmac-sha2-512-etm@openssh.com\", \"hmac-sha2-256-etm@openssh.com\", \"hmac-sha2-512\", \"hmac-sha2-256\"]\n";
+
+#[test]
+fn curl_sftp_works_with_the_documented_compat_macs() {
+    require("curl", &["-V"], "apt-get install -y curl");
+    let srv = start(COMPAT_MACS);
+    let data = random_bytes(300_000, fresh_seed());
+    std::fs::write(srv.local_path("c.bin"), &data).unwrap();
+    let url = format!("sftp://127.0.0.1:{}/c.bin", srv.port);
+    let user = format!("alice:{ALICE_PASSWORD}");
+    let mut cmd = Command::new("curl");
+    cmd.current_dir(srv.local())
+        .args(["-sS", "--insecure", "-u", &user, "-T", "c.bin", &url]);
+    srv.run(&mut cmd);
+    let mut cmd = Command::new("curl");
+    cmd.current_dir(srv.local())
+        .args(["-sS", "--insecure", "-u", &user, "-o", "c-back.bin", &url]);
+    srv.run(&mut cmd);
+    assert_same_file(&srv.local_path("c.bin"), &srv.local_path("c-back.bin"));
+}
