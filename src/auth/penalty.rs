@@ -6,9 +6,10 @@
 //! [`PenaltyConfig::max`]. While a source's remaining penalty is at least
 //! [`PenaltyConfig::ban_after`], the source is banned: its new connections
 //! are closed before the SSH banner and its logins are refused, even with
-//! the right credentials. One wrong password costs nothing visible; a
-//! guessing run is banned after a few attempts for longer and longer, and
-//! the ban lifts by itself once the attempts stop.
+//! the right credentials. Before that, the SSH layer slows each rejection
+//! in proportion to the penalty. One wrong password costs little; a
+//! guessing run is slowed, then banned for longer and longer, and the ban
+//! lifts by itself once the attempts stop.
 //!
 //! A source is an IPv4 address or an IPv6 /64 (one host usually has a whole
 //! /64), as in OpenSSH. Memory is bounded: at most
@@ -180,6 +181,18 @@ impl Penalties {
         }
     }
 
+    /// The penalty `ip`'s source has left at `now` (zero when exempt or
+    /// unknown).
+    pub fn remaining(&self, ip: IpAddr, now: Instant) -> Duration {
+        if self.is_exempt(ip) {
+            return Duration::ZERO;
+        }
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources
+            .get(&Source::of(ip))
+            .map_or(Duration::ZERO, |e| e.until.saturating_duration_since(now))
+    }
+
     /// The number of sources remembered.
     pub fn tracked(&self) -> usize {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -260,6 +273,8 @@ mod tests {
             p.admission(a, t0),
             Admission::Banned { remaining, .. } if remaining == Duration::from_secs(60)
         ));
+        assert_eq!(p.remaining(a, t0), Duration::from_secs(60));
+        assert_eq!(p.remaining(a, t0 + Duration::from_secs(70)), Duration::ZERO);
         // ...and lifts by itself once the penalty runs below the threshold.
         assert!(p.is_banned(a, t0 + Duration::from_secs(45)));
         assert!(!p.is_banned(a, t0 + Duration::from_secs(46)));

@@ -342,6 +342,8 @@ mod tests {
         let defaults = Config::parse("").unwrap();
         assert_eq!(c.ssh.kex, defaults.ssh.kex);
         assert_eq!(c.ssh.host_key_algorithms, defaults.ssh.host_key_algorithms);
+        assert_eq!(c.ssh.ciphers, defaults.ssh.ciphers);
+        assert_eq!(c.ssh.macs, defaults.ssh.macs);
         assert!(c.limits.penalty.is_some());
     }
 

@@ -85,6 +85,11 @@ impl std::fmt::Display for LoginFailure {
     }
 }
 
+/// The longest extra delay of a rejection for a penalised source (on top of
+/// russh's fixed rejection time): enough to slow guessing, short enough
+/// that a client does not time out.
+const MAX_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The one prompt of keyboard-interactive: the password, not echoed.
 const PASSWORD_PROMPT: &[(Cow<'static, str>, bool)] = &[(Cow::Borrowed("Password: "), false)];
 
@@ -147,12 +152,16 @@ impl Connection {
             .is_some_and(|p| p.is_banned(self.peer.ip(), Instant::now()))
     }
 
-    /// Records a failed attempt against this connection's source.
-    fn record_failure(&self, user: &str) {
+    /// Records a failed attempt against this connection's source, then
+    /// slows the rejection by a tenth of the source's penalty (at most
+    /// [`MAX_FAILURE_DELAY`]). Every failure from the source is slowed
+    /// alike, so the delay says nothing about which users exist.
+    async fn record_failure(&self, user: &str) {
         let Some(penalties) = &self.ctx.penalties else {
             return;
         };
-        match penalties.record_failure(self.peer.ip(), Instant::now()) {
+        let now = Instant::now();
+        match penalties.record_failure(self.peer.ip(), now) {
             FailureOutcome::NotBanned => {}
             FailureOutcome::BanStarted(d) => {
                 warn!(peer = %self.peer, user, ban_secs = d.as_secs(), "source banned after repeated authentication failures");
@@ -161,6 +170,8 @@ impl Connection {
                 info!(peer = %self.peer, user, ban_secs = d.as_secs(), "ban extended by another failure");
             }
         }
+        let delay = (penalties.remaining(self.peer.ip(), now) / 10).min(MAX_FAILURE_DELAY);
+        tokio::time::sleep(delay).await;
     }
 
     /// The users file decides for a name it knows; system users (if on) for
@@ -227,7 +238,7 @@ impl Connection {
         };
         if !ok {
             info!(peer = %self.peer, user, method, "password refused");
-            self.record_failure(user);
+            self.record_failure(user).await;
             return self.reject();
         }
         self.complete_login(user, method).await
@@ -357,7 +368,7 @@ impl russh::server::Handler for Connection {
         }
         if !self.key_allowed(user, key.public_key).await {
             info!(peer = %self.peer, user, "public key refused");
-            self.record_failure(user);
+            self.record_failure(user).await;
             return Ok(self.reject());
         }
         // A Linux user's account must also pass PAM's account management
