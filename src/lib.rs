@@ -28,6 +28,8 @@
 //! - [`username`]: the validated user name every layer shares.
 //! - [`kms`]: the [`kms::KeyWrapper`] trait and its backends (a local RSA
 //!   key file by default, or the EaaS HTTP client).
+//! - [`legacy`]: `dropzone import-legacy`: the original Dropzone's files and
+//!   keys, re-encrypted into the store (a tool above [`store`] and [`keys`]).
 //! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
 //!   process; the HTTP API of the original EaaS).
 //!
@@ -43,6 +45,7 @@ pub mod eaas;
 pub mod jail;
 pub mod keys;
 pub mod kms;
+pub mod legacy;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;

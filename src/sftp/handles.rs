@@ -25,7 +25,7 @@ pub(super) enum FileJob {
     Write {
         id: u32,
         offset: u64,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     Fstat {
         id: u32,
@@ -210,8 +210,16 @@ pub(super) async fn run_worker(
                 noticed = true;
                 session.integrity_notice(&path);
             }
+            // A DATA reply keeps its budget until it is written: queued
+            // replies count against the session's memory too.
+            let reply = match reply {
+                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, Some(permit)),
+                other => {
+                    drop(permit);
+                    other
+                }
+            };
             let sent = session.replies.send(reply).await;
-            drop(permit);
             if sent.is_err() {
                 return;
             }

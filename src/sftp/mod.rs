@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -71,12 +71,21 @@ impl Default for SftpConfig {
     }
 }
 
+/// A reply on its way to the client. Most are packets, encoded by the
+/// writer; DATA replies are built where the file is read, with the data
+/// decrypted straight into the packet, and go out as they are, holding
+/// their share of the session's in-flight budget until written.
+enum Reply {
+    Packet(Packet),
+    Encoded(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+}
+
 /// What one SFTP session works with.
 struct Session {
     store: Arc<UserStore>,
     user: UserName,
     handles: HandleTable,
-    replies: mpsc::Sender<Packet>,
+    replies: mpsc::Sender<Reply>,
     /// Admits handle jobs by size; see [`IN_FLIGHT_KIB`].
     in_flight: Arc<tokio::sync::Semaphore>,
     notices: mpsc::Sender<String>,
@@ -105,16 +114,30 @@ where
             }
         }
     });
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Packet>(HANDLE_QUEUE * 2);
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(HANDLE_QUEUE * 2);
     let writer_task = tokio::spawn(async move {
+        // Small replies that are already waiting are batched into one
+        // write; a DATA reply goes out from its own buffer, not copied.
         let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(packet) = reply_rx.recv().await {
-            // Batch replies that are already waiting into one write.
-            let mut next = Some(packet);
-            while let Some(p) = next {
-                match Bytes::try_from(p) {
-                    Ok(bytes) => buf.extend_from_slice(&bytes),
-                    Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+        'replies: while let Some(reply) = reply_rx.recv().await {
+            let mut next = Some(reply);
+            while let Some(reply) = next {
+                match reply {
+                    Reply::Packet(p) => match Bytes::try_from(p) {
+                        Ok(bytes) => buf.extend_from_slice(&bytes),
+                        Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+                    },
+                    Reply::Encoded(bytes, _budget) => {
+                        if !buf.is_empty() {
+                            if writer.write_all(&buf).await.is_err() {
+                                break 'replies;
+                            }
+                            buf.clear();
+                        }
+                        if writer.write_all(&bytes).await.is_err() {
+                            break 'replies;
+                        }
+                    }
                 }
                 next = if buf.len() < 256 * 1024 {
                     reply_rx.try_recv().ok()
@@ -122,7 +145,7 @@ where
                     None
                 };
             }
-            if writer.write_all(&buf).await.is_err() {
+            if !buf.is_empty() && writer.write_all(&buf).await.is_err() {
                 break;
             }
             buf.clear();
@@ -180,8 +203,16 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<
             format!("SFTP packet of {len} bytes is outside the accepted size"),
         ));
     }
-    let mut body = BytesMut::zeroed(len as usize);
-    r.read_exact(&mut body).await?;
+    // Read into uninitialised capacity: zeroing 256 KiB per WRITE first
+    // would be wasted work.
+    let len = len as usize;
+    let mut body = BytesMut::with_capacity(len);
+    let mut packet = r.take(len as u64);
+    while body.len() < len {
+        if packet.read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(Some(body.freeze()))
 }
 
@@ -229,6 +260,19 @@ where
 impl Session {
     /// Handles one request; false ends the session.
     async fn dispatch(self: &Arc<Self>, mut body: Bytes) -> bool {
+        // WRITE carries the bulk of an upload: decoded here so that its
+        // data stays a slice of the packet instead of being copied out.
+        if body.first() == Some(&wire::FXP_WRITE) {
+            if let Ok(w) = wire::parse_write(&body) {
+                let job = FileJob::Write {
+                    id: w.id,
+                    offset: w.offset,
+                    data: w.data,
+                };
+                return self.to_handle(w.id, &w.handle, job).await;
+            }
+            // Malformed: the general decoder below answers it.
+        }
         let raw = body.clone();
         let packet = match Packet::try_from(&mut body) {
             Ok(p) => p,
@@ -279,7 +323,7 @@ impl Session {
                     FileJob::Write {
                         id: w.id,
                         offset: w.offset,
-                        data: w.data,
+                        data: w.data.into(),
                     },
                 )
                 .await
@@ -363,7 +407,7 @@ impl Session {
     }
 
     async fn send(&self, packet: Packet) -> bool {
-        self.replies.send(packet).await.is_ok()
+        self.replies.send(Reply::Packet(packet)).await.is_ok()
     }
 
     /// Queues a job on a file handle's worker.
@@ -616,7 +660,7 @@ fn version_reply() -> Version {
 
 /// Executes one job on an open file (on a blocking thread); the flag tells
 /// whether it failed an integrity check.
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, bool) {
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, bool) {
     let mut integrity_failed = false;
     let mut fail = |id: u32, e: crate::store::StoreError| {
         integrity_failed |= matches!(e, crate::store::StoreError::Integrity(_));
@@ -625,9 +669,9 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, b
     let reply = match job {
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
-            match file.read_at(offset, len) {
-                Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "End of file"),
-                Ok(data) => Packet::Data(Data { id, data }),
+            match wire::data_reply(id, len, |buf| file.read_into(offset, len, buf)) {
+                Ok(Some(packet)) => return (Reply::Encoded(packet, None), false),
+                Ok(None) => status(id, StatusCode::Eof, "End of file"),
                 Err(e) => fail(id, e),
             }
         }
@@ -653,7 +697,7 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, b
                 .map(|p| p.unwrap_or_else(|| ok(id))),
         ),
     };
-    (reply, integrity_failed)
+    (Reply::Packet(reply), integrity_failed)
 }
 
 fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {

@@ -17,6 +17,7 @@
 pub mod file;
 pub mod format;
 mod pool;
+pub use pool::set_polling as set_crypto_polling;
 pub mod storage;
 
 #[cfg(test)]
@@ -378,6 +379,21 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("reading"));
         }
         lock(&self.state).read_at(offset, len)
+    }
+
+    /// Appends up to `len` bytes read at `offset` to `out` and returns how
+    /// many (0 at end of file), for callers that build a reply around the
+    /// data (an SFTP DATA packet) and want it read straight into place.
+    pub fn read_into(
+        &self,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StoreError> {
+        if !self.opts.read {
+            return Err(StoreError::WrongAccess("reading"));
+        }
+        lock(&self.state).read_into(offset, len, out)
     }
 
     /// Writes `data` at `offset` (at the end, if opened for append).

@@ -10,6 +10,7 @@ mod eaas_pkcs11;
 mod eaas_service;
 mod hardening;
 mod healthcheck;
+mod import_legacy;
 mod jail;
 #[cfg(feature = "pam")]
 mod pam;
