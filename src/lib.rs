@@ -9,10 +9,12 @@
 //!
 //! - [`daemon`]: logging and signal handling shared by both servers.
 //! - [`config`]: the TOML configuration, parsed then validated.
-//! - [`ssh`]: the russh server: host keys, authentication, session and
-//!   channel policy; hands the `sftp` subsystem to [`sftp`].
-//! - [`auth`]: the users file, authorized keys and password hashes; Linux
-//!   users through PAM and their `~/.ssh/authorized_keys` (feature `pam`).
+//! - [`ssh`]: the russh server: host keys, offered algorithms, login grace,
+//!   connection and session caps, authentication, session and channel
+//!   policy; hands the `sftp` subsystem to [`sftp`].
+//! - [`auth`]: the users file, authorized keys and password hashes, and
+//!   per-source failure penalties; Linux users through PAM and their
+//!   `~/.ssh/authorized_keys` (feature `pam`).
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.

@@ -323,7 +323,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let host_keys = ssh::host_keys::load_or_generate(&config.host_keys_dir)?;
+        let host_keys = ssh::host_keys::load_or_generate(
+            &config.host_keys_dir,
+            &config.ssh.host_key_algorithms,
+        )?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
@@ -337,12 +340,13 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             },
             system_users,
             dropzone::upload::Uploads::from_config(&config.upload).map_err(ConfigFailure)?,
+            config.limits.clone(),
         )
         .map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
             host_keys,
             config.auth.max_auth_attempts,
-            config.idle_timeout,
+            &config.ssh,
         ));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -354,7 +358,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             ssh_config,
             ctx,
             alive,
-            config.login_grace,
+            config.ssh.login_grace,
             dropzone::daemon::shutdown_signal(),
         )
         .await;

@@ -686,11 +686,7 @@ pub(super) enum FileNotice {
 
 /// Executes one job on an open file (on a blocking thread), with the stderr
 /// notice its failure calls for.
-fn file_job(
-    session: &Session,
-    file: &EncryptedFile,
-    job: FileJob,
-) -> (Reply, Option<FileNotice>) {
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, Option<FileNotice>) {
     let mut notice = None;
     let mut fail = |id: u32, e: crate::store::StoreError| {
         match &e {

@@ -8,6 +8,7 @@ mod eaas_client;
 #[cfg(feature = "pkcs11")]
 mod eaas_pkcs11;
 mod eaas_service;
+mod hardening;
 mod healthcheck;
 mod import_legacy;
 mod jail;
