@@ -13,7 +13,7 @@ use std::net::IpAddr;
 /// a CIDR block (`10.0.0.0/8`, `2001:db8::/32`) or a wildcard pattern (`*`,
 /// `?`) matched against the address's text, optionally negated with `!`.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct AddressPatterns {
+pub struct AddressPatterns {
     entries: Vec<Entry>,
     /// The list as written, for messages and `Debug`.
     source: String,
@@ -44,7 +44,7 @@ enum Matcher {
 /// Why a `from=` list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct PatternError(String);
+pub struct PatternError(String);
 
 /// Longest pattern or list quoted in an error, in characters: a line of
 /// garbage must not make a garbage-sized message in the log or in
@@ -64,7 +64,7 @@ fn quoted(text: &str) -> String {
 impl AddressPatterns {
     /// Parses a comma-separated pattern list (the already dequoted value of
     /// `from=`).
-    pub(crate) fn parse(list: &str) -> Result<Self, PatternError> {
+    pub fn parse(list: &str) -> Result<Self, PatternError> {
         let mut entries = Vec::new();
         for raw in list.split(',') {
             let item = raw.trim();
@@ -91,7 +91,7 @@ impl AddressPatterns {
 
     /// Whether `ip` is allowed: no negated entry matches it and at least one
     /// plain entry does (OpenSSH's rule: a negated match always denies).
-    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
+    pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         let text = ip.to_string();
         let mut allowed = false;

@@ -12,16 +12,20 @@
 //!   keys from `~/.ssh/authorized_keys` checked as OpenSSH's StrictModes
 //!   does ([`system_keys`]).
 //!
+//! - [`penalty`]: per-source penalties and bans for repeated failures.
+//! - [`address_pattern`]: address lists (`from=`, the penalty exemptions).
+//!
 //! The SSH layer asks [`Authenticator`] (and [`SystemUsers`] for names the
 //! users file does not know) only yes/no questions; it never learns whether
-//! a user exists from a failed check (DESIGN.md, property 7). Slowing and
-//! banning repeated failures is the caller's job.
+//! a user exists from a failed check (DESIGN.md, property 7). The SSH
+//! layer records failures in [`penalty::Penalties`].
 
-mod address_pattern;
+pub mod address_pattern;
 pub mod authorized_keys;
 #[cfg(feature = "pam")]
 mod pam;
 pub mod password;
+pub mod penalty;
 pub mod system_keys;
 pub mod system_users;
 pub mod users_file;

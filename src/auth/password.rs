@@ -169,6 +169,38 @@ mod tests {
         ));
     }
 
+    /// The unknown-user path must do the work a real check does: the same
+    /// verifier over a hash with exactly the parameters real hashes get.
+    /// (Timing tests are too noisy to prove this; the parameters are not.)
+    #[test]
+    fn dummy_hash_has_the_parameters_of_real_hashes() {
+        let dummy = DUMMY_HASH.as_deref().unwrap();
+        let real = hash_password("anything").unwrap();
+        let params = |h: &str| {
+            let parsed = PasswordHash::new(h).unwrap();
+            (
+                parsed.algorithm.as_str().to_owned(),
+                Params::try_from(&parsed).unwrap(),
+            )
+        };
+        let (dummy_alg, dummy_params) = params(dummy);
+        let (real_alg, real_params) = params(&real);
+        assert_eq!(dummy_alg, real_alg);
+        assert_eq!(
+            (
+                dummy_params.m_cost(),
+                dummy_params.t_cost(),
+                dummy_params.p_cost()
+            ),
+            (
+                real_params.m_cost(),
+                real_params.t_cost(),
+                real_params.p_cost()
+            )
+        );
+        assert_eq!(check_hash(dummy), Ok(()));
+    }
+
     #[test]
     fn dummy_costs_about_a_real_verification() {
         let hash = hash_password("secret").unwrap();

@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
+mod ssh;
+mod upload;
+
+pub use limits::{LimitsConfig, PenaltyConfig};
+pub use ssh::SshConfig;
+pub use upload::UploadConfig;
+
 /// Where `dropzone` looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "config/dropzone.toml";
 
@@ -39,7 +47,11 @@ struct RawConfig {
     #[serde(default)]
     sftp: RawSftp,
     #[serde(default)]
-    ssh: RawSsh,
+    ssh: ssh::RawSsh,
+    #[serde(default)]
+    limits: limits::RawLimits,
+    #[serde(default)]
+    upload: upload::RawUpload,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,13 +100,6 @@ struct RawSftp {
     max_handles: Option<usize>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    login_grace_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-}
-
 /// Which key service wraps user keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsBackend {
@@ -121,10 +126,12 @@ pub struct Config {
     pub kms: KmsConfig,
     /// Most open handles per SFTP session.
     pub max_handles: usize,
-    /// Time allowed from connection to successful login.
-    pub login_grace: Duration,
-    /// A session with no traffic for this long is closed.
-    pub idle_timeout: Duration,
+    /// `[ssh]`: timeouts and algorithms.
+    pub ssh: SshConfig,
+    /// `[limits]`: connection and session caps, failure penalties.
+    pub limits: LimitsConfig,
+    /// `[upload]`: scanning and notifications.
+    pub upload: UploadConfig,
 }
 
 /// `[auth]`.
@@ -306,8 +313,9 @@ impl Config {
                 eaas,
             },
             max_handles,
-            login_grace: Duration::from_secs(raw.ssh.login_grace_secs.unwrap_or(120)),
-            idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
+            ssh: raw.ssh.validate()?,
+            limits: raw.limits.validate()?,
+            upload: raw.upload.validate()?,
         })
     }
 }
@@ -337,6 +345,13 @@ mod tests {
         let c = Config::parse(text).unwrap();
         assert_eq!(c.kms.backend, KmsBackend::Local);
         assert_eq!(c.listen.port(), 2022);
+        // Its commented algorithm lists and limits are the built-in defaults.
+        let defaults = Config::parse("").unwrap();
+        assert_eq!(c.ssh.kex, defaults.ssh.kex);
+        assert_eq!(c.ssh.host_key_algorithms, defaults.ssh.host_key_algorithms);
+        assert_eq!(c.ssh.ciphers, defaults.ssh.ciphers);
+        assert_eq!(c.ssh.macs, defaults.ssh.macs);
+        assert!(c.limits.penalty.is_some());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session, VerifiedPublicKey};
@@ -13,6 +14,8 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::ServerContext;
+use super::admission::{SessionSlot, StartupSlot};
+use crate::auth::penalty::FailureOutcome;
 use crate::keys::KeyError;
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
@@ -22,6 +25,8 @@ use crate::username::UserName;
 struct LoggedIn {
     user: UserName,
     store: Arc<UserStore>,
+    /// This session's place under the session caps, held while it lasts.
+    _slot: SessionSlot,
 }
 
 /// The russh handler of one connection.
@@ -37,6 +42,9 @@ pub(super) struct Connection {
     /// the client is told as the connection is closed.
     refusal: Option<&'static str>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// The place under the unauthenticated-connection caps, given back at
+    /// login (or when the connection ends).
+    startup: Option<StartupSlot>,
 }
 
 /// Why a login with valid credentials could not be completed.
@@ -77,6 +85,11 @@ impl std::fmt::Display for LoginFailure {
     }
 }
 
+/// The longest extra delay of a rejection for a penalised source (on top of
+/// russh's fixed rejection time): enough to slow guessing, short enough
+/// that a client does not time out.
+const MAX_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The one prompt of keyboard-interactive: the password, not echoed.
 const PASSWORD_PROMPT: &[(Cow<'static, str>, bool)] = &[(Cow::Borrowed("Password: "), false)];
 
@@ -91,7 +104,11 @@ enum Owner {
 }
 
 impl Connection {
-    pub(super) fn new(ctx: Arc<ServerContext>, peer: SocketAddr) -> (Self, Arc<AtomicBool>) {
+    pub(super) fn new(
+        ctx: Arc<ServerContext>,
+        peer: SocketAddr,
+        startup: StartupSlot,
+    ) -> (Self, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
         (
             Connection {
@@ -102,6 +119,7 @@ impl Connection {
                 logged_in_flag: flag.clone(),
                 refusal: None,
                 channels: HashMap::new(),
+                startup: Some(startup),
             },
             flag,
         )
@@ -123,6 +141,37 @@ impl Connection {
             proceed_with_methods: Some(MethodSet::from(methods)),
             partial_success: false,
         }
+    }
+
+    /// Whether this connection's source is banned now: then no credential
+    /// is even checked (a banned source cannot learn a right password).
+    fn banned(&self) -> bool {
+        self.ctx
+            .penalties
+            .as_ref()
+            .is_some_and(|p| p.is_banned(self.peer.ip(), Instant::now()))
+    }
+
+    /// Records a failed attempt against this connection's source, then
+    /// slows the rejection by a tenth of the source's penalty (at most
+    /// [`MAX_FAILURE_DELAY`]). Every failure from the source is slowed
+    /// alike, so the delay says nothing about which users exist.
+    async fn record_failure(&self, user: &str) {
+        let Some(penalties) = &self.ctx.penalties else {
+            return;
+        };
+        let now = Instant::now();
+        match penalties.record_failure(self.peer.ip(), now) {
+            FailureOutcome::NotBanned => {}
+            FailureOutcome::BanStarted(d) => {
+                warn!(peer = %self.peer, user, ban_secs = d.as_secs(), "source banned after repeated authentication failures");
+            }
+            FailureOutcome::BanExtended(d) => {
+                info!(peer = %self.peer, user, ban_secs = d.as_secs(), "ban extended by another failure");
+            }
+        }
+        let delay = (penalties.remaining(self.peer.ip(), now) / 10).min(MAX_FAILURE_DELAY);
+        tokio::time::sleep(delay).await;
     }
 
     /// The users file decides for a name it knows; system users (if on) for
@@ -163,6 +212,10 @@ impl Connection {
         password: Zeroizing<Vec<u8>>,
         method: &'static str,
     ) -> Auth {
+        if self.banned() {
+            info!(peer = %self.peer, user, method, "login refused: source banned");
+            return self.reject();
+        }
         let ip = Some(self.peer.ip());
         let ok = match self.owner(user) {
             Owner::System(system) => system.password_ok(user, password, ip).await,
@@ -185,6 +238,7 @@ impl Connection {
         };
         if !ok {
             info!(peer = %self.peer, user, method, "password refused");
+            self.record_failure(user).await;
             return self.reject();
         }
         self.complete_login(user, method).await
@@ -216,15 +270,32 @@ impl Connection {
         let Ok(name) = UserName::parse(user) else {
             return self.reject();
         };
+        // The caps are checked before the key is unwrapped: a refused
+        // login costs the key service nothing.
+        let slot = match self.ctx.admission.session(name.as_str()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let told = refusal.message();
+                warn!(peer = %self.peer, user = %name, method, told, "login refused");
+                self.logged_in = None;
+                self.refusal = Some(told);
+                return Auth::Accept;
+            }
+        };
         let ctx = self.ctx.clone();
         let n = name.clone();
+        let peer = self.peer;
         let opened = tokio::task::spawn_blocking(move || -> Result<UserStore, LoginFailure> {
             // The key first: the user's directory is created only once the
             // key is known to be available.
             let key = ctx.keys.get_or_create(&n).map_err(LoginFailure::Key)?;
             let storage = LocalStorage::open_root(&ctx.data_dir.join(n.as_str()))
                 .map_err(LoginFailure::Root)?;
-            Ok(UserStore::new(Arc::new(storage), key))
+            let store = UserStore::new(Arc::new(storage), key);
+            Ok(match &ctx.uploads {
+                Some(uploads) => store.with_gate(uploads.gate(n.as_str(), Some(peer))),
+                None => store,
+            })
         })
         .await;
         match opened {
@@ -233,7 +304,9 @@ impl Connection {
                 self.logged_in = Some(LoggedIn {
                     user: name,
                     store: Arc::new(store),
+                    _slot: slot,
                 });
+                self.startup = None;
                 self.logged_in_flag.store(true, Ordering::Release);
                 Auth::Accept
             }
@@ -281,7 +354,7 @@ impl russh::server::Handler for Connection {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        if self.key_allowed(user, offer.public_key).await {
+        if !self.banned() && self.key_allowed(user, offer.public_key).await {
             Ok(Auth::Accept)
         } else {
             Ok(self.reject())
@@ -294,8 +367,13 @@ impl russh::server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
+        if self.banned() {
+            info!(peer = %self.peer, user, "login refused: source banned");
+            return Ok(self.reject());
+        }
         if !self.key_allowed(user, key.public_key).await {
             info!(peer = %self.peer, user, "public key refused");
+            self.record_failure(user).await;
             return Ok(self.reject());
         }
         // A Linux user's account must also pass PAM's account management

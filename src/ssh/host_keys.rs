@@ -37,37 +37,62 @@ pub enum HostKeyError {
 /// Makes a new key of one kind.
 type Generator = fn() -> Result<PrivateKey, String>;
 
-/// The host key files, in the order they are offered.
-const KINDS: &[(&str, Generator)] = &[
-    ("ssh_host_ed25519_key", || {
-        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| e.to_string())
-    }),
-    ("ssh_host_ecdsa_key", || {
-        PrivateKey::random(
-            &mut rand::rng(),
-            Algorithm::Ecdsa {
-                curve: EcdsaCurve::NistP256,
-            },
-        )
-        .map_err(|e| e.to_string())
-    }),
-    ("ssh_host_rsa_key", || {
-        let pair = RsaKeypair::random(&mut rand::rng(), RSA_BITS).map_err(|e| e.to_string())?;
-        PrivateKey::new(KeypairData::from(pair), "").map_err(|e| e.to_string())
-    }),
+/// Whether a key file is needed for one offered host key algorithm.
+type Needed = fn(&Algorithm) -> bool;
+
+/// The host key files, in the order they are offered, each with the
+/// algorithms that need it.
+const KINDS: &[(&str, Needed, Generator)] = &[
+    (
+        "ssh_host_ed25519_key",
+        |a| *a == Algorithm::Ed25519,
+        || PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| e.to_string()),
+    ),
+    (
+        "ssh_host_ecdsa_key",
+        |a| matches!(a, Algorithm::Ecdsa { .. }),
+        || {
+            PrivateKey::random(
+                &mut rand::rng(),
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP256,
+                },
+            )
+            .map_err(|e| e.to_string())
+        },
+    ),
+    (
+        "ssh_host_rsa_key",
+        |a| matches!(a, Algorithm::Rsa { .. }),
+        || {
+            let pair = RsaKeypair::random(&mut rand::rng(), RSA_BITS).map_err(|e| e.to_string())?;
+            PrivateKey::new(KeypairData::from(pair), "").map_err(|e| e.to_string())
+        },
+    ),
 ];
 
-/// Loads every host key from `dir`, generating the missing ones (mode 0600)
-/// and logging each fingerprint.
-pub fn load_or_generate(dir: &Path) -> Result<Vec<PrivateKey>, HostKeyError> {
+/// Loads the host keys that the offered `algorithms` need from `dir`,
+/// generating the missing ones (mode 0600) and logging each fingerprint.
+/// A key file no offered algorithm needs (the ECDSA key of an older
+/// version, say) is left alone and not loaded.
+pub fn load_or_generate(
+    dir: &Path,
+    algorithms: &[Algorithm],
+) -> Result<Vec<PrivateKey>, HostKeyError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| HostKeyError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
     let mut keys = Vec::new();
-    for (name, generate) in KINDS {
+    for (name, needed, generate) in KINDS {
         let path = dir.join(name);
+        if !algorithms.iter().any(needed) {
+            if path.exists() {
+                info!(path = %path.display(), "host key not offered: no configured host key algorithm uses it");
+            }
+            continue;
+        }
         let key = match fs::read_to_string(&path) {
             Ok(text) => {
                 PrivateKey::from_openssh(text.as_bytes()).map_err(|e| HostKeyError::Invalid {
@@ -139,21 +164,58 @@ fn write_new(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
 mod tests {
     use super::*;
 
+    fn all() -> Vec<Algorithm> {
+        vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            },
+        ]
+    }
+
     #[test]
     fn generates_once_then_loads_the_same_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_generate(dir.path()).unwrap();
+        let first = load_or_generate(dir.path(), &all()).unwrap();
         assert_eq!(first.len(), 3);
-        for (name, _) in KINDS {
+        for (name, _, _) in KINDS {
             let mode = fs::metadata(dir.path().join(name))
                 .unwrap()
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
-        let second = load_or_generate(dir.path()).unwrap();
+        let second = load_or_generate(dir.path(), &all()).unwrap();
         for (a, b) in first.iter().zip(&second) {
             assert_eq!(a.public_key(), b.public_key());
         }
+    }
+
+    #[test]
+    fn only_the_keys_of_offered_algorithms_are_made_or_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ed25519_only = load_or_generate(dir.path(), &[Algorithm::Ed25519]).unwrap();
+        assert_eq!(ed25519_only.len(), 1);
+        assert!(!dir.path().join("ssh_host_ecdsa_key").exists());
+        assert!(!dir.path().join("ssh_host_rsa_key").exists());
+        // An existing ECDSA key (from an older version) stays on disk but is
+        // not offered by the default algorithms.
+        let _ = load_or_generate(dir.path(), &all()).unwrap();
+        let default = [
+            Algorithm::Ed25519,
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha256),
+            },
+        ];
+        let keys = load_or_generate(dir.path(), &default).unwrap();
+        let kinds: Vec<Algorithm> = keys.iter().map(|k| k.algorithm()).collect();
+        assert_eq!(
+            kinds,
+            vec![Algorithm::Ed25519, Algorithm::Rsa { hash: None }]
+        );
+        assert!(dir.path().join("ssh_host_ecdsa_key").exists());
     }
 }

@@ -4,21 +4,30 @@
 //! shells, ptys, environment, X11, agent and port forwarding are refused.
 //! A login succeeds only once the user's data key is unwrapped: if the key
 //! service fails, the login fails closed.
+//!
+//! Before any of that, a connection must pass the abuse controls
+//! (docs/HARDENING.md): a banned source is closed before the banner, the
+//! unauthenticated-connection caps (`admission`) are checked at accept and
+//! the session caps at login, and the login grace time bounds everything
+//! before login, version exchange included.
 
+mod admission;
 mod connection;
 pub mod host_keys;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use russh::server::Config as SshConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::auth::{Authenticator, SystemUsers};
+use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
 use crate::sftp::SftpConfig;
 
@@ -35,6 +44,12 @@ pub struct ServerContext {
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
+    /// Upload scanning and notifications (`[upload]`), if configured.
+    uploads: Option<Arc<crate::upload::Uploads>>,
+    /// Connection and session caps.
+    admission: Arc<admission::Admission>,
+    /// Failure penalties per source (`None`: turned off).
+    penalties: Option<Penalties>,
     /// Never read: the server waits at shutdown until the last context, and
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
@@ -57,6 +72,8 @@ impl ServerContext {
         data_dir: PathBuf,
         sftp: SftpConfig,
         system_users: Option<SystemUsers>,
+        uploads: Option<Arc<crate::upload::Uploads>>,
+        limits: LimitsConfig,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -69,6 +86,9 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
+                uploads,
+                penalties: limits.penalty.clone().map(Penalties::new),
+                admission: admission::Admission::new(limits),
                 alive,
             }),
             alive_rx,
@@ -101,13 +121,32 @@ fn modified_time(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// The algorithms offered: the configured lists, plus the markers for
+/// strict key exchange (the Terrapin fix) and extension negotiation, which
+/// are always on.
+fn preferred(algorithms: &crate::config::SshConfig) -> russh::Preferred {
+    let mut kex = algorithms.kex.clone();
+    kex.extend([
+        russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+        russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]);
+    russh::Preferred {
+        kex: kex.into(),
+        key: algorithms.host_key_algorithms.clone().into(),
+        cipher: algorithms.ciphers.clone().into(),
+        mac: algorithms.macs.clone().into(),
+        ..russh::Preferred::DEFAULT
+    }
+}
+
 /// The russh configuration for the server.
 pub fn ssh_config(
     host_keys: Vec<russh::keys::PrivateKey>,
     max_auth_attempts: u32,
-    idle_timeout: Duration,
+    ssh: &crate::config::SshConfig,
 ) -> SshConfig {
     SshConfig {
+        preferred: preferred(ssh),
         server_id: russh::SshId::Standard(
             format!("SSH-2.0-Dropzone_{}", env!("CARGO_PKG_VERSION")).into(),
         ),
@@ -121,7 +160,7 @@ pub fn ssh_config(
         auth_rejection_time: Duration::from_secs(1),
         // ...except the very first "none" probe every client sends.
         auth_rejection_time_initial: Some(Duration::from_millis(0)),
-        inactivity_timeout: Some(idle_timeout),
+        inactivity_timeout: Some(ssh.idle_timeout),
         // Large windows and packets let one channel fill a fast link:
         // 4 MiB in flight (twice OpenSSH's 64 x 32 KiB requests), 256 KiB
         // per packet. The window is memory per channel: it bounds what a
@@ -132,6 +171,99 @@ pub fn ssh_config(
         nodelay: true,
         ..SshConfig::default()
     }
+}
+
+/// The registry of open sessions, to disconnect them at shutdown.
+type Handles = Arc<Mutex<std::collections::HashMap<u64, russh::server::Handle>>>;
+
+/// What [`serve_connection`] needs besides the socket and handler.
+struct ConnectionTask {
+    peer: std::net::SocketAddr,
+    conn_id: u64,
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
+    handles: Handles,
+    login_grace: Duration,
+}
+
+/// Runs one connection to its end. The login grace time runs from the
+/// accept, so it covers the version exchange and key exchange too: a
+/// connection that has not logged in by then is told so if it got that
+/// far, and its socket is shut down in any case, whatever state the SSH
+/// session is in (a client that never sends its version, or stops in the
+/// middle of the key exchange, cannot keep its place).
+async fn serve_connection(
+    config: Arc<SshConfig>,
+    socket: tokio::net::TcpStream,
+    handler: connection::Connection,
+    task: ConnectionTask,
+) {
+    let ConnectionTask {
+        peer,
+        conn_id,
+        logged_in,
+        handles,
+        login_grace,
+    } = task;
+    // A second descriptor of the same socket, to shut it down from outside
+    // the session.
+    let (socket, killer) = match socket.into_std().and_then(|s| {
+        let killer = s.try_clone()?;
+        Ok((tokio::net::TcpStream::from_std(s)?, killer))
+    }) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
+    let grace = {
+        let handles = handles.clone();
+        let logged_in = logged_in.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(login_grace).await;
+            if logged_in.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            info!(%peer, "login grace time exceeded");
+            let handle = handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&conn_id)
+                .cloned();
+            if let Some(handle) = handle {
+                // Polite first; a session stuck in key exchange may never
+                // send it, hence the bound.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    handle.disconnect(
+                        russh::Disconnect::ByApplication,
+                        "login grace time exceeded".into(),
+                        "en".into(),
+                    ),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let _ = killer.shutdown(std::net::Shutdown::Both);
+        })
+    };
+    match russh::server::run_stream(config, socket, handler).await {
+        Ok(running) => {
+            handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conn_id, running.handle());
+            if let Err(e) = running.await {
+                tracing::debug!(%peer, error = %e, "session ended with an error");
+            }
+            handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&conn_id);
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+    }
+    grace.abort();
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then
@@ -146,7 +278,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut sessions = tokio::task::JoinSet::new();
-    let handles: Arc<Mutex<std::collections::HashMap<u64, russh::server::Handle>>> = Arc::default();
+    let handles: Handles = Arc::default();
     let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -161,40 +293,40 @@ pub async fn run(
                         continue;
                     }
                 };
+                // A banned source is closed before the banner: it learns
+                // nothing and costs no key exchange. One log line per ban.
+                if let Some(penalties) = &ctx.penalties
+                    && let BanCheck::Banned { remaining, first } = penalties.admission(peer.ip(), Instant::now())
+                {
+                    if first {
+                        warn!(%peer, remaining_secs = remaining.as_secs(), "connection refused: source banned after repeated authentication failures");
+                    }
+                    drop(socket);
+                    continue;
+                }
+                let startup = match ctx.admission.startup(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        ctx.admission.log_refusal(refusal, peer);
+                        // Lines before the version string are allowed
+                        // (RFC 4253, 4.2); clients show them when debugging.
+                        let _ = socket.try_write(format!("{}\r\n", refusal.message()).as_bytes());
+                        drop(socket);
+                        continue;
+                    }
+                };
                 let _ = socket.set_nodelay(true);
-                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer);
+                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer, startup);
                 let config = config.clone();
                 let handles = handles.clone();
                 next_id += 1;
                 let conn_id = next_id;
-                sessions.spawn(async move {
-                    let running = match russh::server::run_stream(config, socket, handler).await {
-                        Ok(running) => running,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "SSH handshake failed");
-                            return;
-                        }
-                    };
-                    let handle = running.handle();
-                    handles.lock().unwrap_or_else(|p| p.into_inner()).insert(conn_id, handle.clone());
-                    // Login grace: a connection that has not logged in by
-                    // then is dropped, so idle unauthenticated sockets
-                    // cannot pile up.
-                    let grace = tokio::spawn(async move {
-                        tokio::time::sleep(login_grace).await;
-                        if !logged_in.load(std::sync::atomic::Ordering::Acquire) {
-                            info!(%peer, "login grace time exceeded");
-                            let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "login grace time exceeded".into(), "en".into())
-                                .await;
-                        }
-                    });
-                    if let Err(e) = running.await {
-                        tracing::debug!(%peer, error = %e, "session ended with an error");
-                    }
-                    grace.abort();
-                    handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn_id);
-                });
+                sessions.spawn(serve_connection(
+                    config,
+                    socket,
+                    handler,
+                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace },
+                ));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }

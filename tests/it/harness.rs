@@ -342,10 +342,24 @@ impl Server {
 
     /// `sshpass -p PASSWORD sftp -b BATCH` as `user`, password only.
     pub fn sftp_password(&self, user: &str, password: &str, batch: &str) -> Command {
+        self.sftp_password_from("127.0.0.1", user, password, batch)
+    }
+
+    /// [`Server::sftp_password`] from another local address (`source`,
+    /// e.g. `127.0.0.2`: Linux routes all of 127/8 to the loopback), to
+    /// test per-source behaviour.
+    pub fn sftp_password_from(
+        &self,
+        source: &str,
+        user: &str,
+        password: &str,
+        batch: &str,
+    ) -> Command {
         let file = self.batch_file(batch);
         let mut cmd = self.client("sshpass");
         cmd.args(["-p", password, "sftp"])
             .args(Server::common_opts())
+            .args(["-o", &format!("BindAddress={source}")])
             .args([
                 // Must come before -b, which adds "-oBatchMode yes" (first value wins).
                 "-o",

@@ -8,11 +8,14 @@ mod eaas_client;
 #[cfg(feature = "pkcs11")]
 mod eaas_pkcs11;
 mod eaas_service;
+mod hardening;
 mod healthcheck;
+mod import_legacy;
 mod jail;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+mod scan;
 mod scp;
 mod sftp;
 mod tamper;
