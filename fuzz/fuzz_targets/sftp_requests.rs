@@ -31,9 +31,18 @@ use libfuzzer_sys::fuzz_target;
 use russh_sftp::protocol::Packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Largest file this process may write. The store has no sparse files: a
+/// WRITE, copy-data or SETSTAT far past the end stores encrypted zeros for
+/// the whole gap (up to `store::file::MAX_FILE_SIZE`, 1 TiB), which the
+/// fuzzer finds at once and which would fill the disk (docs/FUZZING.md,
+/// findings). Past this limit writes fail with EFBIG, which also exercises
+/// the store's handling of a full disk.
+const MAX_WRITTEN_FILE: u64 = 16 * 1024 * 1024;
+
 /// One runtime for all inputs: starting one per input would dominate the
 /// time. Two workers, so a blocked worker cannot hide a missing reply.
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    limit_file_size();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -67,6 +76,21 @@ fuzz_target!(|data: &[u8]| {
     check_replies(&requests, &replies);
     check_outside(dir.path(), &outside);
 });
+
+/// Caps the size of every file written (RLIMIT_FSIZE), with SIGXFSZ
+/// ignored so that the write fails instead of the process dying.
+fn limit_file_size() {
+    let limit = libc::rlimit {
+        rlim_cur: MAX_WRITTEN_FILE,
+        rlim_max: MAX_WRITTEN_FILE,
+    };
+    // SAFETY: plain libc calls with a valid struct; nothing else in the
+    // process handles SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0, "setrlimit");
+    }
+}
 
 /// Splits the input into packet bodies; empty ones are skipped (the wire
 /// forbids them and the server would end the session).
