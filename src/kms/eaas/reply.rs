@@ -142,7 +142,7 @@ impl Reply {
     }
 
     /// The wrapped key of an encrypt reply from `url`: the hex-decoded
-    /// `ciphertext`, 1 to [`MAX_WRAPPED_LEN`] bytes.
+    /// `ciphertext`, 1 to 8 KiB (the key file format's limit).
     pub fn wrapped_key(&self, url: &str) -> Result<Vec<u8>, KmsError> {
         let bad = |why: &str| {
             KmsError::Refused(format!("{url} answered with an unusable ciphertext: {why}"))
