@@ -16,6 +16,9 @@
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
+//! - [`observe`]: the one path for what happened: events from `ssh`, `sftp`
+//!   and `scp` go to the audit log (JSON lines) and the Prometheus metrics;
+//!   key-service calls are timed by a wrapper around the [`kms`] backend.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
@@ -41,6 +44,7 @@ pub mod eaas;
 pub mod jail;
 pub mod keys;
 pub mod kms;
+pub mod observe;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;

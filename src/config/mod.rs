@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod audit;
+mod metrics;
+
+pub use audit::AuditConfig;
+pub use metrics::MetricsConfig;
+
 /// Where `dropzone` looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "config/dropzone.toml";
 
@@ -40,6 +46,10 @@ struct RawConfig {
     sftp: RawSftp,
     #[serde(default)]
     ssh: RawSsh,
+    #[serde(default)]
+    audit: audit::RawAudit,
+    #[serde(default)]
+    metrics: metrics::RawMetrics,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +135,10 @@ pub struct Config {
     pub login_grace: Duration,
     /// A session with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 /// `[auth]`.
@@ -308,6 +322,8 @@ impl Config {
             max_handles,
             login_grace: Duration::from_secs(raw.ssh.login_grace_secs.unwrap_or(120)),
             idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
+            audit: raw.audit.validate()?,
+            metrics: raw.metrics.validate(),
         })
     }
 }
@@ -373,6 +389,31 @@ mod tests {
             "pam_timeout_secs = 0",
         ] {
             assert!(Config::parse(&format!("[auth]\n{bad}\n")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audit_and_metrics_keys() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.audit.log_file, None);
+        assert_eq!(c.metrics.listen, None);
+        let c = Config::parse(
+            "[audit]\nlog_file = \"audit.jsonl\"\n[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.log_file, Some(PathBuf::from("audit.jsonl")));
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        for (bad, key) in [
+            ("[audit]\nlogfile = \"a\"\n", "logfile"),
+            ("[audit]\nlog_file = \"\"\n", "audit.log_file"),
+            ("[metrics]\nlisten = \"localhost\"\n", "listen"),
+            ("[metrics]\npath = \"/m\"\n", "path"),
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 

@@ -8,7 +8,8 @@ use russh_sftp::protocol::{File, FileAttributes};
 use tokio::sync::mpsc;
 
 use super::status::SftpError;
-use super::{Session, file_job};
+use super::{Session, file_job, outcome_of_reply};
+use crate::observe::{EventKind, Transfer};
 use crate::store::EncryptedFile;
 use crate::store::storage::ObjectPath;
 
@@ -173,11 +174,14 @@ impl HandleTable {
 
 /// Runs the jobs of one file handle in order until it is closed or the
 /// session ends. An unclosed file is dropped, which discards a staged upload.
+/// `transfer` is reported at the close, or as aborted if the worker ends
+/// without one.
 pub(super) async fn run_worker(
     session: Arc<Session>,
     file: Arc<EncryptedFile>,
     path: String,
     mut jobs: mpsc::Receiver<QueuedJob>,
+    mut transfer: Transfer,
 ) {
     let mut noticed = false;
     let mut batch: Vec<QueuedJob> = Vec::with_capacity(BATCH);
@@ -204,20 +208,47 @@ pub(super) async fn run_worker(
         })
         .await;
         let Ok(done) = done else { return };
-        for ((reply, integrity_failed), permit) in done {
+        let last = done.len();
+        for (i, (done, permit)) in done.into_iter().enumerate() {
             // Once per handle: a download with 64 reads in flight fails 64 times.
-            if integrity_failed && !noticed {
+            if done.integrity_failed && !noticed {
                 noticed = true;
                 session.integrity_notice(&path);
             }
-            let sent = session.replies.send(reply).await;
+            if done.received > 0 {
+                transfer.received(done.received);
+            }
+            if done.sent > 0 {
+                transfer.sent(done.sent);
+            }
+            if done.setstat {
+                session.events.operation(
+                    EventKind::Setstat,
+                    &path,
+                    None,
+                    done.took,
+                    outcome_of_reply(&done.reply),
+                );
+            }
+            if closing.is_some() && i + 1 == last {
+                // A handle that met a damaged chunk is reported as failed,
+                // whatever its close says.
+                let outcome = if noticed {
+                    Err(("failure", "the file failed its integrity check".to_owned()))
+                } else {
+                    outcome_of_reply(&done.reply)
+                };
+                // Reported before the reply leaves: the event is queued
+                // before the client sees its close answered.
+                transfer.finish(outcome);
+                let _ = session.replies.send(done.reply).await;
+                return;
+            }
+            let sent = session.replies.send(done.reply).await;
             drop(permit);
             if sent.is_err() {
                 return;
             }
-        }
-        if closing.is_some() {
-            return;
         }
     }
 }

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::ServerContext;
 use crate::keys::KeyError;
+use crate::observe::{self, UserSession};
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
 use crate::username::UserName;
@@ -22,12 +23,17 @@ use crate::username::UserName;
 struct LoggedIn {
     user: UserName,
     store: Arc<UserStore>,
+    /// Shared with the channels; its drop, after the last of them, reports
+    /// the logout.
+    session: Arc<UserSession>,
 }
 
 /// The russh handler of one connection.
 pub(super) struct Connection {
     ctx: Arc<ServerContext>,
     peer: SocketAddr,
+    /// The connection's number in events.
+    id: u64,
     /// The user name of the authentication attempts so far; a change of
     /// name starts over.
     attempted_user: Option<String>,
@@ -48,6 +54,16 @@ enum LoginFailure {
 }
 
 impl LoginFailure {
+    /// The `result` of the `login_failed` event.
+    fn event_result(&self) -> &'static str {
+        match self {
+            LoginFailure::Key(KeyError::Kms(e)) if e.is_transient() => "key_service_unavailable",
+            LoginFailure::Key(KeyError::Kms(_)) => "key_service_refused",
+            LoginFailure::Key(_) => "key_unavailable",
+            LoginFailure::Root(_) => "root_unavailable",
+        }
+    }
+
     /// What the client is told: the cause in general terms, never a path or
     /// the key service's reply (those go to the log).
     fn client_message(&self) -> &'static str {
@@ -91,12 +107,17 @@ enum Owner {
 }
 
 impl Connection {
-    pub(super) fn new(ctx: Arc<ServerContext>, peer: SocketAddr) -> (Self, Arc<AtomicBool>) {
+    pub(super) fn new(
+        ctx: Arc<ServerContext>,
+        peer: SocketAddr,
+        id: u64,
+    ) -> (Self, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
         (
             Connection {
                 ctx,
                 peer,
+                id,
                 attempted_user: None,
                 logged_in: None,
                 logged_in_flag: flag.clone(),
@@ -123,6 +144,18 @@ impl Connection {
             proceed_with_methods: Some(MethodSet::from(methods)),
             partial_success: false,
         }
+    }
+
+    /// Reports a refused login attempt (`result`: `denied` for refused
+    /// credentials, or why valid ones could not log in).
+    fn login_failed(&self, user: &str, method: &'static str, result: &'static str) {
+        observe::login_failed(&self.ctx.observer, self.id, user, self.peer, method, result);
+    }
+
+    /// Rejects a login attempt and reports it.
+    fn deny(&self, user: &str, method: &'static str) -> Auth {
+        self.login_failed(user, method, "denied");
+        self.reject()
     }
 
     /// The users file decides for a name it knows; system users (if on) for
@@ -185,7 +218,7 @@ impl Connection {
         };
         if !ok {
             info!(peer = %self.peer, user, method, "password refused");
-            return self.reject();
+            return self.deny(user, method);
         }
         self.complete_login(user, method).await
     }
@@ -212,9 +245,9 @@ impl Connection {
     /// the disconnect reason is what `ssh`, `sftp` and `scp` print. The
     /// session never gets a store: `logged_in` stays empty, so no channel
     /// can open even before the disconnect lands.
-    async fn complete_login(&mut self, user: &str, method: &str) -> Auth {
+    async fn complete_login(&mut self, user: &str, method: &'static str) -> Auth {
         let Ok(name) = UserName::parse(user) else {
-            return self.reject();
+            return self.deny(user, method);
         };
         let ctx = self.ctx.clone();
         let n = name.clone();
@@ -230,9 +263,17 @@ impl Connection {
         match opened {
             Ok(Ok(store)) => {
                 info!(peer = %self.peer, user = %name, method, "login");
+                let session = UserSession::login(
+                    self.ctx.observer.clone(),
+                    self.id,
+                    name.as_str(),
+                    self.peer,
+                    method,
+                );
                 self.logged_in = Some(LoggedIn {
                     user: name,
                     store: Arc::new(store),
+                    session,
                 });
                 self.logged_in_flag.store(true, Ordering::Release);
                 Auth::Accept
@@ -240,11 +281,15 @@ impl Connection {
             Ok(Err(failure)) => {
                 let told = failure.client_message();
                 warn!(peer = %self.peer, user = %name, reason = %failure, told, "login refused: fails closed");
+                self.login_failed(name.as_str(), method, failure.event_result());
                 self.logged_in = None;
                 self.refusal = Some(told);
                 Auth::Accept
             }
-            Err(_) => self.reject(),
+            Err(_) => {
+                self.login_failed(user, method, "internal_error");
+                self.reject()
+            }
         }
     }
 }
@@ -284,7 +329,9 @@ impl russh::server::Handler for Connection {
         if self.key_allowed(user, offer.public_key).await {
             Ok(Auth::Accept)
         } else {
-            Ok(self.reject())
+            // Reported like a refused signature: a client trying several
+            // keys leaves one line per key it offered in vain.
+            Ok(self.deny(user, "publickey"))
         }
     }
 
@@ -296,14 +343,14 @@ impl russh::server::Handler for Connection {
         self.note_user(user);
         if !self.key_allowed(user, key.public_key).await {
             info!(peer = %self.peer, user, "public key refused");
-            return Ok(self.reject());
+            return Ok(self.deny(user, "publickey"));
         }
         // A Linux user's account must also pass PAM's account management
         // (expired, disabled, pam_access...), as with OpenSSH's UsePAM.
         if let Owner::System(system) = self.owner(user)
             && !system.account_ok(user, Some(self.peer.ip())).await
         {
-            return Ok(self.reject());
+            return Ok(self.deny(user, "publickey"));
         }
         Ok(self.complete_login(user, "publickey").await)
     }
@@ -335,7 +382,7 @@ impl russh::server::Handler for Connection {
         };
         let (Some(answer), None) = (response.next(), response.next()) else {
             info!(peer = %self.peer, user, "keyboard-interactive: expected exactly one answer");
-            return Ok(self.reject());
+            return Ok(self.deny(user, "keyboard-interactive"));
         };
         let password = Zeroizing::new(answer.to_vec());
         Ok(self
@@ -377,6 +424,7 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let (store, user, ctx) = (login.store.clone(), login.user.clone(), self.ctx.clone());
+        let events = login.session.reporter("sftp");
         let handle = session.handle();
         // Messages for the user that SFTP status replies cannot carry to
         // OpenSSH's client (it prints only the status code) go to stderr.
@@ -388,6 +436,7 @@ impl russh::server::Handler for Connection {
                 store,
                 user,
                 ctx.sftp.clone(),
+                events,
             )
             .await;
             finish_channel(&handle, id, 0).await;
@@ -414,10 +463,11 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let (store, ctx) = (login.store.clone(), self.ctx.clone());
+        let events = login.session.reporter("scp");
         let handle = session.handle();
         tokio::spawn(async move {
             let mut stream = channel.into_stream();
-            let status = crate::scp::serve(&mut stream, store, &command).await;
+            let status = crate::scp::serve(&mut stream, store, &command, events).await;
             finish_channel(&handle, id, status).await;
             drop(stream);
             drop(ctx);

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::auth::{Authenticator, SystemUsers};
 use crate::keys::UserKeys;
+use crate::observe::Observer;
 use crate::sftp::SftpConfig;
 
 /// How long a graceful stop waits for open sessions to finish their files.
@@ -35,6 +36,8 @@ pub struct ServerContext {
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
+    /// Where logins, transfers and file operations are reported.
+    observer: Arc<Observer>,
     /// Never read: the server waits at shutdown until the last context, and
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
@@ -50,13 +53,15 @@ impl ServerContext {
     /// Builds the context; the users file is loaded now (a broken file is an
     /// error at start-up) and reloaded whenever it changes on disk. With
     /// `system_users`, Linux users log in too (by password, and by
-    /// keyboard-interactive, which is offered only then).
+    /// keyboard-interactive, which is offered only then). Events go to
+    /// `observer`.
     pub fn new(
         users_file: PathBuf,
         keys: UserKeys,
         data_dir: PathBuf,
         sftp: SftpConfig,
         system_users: Option<SystemUsers>,
+        observer: Arc<Observer>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -69,6 +74,7 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
+                observer,
                 alive,
             }),
             alive_rx,
@@ -162,11 +168,11 @@ pub async fn run(
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer);
-                let config = config.clone();
-                let handles = handles.clone();
                 next_id += 1;
                 let conn_id = next_id;
+                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer, conn_id);
+                let config = config.clone();
+                let handles = handles.clone();
                 sessions.spawn(async move {
                     let running = match russh::server::run_stream(config, socket, handler).await {
                         Ok(running) => running,
