@@ -2,6 +2,7 @@
 
 pub mod harness;
 
+mod audit;
 mod auth;
 mod container;
 mod eaas_client;
@@ -10,6 +11,7 @@ mod eaas_pkcs11;
 mod eaas_service;
 mod healthcheck;
 mod jail;
+mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
