@@ -463,4 +463,40 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The upload scanner's hook: a `rejected` line and the metric.
+    #[test]
+    fn rejections_are_audited_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new());
+        let audit = AuditLog::start(path.clone(), metrics.clone()).unwrap();
+        let observer = Observer::new(metrics.clone(), Some(audit));
+        let remote = SocketAddr::from(([10, 0, 0, 1], 4000));
+        let session = UserSession::login(observer.clone(), 3, "bob", remote, "publickey");
+        session
+            .reporter("sftp")
+            .rejected("/in/x.exe", 42, "scanner: Eicar-Signature FOUND");
+        drop(session);
+        // The last reference: the writer drains its queue and stops.
+        drop(observer);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let events: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["login", "rejected", "logout"], "{text}");
+        let r = &lines[1];
+        assert_eq!(r["path"], "/in/x.exe");
+        assert_eq!(r["bytes"], 42);
+        assert_eq!(r["result"], "rejected");
+        assert_eq!(r["reason"], "scanner: Eicar-Signature FOUND");
+        assert_eq!(r["protocol"], "sftp");
+        assert!(
+            metrics
+                .render()
+                .contains("dropzone_scan_rejections_total 1\n")
+        );
+    }
 }

@@ -207,7 +207,7 @@ fn sighup_reopens_the_log_for_rotation() {
     wait_for_logouts(&srv, &audit, 1);
 
     std::fs::rename(&audit, &rotated).unwrap();
-    srv.signal("HUP");
+    srv.signal(rustix::process::Signal::HUP);
     srv.wait_for("the audit log to be reopened", || {
         srv.log().contains("audit log reopened").then_some(())
     });

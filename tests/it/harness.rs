@@ -260,11 +260,14 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Sends `signal` (a `kill -s` name such as `HUP`) to the server.
-    pub fn signal(&self, signal: &str) {
-        run(Command::new("kill")
-            .args(["-s", signal])
-            .arg(self.child.id().to_string()));
+    /// Sends `signal` (e.g. `rustix::process::Signal::HUP`) to the server.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("the server's process id");
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal:?} to the server: {e}"));
     }
 
     /// Waits (polling, up to [`COMMAND_TIMEOUT`]) until `ready` returns
