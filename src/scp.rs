@@ -621,38 +621,37 @@ where
     let final_mode = effective_mode(mode, preserve);
     let (s, p) = (store.clone(), path.clone());
     let started = std::time::Instant::now();
-    // The outer result is the whole step's; the flag tells whether a
-    // directory was to be created (a `mkdir` event), so it is known even
-    // when that failed.
-    let mut creating = false;
+    // Besides the step's result, whether a directory was to be created: a
+    // `mkdir` event, reported whether or not that worked.
     let entered = blocking(move || {
         let mut creating = false;
-        let step = match s.stat(&p, true) {
-            Ok(attrs) if attrs.kind == Kind::Dir => if preserve {
-                s.set_permissions(&p, final_mode).map_err(SftpError::from)
-            } else {
-                Ok(())
+        let step = (|| -> Result<Option<u32>, SftpError> {
+            match s.stat(&p, true) {
+                Ok(attrs) if attrs.kind == Kind::Dir => {
+                    if preserve {
+                        s.set_permissions(&p, final_mode)?;
+                    }
+                    Ok(None)
+                }
+                Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR).into()),
+                Err(e) if e.is_not_found() => {
+                    // Created writable so its contents can be written; the
+                    // final mode is set at its `E`.
+                    creating = true;
+                    let created = final_mode | 0o700;
+                    s.mkdir(&p, Some(created))?;
+                    Ok((created != final_mode).then_some(final_mode))
+                }
+                Err(e) => Err(e.into()),
             }
-            .map(|()| None),
-            Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR).into()),
-            Err(e) if e.is_not_found() => {
-                // Created writable so its contents can be written; the final
-                // mode is set at its `E`.
-                creating = true;
-                let created = final_mode | 0o700;
-                s.mkdir(&p, Some(created))
-                    .map(|()| (created != final_mode).then_some(final_mode))
-                    .map_err(SftpError::from)
-            }
-            Err(e) => Err(e.into()),
-        };
+        })();
         Ok((step, creating))
     })
-    .await
-    .and_then(|(step, c)| {
-        creating = c;
-        step
-    });
+    .await;
+    let (entered, creating) = match entered {
+        Ok((step, creating)) => (step, creating),
+        Err(e) => (Err(e), false),
+    };
     if creating {
         let outcome = match &entered {
             Ok(_) => Ok(()),

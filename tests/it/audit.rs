@@ -187,7 +187,21 @@ fn scp_transfers_are_audited() {
         srv.remote("alice", "s.bin"),
         srv.local_path("s-back.bin"),
     ));
-    let all = wait_for_logouts(&srv, &audit, 2);
+    // A recursive upload creates its directory: a mkdir event.
+    std::fs::create_dir(srv.local_path("tree")).unwrap();
+    std::fs::write(srv.local_path("tree/t.txt"), b"tree file\n").unwrap();
+    srv.run(&mut srv.scp(
+        "alice",
+        &["-O", "-r"],
+        srv.local_path("tree"),
+        srv.remote("alice", "/"),
+    ));
+    let all = wait_for_logouts(&srv, &audit, 3);
+    let mkdir = one(&all, "scp mkdir", |e| is(e, "mkdir", "/tree"));
+    assert_eq!(mkdir["result"], "ok", "{mkdir}");
+    assert_eq!(mkdir["protocol"], "scp", "{mkdir}");
+    let t = one(&all, "scp upload in the tree", |e| is(e, "upload", "/tree/t.txt"));
+    assert_eq!(t["bytes"], 10, "{t}");
     let up = one(&all, "scp upload", |e| is(e, "upload", "/s.bin"));
     let down = one(&all, "scp download", |e| is(e, "download", "/s.bin"));
     for e in [up, down] {
