@@ -200,7 +200,9 @@ fn scp_transfers_are_audited() {
     let mkdir = one(&all, "scp mkdir", |e| is(e, "mkdir", "/tree"));
     assert_eq!(mkdir["result"], "ok", "{mkdir}");
     assert_eq!(mkdir["protocol"], "scp", "{mkdir}");
-    let t = one(&all, "scp upload in the tree", |e| is(e, "upload", "/tree/t.txt"));
+    let t = one(&all, "scp upload in the tree", |e| {
+        is(e, "upload", "/tree/t.txt")
+    });
     assert_eq!(t["bytes"], 10, "{t}");
     let up = one(&all, "scp upload", |e| is(e, "upload", "/s.bin"));
     let down = one(&all, "scp download", |e| is(e, "download", "/s.bin"));
