@@ -342,6 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_cannot_be_reopened_costs_lines_not_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new());
+        let log = AuditLog::start(path.clone(), metrics.clone()).unwrap();
+        let count = |name: &str| {
+            let text = metrics.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                .unwrap()
+        };
+        let wait = |name: &str, n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while count(name) < n {
+                assert!(Instant::now() < deadline, "{name} never reached {n}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // The directory goes away: the reopen fails, the line is lost and
+        // counted, and the writer carries on.
+        std::fs::remove_dir_all(&sub).unwrap();
+        log.reopen();
+        log.write(&upload());
+        wait("dropzone_audit_write_errors_total", 1);
+        // Back again: the next line after the retry interval is written.
+        std::fs::create_dir(&sub).unwrap();
+        std::thread::sleep(RETRY_OPEN);
+        log.write(&upload());
+        wait("dropzone_audit_events_written_total", 1);
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts() {
         let metrics = Arc::new(Metrics::new());
         // A writer that never drains: no thread behind the queue.

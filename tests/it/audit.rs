@@ -249,3 +249,53 @@ fn sighup_reopens_the_log_for_rotation() {
     // The server is still up and serving.
     srv.run(&mut srv.sftp("alice", "ls\n"));
 }
+
+#[test]
+fn a_login_the_key_service_cannot_complete_is_audited_and_counted() {
+    // A port nothing listens on: the key service is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let kms = format!(
+        "[kms]\nbackend = \"eaas\"\nkey_cache_ttl_secs = 0\n\n[kms.eaas]\n\
+         url = \"http://127.0.0.1:{port}\"\nsecret_path = \"dropzone/rsa\"\nsecret_version = \"1\"\n"
+    );
+    let srv = Server::start_opts(
+        &[("alice", None)],
+        &ServerOptions {
+            kms_config: Some(kms),
+            extra_config: "\n[audit]\nlog_file = \"audit.jsonl\"\n\
+                           [metrics]\nlisten = \"127.0.0.1:0\"\n"
+                .into(),
+            ..ServerOptions::default()
+        },
+    );
+    srv.run_fail(&mut srv.sftp("alice", "ls\n"));
+    let audit = srv.path("audit.jsonl");
+    let all = srv.wait_for("a login_failed event", || {
+        let all = events(&audit);
+        all.iter()
+            .any(|e| e["event"] == "login_failed")
+            .then_some(all)
+    });
+    let failed = one(&all, "login_failed", |e| e["event"] == "login_failed");
+    check_common(failed);
+    assert_eq!(failed["user"], "alice", "{failed}");
+    assert_eq!(failed["method"], "publickey", "{failed}");
+    assert_eq!(failed["result"], "key_service_unavailable", "{failed}");
+    assert!(
+        !all.iter().any(|e| e["event"] == "login"),
+        "a login that failed closed was logged as a login"
+    );
+
+    let (_, text) = srv.http_get(srv.metrics_port(), "/metrics");
+    for want in [
+        "dropzone_logins_total{method=\"publickey\",result=\"key_service_unavailable\"} 1\n",
+        "dropzone_kms_errors_total{op=\"ensure_master_key\",kind=\"unavailable\"} 1\n",
+        "dropzone_kms_errors_total{op=\"wrap\",kind=\"unavailable\"} 1\n",
+        "dropzone_sessions 0\n",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+}
