@@ -407,6 +407,13 @@ impl Transfer {
         self.reporter.bytes_out(n);
     }
 
+    /// The upload scanner refused this upload: reports `rejected` with the
+    /// bytes received so far. The transfer itself is still finished with
+    /// its close's outcome.
+    pub fn rejected(&self, reason: &str) {
+        self.reporter.rejected(&self.path, self.received, reason);
+    }
+
     /// Reports the transfer with `outcome` (the result of its close).
     pub fn finish(mut self, outcome: Outcome) {
         self.finished = true;
@@ -474,10 +481,12 @@ mod tests {
         let observer = Observer::new(metrics.clone(), Some(audit));
         let remote = SocketAddr::from(([10, 0, 0, 1], 4000));
         let session = UserSession::login(observer.clone(), 3, "bob", remote, "publickey");
-        session
-            .reporter("sftp")
-            .rejected("/in/x.exe", 42, "scanner: Eicar-Signature FOUND");
-        drop(session);
+        let sftp = session.reporter("sftp");
+        let mut upload = sftp.transfer_started(EventKind::Upload, "/in/x.exe".into());
+        upload.received(42);
+        upload.rejected("scanner: Eicar-Signature FOUND");
+        upload.finish(Err(("permission_denied", "upload rejected".into())));
+        drop((session, sftp));
         // The last reference: the writer drains its queue and stops.
         drop(observer);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -486,7 +495,7 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let events: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
-        assert_eq!(events, ["login", "rejected", "logout"], "{text}");
+        assert_eq!(events, ["login", "rejected", "upload", "logout"], "{text}");
         let r = &lines[1];
         assert_eq!(r["path"], "/in/x.exe");
         assert_eq!(r["bytes"], 42);
