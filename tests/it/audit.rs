@@ -96,7 +96,13 @@ fn every_event_is_one_json_line_with_its_fields() {
     srv.run(&mut srv.sftp_password("bob", BOB_PASSWORD, "mkdir b\n"));
     srv.run_fail(&mut srv.sftp_password("alice", "wrong-password", "ls\n"));
 
-    let all = wait_for_logouts(&srv, &audit, 2);
+    // Each session's lines come before its logout; the refused login has
+    // no logout, so it is waited for too.
+    let all = srv.wait_for("two logouts and the failed login", || {
+        let all = events(&audit);
+        let count = |event: &str| all.iter().filter(|e| e["event"] == event).count();
+        (count("logout") >= 2 && count("login_failed") >= 1).then_some(all)
+    });
     let size = data.len() as u64;
 
     let login = one(&all, "alice login", |e| {
