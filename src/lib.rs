@@ -16,6 +16,8 @@
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
+//! - [`upload`]: what happens around an upload's commit: the scan command
+//!   that must accept it, and the notification POSTed once it is stored.
 //! - [`observe`]: the one path for what happened: events from `ssh`, `sftp`
 //!   and `scp` go to the audit log (JSON lines) and the Prometheus metrics;
 //!   key-service calls are timed by a wrapper around the [`kms`] backend.
@@ -29,6 +31,8 @@
 //! - [`username`]: the validated user name every layer shares.
 //! - [`kms`]: the [`kms::KeyWrapper`] trait and its backends (a local RSA
 //!   key file by default, or the EaaS HTTP client).
+//! - [`legacy`]: `dropzone import-legacy`: the original Dropzone's files and
+//!   keys, re-encrypted into the store (a tool above [`store`] and [`keys`]).
 //! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
 //!   process; the HTTP API of the original EaaS).
 //!
@@ -44,9 +48,11 @@ pub mod eaas;
 pub mod jail;
 pub mod keys;
 pub mod kms;
+pub mod legacy;
 pub mod observe;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod upload;
 pub mod username;

@@ -747,6 +747,9 @@ where
             conn.ok().await
         }
         Err(e) => {
+            if let SftpError::Store(StoreError::Rejected { reason }) = &e {
+                transfer.rejected(reason);
+            }
             transfer.finish(outcome_of(&e));
             conn.warn(&failed(&path, &e)).await
         }

@@ -13,9 +13,11 @@ use serde::Deserialize;
 
 mod audit;
 mod metrics;
+mod upload;
 
 pub use audit::AuditConfig;
 pub use metrics::MetricsConfig;
+pub use upload::UploadConfig;
 
 /// Where `dropzone` looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "config/dropzone.toml";
@@ -46,6 +48,8 @@ struct RawConfig {
     sftp: RawSftp,
     #[serde(default)]
     ssh: RawSsh,
+    #[serde(default)]
+    upload: upload::RawUpload,
     #[serde(default)]
     audit: audit::RawAudit,
     #[serde(default)]
@@ -135,6 +139,8 @@ pub struct Config {
     pub login_grace: Duration,
     /// A session with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// `[upload]`: scanning and notifications.
+    pub upload: UploadConfig,
     /// `[audit]`.
     pub audit: AuditConfig,
     /// `[metrics]`.
@@ -322,6 +328,7 @@ impl Config {
             max_handles,
             login_grace: Duration::from_secs(raw.ssh.login_grace_secs.unwrap_or(120)),
             idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
+            upload: raw.upload.validate()?,
             audit: raw.audit.validate()?,
             metrics: raw.metrics.validate(),
         })

@@ -8,7 +8,7 @@ use russh_sftp::protocol::{File, FileAttributes};
 use tokio::sync::mpsc;
 
 use super::status::SftpError;
-use super::{Session, file_job, outcome_of_reply};
+use super::{FileNotice, Session, file_job, outcome_of_reply};
 use crate::observe::{EventKind, Transfer};
 use crate::store::EncryptedFile;
 use crate::store::storage::ObjectPath;
@@ -26,7 +26,7 @@ pub(super) enum FileJob {
     Write {
         id: u32,
         offset: u64,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     Fstat {
         id: u32,
@@ -210,10 +210,17 @@ pub(super) async fn run_worker(
         let Ok(done) = done else { return };
         let last = done.len();
         for (i, (done, permit)) in done.into_iter().enumerate() {
-            // Once per handle: a download with 64 reads in flight fails 64 times.
-            if done.integrity_failed && !noticed {
-                noticed = true;
-                session.integrity_notice(&path);
+            match &done.notice {
+                // Once per handle: a download with 64 reads in flight fails 64 times.
+                Some(FileNotice::Integrity) if !noticed => {
+                    noticed = true;
+                    session.integrity_notice(&path);
+                }
+                Some(FileNotice::Rejected(reason)) => {
+                    transfer.rejected(reason);
+                    session.rejection_notice(&path, reason);
+                }
+                _ => {}
             }
             if done.received > 0 {
                 transfer.received(done.received);
@@ -230,22 +237,33 @@ pub(super) async fn run_worker(
                     outcome_of_reply(&done.reply),
                 );
             }
-            if closing.is_some() && i + 1 == last {
-                // A handle that met a damaged chunk is reported as failed,
-                // whatever its close says.
-                let outcome = if noticed {
+            // The transfer's outcome when this is its CLOSE: a handle that
+            // met a damaged chunk is reported as failed, whatever its close
+            // says.
+            let closed = (closing.is_some() && i + 1 == last).then(|| {
+                if noticed {
                     Err(("failure", "the file failed its integrity check".to_owned()))
                 } else {
                     outcome_of_reply(&done.reply)
-                };
+                }
+            });
+            // A DATA reply keeps its budget until it is written: queued
+            // replies count against the session's memory too.
+            let reply = match done.reply {
+                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, Some(permit)),
+                other => {
+                    drop(permit);
+                    other
+                }
+            };
+            if let Some(outcome) = closed {
                 // Reported before the reply leaves: the event is queued
                 // before the client sees its close answered.
                 transfer.finish(outcome);
-                let _ = session.replies.send(done.reply).await;
+                let _ = session.replies.send(reply).await;
                 return;
             }
-            let sent = session.replies.send(done.reply).await;
-            drop(permit);
+            let sent = session.replies.send(reply).await;
             if sent.is_err() {
                 return;
             }

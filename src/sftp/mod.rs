@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -73,12 +73,21 @@ impl Default for SftpConfig {
     }
 }
 
+/// A reply on its way to the client. Most are packets, encoded by the
+/// writer; DATA replies are built where the file is read, with the data
+/// decrypted straight into the packet, and go out as they are, holding
+/// their share of the session's in-flight budget until written.
+enum Reply {
+    Packet(Packet),
+    Encoded(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+}
+
 /// What one SFTP session works with.
 struct Session {
     store: Arc<UserStore>,
     user: UserName,
     handles: HandleTable,
-    replies: mpsc::Sender<Packet>,
+    replies: mpsc::Sender<Reply>,
     /// Admits handle jobs by size; see [`IN_FLIGHT_KIB`].
     in_flight: Arc<tokio::sync::Semaphore>,
     notices: mpsc::Sender<String>,
@@ -111,16 +120,30 @@ where
             }
         }
     });
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Packet>(HANDLE_QUEUE * 2);
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(HANDLE_QUEUE * 2);
     let writer_task = tokio::spawn(async move {
+        // Small replies that are already waiting are batched into one
+        // write; a DATA reply goes out from its own buffer, not copied.
         let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(packet) = reply_rx.recv().await {
-            // Batch replies that are already waiting into one write.
-            let mut next = Some(packet);
-            while let Some(p) = next {
-                match Bytes::try_from(p) {
-                    Ok(bytes) => buf.extend_from_slice(&bytes),
-                    Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+        'replies: while let Some(reply) = reply_rx.recv().await {
+            let mut next = Some(reply);
+            while let Some(reply) = next {
+                match reply {
+                    Reply::Packet(p) => match Bytes::try_from(p) {
+                        Ok(bytes) => buf.extend_from_slice(&bytes),
+                        Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+                    },
+                    Reply::Encoded(bytes, _budget) => {
+                        if !buf.is_empty() {
+                            if writer.write_all(&buf).await.is_err() {
+                                break 'replies;
+                            }
+                            buf.clear();
+                        }
+                        if writer.write_all(&bytes).await.is_err() {
+                            break 'replies;
+                        }
+                    }
                 }
                 next = if buf.len() < 256 * 1024 {
                     reply_rx.try_recv().ok()
@@ -128,7 +151,7 @@ where
                     None
                 };
             }
-            if writer.write_all(&buf).await.is_err() {
+            if !buf.is_empty() && writer.write_all(&buf).await.is_err() {
                 break;
             }
             buf.clear();
@@ -187,8 +210,16 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<
             format!("SFTP packet of {len} bytes is outside the accepted size"),
         ));
     }
-    let mut body = BytesMut::zeroed(len as usize);
-    r.read_exact(&mut body).await?;
+    // Read into uninitialised capacity: zeroing 256 KiB per WRITE first
+    // would be wasted work.
+    let len = len as usize;
+    let mut body = BytesMut::with_capacity(len);
+    let mut packet = r.take(len as u64);
+    while body.len() < len {
+        if packet.read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(Some(body.freeze()))
 }
 
@@ -231,9 +262,9 @@ fn outcome_of<T>(result: &Result<T, SftpError>) -> Outcome {
 }
 
 /// The outcome a status reply carries (any other reply is a success).
-fn outcome_of_reply(reply: &Packet) -> Outcome {
+fn outcome_of_reply(reply: &Reply) -> Outcome {
     match reply {
-        Packet::Status(s)
+        Reply::Packet(Packet::Status(s))
             if s.status_code != StatusCode::Ok && s.status_code != StatusCode::Eof =>
         {
             Err((status::status_name(s.status_code), s.error_message.clone()))
@@ -260,6 +291,19 @@ where
 impl Session {
     /// Handles one request; false ends the session.
     async fn dispatch(self: &Arc<Self>, mut body: Bytes) -> bool {
+        // WRITE carries the bulk of an upload: decoded here so that its
+        // data stays a slice of the packet instead of being copied out.
+        if body.first() == Some(&wire::FXP_WRITE) {
+            if let Ok(w) = wire::parse_write(&body) {
+                let job = FileJob::Write {
+                    id: w.id,
+                    offset: w.offset,
+                    data: w.data,
+                };
+                return self.to_handle(w.id, &w.handle, job).await;
+            }
+            // Malformed: the general decoder below answers it.
+        }
         let raw = body.clone();
         let packet = match Packet::try_from(&mut body) {
             Ok(p) => p,
@@ -310,7 +354,7 @@ impl Session {
                     FileJob::Write {
                         id: w.id,
                         offset: w.offset,
-                        data: w.data,
+                        data: w.data.into(),
                     },
                 )
                 .await
@@ -394,8 +438,25 @@ impl Session {
         ));
     }
 
+    /// Tells the user on stderr why an upload was rejected, for the same
+    /// reason as [`Session::integrity_notice`].
+    fn rejection_notice(&self, path: &str, reason: &str) {
+        let _ = self
+            .notices
+            .try_send(format!("dropzone: {path}: upload rejected: {reason}\n"));
+    }
+
+    /// Sends the stderr notice that `e`, an error about `path`, calls for.
+    fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
+        match e {
+            crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
+            crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
+            _ => {}
+        }
+    }
+
     async fn send(&self, packet: Packet) -> bool {
-        self.replies.send(packet).await.is_ok()
+        self.replies.send(Reply::Packet(packet)).await.is_ok()
     }
 
     /// Queues a job on a file handle's worker.
@@ -588,9 +649,7 @@ impl Session {
         let file = match self.store.open(&path, opts) {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                if matches!(e, crate::store::StoreError::Integrity(_)) {
-                    self.integrity_notice(&client_path);
-                }
+                self.notice_for(&client_path, &e);
                 return Err(e.into());
             }
         };
@@ -633,7 +692,10 @@ impl Session {
             if current.kind != Kind::File {
                 return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
             }
-            self.store.set_size(path, size)?;
+            if let Err(e) = self.store.set_size(path, size) {
+                self.notice_for(&path.to_client_string(), &e);
+                return Err(e.into());
+            }
         }
         if let Some(p) = a.permissions {
             if current.kind == Kind::Symlink {
@@ -721,40 +783,66 @@ fn version_reply() -> Version {
     }
 }
 
-/// What a file job did, for the worker to report.
-pub(super) struct Done {
-    pub(super) reply: Packet,
-    /// It failed an integrity check.
-    pub(super) integrity_failed: bool,
+/// What the user must be told on stderr after a file job.
+pub(super) enum FileNotice {
+    /// The file failed an integrity check.
+    Integrity,
+    /// The upload was rejected at close, for this reason.
+    Rejected(String),
+}
+
+/// What a file job did, for the worker to answer, tell and report.
+struct Done {
+    reply: Reply,
+    /// What the user must be told on stderr about its failure.
+    notice: Option<FileNotice>,
     /// File bytes written (from the client).
-    pub(super) received: u64,
+    received: u64,
     /// File bytes read (to the client).
-    pub(super) sent: u64,
+    sent: u64,
     /// It was an FSETSTAT (reported as a `setstat` event).
-    pub(super) setstat: bool,
+    setstat: bool,
     /// How long it ran.
-    pub(super) took: std::time::Duration,
+    took: std::time::Duration,
 }
 
 /// Executes one job on an open file (on a blocking thread).
 fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
     let started = Instant::now();
-    let mut integrity_failed = false;
-    let (mut received, mut sent) = (0, 0);
+    let mut notice = None;
+    let mut received = 0;
     let setstat = matches!(job, FileJob::SetStat { .. });
     let mut fail = |id: u32, e: crate::store::StoreError| {
-        integrity_failed |= matches!(e, crate::store::StoreError::Integrity(_));
+        match &e {
+            crate::store::StoreError::Integrity(_) => notice = Some(FileNotice::Integrity),
+            crate::store::StoreError::Rejected { reason } => {
+                notice = Some(FileNotice::Rejected(reason.clone()))
+            }
+            _ => {}
+        }
         error_reply(id, &e.into())
     };
     let reply = match job {
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
-            match file.read_at(offset, len) {
-                Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "End of file"),
-                Ok(data) => {
-                    sent = data.len() as u64;
-                    Packet::Data(Data { id, data })
+            let mut sent = 0;
+            let filled = wire::data_reply(id, len, |buf| {
+                let n = file.read_into(offset, len, buf)?;
+                sent = n as u64;
+                Ok(n)
+            });
+            match filled {
+                Ok(Some(packet)) => {
+                    return Done {
+                        reply: Reply::Encoded(packet, None),
+                        notice: None,
+                        received: 0,
+                        sent,
+                        setstat: false,
+                        took: started.elapsed(),
+                    };
                 }
+                Ok(None) => status(id, StatusCode::Eof, "End of file"),
                 Err(e) => fail(id, e),
             }
         }
@@ -784,10 +872,10 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
         ),
     };
     Done {
-        reply,
-        integrity_failed,
+        reply: Reply::Packet(reply),
+        notice,
         received,
-        sent,
+        sent: 0,
         setstat,
         took: started.elapsed(),
     }

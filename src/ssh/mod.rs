@@ -36,6 +36,8 @@ pub struct ServerContext {
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
+    /// Upload scanning and notifications (`[upload]`), if configured.
+    uploads: Option<Arc<crate::upload::Uploads>>,
     /// Where logins, transfers and file operations are reported.
     observer: Arc<Observer>,
     /// Never read: the server waits at shutdown until the last context, and
@@ -61,6 +63,7 @@ impl ServerContext {
         data_dir: PathBuf,
         sftp: SftpConfig,
         system_users: Option<SystemUsers>,
+        uploads: Option<Arc<crate::upload::Uploads>>,
         observer: Arc<Observer>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
@@ -74,6 +77,7 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
+                uploads,
                 observer,
                 alive,
             }),

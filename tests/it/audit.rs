@@ -305,3 +305,61 @@ fn a_login_the_key_service_cannot_complete_is_audited_and_counted() {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
 }
+
+#[test]
+fn a_scanner_rejection_is_audited_and_counted() {
+    use std::os::unix::fs::PermissionsExt;
+    // A scanner that reads the whole upload and rejects it.
+    let scanner = tempfile::Builder::new()
+        .prefix("dropzone-audit-scanner-")
+        .tempdir()
+        .unwrap();
+    let script = scanner.path().join("reject.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat > /dev/null\necho 'test scanner: not accepted' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let srv = Server::start_opts(
+        &[("alice", None)],
+        &ServerOptions {
+            extra_config: format!(
+                "\n[upload]\nscan_command = [{:?}]\n[audit]\nlog_file = \"audit.jsonl\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n",
+                script.display().to_string()
+            ),
+            ..ServerOptions::default()
+        },
+    );
+    let size = 50_000u64;
+    std::fs::write(
+        srv.local_path("r.bin"),
+        random_bytes(size as usize, fresh_seed()),
+    )
+    .unwrap();
+    srv.run_fail(&mut srv.sftp("alice", "put r.bin\n"));
+    srv.run_fail(&mut srv.scp("alice", &["-O"], "r.bin", srv.remote("alice", "scp.bin")));
+
+    let audit = srv.path("audit.jsonl");
+    let all = wait_for_logouts(&srv, &audit, 2);
+    for (path, protocol) in [("/r.bin", "sftp"), ("/scp.bin", "scp")] {
+        let rejected = one(&all, "rejected", |e| is(e, "rejected", path));
+        check_common(rejected);
+        assert_eq!(rejected["protocol"], protocol, "{rejected}");
+        assert_eq!(rejected["result"], "rejected", "{rejected}");
+        assert_eq!(rejected["bytes"], size, "{rejected}");
+        let reason = rejected["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("test scanner: not accepted"), "{rejected}");
+        // The upload itself is reported as failed, after the rejection.
+        let upload = one(&all, "rejected upload", |e| is(e, "upload", path));
+        assert_ne!(upload["result"], "ok", "{upload}");
+        let at = |e: &Value| all.iter().position(|x| x == e).unwrap();
+        assert!(at(rejected) < at(upload), "rejected after its upload");
+    }
+    let (_, text) = srv.http_get(srv.metrics_port(), "/metrics");
+    assert!(
+        text.contains("dropzone_scan_rejections_total 2\n"),
+        "scan rejections not counted:\n{text}"
+    );
+}

@@ -10,11 +10,13 @@ mod eaas_client;
 mod eaas_pkcs11;
 mod eaas_service;
 mod healthcheck;
+mod import_legacy;
 mod jail;
 mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+mod scan;
 mod scp;
 mod sftp;
 mod tamper;
