@@ -1,5 +1,6 @@
 //! What both long-running binaries (`dropzone serve`, `dropzone-eaas serve`)
-//! do the same way: log to stderr and stop on SIGTERM or SIGINT.
+//! do the same way: log to stderr and stop on SIGTERM or SIGINT; SIGHUP
+//! asks for log files to be reopened.
 
 /// Structured logs on stderr, filtered by `RUST_LOG` (default `info`),
 /// colored only on a terminal.
@@ -27,5 +28,19 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Calls `reopen` on every SIGHUP (log rotation) for as long as it runs.
+/// Installing it also keeps SIGHUP from ending the process.
+pub async fn on_hangup(mut reopen: impl FnMut()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: log files will not be reopened");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reopening log files");
+        reopen();
     }
 }

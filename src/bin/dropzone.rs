@@ -14,6 +14,8 @@ use dropzone::keys::{Rewrapped, UserKeys};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::{KeyWrapper, MasterKeyRef, local::LocalKms};
 use dropzone::legacy::{Event as LegacyEvent, ImportError, ImportOptions};
+use dropzone::observe::kms::ObservedKeyWrapper;
+use dropzone::observe::{AuditLog, Metrics, Observer};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
 use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
@@ -310,9 +312,26 @@ fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     dropzone::daemon::init_logging();
+    let metrics = Arc::new(Metrics::new());
+    let audit = match &config.audit.log_file {
+        Some(path) => Some(
+            AuditLog::start(path.clone(), metrics.clone()).with_context(|| {
+                format!(
+                    "audit.log_file: cannot open {} for appending",
+                    path.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let observer = Observer::new(metrics.clone(), audit);
     // The key service client is blocking and runs its own runtime thread:
     // it is built (and, through `wrapper`, dropped) outside the async runtime.
-    let wrapper = key_wrapper(config)?;
+    // Its calls are timed for the metrics.
+    let wrapper: Arc<dyn KeyWrapper> = Arc::new(ObservedKeyWrapper::new(
+        key_wrapper(config)?,
+        metrics.clone(),
+    ));
     let keys = user_keys_with(config, wrapper.clone())?;
     prepare_master_key(wrapper.as_ref());
     // The store's crypto workers poll briefly for work by default; in the
@@ -323,6 +342,24 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
+        {
+            let observer = observer.clone();
+            tokio::spawn(dropzone::daemon::on_hangup(move || observer.reopen_audit()));
+        }
+        // Bound before the SSH listener, so that the endpoint is up by the
+        // time the server says it is listening.
+        if let Some(address) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {address}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, "metrics served at http://{bound}/metrics");
+            tokio::spawn(dropzone::observe::http::serve(
+                listener,
+                metrics.clone(),
+                std::future::pending(),
+            ));
+        }
         let host_keys = ssh::host_keys::load_or_generate(
             &config.host_keys_dir,
             &config.ssh.host_key_algorithms,
@@ -341,6 +378,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             system_users,
             dropzone::upload::Uploads::from_config(&config.upload).map_err(ConfigFailure)?,
             config.limits.clone(),
+            observer.clone(),
         )
         .map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
@@ -367,6 +405,9 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     });
     drop(runtime);
     drop(wrapper);
+    // The last reference: the audit writer finishes its queue (the
+    // logouts of the sessions closed at shutdown) before the process exits.
+    drop(observer);
     result
 }
 

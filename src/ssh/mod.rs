@@ -29,6 +29,7 @@ use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::auth::{Authenticator, SystemUsers};
 use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
+use crate::observe::Observer;
 use crate::sftp::SftpConfig;
 
 /// How long a graceful stop waits for open sessions to finish their files.
@@ -50,6 +51,8 @@ pub struct ServerContext {
     admission: Arc<admission::Admission>,
     /// Failure penalties per source (`None`: turned off).
     penalties: Option<Penalties>,
+    /// Where logins, transfers and file operations are reported.
+    observer: Arc<Observer>,
     /// Never read: the server waits at shutdown until the last context, and
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
@@ -65,7 +68,8 @@ impl ServerContext {
     /// Builds the context; the users file is loaded now (a broken file is an
     /// error at start-up) and reloaded whenever it changes on disk. With
     /// `system_users`, Linux users log in too (by password, and by
-    /// keyboard-interactive, which is offered only then).
+    /// keyboard-interactive, which is offered only then). Events go to
+    /// `observer`.
     pub fn new(
         users_file: PathBuf,
         keys: UserKeys,
@@ -74,6 +78,7 @@ impl ServerContext {
         system_users: Option<SystemUsers>,
         uploads: Option<Arc<crate::upload::Uploads>>,
         limits: LimitsConfig,
+        observer: Arc<Observer>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -89,6 +94,7 @@ impl ServerContext {
                 uploads,
                 penalties: limits.penalty.clone().map(Penalties::new),
                 admission: admission::Admission::new(limits),
+                observer,
                 alive,
             }),
             alive_rx,
@@ -316,11 +322,12 @@ pub async fn run(
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer, startup);
-                let config = config.clone();
-                let handles = handles.clone();
                 next_id += 1;
                 let conn_id = next_id;
+                let (handler, logged_in) =
+                    connection::Connection::new(ctx.clone(), peer, startup, conn_id);
+                let config = config.clone();
+                let handles = handles.clone();
                 sessions.spawn(serve_connection(
                     config,
                     socket,

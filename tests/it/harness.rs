@@ -260,6 +260,73 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` (e.g. `rustix::process::Signal::HUP`) to the server.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("the server's process id");
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal:?} to the server: {e}"));
+    }
+
+    /// Waits (polling, up to [`COMMAND_TIMEOUT`]) until `ready` returns
+    /// something; panics naming `what` with the server log otherwise.
+    #[track_caller]
+    pub fn wait_for<T>(&self, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(v) = ready() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {COMMAND_TIMEOUT:?} waiting for {what}\n--- server log (tail) ---\n{}",
+                    self.log_tail(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port of the metrics endpoint (`[metrics] listen` on
+    /// `127.0.0.1:0`), from the server's log.
+    pub fn metrics_port(&self) -> u16 {
+        const MARK: &str = "metrics served at http://127.0.0.1:";
+        self.wait_for("the metrics endpoint's log line", || {
+            let log = self.log();
+            let rest = &log[log.find(MARK)? + MARK.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+    }
+
+    /// `GET path` on 127.0.0.1:`port` over plain HTTP/1.1: the status code
+    /// and the body.
+    pub fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+        stream.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .unwrap_or_else(|e| panic!("reading the reply to GET {path}: {e}"));
+        let (head, body) = reply
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers in the reply to GET {path}:\n{reply}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in the reply to GET {path}:\n{head}"));
+        (status, body.to_owned())
+    }
+
     /// Options common to ssh, sftp and scp, without the port and key.
     pub fn common_opts() -> Vec<String> {
         [

@@ -2,6 +2,7 @@
 
 pub mod harness;
 
+mod audit;
 mod auth;
 mod container;
 mod eaas_client;
@@ -12,6 +13,7 @@ mod hardening;
 mod healthcheck;
 mod import_legacy;
 mod jail;
+mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
