@@ -368,19 +368,20 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
-        let (ctx, alive) = ssh::ServerContext::new(
-            config.auth.users_file.clone(),
-            keys,
-            config.data_dir.clone(),
-            SftpConfig {
+        let parts = ssh::ServerParts {
+            users_file: config.auth.users_file.clone(),
+            data_dir: config.data_dir.clone(),
+            sftp: SftpConfig {
                 max_handles: config.max_handles,
             },
             system_users,
-            dropzone::upload::Uploads::from_config(&config.upload).map_err(ConfigFailure)?,
-            config.limits.clone(),
-            observer.clone(),
-        )
-        .map_err(|e| ConfigFailure(e.to_string()))?;
+            uploads: dropzone::upload::Uploads::from_config(&config.upload)
+                .map_err(ConfigFailure)?,
+            limits: config.limits.clone(),
+            observer: observer.clone(),
+        };
+        let (ctx, alive) =
+            ssh::ServerContext::new(keys, parts).map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
             host_keys,
             config.auth.max_auth_attempts,

@@ -293,17 +293,18 @@ impl Session {
     async fn dispatch(self: &Arc<Self>, mut body: Bytes) -> bool {
         // WRITE carries the bulk of an upload: decoded here so that its
         // data stays a slice of the packet instead of being copied out.
-        if body.first() == Some(&wire::FXP_WRITE) {
-            if let Ok(w) = wire::parse_write(&body) {
-                let job = FileJob::Write {
-                    id: w.id,
-                    offset: w.offset,
-                    data: w.data,
-                };
-                return self.to_handle(w.id, &w.handle, job).await;
-            }
-            // Malformed: the general decoder below answers it.
+        if body.first() == Some(&wire::FXP_WRITE)
+            && let Ok(w) = wire::parse_write(&body)
+        {
+            let job = FileJob::Write {
+                id: w.id,
+                offset: w.offset,
+                data: w.data,
+            };
+            return self.to_handle(w.id, &w.handle, job).await;
         }
+        // Anything else, and a malformed WRITE, goes to the general decoder,
+        // which also answers what it cannot decode.
         let raw = body.clone();
         let packet = match Packet::try_from(&mut body) {
             Ok(p) => p,

@@ -64,22 +64,41 @@ struct UsersCache {
     auth: Arc<Authenticator>,
 }
 
+/// What the server is built from, besides the user keys.
+pub struct ServerParts {
+    /// The users file (reloaded whenever it changes on disk).
+    pub users_file: PathBuf,
+    /// Where each user's store lives (`data_dir/NAME`).
+    pub data_dir: PathBuf,
+    /// Session-wide SFTP settings.
+    pub sftp: SftpConfig,
+    /// Linux users (by password, and by keyboard-interactive, which is
+    /// offered only then), if on.
+    pub system_users: Option<SystemUsers>,
+    /// Upload scanning and notifications (`[upload]`), if configured.
+    pub uploads: Option<Arc<crate::upload::Uploads>>,
+    /// Connection and session caps, failure penalties.
+    pub limits: LimitsConfig,
+    /// Where logins, transfers and file operations are reported.
+    pub observer: Arc<Observer>,
+}
+
 impl ServerContext {
     /// Builds the context; the users file is loaded now (a broken file is an
-    /// error at start-up) and reloaded whenever it changes on disk. With
-    /// `system_users`, Linux users log in too (by password, and by
-    /// keyboard-interactive, which is offered only then). Events go to
-    /// `observer`.
+    /// error at start-up).
     pub fn new(
-        users_file: PathBuf,
         keys: UserKeys,
-        data_dir: PathBuf,
-        sftp: SftpConfig,
-        system_users: Option<SystemUsers>,
-        uploads: Option<Arc<crate::upload::Uploads>>,
-        limits: LimitsConfig,
-        observer: Arc<Observer>,
+        parts: ServerParts,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
+        let ServerParts {
+            users_file,
+            data_dir,
+            sftp,
+            system_users,
+            uploads,
+            limits,
+            observer,
+        } = parts;
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
         let (alive, alive_rx) = mpsc::channel(1);
