@@ -16,6 +16,7 @@ use dropzone::kms::{KeyWrapper, MasterKeyRef, local::LocalKms};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
 use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
+use dropzone::store::check::{FileReport, check_blob};
 use dropzone::store::{OpenOptions, UserStore};
 use dropzone::username::UserName;
 
@@ -248,6 +249,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         let host_keys = ssh::host_keys::load_or_generate(&config.host_keys_dir)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        sweep_abandoned_uploads(&config.data_dir);
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
         let (ctx, alive) = ssh::ServerContext::new(
@@ -285,6 +287,22 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     drop(runtime);
     drop(wrapper);
     result
+}
+
+/// Removes staged uploads a previous run left behind when it was killed,
+/// before any session starts; a failure is logged, not fatal.
+fn sweep_abandoned_uploads(data_dir: &Path) {
+    let started = std::time::SystemTime::now();
+    match dropzone::store::storage::sweep_staged(data_dir, started) {
+        Ok(r) if r.removed > 0 || r.in_use > 0 => tracing::info!(
+            removed = r.removed,
+            in_use = r.in_use,
+            "removed {} abandoned upload(s) left by an interrupted run",
+            r.removed
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned uploads"),
+    }
 }
 
 /// Asks the backend to create the configured master key if it does not
@@ -476,10 +494,18 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
                         let result = storage
                             .open(&path, Access::Read)
                             .map_err(dropzone::store::StoreError::from)
-                            .and_then(|blob| dropzone::store::verify_blob(blob, &key));
-                        if let Err(e) = result {
-                            failed += 1;
-                            println!("FAIL {user} {}: {e}", path.to_client_string());
+                            .and_then(|blob| check_blob(&*blob, &key));
+                        let shown = path.to_client_string();
+                        match result {
+                            Ok(report) if report.is_ok() => {}
+                            Ok(report) => {
+                                failed += 1;
+                                print_problems(&user, &shown, &report);
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                println!("FAIL {user} {shown}: {e}");
+                            }
                         }
                     }
                     _ => {}
@@ -493,6 +519,22 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Most damaged parts listed per file: a file under the wrong key fails in
+/// every chunk, and one line per chunk would bury the other files.
+const MAX_PROBLEMS_SHOWN: usize = 20;
+
+/// One `FAIL` line per damaged part of a file, each naming the chunk and its
+/// byte ranges.
+fn print_problems(user: &UserName, path: &str, report: &FileReport) {
+    for p in report.problems.iter().take(MAX_PROBLEMS_SHOWN) {
+        println!("FAIL {user} {path}: {p}");
+    }
+    let more = report.problems.len().saturating_sub(MAX_PROBLEMS_SHOWN);
+    if more > 0 {
+        println!("FAIL {user} {path}: ... and {more} more damaged chunk(s)");
+    }
 }
 
 fn decrypt(

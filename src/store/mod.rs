@@ -14,6 +14,7 @@
 //! Every call here blocks (file I/O and crypto); async callers run them on a
 //! blocking thread.
 
+pub mod check;
 pub mod file;
 pub mod format;
 mod pool;
