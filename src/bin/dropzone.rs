@@ -15,8 +15,8 @@ use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::{KeyWrapper, MasterKeyRef, local::LocalKms};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
-use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
 use dropzone::store::check::{FileReport, check_blob};
+use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
 use dropzone::store::{OpenOptions, UserStore};
 use dropzone::username::UserName;
 

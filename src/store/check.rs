@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(chunks, vec![Some(1), Some(3)], "{r:?}");
         let p = &r.problems[0];
         assert_eq!(p.plaintext, C..2 * C);
-        assert_eq!(p.stored, format::record_offset(1)..format::record_offset(1) + R);
+        assert_eq!(
+            p.stored,
+            format::record_offset(1)..format::record_offset(1) + R
+        );
         assert!(p.reason.contains("MAC mismatch"), "{p}");
         assert!(
             p.to_string()
@@ -319,7 +322,11 @@ mod tests {
         let r = fx.check("f");
         assert_eq!(r.problems.len(), 1, "{r:?}");
         assert_eq!(r.problems[0].chunk, Some(0));
-        assert!(r.problems[0].reason.contains("marked as the last chunk while more follow"));
+        assert!(
+            r.problems[0]
+                .reason
+                .contains("marked as the last chunk while more follow")
+        );
     }
 
     #[test]
@@ -356,6 +363,10 @@ mod tests {
         std::fs::write(fx.raw("f"), b"short").unwrap();
         let r = fx.check("f");
         assert_eq!(r.problems.len(), 1, "{r:?}");
-        assert!(r.problems[0].reason.contains("shorter than its 64-byte header"));
+        assert!(
+            r.problems[0]
+                .reason
+                .contains("shorter than its 64-byte header")
+        );
     }
 }

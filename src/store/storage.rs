@@ -675,7 +675,9 @@ pub fn sweep_staged(dir: &Path, started: SystemTime) -> io::Result<SweepReport> 
         };
         for entry in entries.flatten() {
             // The entry's own type: a symlink to a directory is not followed.
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(entry.path());
                 continue;
@@ -692,8 +694,8 @@ pub fn sweep_staged(dir: &Path, started: SystemTime) -> io::Result<SweepReport> 
                 continue;
             };
             let fresh = rustix::fs::fstat(&fd).is_ok_and(|st| {
-                let mtime = UNIX_EPOCH
-                    + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+                let mtime =
+                    UNIX_EPOCH + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
                 mtime >= started
             });
             let locked =
@@ -736,7 +738,9 @@ mod sweep_tests {
     fn sweep_removes_abandoned_uploads_and_keeps_open_and_fresh_ones() {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::open_root(dir.path()).unwrap();
-        storage.mkdir(&ObjectPath::from_components(["sub"]).unwrap(), 0o755).unwrap();
+        storage
+            .mkdir(&ObjectPath::from_components(["sub"]).unwrap(), 0o755)
+            .unwrap();
         // Abandoned: the staged file's descriptor is gone (its process died).
         let gone = storage
             .stage(&ObjectPath::from_components(["sub", "a"]).unwrap())
@@ -754,12 +758,28 @@ mod sweep_tests {
         // A sweep that started before the files were written keeps them all.
         let early = SystemTime::now() - Duration::from_secs(3600);
         let r = sweep_staged(dir.path(), early).unwrap();
-        assert_eq!(r, SweepReport { removed: 0, in_use: 2 });
+        assert_eq!(
+            r,
+            SweepReport {
+                removed: 0,
+                in_use: 2
+            }
+        );
 
         let r = sweep_staged(dir.path(), SystemTime::now()).unwrap();
-        assert_eq!(r, SweepReport { removed: 1, in_use: 1 });
+        assert_eq!(
+            r,
+            SweepReport {
+                removed: 1,
+                in_use: 1
+            }
+        );
         assert!(staged_names(&dir.path().join("sub")).is_empty());
-        assert_eq!(staged_names(dir.path()).len(), 1, "the open upload was removed");
+        assert_eq!(
+            staged_names(dir.path()).len(),
+            1,
+            "the open upload was removed"
+        );
         assert!(dir.path().join("sub/user-file").exists());
         drop(open);
     }

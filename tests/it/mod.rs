@@ -4,6 +4,7 @@ pub mod harness;
 
 mod auth;
 mod container;
+mod crash;
 mod eaas_client;
 #[cfg(feature = "pkcs11")]
 mod eaas_pkcs11;
