@@ -103,6 +103,40 @@ pub(crate) struct FileState {
     previous: Option<u64>,
     /// Buffers kept for reuse.
     spares: Vec<Buffers>,
+    /// The first failed write of this file (e.g. no space left), returned
+    /// again by every later flush: the bytes on disk are then incomplete,
+    /// so a staged upload must not be committed at close even if the last
+    /// flush alone would succeed (a small final record may still fit on a
+    /// full disk).
+    write_error: Option<StickyError>,
+}
+
+/// A recorded write failure, replayable as an error (io::Error is not Clone).
+#[derive(Clone, Copy)]
+enum StickyError {
+    Os(i32),
+    Kind(io::ErrorKind),
+    Other,
+}
+
+impl StickyError {
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Io(io) => match io.raw_os_error() {
+                Some(code) => StickyError::Os(code),
+                None => StickyError::Kind(io.kind()),
+            },
+            _ => StickyError::Other,
+        }
+    }
+
+    fn error(self) -> StoreError {
+        match self {
+            StickyError::Os(code) => io::Error::from_raw_os_error(code).into(),
+            StickyError::Kind(kind) => io::Error::from(kind).into(),
+            StickyError::Other => StoreError::Internal("an earlier write to this file failed"),
+        }
+    }
 }
 
 impl FileState {
@@ -168,6 +202,7 @@ impl FileState {
             ahead: VecDeque::new(),
             previous: None,
             spares: Vec::new(),
+            write_error: None,
         }
     }
 
@@ -292,6 +327,24 @@ impl FileState {
         // Writes in flight land first: a final record and the truncation
         // after it must come last.
         self.drain()?;
+        if let Some(e) = self.write_error {
+            return Err(e.error());
+        }
+        let result = self.flush_cached();
+        self.note(result)
+    }
+
+    /// Records the first write failure (see `write_error`).
+    fn note<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && self.write_error.is_none()
+        {
+            self.write_error = Some(StickyError::of(e));
+        }
+        result
+    }
+
+    fn flush_cached(&mut self) -> Result<(), StoreError> {
         let Some(chunk) = self.cache.as_mut() else {
             return Ok(());
         };
@@ -409,8 +462,11 @@ impl FileState {
             &iv,
             &mut self.record,
         );
-        self.blob
-            .write_all_at(&self.record, format::record_offset(index))?;
+        let written = self
+            .blob
+            .write_all_at(&self.record, format::record_offset(index))
+            .map_err(StoreError::from);
+        self.note(written)?;
         self.disk_chunks = self.disk_chunks.max(index + 1);
         Ok(())
     }
@@ -562,9 +618,11 @@ impl FileState {
         let Some(job) = self.behind.pop_front() else {
             return Ok(());
         };
-        let buffers = job
+        let result = job
             .wait()
-            .ok_or(StoreError::Internal("a crypto worker failed"))??;
+            .ok_or(StoreError::Internal("a crypto worker failed"))
+            .and_then(|r| r);
+        let buffers = self.note(result)?;
         self.keep_spare(buffers);
         Ok(())
     }

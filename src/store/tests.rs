@@ -1543,3 +1543,40 @@ fn size_cap_is_enforced_without_damage() {
     );
     assert_eq!(fx.raw_bytes("big").len() as u64, expected_stored_len(5));
 }
+
+// ---------------------------------------------------------------------------
+// A failed write is sticky
+// ---------------------------------------------------------------------------
+
+/// A disk that is full for one write and then has room again (another file
+/// was removed): the upload lost a chunk, so its close must fail and the
+/// previous version stay, although the final flush alone would succeed.
+#[test]
+fn a_staged_upload_with_a_failed_write_is_never_committed() {
+    let fx = Fixture::new();
+    let old = bytes(1000, 9);
+    put(&fx.store, "f", &old);
+    let names_before = fx.raw_names();
+    // Two writes succeed: the header and chunk 0; chunk 1 fails.
+    let budget = Arc::new(Budget {
+        left: AtomicUsize::new(2),
+        mode: CrashMode::Clean,
+    });
+    let failing = UserStore::new(
+        Arc::new(FailingStorage {
+            inner: LocalStorage::open_root(fx.dir.path()).unwrap(),
+            budget: budget.clone(),
+        }),
+        key(),
+    );
+    let f = failing.open(&p("f"), create_trunc()).unwrap();
+    let _ = f.write_at(0, &bytes(3 * CHUNK_SIZE + 10, 10));
+    assert!(f.sync().is_err(), "the failed write is not reported");
+    budget.left.store(1000, Ordering::SeqCst);
+    assert!(f.sync().is_err(), "the failure is forgotten by a later sync");
+    assert!(f.close().is_err(), "an upload that lost a chunk was committed");
+    drop(f);
+    drop(failing);
+    assert_bytes(&get(&fx.store, "f").unwrap(), &old, "after the failed upload");
+    assert_eq!(fx.raw_names(), names_before, "staged file left behind");
+}
