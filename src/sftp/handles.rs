@@ -204,11 +204,13 @@ pub(super) async fn run_worker(
         })
         .await;
         let Ok(done) = done else { return };
-        for ((reply, integrity_failed), permit) in done {
+        for ((reply, trouble), permit) in done {
             // Once per handle: a download with 64 reads in flight fails 64 times.
-            if integrity_failed && !noticed {
+            if let Some(trouble) = trouble
+                && !noticed
+            {
                 noticed = true;
-                session.integrity_notice(&path);
+                session.notice(&path, trouble);
             }
             let sent = session.replies.send(reply).await;
             drop(permit);

@@ -354,12 +354,18 @@ impl Session {
         }
     }
 
-    /// Tells the user on stderr that `path` failed its integrity check:
-    /// OpenSSH's client shows only "Failure" for the status reply.
-    fn integrity_notice(&self, path: &str) {
-        let _ = self.notices.try_send(format!(
-            "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
-        ));
+    /// Tells the user on stderr what went wrong with `path`: OpenSSH's
+    /// client shows only "Failure" for the status reply.
+    pub(crate) fn notice(&self, path: &str, trouble: Trouble) {
+        let line = match trouble {
+            Trouble::Integrity => format!(
+                "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
+            ),
+            Trouble::NoSpace => format!(
+                "dropzone: {path}: no space left on the server; the write failed (an upload that does not complete keeps the previous version)\n"
+            ),
+        };
+        let _ = self.notices.try_send(line);
     }
 
     async fn send(&self, packet: Packet) -> bool {
@@ -491,8 +497,8 @@ impl Session {
         let file = match self.store.open(&path, opts) {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                if matches!(e, crate::store::StoreError::Integrity(_)) {
-                    self.integrity_notice(&client_path);
+                if let Some(trouble) = Trouble::of(&e) {
+                    self.notice(&client_path, trouble);
                 }
                 return Err(e.into());
             }
@@ -614,12 +620,36 @@ fn version_reply() -> Version {
     }
 }
 
-/// Executes one job on an open file (on a blocking thread); the flag tells
-/// whether it failed an integrity check.
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, bool) {
-    let mut integrity_failed = false;
+/// A failure worth telling the user on stderr, since OpenSSH's client
+/// shows only "Failure" for the status reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trouble {
+    /// The file failed its integrity check.
+    Integrity,
+    /// The server's disk (or the user's quota) is full.
+    NoSpace,
+}
+
+impl Trouble {
+    fn of(e: &crate::store::StoreError) -> Option<Trouble> {
+        match e {
+            crate::store::StoreError::Integrity(_) => Some(Trouble::Integrity),
+            crate::store::StoreError::Io(io)
+                if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                Some(Trouble::NoSpace)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Executes one job on an open file (on a blocking thread), with the
+/// trouble it ran into, if any.
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, Option<Trouble>) {
+    let mut trouble = None;
     let mut fail = |id: u32, e: crate::store::StoreError| {
-        integrity_failed |= matches!(e, crate::store::StoreError::Integrity(_));
+        trouble = trouble.or(Trouble::of(&e));
         error_reply(id, &e.into())
     };
     let reply = match job {
@@ -653,7 +683,7 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, b
                 .map(|p| p.unwrap_or_else(|| ok(id))),
         ),
     };
-    (reply, integrity_failed)
+    (reply, trouble)
 }
 
 fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {

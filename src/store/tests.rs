@@ -1573,10 +1573,20 @@ fn a_staged_upload_with_a_failed_write_is_never_committed() {
     let _ = f.write_at(0, &bytes(3 * CHUNK_SIZE + 10, 10));
     assert!(f.sync().is_err(), "the failed write is not reported");
     budget.left.store(1000, Ordering::SeqCst);
-    assert!(f.sync().is_err(), "the failure is forgotten by a later sync");
-    assert!(f.close().is_err(), "an upload that lost a chunk was committed");
+    assert!(
+        f.sync().is_err(),
+        "the failure is forgotten by a later sync"
+    );
+    assert!(
+        f.close().is_err(),
+        "an upload that lost a chunk was committed"
+    );
     drop(f);
     drop(failing);
-    assert_bytes(&get(&fx.store, "f").unwrap(), &old, "after the failed upload");
+    assert_bytes(
+        &get(&fx.store, "f").unwrap(),
+        &old,
+        "after the failed upload",
+    );
     assert_eq!(fx.raw_names(), names_before, "staged file left behind");
 }

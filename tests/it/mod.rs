@@ -9,6 +9,7 @@ mod eaas_client;
 #[cfg(feature = "pkcs11")]
 mod eaas_pkcs11;
 mod eaas_service;
+mod faults;
 mod healthcheck;
 mod jail;
 #[cfg(feature = "pam")]
