@@ -51,7 +51,7 @@ enum Command {
     /// Manage the master key that wraps user keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Check that every stored file decrypts and authenticates; exit 1 if any fails.
+    /// Check that every stored file decrypts and authenticates, naming each damaged chunk; exit 1 if any fails.
     Verify {
         /// Only this user's files.
         #[arg(long)]

@@ -3,7 +3,8 @@
 //! [`UserStore`] is what a session works with: it opens [`EncryptedFile`]s
 //! and performs directory operations, in plaintext terms (sizes are
 //! plaintext sizes). Below it, [`format`](mod@format) defines the bytes and
-//! [`storage`] hides where they are kept.
+//! [`storage`] hides where they are kept; [`check`] reports every damaged
+//! chunk of a stored file for `dropzone verify`.
 //!
 //! Crash safety: creating a file, or opening one with truncation, writes a
 //! staged object beside the target that replaces it only at [`EncryptedFile::close`],
