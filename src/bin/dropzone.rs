@@ -289,16 +289,20 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     result
 }
 
-/// Removes staged uploads a previous run left behind when it was killed,
-/// before any session starts; a failure is logged, not fatal.
+/// Removes staged uploads a previous run left behind when it was killed and
+/// rolls back the in-place extensions it interrupted, before any session
+/// starts; a failure is logged, not fatal.
 fn sweep_abandoned_uploads(data_dir: &Path) {
     let started = std::time::SystemTime::now();
-    match dropzone::store::storage::sweep_staged(data_dir, started) {
-        Ok(r) if r.removed > 0 || r.in_use > 0 => tracing::info!(
-            removed = r.removed,
-            in_use = r.in_use,
-            "removed {} abandoned upload(s) left by an interrupted run",
-            r.removed
+    match dropzone::store::journal::recover(data_dir, started) {
+        Ok(r) if r.swept != Default::default() || r.rolled_back > 0 => tracing::info!(
+            removed = r.swept.removed,
+            in_use = r.swept.in_use,
+            failed = r.swept.failed,
+            rolled_back = r.rolled_back,
+            "removed {} abandoned upload(s) left by an interrupted run, rolled back {} interrupted extension(s)",
+            r.swept.removed,
+            r.rolled_back
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned uploads"),

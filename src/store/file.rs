@@ -30,6 +30,7 @@ use std::sync::Arc;
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
 };
+use super::journal::{Journal, JournalTarget};
 use super::pool::{self, Pending};
 use super::storage::{Blob, Meta};
 use crate::store::StoreError;
@@ -109,6 +110,11 @@ pub(crate) struct FileState {
     /// flush alone would succeed (a small final record may still fit on a
     /// full disk).
     write_error: Option<StickyError>,
+    /// Where to journal an extension (None: no journal, e.g. a staged file,
+    /// which replaces its target only when complete anyway).
+    journal_target: Option<JournalTarget>,
+    /// The journal of the extension in progress (see `super::journal`).
+    journal: Option<Journal>,
 }
 
 /// A recorded write failure, replayable as an error (io::Error is not Clone).
@@ -203,6 +209,8 @@ impl FileState {
             previous: None,
             spares: Vec::new(),
             write_error: None,
+            journal_target: None,
+            journal: None,
         }
     }
 
@@ -213,6 +221,44 @@ impl FileState {
             self.blob = Arc::from(blob);
             self.writable = true;
         }
+    }
+
+    /// Journals extensions of this file beside it from now on.
+    pub(crate) fn set_journal_target(&mut self, target: JournalTarget) {
+        if self.journal_target.is_none() {
+            self.journal_target = Some(target);
+        }
+    }
+
+    /// Before an extension first rewrites the last record on disk: saves
+    /// that record and the stored length in a journal, unless one is active.
+    fn begin_journal(&mut self) -> Result<(), StoreError> {
+        if self.journal.is_some() || self.disk_chunks == 0 {
+            return Ok(());
+        }
+        if self.journal_target.is_none() {
+            return Ok(());
+        }
+        self.drain()?;
+        let stored_len = self.blob.meta()?.stored_len;
+        let Ok(layout) = Layout::from_stored_len(stored_len) else {
+            // Not a whole file on disk: nothing sound to roll back to.
+            return Ok(());
+        };
+        let offset = format::record_offset(layout.chunks - 1);
+        let mut record = vec![0u8; (stored_len - offset) as usize];
+        read_exact_or_integrity(&*self.blob, &mut record, offset)?;
+        let Some(target) = &self.journal_target else {
+            return Ok(());
+        };
+        match Journal::begin(target, &self.id, stored_len, offset, &record) {
+            Ok(j) => self.journal = Some(j),
+            // The file was renamed into a removed directory meanwhile: go on
+            // without a journal rather than fail the write.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Logical plaintext size.
@@ -376,6 +422,12 @@ impl FileState {
                 self.blob.set_len(end)?;
             }
             self.disk_chunks = index + 1;
+            if let Some(journal) = self.journal.take() {
+                // The file ends in a final record again. Synced first, so
+                // that the journal outlives a torn file even on power loss.
+                self.blob.sync()?;
+                journal.end();
+            }
         } else {
             self.disk_chunks = self.disk_chunks.max(index + 1);
         }
@@ -397,6 +449,10 @@ impl FileState {
     fn extend_to(&mut self, new_size: u64, written_from: u64) -> Result<(), StoreError> {
         let old_last = last_index(self.size);
         let new_last = last_index(new_size);
+        if new_last > old_last {
+            // The old last record is about to stop being final.
+            self.begin_journal()?;
+        }
         if new_last == old_last && old_last < self.disk_chunks {
             // The last chunk stays last but grows. Its record on disk holds
             // the old length, and `read_chunk_from_disk` derives the record

@@ -18,6 +18,7 @@
 pub mod check;
 pub mod file;
 pub mod format;
+pub mod journal;
 mod pool;
 pub mod storage;
 
@@ -206,13 +207,25 @@ impl UserStore {
                 // this writable one for the same file.
                 let mut guard = lock(&state);
                 guard.replace_blob_if_readonly(blob);
+                guard.set_journal_target(self.journal_target(path));
             }
             return Ok(state);
         }
         table.retain(|_, w| w.strong_count() > 0);
-        let state = Arc::new(Mutex::new(FileState::open(blob, self.key.expose(), write)?));
+        let mut state = FileState::open(blob, self.key.expose(), write)?;
+        if write {
+            state.set_journal_target(self.journal_target(path));
+        }
+        let state = Arc::new(Mutex::new(state));
         table.insert(identity, Arc::downgrade(&state));
         Ok(state)
+    }
+
+    fn journal_target(&self, path: &ObjectPath) -> journal::JournalTarget {
+        journal::JournalTarget {
+            storage: self.storage.clone(),
+            path: path.clone(),
+        }
     }
 
     /// Attributes of `path`, following a final symlink or not.

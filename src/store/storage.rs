@@ -652,6 +652,8 @@ pub struct SweepReport {
     pub removed: u64,
     /// Staged uploads left alone because a live process still holds them.
     pub in_use: u64,
+    /// Abandoned ones kept because `inspect` failed on them.
+    pub failed: u64,
 }
 
 /// Removes staged uploads abandoned by a server that stopped without
@@ -665,7 +667,15 @@ pub struct SweepReport {
 /// exclusive `flock` on its staged file and is kept, as is any staged file
 /// modified since `started` (one that process may have created but not yet
 /// locked). Errors on single entries are skipped: a sweep is best effort.
-pub fn sweep_staged(dir: &Path, started: SystemTime) -> io::Result<SweepReport> {
+///
+/// Each abandoned file is first given to `inspect` with its directory and
+/// the open (locked) file, so that the layer above can use what it holds
+/// (see `store::journal`); if that fails, the file is kept.
+pub fn sweep_staged(
+    dir: &Path,
+    started: SystemTime,
+    inspect: &mut dyn FnMut(&Path, &File) -> io::Result<()>,
+) -> io::Result<SweepReport> {
     let mut report = SweepReport::default();
     let mut stack = vec![dir.to_path_buf()];
     let prefix = format!("{RESERVED_PREFIX}upload-");
@@ -703,6 +713,10 @@ pub fn sweep_staged(dir: &Path, started: SystemTime) -> io::Result<SweepReport> 
                     .is_err();
             if fresh || locked {
                 report.in_use += 1;
+                continue;
+            }
+            if inspect(&d, &File::from(fd)).is_err() {
+                report.failed += 1;
                 continue;
             }
             if std::fs::remove_file(&path).is_ok() {
@@ -757,23 +771,17 @@ mod sweep_tests {
 
         // A sweep that started before the files were written keeps them all.
         let early = SystemTime::now() - Duration::from_secs(3600);
-        let r = sweep_staged(dir.path(), early).unwrap();
-        assert_eq!(
-            r,
-            SweepReport {
-                removed: 0,
-                in_use: 2
-            }
-        );
+        let mut seen = 0;
+        let mut count = |_: &Path, _: &File| {
+            seen += 1;
+            Ok(())
+        };
+        let r = sweep_staged(dir.path(), early, &mut count).unwrap();
+        assert_eq!((r.removed, r.in_use, r.failed), (0, 2, 0));
 
-        let r = sweep_staged(dir.path(), SystemTime::now()).unwrap();
-        assert_eq!(
-            r,
-            SweepReport {
-                removed: 1,
-                in_use: 1
-            }
-        );
+        let r = sweep_staged(dir.path(), SystemTime::now(), &mut count).unwrap();
+        assert_eq!((r.removed, r.in_use, r.failed), (1, 1, 0));
+        assert_eq!(seen, 1, "inspect saw only the abandoned file");
         assert!(staged_names(&dir.path().join("sub")).is_empty());
         assert_eq!(
             staged_names(dir.path()).len(),

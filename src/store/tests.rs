@@ -1590,3 +1590,63 @@ fn a_staged_upload_with_a_failed_write_is_never_committed() {
     );
     assert_eq!(fx.raw_names(), names_before, "staged file left behind");
 }
+
+// ---------------------------------------------------------------------------
+// Journal: an interrupted extension is rolled back at the next start
+// ---------------------------------------------------------------------------
+
+/// An append crashing after 0, 1, 2, ... storage writes: without recovery
+/// the file may end in a chunk that is not final; after
+/// `journal::recover` (what the server runs at start) it reads back whole,
+/// as the old version or, once the append completed, the new one.
+#[test]
+fn an_interrupted_append_is_rolled_back_by_recovery() {
+    let fx = Fixture::new();
+    let old = bytes(CHUNK_SIZE + 5000, 20);
+    let extra = bytes(3 * CHUNK_SIZE + 10, 21);
+    let mut new = old.clone();
+    new.extend_from_slice(&extra);
+    let mut rolled_back = 0;
+    for n in 0.. {
+        put(&fx.store, "log", &old);
+        let failing = UserStore::new(
+            Arc::new(FailingStorage {
+                inner: LocalStorage::open_root(fx.dir.path()).unwrap(),
+                budget: Arc::new(Budget {
+                    left: AtomicUsize::new(n),
+                    mode: CrashMode::Clean,
+                }),
+            }),
+            key(),
+        );
+        let append = OpenOptions {
+            write: true,
+            append: true,
+            ..OpenOptions::default()
+        };
+        let result = failing
+            .open(&p("log"), append)
+            .and_then(|f| f.write_at(0, &extra).and_then(|()| f.close()));
+        drop(failing);
+        let r = super::journal::recover(fx.dir.path(), std::time::SystemTime::now()).unwrap();
+        rolled_back += r.rolled_back;
+        assert!(
+            !fx.raw_names()
+                .iter()
+                .any(|n| n.starts_with(super::storage::RESERVED_PREFIX)),
+            "crash after {n} writes: a journal or staged file is left"
+        );
+        let got = get(&fx.store, "log")
+            .unwrap_or_else(|e| panic!("crash after {n} writes: unreadable after recovery: {e}"));
+        if result.is_ok() {
+            assert_bytes(&got, &new, "completed append");
+            break;
+        }
+        assert!(
+            got == old || got == new,
+            "crash after {n} writes: {} bytes, neither old nor new",
+            got.len()
+        );
+    }
+    assert!(rolled_back > 0, "no crash point needed a rollback");
+}
