@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::format::{FILE_ID_LEN, FULL_RECORD_LEN, FileId, HEADER_LEN};
-use super::storage::{self, ObjectPath, Storage, StagedToken, SweepReport};
+use super::storage::{self, ObjectPath, StagedToken, Storage, SweepReport};
 
 /// Marks a staged object as a journal (uploads start with the format's
 /// `DZSTORE\0` magic instead).

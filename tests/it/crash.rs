@@ -13,9 +13,10 @@
 //!   staged leftovers never show in listings and are swept at restart;
 //! - an append or random write (in place) leaves a file whose every byte
 //!   is the old byte or one the client wrote there (verify accepts it), or
-//!   verify names each damaged chunk with its byte ranges, `decrypt` returns
-//!   only good bytes before the first one, and reads of it fail with an
-//!   integrity error: never wrong data.
+//!   one whose extension was cut short: verify names the damaged chunk with
+//!   its byte ranges and `decrypt` returns only good bytes before it; the
+//!   restart then rolls the extension back from its journal, and the file
+//!   downloads whole. Never wrong data.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -194,13 +195,17 @@ fn run(s: &Scenario, points: usize) {
         // The server is down: judge the store with the offline tools.
         let torn = judge(&srv, s, &target, &final_content, point, &what);
         srv.restart();
-        if let Some(first_bad) = torn {
-            // Reads through the server fail at the damaged chunk, and
-            // whatever the client got before it is good data.
-            if torn_seen == 0 {
-                check_read_fails(&srv, s, &target, first_bad, &what);
-            }
+        if torn.is_some() {
             torn_seen += 1;
+            let log = srv.log();
+            let restarted = &log[log.rfind("--- restarted by the test ---").unwrap_or(0)..];
+            assert!(
+                restarted.contains("rolled back 1 interrupted extension"),
+                "{what}: the restart did not roll the extension back\n{restarted}"
+            );
+        }
+        if !s.staged {
+            judge_after_restart(&srv, s, &target, torn.is_some(), &what);
         }
         let leftovers: Vec<_> = files_under(&on_disk)
             .into_iter()
@@ -221,8 +226,8 @@ fn run(s: &Scenario, points: usize) {
         );
     }
     eprintln!(
-        "{}: {} kill points, {torn_seen} left a torn in-place file (reported), \
-         {leftovers_seen} left staged leftovers (swept at restart)",
+        "{}: {} kill points, {torn_seen} left a torn in-place file (reported, rolled \
+         back at restart), {leftovers_seen} left staged files (swept at restart)",
         s.name,
         kill_points(s.writes.len(), points).len()
     );
@@ -368,25 +373,38 @@ fn parse_problem(line: &str) -> Option<(u64, (u64, u64))> {
     Some((index.parse().ok()?, range(stored)?))
 }
 
-/// A download of the torn file fails with an integrity error and what
-/// arrived before is good data.
-fn check_read_fails(srv: &Server, s: &Scenario, target: &str, first_bad: u64, what: &str) {
-    let back = format!("{target}.back");
-    let _ = std::fs::remove_file(srv.local_path(&back));
-    let mut get = srv.sftp("alice", &format!("get {target} {back}\n"));
-    let out = srv.run_fail(&mut get);
+/// After the restart an in-place file is whole again: the journal rolled
+/// an interrupted extension back to the old length, and it downloads
+/// through the server with only old or written bytes.
+fn judge_after_restart(srv: &Server, s: &Scenario, target: &str, was_torn: bool, what: &str) {
+    let mut verify = srv.dropzone_tool(&["verify", "--user", "alice"]);
+    let out = srv.run_any(&mut verify);
+    let mine = format!("/{target}:");
     srv.check(
-        stderr(&out).to_lowercase().contains("integrity"),
-        &format!("{what}: the failed read does not say integrity"),
-        &get,
+        !stdout(&out).lines().any(|l| l.contains(&mine)),
+        &format!("{what}: still damaged after the restart"),
+        &verify,
         &out,
     );
-    let got = std::fs::read(srv.local_path(&back)).unwrap_or_default();
-    // OpenSSH sftp may write requests that completed after the failed one,
-    // so only check that no byte it kept before the damage is wrong.
-    let good = got.len().min(first_bad as usize * C);
-    if let Some(p) = (0..good).find(|&p| !s.allowed(p, got[p])) {
-        panic!("{what}: the client got wrong data at byte {p}");
+    let back = format!("{target}.back");
+    srv.run(&mut srv.sftp("alice", &format!("get {target} {back}\n")));
+    let got = std::fs::read(srv.local_path(&back)).unwrap();
+    let old = s.old.as_deref().unwrap_or_default();
+    if let Some(p) = (0..got.len()).find(|&p| !s.allowed(p, got[p])) {
+        panic!("{what}: after the restart, byte {p} is neither old nor written there");
+    }
+    if was_torn {
+        assert_eq!(
+            got.len(),
+            old.len(),
+            "{what}: not rolled back to the old length"
+        );
+        if s.mode == "a" {
+            assert!(
+                got == old,
+                "{what}: the rolled back append is not the old file"
+            );
+        }
     }
 }
 
