@@ -10,7 +10,9 @@
 //! staged object beside the target that replaces it only at [`EncryptedFile::close`],
 //! after it is synced; an interrupted upload leaves the previous version.
 //! Opening an existing file without truncation changes it in place, chunk by
-//! chunk; a torn chunk fails its MAC and is reported, never returned.
+//! chunk; a torn chunk fails its MAC and is reported, never returned. An
+//! extension journals the old end first ([`journal`]), so that the next
+//! start can roll an interrupted one back.
 //!
 //! Every call here blocks (file I/O and crypto); async callers run them on a
 //! blocking thread.
