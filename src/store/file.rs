@@ -711,6 +711,19 @@ impl FileState {
     }
 }
 
+impl Drop for FileState {
+    fn drop(&mut self) {
+        // The last handle is gone. A journal still active means the final
+        // record was never written (a write failed, so the client was told):
+        // roll the extension back now rather than leave the end unreadable
+        // until the next start. Writes in flight land first.
+        if let Some(journal) = self.journal.take() {
+            let _ = self.drain();
+            journal.roll_back(&*self.blob);
+        }
+    }
+}
+
 /// Reads exactly `buf.len()` bytes; a short file is an integrity failure.
 fn read_exact_or_integrity(blob: &dyn Blob, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
     match blob.read_exact_at(buf, offset) {

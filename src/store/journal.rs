@@ -44,6 +44,10 @@ pub(crate) struct JournalTarget {
 pub(crate) struct Journal {
     token: StagedToken,
     storage: Arc<dyn Storage>,
+    /// What to put back: the old last record, where it was, the old length.
+    record: Vec<u8>,
+    record_offset: u64,
+    stored_len: u64,
     /// Kept open: its lock tells a sweep in another process that this
     /// journal is live.
     _blob: Box<dyn super::storage::Blob>,
@@ -80,6 +84,9 @@ impl Journal {
         Ok(Journal {
             token: staged.token,
             storage: target.storage.clone(),
+            record: record.to_vec(),
+            record_offset,
+            stored_len,
             _blob: staged.blob,
         })
     }
@@ -87,6 +94,19 @@ impl Journal {
     /// The file ends in a final record again: the journal is not needed.
     pub(crate) fn end(self) {
         self.storage.discard(self.token);
+    }
+
+    /// The extension failed (a write error) and no handle is left to finish
+    /// it: puts the old end back now, as the next start would. If that
+    /// fails too, the journal stays for the next start.
+    pub(crate) fn roll_back(self, blob: &dyn super::storage::Blob) {
+        let restored = blob
+            .write_all_at(&self.record, self.record_offset)
+            .and_then(|()| blob.set_len(self.stored_len))
+            .and_then(|()| blob.sync());
+        if restored.is_ok() {
+            self.storage.discard(self.token);
+        }
     }
 }
 

@@ -1650,3 +1650,45 @@ fn an_interrupted_append_is_rolled_back_by_recovery() {
     }
     assert!(rolled_back > 0, "no crash point needed a rollback");
 }
+
+/// An append that fails (the disk is full for one write, then has room):
+/// once its handle is gone the file is rolled back at once, without
+/// waiting for a restart, and no journal is left.
+#[test]
+fn a_failed_append_is_rolled_back_when_its_last_handle_closes() {
+    let fx = Fixture::new();
+    let old = bytes(CHUNK_SIZE + 5000, 30);
+    put(&fx.store, "log", &old);
+    let names_before = fx.raw_names();
+    // The journal and the sealed old last record are written; the next
+    // write fails.
+    let budget = Arc::new(Budget {
+        left: AtomicUsize::new(2),
+        mode: CrashMode::Clean,
+    });
+    let failing = UserStore::new(
+        Arc::new(FailingStorage {
+            inner: LocalStorage::open_root(fx.dir.path()).unwrap(),
+            budget: budget.clone(),
+        }),
+        key(),
+    );
+    let append = OpenOptions {
+        write: true,
+        append: true,
+        ..OpenOptions::default()
+    };
+    let f = failing.open(&p("log"), append).unwrap();
+    let _ = f.write_at(0, &bytes(3 * CHUNK_SIZE, 31));
+    assert!(f.sync().is_err(), "the failed write is not reported");
+    budget.left.store(1000, Ordering::SeqCst);
+    assert!(f.close().is_err(), "the failed append closed cleanly");
+    drop(f);
+    drop(failing);
+    assert_bytes(
+        &get(&fx.store, "log").unwrap(),
+        &old,
+        "after the failed append",
+    );
+    assert_eq!(fx.raw_names(), names_before, "journal left behind");
+}

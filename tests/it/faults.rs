@@ -30,7 +30,8 @@ fn assert_download(srv: &Server, user: &str, name: &str, want: &[u8]) {
 }
 
 /// The data dir is an 8 MiB tmpfs (root only: CI runs as root; elsewhere
-/// the mount fails and the test with it, never a silent skip).
+/// the mount fails and the test with it, never a silent skip). An
+/// overwrite, a new file and an append that do not fit.
 #[test]
 fn a_full_disk_says_no_space_and_keeps_the_previous_version() {
     let srv = Server::start_opts(
@@ -43,7 +44,7 @@ fn a_full_disk_says_no_space_and_keeps_the_previous_version() {
     let seed = fresh_seed();
     let keep = random_bytes(1 << 20, seed);
     let fill = random_bytes(6 << 20, seed ^ 1);
-    let bigger = random_bytes(2 << 20, seed ^ 2);
+    let bigger = random_bytes(3 << 20, seed ^ 2);
     let bobs = random_bytes(1000, seed ^ 3);
     for (name, data) in [
         ("keep.bin", &keep),
@@ -56,7 +57,7 @@ fn a_full_disk_says_no_space_and_keeps_the_previous_version() {
     srv.run(&mut srv.sftp("bob", "put bob.bin\n"));
     srv.run(&mut srv.sftp("alice", "put keep.bin\nput fill.bin\n"));
 
-    // About 1 MiB is left: replacing keep.bin with a 2 MiB version runs out.
+    // Under 1 MiB is left: replacing keep.bin with a 3 MiB version runs out.
     let mut put = srv.sftp("alice", "put bigger.bin keep.bin\n");
     let out = srv.run_fail(&mut put);
     eprintln!("the client said: {}", stderr(&out).trim());
@@ -73,6 +74,18 @@ fn a_full_disk_says_no_space_and_keeps_the_previous_version() {
         stderr(&out).contains("no space left"),
         "the client was not told there is no space (new file)",
         &put,
+        &out,
+    );
+
+    // An append (sftp's resume: the last 2 MiB of bigger.bin after keep.bin's
+    // 1 MiB) runs out in place; the failed extension is rolled back when
+    // the session lets go of the file.
+    let mut reput = srv.sftp("alice", "reput bigger.bin keep.bin\n");
+    let out = srv.run_fail(&mut reput);
+    srv.check(
+        stderr(&out).contains("no space left"),
+        "the client was not told there is no space (append)",
+        &reput,
         &out,
     );
 
