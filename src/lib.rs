@@ -16,6 +16,8 @@
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
 //!   one place that maps errors to SFTP status codes.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
+//! - [`upload`]: what happens around an upload's commit: the scan command
+//!   that must accept it, and the notification POSTed once it is stored.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
@@ -26,6 +28,8 @@
 //! - [`username`]: the validated user name every layer shares.
 //! - [`kms`]: the [`kms::KeyWrapper`] trait and its backends (a local RSA
 //!   key file by default, or the EaaS HTTP client).
+//! - [`legacy`]: `dropzone import-legacy`: the original Dropzone's files and
+//!   keys, re-encrypted into the store (a tool above [`store`] and [`keys`]).
 //! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
 //!   process; the HTTP API of the original EaaS).
 //!
@@ -41,8 +45,10 @@ pub mod eaas;
 pub mod jail;
 pub mod keys;
 pub mod kms;
+pub mod legacy;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod upload;
 pub mod username;

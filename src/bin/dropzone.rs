@@ -13,12 +13,19 @@ use dropzone::config::{self, Config, KmsBackend};
 use dropzone::keys::{Rewrapped, UserKeys};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::{KeyWrapper, MasterKeyRef, local::LocalKms};
+use dropzone::legacy::{Event as LegacyEvent, ImportError, ImportOptions};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
 use dropzone::store::check::{FileReport, check_blob};
 use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
 use dropzone::store::{OpenOptions, UserStore};
 use dropzone::username::UserName;
+
+/// The server's allocator. glibc's malloc kept 200-300 MiB in per-thread
+/// arenas after a burst of parallel sessions and never returned it;
+/// mimalloc hands freed pages back to the system (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit status for a configuration error, as documented for operators.
 const EXIT_CONFIG: u8 = 2;
@@ -69,6 +76,42 @@ enum Command {
         /// Where to write the plaintext (default: standard output).
         #[arg(short, long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Import the original (Python) Dropzone's users and files.
+    ///
+    /// Unwraps each user's key through the configured key service (EaaS),
+    /// re-encrypts every file into data_dir/NAME/ and creates the user's
+    /// Dropzone key. Idempotent; the source is never modified. Progress on
+    /// standard error, a summary on standard output; exit 1 if anything was
+    /// not imported. See docs/MIGRATION.md.
+    ImportLegacy {
+        /// The original's key directory (files .<sha224 of the user>.secret).
+        #[arg(long, value_name = "DIR")]
+        keks: PathBuf,
+        /// The original's home directories (one NAME/ per user).
+        #[arg(long, value_name = "DIR")]
+        homes: PathBuf,
+        /// Report what would be done, checking every key and file length, writing
+        /// nothing (no key, no directory, no file).
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace destination files that hold other content (by default
+        /// they are reported as conflicts and left alone).
+        #[arg(long)]
+        overwrite: bool,
+        /// Import only this user (repeatable).
+        #[arg(long = "user", value_name = "NAME")]
+        users: Vec<String>,
+        /// The key service's secret path of the original's keys (default:
+        /// [kms.eaas] secret_path).
+        #[arg(long, value_name = "PATH")]
+        secret_path: Option<String>,
+        /// The key service's secret version of the original's keys
+        /// (default: [kms.eaas] secret_version).
+        #[arg(long, value_name = "V")]
+        secret_version: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -178,6 +221,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             config,
         } => decrypt(&load_config(&config)?, &user, &path, out.as_deref()),
+        Command::ImportLegacy {
+            keks,
+            homes,
+            dry_run,
+            overwrite,
+            users,
+            secret_path,
+            secret_version,
+            config,
+        } => {
+            let config = load_config(&config)?;
+            if config.kms.backend != KmsBackend::Eaas {
+                return Err(ConfigFailure(ImportError::NeedsEaas("local").to_string()).into());
+            }
+            let wrapper = key_wrapper(&config)?;
+            let current = wrapper.current();
+            let legacy_master = MasterKeyRef {
+                secret_path: secret_path.unwrap_or(current.secret_path),
+                secret_version: secret_version.unwrap_or(current.secret_version),
+            };
+            let options = ImportOptions {
+                legacy_keks: keks,
+                legacy_homes: homes,
+                data_dir: config.data_dir.clone(),
+                keks_dir: config.keks_dir.clone(),
+                legacy_master,
+                dry_run,
+                overwrite,
+                only: users,
+            };
+            import_legacy(&config, wrapper, &options)
+        }
         Command::Healthcheck {
             address,
             timeout,
@@ -241,6 +316,9 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let wrapper = key_wrapper(config)?;
     let keys = user_keys_with(config, wrapper.clone())?;
     prepare_master_key(wrapper.as_ref());
+    // The store's crypto workers poll briefly for work by default; in the
+    // server that time is better left to the transport and other sessions.
+    dropzone::store::set_crypto_polling(std::time::Duration::ZERO);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -260,6 +338,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                 max_handles: config.max_handles,
             },
             system_users,
+            dropzone::upload::Uploads::from_config(&config.upload).map_err(ConfigFailure)?,
         )
         .map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
@@ -580,6 +659,54 @@ fn decrypt(
     sink.flush()?;
     eprintln!("decrypted {offset} bytes");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dropzone import-legacy`: runs the import with progress on stderr and
+/// the summary on stdout.
+fn import_legacy(
+    config: &Config,
+    wrapper: Arc<dyn KeyWrapper>,
+    options: &ImportOptions,
+) -> anyhow::Result<ExitCode> {
+    let version = &options.legacy_master.secret_version;
+    if !config::is_version(version) {
+        return Err(ConfigFailure(format!(
+            "--secret-version {version:?}: expected 1-9 decimal digits"
+        ))
+        .into());
+    }
+    let mut progress = |event: &LegacyEvent| {
+        eprintln!("{event}");
+    };
+    let summary = match dropzone::legacy::import(options, wrapper, &mut progress) {
+        Ok(summary) => summary,
+        Err(e @ ImportError::NeedsEaas(_)) => return Err(ConfigFailure(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    print!("{summary}");
+    // The import carries files and keys, not logins: say who cannot log in yet.
+    if !config.auth.pam {
+        let known = UsersFile::load(&config.auth.users_file)?;
+        let missing: Vec<&str> = summary
+            .users
+            .iter()
+            .map(String::as_str)
+            .filter(|u| known.get(u).is_none())
+            .collect();
+        if !missing.is_empty() {
+            println!(
+                "  not in the users file {} (they cannot log in until added with \
+                 `dropzone user add NAME ...`): {}",
+                config.auth.users_file.display(),
+                missing.join(" ")
+            );
+        }
+    }
+    Ok(if summary.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `--timeout SECS`: a positive number of seconds (fractions allowed).

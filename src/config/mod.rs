@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod upload;
+pub use upload::UploadConfig;
+
 /// Where `dropzone` looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "config/dropzone.toml";
 
@@ -40,6 +43,8 @@ struct RawConfig {
     sftp: RawSftp,
     #[serde(default)]
     ssh: RawSsh,
+    #[serde(default)]
+    upload: upload::RawUpload,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +130,8 @@ pub struct Config {
     pub login_grace: Duration,
     /// A session with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// `[upload]`: scanning and notifications.
+    pub upload: UploadConfig,
 }
 
 /// `[auth]`.
@@ -308,6 +315,7 @@ impl Config {
             max_handles,
             login_grace: Duration::from_secs(raw.ssh.login_grace_secs.unwrap_or(120)),
             idle_timeout: Duration::from_secs(raw.ssh.idle_timeout_secs.unwrap_or(900)),
+            upload: raw.upload.validate()?,
         })
     }
 }

@@ -8,7 +8,7 @@ use russh_sftp::protocol::{File, FileAttributes};
 use tokio::sync::mpsc;
 
 use super::status::SftpError;
-use super::{Session, file_job};
+use super::{FileNotice, Session, file_job};
 use crate::store::EncryptedFile;
 use crate::store::storage::ObjectPath;
 
@@ -25,7 +25,7 @@ pub(super) enum FileJob {
     Write {
         id: u32,
         offset: u64,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     Fstat {
         id: u32,
@@ -204,16 +204,30 @@ pub(super) async fn run_worker(
         })
         .await;
         let Ok(done) = done else { return };
-        for ((reply, trouble), permit) in done {
-            // Once per handle: a download with 64 reads in flight fails 64 times.
-            if let Some(trouble) = trouble
-                && !noticed
-            {
-                noticed = true;
-                session.notice(&path, trouble);
+        for ((reply, notice), permit) in done {
+            match notice {
+                // Once per handle: a download with 64 reads in flight fails 64 times.
+                Some(FileNotice::Integrity) if !noticed => {
+                    noticed = true;
+                    session.integrity_notice(&path);
+                }
+                Some(FileNotice::NoSpace) if !noticed => {
+                    noticed = true;
+                    session.no_space_notice(&path);
+                }
+                Some(FileNotice::Rejected(reason)) => session.rejection_notice(&path, &reason),
+                _ => {}
             }
+            // A DATA reply keeps its budget until it is written: queued
+            // replies count against the session's memory too.
+            let reply = match reply {
+                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, Some(permit)),
+                other => {
+                    drop(permit);
+                    other
+                }
+            };
             let sent = session.replies.send(reply).await;
-            drop(permit);
             if sent.is_err() {
                 return;
             }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
+    Attrs, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -71,12 +71,21 @@ impl Default for SftpConfig {
     }
 }
 
+/// A reply on its way to the client. Most are packets, encoded by the
+/// writer; DATA replies are built where the file is read, with the data
+/// decrypted straight into the packet, and go out as they are, holding
+/// their share of the session's in-flight budget until written.
+enum Reply {
+    Packet(Packet),
+    Encoded(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+}
+
 /// What one SFTP session works with.
 struct Session {
     store: Arc<UserStore>,
     user: UserName,
     handles: HandleTable,
-    replies: mpsc::Sender<Packet>,
+    replies: mpsc::Sender<Reply>,
     /// Admits handle jobs by size; see [`IN_FLIGHT_KIB`].
     in_flight: Arc<tokio::sync::Semaphore>,
     notices: mpsc::Sender<String>,
@@ -105,16 +114,30 @@ where
             }
         }
     });
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Packet>(HANDLE_QUEUE * 2);
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(HANDLE_QUEUE * 2);
     let writer_task = tokio::spawn(async move {
+        // Small replies that are already waiting are batched into one
+        // write; a DATA reply goes out from its own buffer, not copied.
         let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(packet) = reply_rx.recv().await {
-            // Batch replies that are already waiting into one write.
-            let mut next = Some(packet);
-            while let Some(p) = next {
-                match Bytes::try_from(p) {
-                    Ok(bytes) => buf.extend_from_slice(&bytes),
-                    Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+        'replies: while let Some(reply) = reply_rx.recv().await {
+            let mut next = Some(reply);
+            while let Some(reply) = next {
+                match reply {
+                    Reply::Packet(p) => match Bytes::try_from(p) {
+                        Ok(bytes) => buf.extend_from_slice(&bytes),
+                        Err(e) => warn!(error = %e, "could not encode an SFTP reply"),
+                    },
+                    Reply::Encoded(bytes, _budget) => {
+                        if !buf.is_empty() {
+                            if writer.write_all(&buf).await.is_err() {
+                                break 'replies;
+                            }
+                            buf.clear();
+                        }
+                        if writer.write_all(&bytes).await.is_err() {
+                            break 'replies;
+                        }
+                    }
                 }
                 next = if buf.len() < 256 * 1024 {
                     reply_rx.try_recv().ok()
@@ -122,7 +145,7 @@ where
                     None
                 };
             }
-            if writer.write_all(&buf).await.is_err() {
+            if !buf.is_empty() && writer.write_all(&buf).await.is_err() {
                 break;
             }
             buf.clear();
@@ -180,8 +203,16 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<
             format!("SFTP packet of {len} bytes is outside the accepted size"),
         ));
     }
-    let mut body = BytesMut::zeroed(len as usize);
-    r.read_exact(&mut body).await?;
+    // Read into uninitialised capacity: zeroing 256 KiB per WRITE first
+    // would be wasted work.
+    let len = len as usize;
+    let mut body = BytesMut::with_capacity(len);
+    let mut packet = r.take(len as u64);
+    while body.len() < len {
+        if packet.read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(Some(body.freeze()))
 }
 
@@ -229,6 +260,19 @@ where
 impl Session {
     /// Handles one request; false ends the session.
     async fn dispatch(self: &Arc<Self>, mut body: Bytes) -> bool {
+        // WRITE carries the bulk of an upload: decoded here so that its
+        // data stays a slice of the packet instead of being copied out.
+        if body.first() == Some(&wire::FXP_WRITE) {
+            if let Ok(w) = wire::parse_write(&body) {
+                let job = FileJob::Write {
+                    id: w.id,
+                    offset: w.offset,
+                    data: w.data,
+                };
+                return self.to_handle(w.id, &w.handle, job).await;
+            }
+            // Malformed: the general decoder below answers it.
+        }
         let raw = body.clone();
         let packet = match Packet::try_from(&mut body) {
             Ok(p) => p,
@@ -279,7 +323,7 @@ impl Session {
                     FileJob::Write {
                         id: w.id,
                         offset: w.offset,
-                        data: w.data,
+                        data: w.data.into(),
                     },
                 )
                 .await
@@ -354,22 +398,42 @@ impl Session {
         }
     }
 
-    /// Tells the user on stderr what went wrong with `path`: OpenSSH's
-    /// client shows only "Failure" for the status reply.
-    pub(crate) fn notice(&self, path: &str, trouble: Trouble) {
-        let line = match trouble {
-            Trouble::Integrity => format!(
-                "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
-            ),
-            Trouble::NoSpace => format!(
-                "dropzone: {path}: no space left on the server; the write failed (an upload that does not complete keeps the previous version)\n"
-            ),
-        };
-        let _ = self.notices.try_send(line);
+    /// Tells the user on stderr that `path` failed its integrity check:
+    /// OpenSSH's client shows only "Failure" for the status reply.
+    fn integrity_notice(&self, path: &str) {
+        let _ = self.notices.try_send(format!(
+            "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
+        ));
+    }
+
+    /// Tells the user on stderr why an upload was rejected, for the same
+    /// reason as [`Session::integrity_notice`].
+    fn rejection_notice(&self, path: &str, reason: &str) {
+        let _ = self
+            .notices
+            .try_send(format!("dropzone: {path}: upload rejected: {reason}\n"));
+    }
+
+    /// Tells the user on stderr that the server ran out of space, for the
+    /// same reason as [`Session::integrity_notice`].
+    fn no_space_notice(&self, path: &str) {
+        let _ = self.notices.try_send(format!(
+            "dropzone: {path}: no space left on the server; the write failed (an upload that does not complete keeps the previous version)\n"
+        ));
+    }
+
+    /// Sends the stderr notice that `e`, an error about `path`, calls for.
+    fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
+        match e {
+            crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
+            crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
+            e if is_no_space(e) => self.no_space_notice(path),
+            _ => {}
+        }
     }
 
     async fn send(&self, packet: Packet) -> bool {
-        self.replies.send(packet).await.is_ok()
+        self.replies.send(Reply::Packet(packet)).await.is_ok()
     }
 
     /// Queues a job on a file handle's worker.
@@ -497,9 +561,7 @@ impl Session {
         let file = match self.store.open(&path, opts) {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                if let Some(trouble) = Trouble::of(&e) {
-                    self.notice(&client_path, trouble);
-                }
+                self.notice_for(&client_path, &e);
                 return Err(e.into());
             }
         };
@@ -540,7 +602,10 @@ impl Session {
             if current.kind != Kind::File {
                 return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
             }
-            self.store.set_size(path, size)?;
+            if let Err(e) = self.store.set_size(path, size) {
+                self.notice_for(&path.to_client_string(), &e);
+                return Err(e.into());
+            }
         }
         if let Some(p) = a.permissions {
             if current.kind == Kind::Symlink {
@@ -620,44 +685,43 @@ fn version_reply() -> Version {
     }
 }
 
-/// A failure worth telling the user on stderr, since OpenSSH's client
-/// shows only "Failure" for the status reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trouble {
-    /// The file failed its integrity check.
+/// What the user must be told on stderr after a file job.
+pub(super) enum FileNotice {
+    /// The file failed an integrity check.
     Integrity,
+    /// The upload was rejected at close, for this reason.
+    Rejected(String),
     /// The server's disk (or the user's quota) is full.
     NoSpace,
 }
 
-impl Trouble {
-    fn of(e: &crate::store::StoreError) -> Option<Trouble> {
-        match e {
-            crate::store::StoreError::Integrity(_) => Some(Trouble::Integrity),
-            crate::store::StoreError::Io(io)
-                if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
-            {
-                Some(Trouble::NoSpace)
-            }
-            _ => None,
-        }
-    }
+/// Whether `e` means the disk or the quota is full.
+fn is_no_space(e: &crate::store::StoreError) -> bool {
+    matches!(e, crate::store::StoreError::Io(io)
+        if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
 }
 
-/// Executes one job on an open file (on a blocking thread), with the
-/// trouble it ran into, if any.
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, Option<Trouble>) {
-    let mut trouble = None;
+/// Executes one job on an open file (on a blocking thread), with the stderr
+/// notice its failure calls for.
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, Option<FileNotice>) {
+    let mut notice = None;
     let mut fail = |id: u32, e: crate::store::StoreError| {
-        trouble = trouble.or(Trouble::of(&e));
+        match &e {
+            crate::store::StoreError::Integrity(_) => notice = Some(FileNotice::Integrity),
+            crate::store::StoreError::Rejected { reason } => {
+                notice = Some(FileNotice::Rejected(reason.clone()))
+            }
+            e if is_no_space(e) => notice = Some(FileNotice::NoSpace),
+            _ => {}
+        }
         error_reply(id, &e.into())
     };
     let reply = match job {
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
-            match file.read_at(offset, len) {
-                Ok(data) if data.is_empty() => status(id, StatusCode::Eof, "End of file"),
-                Ok(data) => Packet::Data(Data { id, data }),
+            match wire::data_reply(id, len, |buf| file.read_into(offset, len, buf)) {
+                Ok(Some(packet)) => return (Reply::Encoded(packet, None), None),
+                Ok(None) => status(id, StatusCode::Eof, "End of file"),
                 Err(e) => fail(id, e),
             }
         }
@@ -683,7 +747,7 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Packet, O
                 .map(|p| p.unwrap_or_else(|| ok(id))),
         ),
     };
-    (reply, trouble)
+    (Reply::Packet(reply), notice)
 }
 
 fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {

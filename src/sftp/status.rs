@@ -64,6 +64,10 @@ pub fn to_status(err: &SftpError) -> (StatusCode, String) {
             C::PermissionDenied,
             format!("the file was not opened for {what}"),
         ),
+        // The scanner's own words (its first stderr line) reach the client.
+        SftpError::Store(StoreError::Rejected { reason }) => {
+            (C::PermissionDenied, format!("upload rejected: {reason}"))
+        }
         SftpError::Jail(e) => (C::Failure, e.to_string()),
         SftpError::Store(StoreError::Internal(_)) => (C::Failure, "internal server error".into()),
         SftpError::BadHandle => (C::Failure, "invalid handle".into()),
@@ -119,6 +123,16 @@ mod tests {
         let (code, msg) = to_status(&e);
         assert_eq!(code, StatusCode::Failure);
         assert!(msg.contains("integrity"));
+    }
+
+    #[test]
+    fn rejections_carry_the_scanners_reason() {
+        let e = SftpError::Store(StoreError::Rejected {
+            reason: "EICAR test signature found".into(),
+        });
+        let (code, msg) = to_status(&e);
+        assert_eq!(code, StatusCode::PermissionDenied);
+        assert_eq!(msg, "upload rejected: EICAR test signature found");
     }
 
     #[test]

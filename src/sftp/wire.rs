@@ -1,7 +1,15 @@
-//! Decoding and encoding the payloads of extended requests, which
-//! russh-sftp hands over as raw bytes.
+//! Decoding and encoding SSH wire data by hand: the payloads of extended
+//! requests, which russh-sftp hands over as raw bytes, and the two packets
+//! that carry file data (WRITE and DATA), which are handled here without
+//! copying the data the way a general decoder or encoder would.
 
+use bytes::Bytes;
 use russh_sftp::protocol::FileAttributes;
+
+/// SSH_FXP_WRITE.
+pub const FXP_WRITE: u8 = 6;
+/// SSH_FXP_DATA.
+pub const FXP_DATA: u8 = 103;
 
 /// A payload that ended early or held invalid data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +45,11 @@ impl<'a> Reader<'a> {
     /// A big-endian u64.
     pub fn u64(&mut self) -> Result<u64, Malformed> {
         Ok((u64::from(self.u32()?) << 32) | u64::from(self.u32()?))
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
     }
 
     /// A length-prefixed byte string.
@@ -117,9 +130,114 @@ impl Writer {
     }
 }
 
+/// An SSH_FXP_WRITE request whose data shares the request's buffer.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// Request id.
+    pub id: u32,
+    /// The file handle.
+    pub handle: String,
+    /// Where to write.
+    pub offset: u64,
+    /// What to write: a slice of the request packet, not a copy.
+    pub data: Bytes,
+}
+
+/// Decodes an SSH_FXP_WRITE packet body (type byte first, no length).
+pub fn parse_write(body: &Bytes) -> Result<WriteRequest, Malformed> {
+    let mut r = Reader::new(body);
+    if r.take(1)? != [FXP_WRITE] {
+        return Err(Malformed);
+    }
+    let id = r.u32()?;
+    let handle = r.string()?;
+    let offset = r.u64()?;
+    let len = r.u32()? as usize;
+    let start = body.len() - r.remaining();
+    // Trailing bytes after the data are ignored, as the general decoder did.
+    r.take(len)?;
+    Ok(WriteRequest {
+        id,
+        handle,
+        offset,
+        data: body.slice(start..start + len),
+    })
+}
+
+/// Length, type, id and data length in front of a DATA reply's data.
+const DATA_HEADER: usize = 4 + 1 + 4 + 4;
+
+/// Builds a whole SSH_FXP_DATA packet (length prefix included) with `fill`
+/// appending the data straight into it. `fill` returns how many bytes it
+/// appended; `None` when that is 0 (end of file).
+pub fn data_reply<E>(
+    id: u32,
+    max_len: usize,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
+) -> Result<Option<Bytes>, E> {
+    let mut buf = Vec::with_capacity(DATA_HEADER + max_len);
+    buf.resize(DATA_HEADER, 0);
+    let n = fill(&mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    debug_assert_eq!(buf.len(), DATA_HEADER + n);
+    let n = n as u32;
+    buf[0..4].copy_from_slice(&(n + 9).to_be_bytes());
+    buf[4] = FXP_DATA;
+    buf[5..9].copy_from_slice(&id.to_be_bytes());
+    buf[9..13].copy_from_slice(&n.to_be_bytes());
+    Ok(Some(Bytes::from(buf)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use russh_sftp::protocol::{Data, Packet, Write};
+
+    #[test]
+    fn data_reply_matches_the_general_encoder() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let ours = data_reply::<()>(42, 80_000, |b| {
+            b.extend_from_slice(&data);
+            Ok(data.len())
+        })
+        .unwrap()
+        .unwrap();
+        let theirs = Bytes::try_from(Packet::Data(Data { id: 42, data })).unwrap();
+        assert_eq!(ours, theirs);
+        assert_eq!(data_reply::<()>(1, 10, |_| Ok(0)).unwrap(), None);
+    }
+
+    #[test]
+    fn write_parses_as_the_general_decoder_does() {
+        let packet = Bytes::try_from(Packet::Write(Write {
+            id: 7,
+            handle: "h1".into(),
+            offset: 1 << 33,
+            data: b"payload".to_vec(),
+        }))
+        .unwrap();
+        // parse_write takes the body: without the length prefix.
+        let body = packet.slice(4..);
+        let w = parse_write(&body).unwrap();
+        assert_eq!((w.id, w.handle.as_str(), w.offset), (7, "h1", 1 << 33));
+        assert_eq!(&w.data[..], b"payload");
+        // Every truncation is malformed; a trailing byte is ignored.
+        for cut in 0..body.len() {
+            assert!(parse_write(&body.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert_eq!(
+            &parse_write(&Bytes::from(longer)).unwrap().data[..],
+            b"payload"
+        );
+        // Another packet type is not a WRITE.
+        let mut other = body.to_vec();
+        other[0] = 5;
+        assert!(parse_write(&Bytes::from(other)).is_err());
+    }
 
     #[test]
     fn round_trip_and_short_input() {

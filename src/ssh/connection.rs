@@ -218,13 +218,18 @@ impl Connection {
         };
         let ctx = self.ctx.clone();
         let n = name.clone();
+        let peer = self.peer;
         let opened = tokio::task::spawn_blocking(move || -> Result<UserStore, LoginFailure> {
             // The key first: the user's directory is created only once the
             // key is known to be available.
             let key = ctx.keys.get_or_create(&n).map_err(LoginFailure::Key)?;
             let storage = LocalStorage::open_root(&ctx.data_dir.join(n.as_str()))
                 .map_err(LoginFailure::Root)?;
-            Ok(UserStore::new(Arc::new(storage), key))
+            let store = UserStore::new(Arc::new(storage), key);
+            Ok(match &ctx.uploads {
+                Some(uploads) => store.with_gate(uploads.gate(n.as_str(), Some(peer))),
+                None => store,
+            })
         })
         .await;
         match opened {

@@ -35,6 +35,8 @@ pub struct ServerContext {
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
+    /// Upload scanning and notifications (`[upload]`), if configured.
+    uploads: Option<Arc<crate::upload::Uploads>>,
     /// Never read: the server waits at shutdown until the last context, and
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
@@ -57,6 +59,7 @@ impl ServerContext {
         data_dir: PathBuf,
         sftp: SftpConfig,
         system_users: Option<SystemUsers>,
+        uploads: Option<Arc<crate::upload::Uploads>>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -69,6 +72,7 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
+                uploads,
                 alive,
             }),
             alive_rx,

@@ -277,11 +277,26 @@ impl FileState {
 
     /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
     pub(crate) fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.read_into(offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends up to `len` bytes from `offset` to `out` and returns how many
+    /// (0 at or past the end). The caller chooses the buffer, so that a
+    /// reply can be built around the data without copying it again.
+    pub(crate) fn read_into(
+        &mut self,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StoreError> {
         if offset >= self.size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let end = self.size.min(offset.saturating_add(len as u64));
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let start_len = out.len();
+        out.reserve((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
             let index = pos / CHUNK_SIZE as u64;
@@ -291,12 +306,13 @@ impl FileState {
             if take == 0 {
                 // The cached chunk is shorter than the size says: an internal
                 // inconsistency; report it rather than loop.
+                out.truncate(start_len);
                 return Err(FormatError::Integrity("chunk shorter than the file size").into());
             }
             out.extend_from_slice(&chunk.data[within..within + take]);
             pos += take as u64;
         }
-        Ok(out)
+        Ok(out.len() - start_len)
     }
 
     /// Writes `data` at `offset`; a gap past the end reads back as zeros.

@@ -14,6 +14,11 @@
 //! extension journals the old end first ([`journal`]), so that the next
 //! start can roll an interrupted one back.
 //!
+//! Upload checks: with an [`UploadGate`] that checks uploads, a staged file
+//! is committed only once the gate accepted its plaintext, and every write
+//! to an existing file goes through a staged, re-encrypted copy
+//! (copy-on-open), so nothing unchecked replaces a stored version.
+//!
 //! Every call here blocks (file I/O and crypto); async callers run them on a
 //! blocking thread.
 
@@ -22,21 +27,27 @@ pub mod file;
 pub mod format;
 pub mod journal;
 mod pool;
+pub use pool::set_polling as set_crypto_polling;
 pub mod storage;
+pub mod upload;
 
 #[cfg(test)]
 mod format_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upload_tests;
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use crate::keys::DataKey;
 use file::FileState;
 use format::FormatError;
 use storage::{Access, Blob, Kind, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
+pub use upload::{Rejection, Upload, UploadGate};
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +67,13 @@ pub enum StoreError {
     /// A bug, reported rather than panicking (e.g. a worker that panicked).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The upload gate (the scanner) refused the file at close: nothing was
+    /// stored and the previous version stays. `reason` is for the client.
+    #[error("upload rejected: {reason}")]
+    Rejected {
+        /// One line saying why, safe to show to the client.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -123,12 +141,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct UserStore {
     storage: Arc<dyn Storage>,
     key: Arc<DataKey>,
+    gate: Option<Arc<dyn UploadGate>>,
 }
 
 impl UserStore {
     /// A store over `storage` whose files are encrypted under `key`.
     pub fn new(storage: Arc<dyn Storage>, key: Arc<DataKey>) -> Self {
-        UserStore { storage, key }
+        UserStore {
+            storage,
+            key,
+            gate: None,
+        }
+    }
+
+    /// This store with uploads checked and announced through `gate`.
+    pub fn with_gate(mut self, gate: Arc<dyn UploadGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Whether writes must be checked before they replace a stored version.
+    fn checks_uploads(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.checks())
     }
 
     /// Opens (or creates) the file at `path`.
@@ -149,6 +183,17 @@ impl UserStore {
             return Err(io::Error::from(io::ErrorKind::NotFound).into());
         }
         let staged = existing.is_none() || (opts.truncate && opts.write);
+        // With checked uploads an existing file is never written in place:
+        // the write goes to a staged copy that the gate sees at close.
+        let copied = !staged && opts.write && self.checks_uploads();
+        let upload = opts.write.then(|| ClosingUpload {
+            gate: self.gate.clone(),
+            path: path.clone(),
+        });
+        if copied {
+            let mode = existing.as_ref().map_or(0o644, |m| m.permissions);
+            return self.open_copy(path, opts, mode, upload);
+        }
         if staged {
             if !opts.write {
                 return Err(StoreError::WrongAccess(
@@ -175,10 +220,13 @@ impl UserStore {
                         token: s.token,
                         exclusive: opts.exclusive,
                         storage: self.storage.clone(),
+                        copy: false,
                     }),
                     permissions: Some(mode),
                     times: None,
                 }),
+                upload,
+                modified: AtomicBool::new(false),
             });
         }
         let state = self.open_shared(path, opts.write)?;
@@ -186,6 +234,56 @@ impl UserStore {
             state,
             opts,
             pending: Mutex::new(Pending::default()),
+            upload,
+            modified: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens a staged copy of the existing file at `path` for writing; the
+    /// copy replaces the file at close if it was changed and the gate
+    /// accepts it. The copy is re-encrypted chunk by chunk under a new file
+    /// id (plaintext only in memory, every chunk authenticated on the way),
+    /// so the old and new versions never share keys and chunks of one
+    /// cannot pass for the other's.
+    fn open_copy(
+        &self,
+        path: &ObjectPath,
+        opts: OpenOptions,
+        mode: u32,
+        upload: Option<ClosingUpload>,
+    ) -> Result<EncryptedFile, StoreError> {
+        let mut source = FileState::open(
+            self.storage.open(path, Access::Read)?,
+            self.key.expose(),
+            false,
+        )?;
+        let s = self.storage.stage(path)?;
+        let copied = FileState::create(s.blob, self.key.expose()).and_then(|mut copy| {
+            copy_plaintext(&mut source, &mut copy)?;
+            Ok(copy)
+        });
+        let state = match copied {
+            Ok(state) => state,
+            Err(e) => {
+                self.storage.discard(s.token);
+                return Err(e);
+            }
+        };
+        Ok(EncryptedFile {
+            state: Arc::new(Mutex::new(state)),
+            opts,
+            pending: Mutex::new(Pending {
+                commit: Some(Commit {
+                    token: s.token,
+                    exclusive: false,
+                    storage: self.storage.clone(),
+                    copy: true,
+                }),
+                permissions: Some(mode),
+                times: None,
+            }),
+            upload,
+            modified: AtomicBool::new(false),
         })
     }
 
@@ -364,10 +462,33 @@ impl UserStore {
     }
 }
 
+/// Copies the plaintext of `from` into the new file `to`, one chunk at a
+/// time (sequential, so both sides use their read-ahead and write-behind).
+fn copy_plaintext(from: &mut FileState, to: &mut FileState) -> Result<(), StoreError> {
+    let mut offset = 0u64;
+    loop {
+        let chunk = from.read_at(offset, format::CHUNK_SIZE)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        to.write_at(offset, &chunk)?;
+        offset += chunk.len() as u64;
+    }
+}
+
 struct Commit {
     token: StagedToken,
     exclusive: bool,
     storage: Arc<dyn Storage>,
+    /// A copy of an existing file (copy-on-open): left uncommitted if
+    /// nothing was written to it.
+    copy: bool,
+}
+
+/// Where a file opened for writing goes, for the upload gate at close.
+struct ClosingUpload {
+    gate: Option<Arc<dyn UploadGate>>,
+    path: ObjectPath,
 }
 
 /// What a staged file still has to do at close.
@@ -386,6 +507,10 @@ pub struct EncryptedFile {
     state: Arc<Mutex<FileState>>,
     opts: OpenOptions,
     pending: Mutex<Pending>,
+    /// Set for files opened for writing.
+    upload: Option<ClosingUpload>,
+    /// Whether the content was changed through this handle.
+    modified: AtomicBool,
 }
 
 impl EncryptedFile {
@@ -395,6 +520,21 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("reading"));
         }
         lock(&self.state).read_at(offset, len)
+    }
+
+    /// Appends up to `len` bytes read at `offset` to `out` and returns how
+    /// many (0 at end of file), for callers that build a reply around the
+    /// data (an SFTP DATA packet) and want it read straight into place.
+    pub fn read_into(
+        &self,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, StoreError> {
+        if !self.opts.read {
+            return Err(StoreError::WrongAccess("reading"));
+        }
+        lock(&self.state).read_into(offset, len, out)
     }
 
     /// Writes `data` at `offset` (at the end, if opened for append).
@@ -408,6 +548,7 @@ impl EncryptedFile {
         } else {
             offset
         };
+        self.modified.store(true, Ordering::Relaxed);
         state.write_at(offset, data)
     }
 
@@ -439,6 +580,7 @@ impl EncryptedFile {
         if !self.opts.write {
             return Err(StoreError::WrongAccess("writing"));
         }
+        self.modified.store(true, Ordering::Relaxed);
         lock(&self.state).set_len(size)
     }
 
@@ -468,21 +610,41 @@ impl EncryptedFile {
         lock(&self.state).sync()
     }
 
-    /// Finishes the file: writes cached data, and for a staged file syncs it
-    /// and moves it over its target. If this fails, a staged file is
-    /// discarded and the previous version is left as it was.
+    /// Finishes the file: writes cached data, and for a staged file syncs it,
+    /// has the upload gate check it, and moves it over its target. If this
+    /// fails (or the gate rejects the file), a staged file is discarded and
+    /// the previous version is left as it was.
     pub fn close(&self) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
         let mut state = lock(&self.state);
+        let modified = self.modified.load(Ordering::Relaxed);
         let Some(commit) = pending.commit else {
             if self.opts.write {
                 state.flush()?;
                 if let Some((atime, mtime)) = pending.times {
                     state.blob().set_times(atime, mtime)?;
                 }
+                if modified {
+                    self.announce(state.size());
+                }
             }
             return Ok(());
         };
+        if commit.copy && !modified {
+            // Opened for writing but unchanged: the stored file stays, with
+            // the mode and times asked for through this handle.
+            drop(state);
+            commit.storage.discard(commit.token);
+            if let Some(up) = &self.upload {
+                if let Some(mode) = pending.permissions {
+                    commit.storage.set_permissions(&up.path, mode)?;
+                }
+                if let Some((atime, mtime)) = pending.times {
+                    commit.storage.set_times(&up.path, atime, mtime)?;
+                }
+            }
+            return Ok(());
+        }
         let finish = |state: &mut FileState| -> Result<(), StoreError> {
             state.flush()?;
             if let Some(mode) = pending.permissions {
@@ -494,11 +656,50 @@ impl EncryptedFile {
             state.blob().sync()?;
             Ok(())
         };
-        if let Err(e) = finish(&mut state) {
+        if let Err(e) = finish(&mut state).and_then(|()| self.check(&mut state)) {
             commit.storage.discard(commit.token);
             return Err(e);
         }
-        Ok(commit.storage.commit(commit.token, commit.exclusive)?)
+        commit.storage.commit(commit.token, commit.exclusive)?;
+        self.announce(state.size());
+        Ok(())
+    }
+
+    /// Has the upload gate (if it checks uploads) read the finished file.
+    fn check(&self, state: &mut FileState) -> Result<(), StoreError> {
+        let Some(ClosingUpload {
+            gate: Some(gate),
+            path,
+        }) = &self.upload
+        else {
+            return Ok(());
+        };
+        if !gate.checks() {
+            return Ok(());
+        }
+        let upload = Upload {
+            path,
+            size: state.size(),
+        };
+        let mut content = upload::PlaintextReader::new(state);
+        let verdict = gate.check(upload, &mut content);
+        // A file that could not be read back is a store failure, whatever
+        // the gate made of the shortened stream.
+        if let Some(e) = content.failure.take() {
+            return Err(e);
+        }
+        verdict.map_err(|r| StoreError::Rejected { reason: r.reason })
+    }
+
+    /// Tells the gate that the file is stored.
+    fn announce(&self, size: u64) {
+        if let Some(ClosingUpload {
+            gate: Some(gate),
+            path,
+        }) = &self.upload
+        {
+            gate.committed(Upload { path, size });
+        }
     }
 
     /// Abandons the file: a staged file is discarded (the previous version

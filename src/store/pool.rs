@@ -7,6 +7,7 @@
 //! lock cannot deadlock.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -41,26 +42,61 @@ fn start_workers() -> Option<Sender<Job>> {
     (started > 0).then_some(tx)
 }
 
-/// How long a thread polls before it sleeps. Waking a sleeping thread costs
-/// an inter-processor interrupt, which in a VM is tens of microseconds, as
-/// long as encrypting a few KiB; chunk jobs come every ~50-130 us during a
-/// transfer, so a short poll usually catches the next one awake.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long a thread polls before it sleeps, in nanoseconds. Waking a
+/// sleeping thread costs an inter-processor interrupt, which in a VM is tens
+/// of microseconds, as long as encrypting a few KiB; chunk jobs come every
+/// ~50-130 us during a transfer, so a short poll usually catches the next
+/// one awake. See [`set_polling`] for when not to poll.
+static SPIN_NANOS: AtomicU64 = AtomicU64::new(50_000);
 
-/// Takes the next job: polls for [`SPIN`], then sleeps until one comes;
-/// `None` when the queue is closed.
-fn next_job(rx: &Mutex<Receiver<Job>>) -> Option<Job> {
-    let lock = || rx.lock().unwrap_or_else(|p| p.into_inner());
+/// Sets how long crypto workers and waiters poll before they sleep
+/// (`Duration::ZERO`: never). The default, 50 us, suits one process moving
+/// one file as fast as it can. A server wants zero: its cores are shared
+/// with the transport's encryption and with other sessions, and polling
+/// took ~12% of its CPU time during a download (docs/PERFORMANCE.md).
+pub fn set_polling(spin: Duration) {
+    let nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+    SPIN_NANOS.store(nanos, Ordering::Relaxed);
+}
+
+fn spin() -> Duration {
+    Duration::from_nanos(SPIN_NANOS.load(Ordering::Relaxed))
+}
+
+/// Polls `poll` until it gives an answer or `spin` has passed. The clock is
+/// read only every 64 tries: reading it costs more than a try.
+fn poll_for<T>(spin: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    if spin.is_zero() {
+        return None;
+    }
     let start = Instant::now();
-    while start.elapsed() < SPIN {
-        match lock().try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+    loop {
+        for _ in 0..64 {
+            if let Some(v) = poll() {
+                return Some(v);
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= spin {
+            return None;
         }
     }
-    // Hold the queue lock only while taking one job.
-    lock().recv().ok()
+}
+
+/// Takes the next job: polls for a while (see [`SPIN_NANOS`]), then sleeps
+/// until one comes; `None` when the queue is closed.
+fn next_job(rx: &Mutex<Receiver<Job>>) -> Option<Job> {
+    let lock = || rx.lock().unwrap_or_else(|p| p.into_inner());
+    let polled = poll_for(spin(), || match lock().try_recv() {
+        Ok(job) => Some(Some(job)),
+        Err(TryRecvError::Disconnected) => Some(None),
+        Err(TryRecvError::Empty) => None,
+    });
+    match polled {
+        Some(job) => job,
+        // Hold the queue lock only while taking one job.
+        None => lock().recv().ok(),
+    }
 }
 
 /// The result of a job, to be waited for.
@@ -72,18 +108,18 @@ impl<T> Pending<T> {
         self.0.recv().ok()
     }
 
-    /// Waits for a job that is expected to finish within [`SPIN`], polling
-    /// first so that the waiter is not put to sleep and woken again.
+    /// Waits for a job that is expected to finish soon, polling first (see
+    /// [`SPIN_NANOS`]) so that the waiter is not put to sleep and woken again.
     pub(crate) fn wait_soon(self) -> Option<T> {
-        let start = Instant::now();
-        while start.elapsed() < SPIN {
-            match self.0.try_recv() {
-                Ok(v) => return Some(v),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => std::hint::spin_loop(),
-            }
+        let polled = poll_for(spin(), || match self.0.try_recv() {
+            Ok(v) => Some(Some(v)),
+            Err(TryRecvError::Disconnected) => Some(None),
+            Err(TryRecvError::Empty) => None,
+        });
+        match polled {
+            Some(v) => v,
+            None => self.0.recv().ok(),
         }
-        self.0.recv().ok()
     }
 }
 
@@ -117,6 +153,15 @@ mod tests {
         let jobs: Vec<_> = (0..16u64).map(|i| spawn(move || i * i)).collect();
         let results: Vec<_> = jobs.into_iter().map(|p| p.wait().unwrap()).collect();
         assert_eq!(results, (0..16u64).map(|i| i * i).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn jobs_complete_without_polling_too() {
+        set_polling(Duration::ZERO);
+        let jobs: Vec<_> = (0..8u64).map(|i| spawn(move || i + 1)).collect();
+        let sum: u64 = jobs.into_iter().map(|p| p.wait_soon().unwrap()).sum();
+        set_polling(Duration::from_micros(50));
+        assert_eq!(sum, 36);
     }
 
     #[test]

@@ -11,10 +11,12 @@ mod eaas_pkcs11;
 mod eaas_service;
 mod faults;
 mod healthcheck;
+mod import_legacy;
 mod jail;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+mod scan;
 mod scp;
 mod sftp;
 mod tamper;
