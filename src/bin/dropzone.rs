@@ -18,6 +18,7 @@ use dropzone::observe::kms::ObservedKeyWrapper;
 use dropzone::observe::{AuditLog, Metrics, Observer};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
+use dropzone::store::check::{FileReport, check_blob};
 use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
 use dropzone::store::{OpenOptions, UserStore};
 use dropzone::username::UserName;
@@ -59,7 +60,7 @@ enum Command {
     /// Manage the master key that wraps user keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Check that every stored file decrypts and authenticates; exit 1 if any fails.
+    /// Check that every stored file decrypts and authenticates, naming each damaged chunk; exit 1 if any fails.
     Verify {
         /// Only this user's files.
         #[arg(long)]
@@ -366,6 +367,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         )?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        sweep_abandoned_uploads(&config.data_dir);
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
         let parts = ssh::ServerParts {
@@ -410,6 +412,26 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     // logouts of the sessions closed at shutdown) before the process exits.
     drop(observer);
     result
+}
+
+/// Removes staged uploads a previous run left behind when it was killed and
+/// rolls back the in-place extensions it interrupted, before any session
+/// starts; a failure is logged, not fatal.
+fn sweep_abandoned_uploads(data_dir: &Path) {
+    let started = std::time::SystemTime::now();
+    match dropzone::store::journal::recover(data_dir, started) {
+        Ok(r) if r.swept != Default::default() || r.rolled_back > 0 => tracing::info!(
+            removed = r.swept.removed,
+            in_use = r.swept.in_use,
+            failed = r.swept.failed,
+            rolled_back = r.rolled_back,
+            "removed {} abandoned upload(s) left by an interrupted run, rolled back {} interrupted extension(s)",
+            r.swept.removed,
+            r.rolled_back
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned uploads"),
+    }
 }
 
 /// Asks the backend to create the configured master key if it does not
@@ -601,10 +623,18 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
                         let result = storage
                             .open(&path, Access::Read)
                             .map_err(dropzone::store::StoreError::from)
-                            .and_then(|blob| dropzone::store::verify_blob(blob, &key));
-                        if let Err(e) = result {
-                            failed += 1;
-                            println!("FAIL {user} {}: {e}", path.to_client_string());
+                            .and_then(|blob| check_blob(&*blob, &key));
+                        let shown = path.to_client_string();
+                        match result {
+                            Ok(report) if report.is_ok() => {}
+                            Ok(report) => {
+                                failed += 1;
+                                print_problems(&user, &shown, &report);
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                println!("FAIL {user} {shown}: {e}");
+                            }
                         }
                     }
                     _ => {}
@@ -618,6 +648,22 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Most damaged parts listed per file: a file under the wrong key fails in
+/// every chunk, and one line per chunk would bury the other files.
+const MAX_PROBLEMS_SHOWN: usize = 20;
+
+/// One `FAIL` line per damaged part of a file, each naming the chunk and its
+/// byte ranges.
+fn print_problems(user: &UserName, path: &str, report: &FileReport) {
+    for p in report.problems.iter().take(MAX_PROBLEMS_SHOWN) {
+        println!("FAIL {user} {path}: {p}");
+    }
+    let more = report.problems.len().saturating_sub(MAX_PROBLEMS_SHOWN);
+    if more > 0 {
+        println!("FAIL {user} {path}: ... and {more} more damaged chunk(s)");
+    }
 }
 
 fn decrypt(

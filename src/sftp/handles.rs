@@ -216,6 +216,10 @@ pub(super) async fn run_worker(
                     noticed = true;
                     session.integrity_notice(&path);
                 }
+                Some(FileNotice::NoSpace) if !noticed => {
+                    noticed = true;
+                    session.no_space_notice(&path);
+                }
                 Some(FileNotice::Rejected(reason)) => {
                     transfer.rejected(reason);
                     session.rejection_notice(&path, reason);

@@ -447,11 +447,20 @@ impl Session {
             .try_send(format!("dropzone: {path}: upload rejected: {reason}\n"));
     }
 
+    /// Tells the user on stderr that the server ran out of space, for the
+    /// same reason as [`Session::integrity_notice`].
+    fn no_space_notice(&self, path: &str) {
+        let _ = self.notices.try_send(format!(
+            "dropzone: {path}: no space left on the server; the write failed (an upload that does not complete keeps the previous version)\n"
+        ));
+    }
+
     /// Sends the stderr notice that `e`, an error about `path`, calls for.
     fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
         match e {
             crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
             crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
+            e if is_no_space(e) => self.no_space_notice(path),
             _ => {}
         }
     }
@@ -790,6 +799,14 @@ pub(super) enum FileNotice {
     Integrity,
     /// The upload was rejected at close, for this reason.
     Rejected(String),
+    /// The server's disk (or the user's quota) is full.
+    NoSpace,
+}
+
+/// Whether `e` means the disk or the quota is full.
+fn is_no_space(e: &crate::store::StoreError) -> bool {
+    matches!(e, crate::store::StoreError::Io(io)
+        if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
 }
 
 /// What a file job did, for the worker to answer, tell and report.
@@ -819,6 +836,7 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
             crate::store::StoreError::Rejected { reason } => {
                 notice = Some(FileNotice::Rejected(reason.clone()))
             }
+            e if is_no_space(e) => notice = Some(FileNotice::NoSpace),
             _ => {}
         }
         error_reply(id, &e.into())

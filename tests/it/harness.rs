@@ -62,6 +62,10 @@ pub struct ServerOptions {
     /// Keys of the `[auth]` table after `users_file` (default:
     /// [`DEFAULT_AUTH_CONFIG`]), e.g. `pam = true` and `pam_service`.
     pub auth_config: Option<String>,
+    /// Mount a tmpfs of this many bytes as the data dir before the server
+    /// starts (needs root; unmounted when the server is dropped), to run
+    /// out of space for real.
+    pub data_tmpfs_bytes: Option<u64>,
 }
 
 /// A user of the test server.
@@ -83,6 +87,8 @@ pub struct Server {
     child: Child,
     log: Arc<Mutex<String>>,
     users: HashMap<String, User>,
+    /// Mount points to unmount on drop.
+    mounts: Vec<PathBuf>,
 }
 
 impl Server {
@@ -115,6 +121,13 @@ impl Server {
             opts.extra_config
         );
         std::fs::write(root.join("config/dropzone.toml"), config).expect("writing the config");
+        let mut mounts = Vec::new();
+        if let Some(bytes) = opts.data_tmpfs_bytes {
+            let data = root.join("data");
+            std::fs::create_dir_all(&data).expect("creating the data dir");
+            mount_tmpfs(&data, bytes);
+            mounts.push(data);
+        }
 
         let mut added = HashMap::new();
         for &(name, password) in users {
@@ -147,68 +160,37 @@ impl Server {
             );
         }
 
-        let mut cmd = dropzone_command(&root);
-        cmd.args(["serve", "--config", "config/dropzone.toml"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        let stderr = child.stderr.take().expect("server stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(port) = listening_port(&line)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(port);
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(port) => break port,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                thread::sleep(Duration::from_millis(100)); // let the reader catch up
-                panic!(
-                    "the server exited before listening ({status})\n\
-                     working dir: {}\n--- server log ---\n{}",
-                    root.display(),
-                    log.lock().unwrap()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
-                     working dir: {}\n--- server log ---\n{}",
-                    root.display(),
-                    log.lock().unwrap()
-                );
-            }
-        };
+        let (child, port) = spawn_serve(&root, &log);
         Server {
             dir,
             port,
             child,
             log,
             users: added,
+            mounts,
         }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: no destructor, no
+    /// flush, no cleanup runs. Returns once the process is gone.
+    pub fn kill9(&mut self) {
+        // std's Child::kill sends SIGKILL on Unix.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again in the same directory after [`Server::kill9`]
+    /// (on a new port, see [`Server::port`]).
+    pub fn restart(&mut self) {
+        assert!(!self.is_alive(), "restart: the server is still running");
+        self.log
+            .lock()
+            .unwrap()
+            .push_str("--- restarted by the test ---\n");
+        let (child, port) = spawn_serve(self.dir.path(), &self.log);
+        self.child = child;
+        self.port = port;
     }
 
     /// The server's working directory.
@@ -539,6 +521,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for m in self.mounts.drain(..) {
+            // Lazy: a client still exiting must not keep the mount alive.
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
         if thread::panicking() && std::env::var_os("DROPZONE_TEST_KEEP").is_some() {
             let path = std::mem::replace(
                 &mut self.dir,
@@ -548,6 +534,84 @@ impl Drop for Server {
             eprintln!("test directory kept at {}", path.display());
         }
     }
+}
+
+/// Spawns `dropzone serve` in `root`, appending its stderr to `log`, and
+/// waits for its listening line.
+fn spawn_serve(root: &Path, log: &Arc<Mutex<String>>) -> (Child, u16) {
+    let mut cmd = dropzone_command(root);
+    cmd.args(["serve", "--config", "config/dropzone.toml"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let stderr = child.stderr.take().expect("server stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    {
+        let log = log.clone();
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = listening_port(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    let port = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(port) => break port,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            thread::sleep(Duration::from_millis(100)); // let the reader catch up
+            panic!(
+                "the server exited before listening ({status})\n\
+                 working dir: {}\n--- server log ---\n{}",
+                root.display(),
+                log.lock().unwrap()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
+                 working dir: {}\n--- server log ---\n{}",
+                root.display(),
+                log.lock().unwrap()
+            );
+        }
+    };
+    (child, port)
+}
+
+/// Mounts a tmpfs of `bytes` bytes on `dir`. Needs root (CI runs as root):
+/// without it the test fails here, loudly, rather than skip.
+fn mount_tmpfs(dir: &Path, bytes: u64) {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={bytes},mode=0700"))
+        .arg("tmpfs")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+    assert!(
+        out.status.success(),
+        "mounting a {bytes}-byte tmpfs on {} failed (this test needs root, as in CI): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The port in a `listening on 127.0.0.1:PORT` log line.
