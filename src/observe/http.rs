@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::Metrics;
 
@@ -34,40 +33,30 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    crate::daemon::accept_bounded(
+        listener,
+        MAX_CONNECTIONS,
+        "metrics",
+        shutdown,
+        |stream, peer, permit| {
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let result = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(READ_TIMEOUT)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| answer(req, Arc::clone(&metrics))),
+                    )
+                    .await;
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
                 }
-            },
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics: too many connections; closing this one");
-            continue;
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let result = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| answer(req, Arc::clone(&metrics))),
-                )
-                .await;
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
+                drop(permit);
+            });
+        },
+    )
+    .await;
 }
 
 async fn answer(
