@@ -1,5 +1,6 @@
 //! What both long-running binaries (`dropzone serve`, `dropzone-eaas serve`)
-//! do the same way: log to stderr and stop on SIGTERM or SIGINT.
+//! do the same way: log to stderr and stop on SIGTERM or SIGINT; SIGHUP
+//! asks for log files to be reopened.
 
 /// Structured logs on stderr, filtered by `RUST_LOG` (default `info`),
 /// colored only on a terminal.
@@ -27,5 +28,57 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Calls `reopen` on every SIGHUP (log rotation) for as long as it runs.
+/// Installing it also keeps SIGHUP from ending the process.
+pub async fn on_hangup(mut reopen: impl FnMut()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: log files will not be reopened");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reopening log files");
+        reopen();
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, with at
+/// most `max_open` of them open at once: each accepted stream goes to
+/// `handle` with the permit that holds its place (drop it when the
+/// connection ends). Beyond the cap a connection is closed at once and
+/// logged as `what`'s. Accept errors (usually EMFILE) back off briefly
+/// instead of spinning.
+pub async fn accept_bounded<F>(
+    listener: tokio::net::TcpListener,
+    max_open: usize,
+    what: &'static str,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut handle: F,
+) where
+    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit),
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_open));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        match std::sync::Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => handle(stream, peer, permit),
+            Err(_) => {
+                tracing::warn!(%peer, "{what}: too many connections ({max_open}); closing this one");
+            }
+        }
     }
 }

@@ -20,6 +20,9 @@
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
 //! - [`upload`]: what happens around an upload's commit: the scan command
 //!   that must accept it, and the notification POSTed once it is stored.
+//! - [`observe`]: the one path for what happened: events from `ssh`, `sftp`
+//!   and `scp` go to the audit log (JSON lines) and the Prometheus metrics;
+//!   key-service calls are timed by a wrapper around the [`kms`] backend.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
@@ -48,6 +51,7 @@ pub mod jail;
 pub mod keys;
 pub mod kms;
 pub mod legacy;
+pub mod observe;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;

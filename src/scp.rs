@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::jail;
+use crate::observe::{EventKind, Outcome, Reporter, Transfer};
 use crate::sftp::blocking;
 use crate::sftp::status::{SftpError, to_status};
 use crate::store::storage::{Kind, ObjectPath};
@@ -45,19 +46,21 @@ const MAX_DEPTH: usize = 256;
 const UMASK: u32 = 0o022;
 
 /// Runs one legacy scp command (the exec request's command line) on
-/// `stream`; returns the exit status to report.
+/// `stream`; returns the exit status to report. Uploads, downloads and
+/// the directories it creates are reported to `events`.
 ///
 /// The status is 0 when every item was transferred, 1 otherwise (a refused
 /// command, a warning sent to or received from the client, a protocol error
 /// or a lost connection). The stream is flushed but not shut down: closing
 /// the channel is the caller's business.
-pub async fn serve<S>(stream: S, store: Arc<UserStore>, command: &str) -> u32
+pub async fn serve<S>(stream: S, store: Arc<UserStore>, command: &str, events: Reporter) -> u32
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut conn = Conn {
         io: BufReader::new(stream),
         errors: 0,
+        events,
     };
     let result = match parse_command(command) {
         None => Err(Stop::Fatal("unsupported scp command".into())),
@@ -279,6 +282,7 @@ type Response = Result<(), String>;
 struct Conn<S> {
     io: BufReader<S>,
     errors: u32,
+    events: Reporter,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -367,6 +371,16 @@ fn describe(err: &SftpError) -> String {
         debug!(error = %err, "scp operation failed");
     }
     to_status(err).1
+}
+
+/// How an error is reported in events: the SFTP status name and wording.
+fn outcome_of(err: &SftpError) -> Outcome {
+    let (code, msg) = to_status(err);
+    Err((crate::sftp::status::status_name(code), msg))
+}
+
+fn is_integrity(err: &SftpError) -> bool {
+    matches!(err, SftpError::Store(StoreError::Integrity(_)))
 }
 
 /// `"<client path>: <what went wrong>"`.
@@ -606,24 +620,51 @@ where
 {
     let final_mode = effective_mode(mode, preserve);
     let (s, p) = (store.clone(), path.clone());
-    let entered = blocking(move || match s.stat(&p, true) {
-        Ok(attrs) if attrs.kind == Kind::Dir => {
-            if preserve {
-                s.set_permissions(&p, final_mode)?;
+    let started = std::time::Instant::now();
+    // Besides the step's result, whether a directory was to be created: a
+    // `mkdir` event, reported whether or not that worked.
+    let entered = blocking(move || {
+        let mut creating = false;
+        let step = (|| -> Result<Option<u32>, SftpError> {
+            match s.stat(&p, true) {
+                Ok(attrs) if attrs.kind == Kind::Dir => {
+                    if preserve {
+                        s.set_permissions(&p, final_mode)?;
+                    }
+                    Ok(None)
+                }
+                Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR).into()),
+                Err(e) if e.is_not_found() => {
+                    // Created writable so its contents can be written; the
+                    // final mode is set at its `E`.
+                    creating = true;
+                    let created = final_mode | 0o700;
+                    s.mkdir(&p, Some(created))?;
+                    Ok((created != final_mode).then_some(final_mode))
+                }
+                Err(e) => Err(e.into()),
             }
-            Ok(None)
-        }
-        Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR).into()),
-        Err(e) if e.is_not_found() => {
-            // Created writable so its contents can be written; the final
-            // mode is set at its `E`.
-            let created = final_mode | 0o700;
-            s.mkdir(&p, Some(created))?;
-            Ok((created != final_mode).then_some(final_mode))
-        }
-        Err(e) => Err(e.into()),
+        })();
+        Ok((step, creating))
     })
     .await;
+    let (entered, creating) = match entered {
+        Ok((step, creating)) => (step, creating),
+        Err(e) => (Err(e), false),
+    };
+    if creating {
+        let outcome = match &entered {
+            Ok(_) => Ok(()),
+            Err(e) => outcome_of(e),
+        };
+        conn.events.operation(
+            EventKind::Mkdir,
+            &path.to_client_string(),
+            None,
+            started.elapsed(),
+            outcome,
+        );
+    }
     match entered {
         Ok(mode) => {
             conn.ok().await?;
@@ -658,27 +699,36 @@ where
         ..OpenOptions::default()
     };
     let (s, p) = (store.clone(), path.clone());
+    // Dropped unfinished on an early return (a lost connection), it is
+    // reported as aborted.
+    let mut transfer = conn
+        .events
+        .transfer_started(EventKind::Upload, path.to_client_string());
     let file = match blocking(move || Ok(s.open(&p, opts)?)).await {
         Ok(file) => Arc::new(file),
         // The client skips the data of a refused file.
-        Err(e) => return conn.warn(&failed(&path, &e)).await,
+        Err(e) => {
+            transfer.finish(outcome_of(&e));
+            return conn.warn(&failed(&path, &e)).await;
+        }
     };
     conn.ok().await?;
     // On any early return below, dropping `file` without close discards the
     // staged upload: the previous version stays.
-    let write_failure = receive_data(conn, &file, entry.size).await?;
+    let write_failure = receive_data(conn, &file, entry.size, &mut transfer).await?;
     if let Err(msg) = conn.response().await? {
         debug!(path = %path.to_client_string(), message = %msg, "client abandoned an upload");
         drop(file);
-        return conn
-            .warn(&format!(
-                "{}: not stored: the client reported an error",
-                path.to_client_string()
-            ))
-            .await;
+        let warning = format!(
+            "{}: not stored: the client reported an error",
+            path.to_client_string()
+        );
+        transfer.finish(Err((crate::observe::ABORTED, warning.clone())));
+        return conn.warn(&warning).await;
     }
     if let Some(e) = write_failure {
         drop(file);
+        transfer.finish(outcome_of(&e));
         return conn.warn(&failed(&path, &e)).await;
     }
     let closed = blocking(move || {
@@ -692,8 +742,17 @@ where
     })
     .await;
     match closed {
-        Ok(()) => conn.ok().await,
-        Err(e) => conn.warn(&failed(&path, &e)).await,
+        Ok(()) => {
+            transfer.finish(Ok(()));
+            conn.ok().await
+        }
+        Err(e) => {
+            if let SftpError::Store(StoreError::Rejected { reason }) = &e {
+                transfer.rejected(reason);
+            }
+            transfer.finish(outcome_of(&e));
+            conn.warn(&failed(&path, &e)).await
+        }
     }
 }
 
@@ -705,6 +764,7 @@ async fn receive_data<S>(
     conn: &mut Conn<S>,
     file: &Arc<EncryptedFile>,
     size: u64,
+    transfer: &mut Transfer,
 ) -> Result<Option<SftpError>, Stop>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -723,6 +783,7 @@ where
             }
             return Err(e.into());
         }
+        transfer.received(len as u64);
         if let Some(task) = writing.take()
             && let Err(e) = joined(task.await)
         {
@@ -881,6 +942,9 @@ where
         return conn.warn(&bad_name(path)).await;
     };
     let (s, p) = (store.clone(), path.clone());
+    let mut transfer = conn
+        .events
+        .transfer_started(EventKind::Download, path.to_client_string());
     let opened = blocking(move || {
         let opts = OpenOptions {
             read: true,
@@ -893,7 +957,13 @@ where
     .await;
     let (file, size) = match opened {
         Ok(opened) => opened,
-        Err(e) => return conn.warn(&failed(path, &e)).await,
+        Err(e) => {
+            if is_integrity(&e) {
+                conn.events.integrity_failure();
+            }
+            transfer.finish(outcome_of(&e));
+            return conn.warn(&failed(path, &e)).await;
+        }
     };
     if preserve && conn_times(conn, attrs).await?.is_err() {
         return Ok(());
@@ -903,9 +973,13 @@ where
     if conn.response().await?.is_err() {
         return Ok(());
     }
-    match send_data(conn, &file, size).await? {
-        None => conn.ok().await?,
+    match send_data(conn, &file, size, &mut transfer).await? {
+        None => {
+            transfer.finish(Ok(()));
+            conn.ok().await?
+        }
         Some(msg) => {
+            transfer.finish(Err(("failure", msg.clone())));
             conn.warn(&format!("{}: {}", path.to_client_string(), msg))
                 .await?
         }
@@ -921,6 +995,7 @@ async fn send_data<S>(
     conn: &mut Conn<S>,
     file: &Arc<EncryptedFile>,
     size: u64,
+    transfer: &mut Transfer,
 ) -> Result<Option<String>, Stop>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -944,6 +1019,7 @@ where
                     if after < size {
                         next = Some(read(after));
                     }
+                    transfer.sent(len as u64);
                     data
                 }
                 Ok(_) => {
@@ -951,6 +1027,9 @@ where
                     vec![0u8; len]
                 }
                 Err(e) => {
+                    if is_integrity(&e) {
+                        conn.events.integrity_failure();
+                    }
                     failure = Some(describe(&e));
                     vec![0u8; len]
                 }
@@ -1102,7 +1181,9 @@ mod tests {
         let (client, server) = tokio::io::duplex(16 * 1024);
         let store = store.clone();
         let command = command.to_owned();
-        let task = tokio::spawn(async move { serve(server, store, &command).await });
+        let task = tokio::spawn(async move {
+            serve(server, store, &command, crate::observe::Reporter::discard()).await
+        });
         (
             Client {
                 io: BufReader::new(client),

@@ -14,8 +14,11 @@ use dropzone::keys::{Rewrapped, UserKeys};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::{KeyWrapper, MasterKeyRef, local::LocalKms};
 use dropzone::legacy::{Event as LegacyEvent, ImportError, ImportOptions};
+use dropzone::observe::kms::ObservedKeyWrapper;
+use dropzone::observe::{AuditLog, Metrics, Observer};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
+use dropzone::store::check::{FileReport, check_blob};
 use dropzone::store::storage::{Access, Kind, LocalStorage, ObjectPath, Storage};
 use dropzone::store::{OpenOptions, UserStore};
 use dropzone::username::UserName;
@@ -57,7 +60,7 @@ enum Command {
     /// Manage the master key that wraps user keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Check that every stored file decrypts and authenticates; exit 1 if any fails.
+    /// Check that every stored file decrypts and authenticates, naming each damaged chunk; exit 1 if any fails.
     Verify {
         /// Only this user's files.
         #[arg(long)]
@@ -310,9 +313,26 @@ fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     dropzone::daemon::init_logging();
+    let metrics = Arc::new(Metrics::new());
+    let audit = match &config.audit.log_file {
+        Some(path) => Some(
+            AuditLog::start(path.clone(), metrics.clone()).with_context(|| {
+                format!(
+                    "audit.log_file: cannot open {} for appending",
+                    path.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let observer = Observer::new(metrics.clone(), audit);
     // The key service client is blocking and runs its own runtime thread:
     // it is built (and, through `wrapper`, dropped) outside the async runtime.
-    let wrapper = key_wrapper(config)?;
+    // Its calls are timed for the metrics.
+    let wrapper: Arc<dyn KeyWrapper> = Arc::new(ObservedKeyWrapper::new(
+        key_wrapper(config)?,
+        metrics.clone(),
+    ));
     let keys = user_keys_with(config, wrapper.clone())?;
     prepare_master_key(wrapper.as_ref());
     // The store's crypto workers poll briefly for work by default; in the
@@ -323,26 +343,47 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
+        {
+            let observer = observer.clone();
+            tokio::spawn(dropzone::daemon::on_hangup(move || observer.reopen_audit()));
+        }
+        // Bound before the SSH listener, so that the endpoint is up by the
+        // time the server says it is listening.
+        if let Some(address) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {address}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, "metrics served at http://{bound}/metrics");
+            tokio::spawn(dropzone::observe::http::serve(
+                listener,
+                metrics.clone(),
+                std::future::pending(),
+            ));
+        }
         let host_keys = ssh::host_keys::load_or_generate(
             &config.host_keys_dir,
             &config.ssh.host_key_algorithms,
         )?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        sweep_abandoned_uploads(&config.data_dir);
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
-        let (ctx, alive) = ssh::ServerContext::new(
-            config.auth.users_file.clone(),
-            keys,
-            config.data_dir.clone(),
-            SftpConfig {
+        let parts = ssh::ServerParts {
+            users_file: config.auth.users_file.clone(),
+            data_dir: config.data_dir.clone(),
+            sftp: SftpConfig {
                 max_handles: config.max_handles,
             },
             system_users,
-            dropzone::upload::Uploads::from_config(&config.upload).map_err(ConfigFailure)?,
-            config.limits.clone(),
-        )
-        .map_err(|e| ConfigFailure(e.to_string()))?;
+            uploads: dropzone::upload::Uploads::from_config(&config.upload)
+                .map_err(ConfigFailure)?,
+            limits: config.limits.clone(),
+            observer: observer.clone(),
+        };
+        let (ctx, alive) =
+            ssh::ServerContext::new(keys, parts).map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
             host_keys,
             config.auth.max_auth_attempts,
@@ -367,7 +408,30 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     });
     drop(runtime);
     drop(wrapper);
+    // The last reference: the audit writer finishes its queue (the
+    // logouts of the sessions closed at shutdown) before the process exits.
+    drop(observer);
     result
+}
+
+/// Removes staged uploads a previous run left behind when it was killed and
+/// rolls back the in-place extensions it interrupted, before any session
+/// starts; a failure is logged, not fatal.
+fn sweep_abandoned_uploads(data_dir: &Path) {
+    let started = std::time::SystemTime::now();
+    match dropzone::store::journal::recover(data_dir, started) {
+        Ok(r) if r.swept != Default::default() || r.rolled_back > 0 => tracing::info!(
+            removed = r.swept.removed,
+            in_use = r.swept.in_use,
+            failed = r.swept.failed,
+            rolled_back = r.rolled_back,
+            "removed {} abandoned upload(s) left by an interrupted run, rolled back {} interrupted extension(s)",
+            r.swept.removed,
+            r.rolled_back
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned uploads"),
+    }
 }
 
 /// Asks the backend to create the configured master key if it does not
@@ -559,10 +623,18 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
                         let result = storage
                             .open(&path, Access::Read)
                             .map_err(dropzone::store::StoreError::from)
-                            .and_then(|blob| dropzone::store::verify_blob(blob, &key));
-                        if let Err(e) = result {
-                            failed += 1;
-                            println!("FAIL {user} {}: {e}", path.to_client_string());
+                            .and_then(|blob| check_blob(&*blob, &key));
+                        let shown = path.to_client_string();
+                        match result {
+                            Ok(report) if report.is_ok() => {}
+                            Ok(report) => {
+                                failed += 1;
+                                print_problems(&user, &shown, &report);
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                println!("FAIL {user} {shown}: {e}");
+                            }
                         }
                     }
                     _ => {}
@@ -576,6 +648,22 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Most damaged parts listed per file: a file under the wrong key fails in
+/// every chunk, and one line per chunk would bury the other files.
+const MAX_PROBLEMS_SHOWN: usize = 20;
+
+/// One `FAIL` line per damaged part of a file, each naming the chunk and its
+/// byte ranges.
+fn print_problems(user: &UserName, path: &str, report: &FileReport) {
+    for p in report.problems.iter().take(MAX_PROBLEMS_SHOWN) {
+        println!("FAIL {user} {path}: {p}");
+    }
+    let more = report.problems.len().saturating_sub(MAX_PROBLEMS_SHOWN);
+    if more > 0 {
+        println!("FAIL {user} {path}: ... and {more} more damaged chunk(s)");
+    }
 }
 
 fn decrypt(

@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod audit;
 mod limits;
+mod metrics;
 mod ssh;
 mod upload;
 
+pub use audit::AuditConfig;
 pub use limits::{LimitsConfig, PenaltyConfig};
+pub use metrics::MetricsConfig;
 pub use ssh::SshConfig;
 pub use upload::UploadConfig;
 
@@ -52,6 +56,10 @@ struct RawConfig {
     limits: limits::RawLimits,
     #[serde(default)]
     upload: upload::RawUpload,
+    #[serde(default)]
+    audit: audit::RawAudit,
+    #[serde(default)]
+    metrics: metrics::RawMetrics,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,6 +140,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[upload]`: scanning and notifications.
     pub upload: UploadConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 /// `[auth]`.
@@ -316,6 +328,8 @@ impl Config {
             ssh: raw.ssh.validate()?,
             limits: raw.limits.validate()?,
             upload: raw.upload.validate()?,
+            audit: raw.audit.validate()?,
+            metrics: raw.metrics.validate(),
         })
     }
 }
@@ -388,6 +402,31 @@ mod tests {
             "pam_timeout_secs = 0",
         ] {
             assert!(Config::parse(&format!("[auth]\n{bad}\n")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audit_and_metrics_keys() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.audit.log_file, None);
+        assert_eq!(c.metrics.listen, None);
+        let c = Config::parse(
+            "[audit]\nlog_file = \"audit.jsonl\"\n[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.log_file, Some(PathBuf::from("audit.jsonl")));
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        for (bad, key) in [
+            ("[audit]\nlogfile = \"a\"\n", "logfile"),
+            ("[audit]\nlog_file = \"\"\n", "audit.log_file"),
+            ("[metrics]\nlisten = \"localhost\"\n", "listen"),
+            ("[metrics]\npath = \"/m\"\n", "path"),
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 

@@ -67,9 +67,8 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
     let store = &session.store;
     match e.request.as_str() {
         "posix-rename@openssh.com" => {
-            let from = jail::resolve(&r.string()?)?;
-            let to = jail::resolve(&r.string()?)?;
-            store.rename(&from, &to, true)?;
+            let (from, to) = (r.string()?, r.string()?);
+            session.audited_rename(&from, &to, true)?;
             Ok(ok(id))
         }
         "hardlink@openssh.com" => {
@@ -84,9 +83,11 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
             Ok(statvfs_reply(id, &space))
         }
         "lsetstat@openssh.com" => {
-            let path = jail::resolve(&r.string()?)?;
+            let raw = r.string()?;
             let attrs = r.attrs()?;
-            session.set_stat(&path, &attrs, false)?;
+            session.audited(super::EventKind::Setstat, &raw, |path| {
+                session.set_stat(path, &attrs, false)
+            })?;
             Ok(ok(id))
         }
         "limits@openssh.com" => {

@@ -8,7 +8,8 @@ use russh_sftp::protocol::{File, FileAttributes};
 use tokio::sync::mpsc;
 
 use super::status::SftpError;
-use super::{FileNotice, Session, file_job};
+use super::{FileNotice, Session, file_job, outcome_of_reply};
+use crate::observe::{EventKind, Transfer};
 use crate::store::EncryptedFile;
 use crate::store::storage::ObjectPath;
 
@@ -173,11 +174,14 @@ impl HandleTable {
 
 /// Runs the jobs of one file handle in order until it is closed or the
 /// session ends. An unclosed file is dropped, which discards a staged upload.
+/// `transfer` is reported at the close, or as aborted if the worker ends
+/// without one.
 pub(super) async fn run_worker(
     session: Arc<Session>,
     file: Arc<EncryptedFile>,
     path: String,
     mut jobs: mpsc::Receiver<QueuedJob>,
+    mut transfer: Transfer,
 ) {
     let mut noticed = false;
     let mut batch: Vec<QueuedJob> = Vec::with_capacity(BATCH);
@@ -204,32 +208,69 @@ pub(super) async fn run_worker(
         })
         .await;
         let Ok(done) = done else { return };
-        for ((reply, notice), permit) in done {
-            match notice {
+        let last = done.len();
+        for (i, (done, permit)) in done.into_iter().enumerate() {
+            match &done.notice {
                 // Once per handle: a download with 64 reads in flight fails 64 times.
                 Some(FileNotice::Integrity) if !noticed => {
                     noticed = true;
                     session.integrity_notice(&path);
                 }
-                Some(FileNotice::Rejected(reason)) => session.rejection_notice(&path, &reason),
+                Some(FileNotice::NoSpace) if !noticed => {
+                    noticed = true;
+                    session.no_space_notice(&path);
+                }
+                Some(FileNotice::Rejected(reason)) => {
+                    transfer.rejected(reason);
+                    session.rejection_notice(&path, reason);
+                }
                 _ => {}
             }
+            if done.received > 0 {
+                transfer.received(done.received);
+            }
+            if done.sent > 0 {
+                transfer.sent(done.sent);
+            }
+            if done.setstat {
+                session.events.operation(
+                    EventKind::Setstat,
+                    &path,
+                    None,
+                    done.took,
+                    outcome_of_reply(&done.reply),
+                );
+            }
+            // The transfer's outcome when this is its CLOSE: a handle that
+            // met a damaged chunk is reported as failed, whatever its close
+            // says.
+            let closed = (closing.is_some() && i + 1 == last).then(|| {
+                if noticed {
+                    Err(("failure", "the file failed its integrity check".to_owned()))
+                } else {
+                    outcome_of_reply(&done.reply)
+                }
+            });
             // A DATA reply keeps its budget until it is written: queued
             // replies count against the session's memory too.
-            let reply = match reply {
+            let reply = match done.reply {
                 super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, Some(permit)),
                 other => {
                     drop(permit);
                     other
                 }
             };
+            if let Some(outcome) = closed {
+                // Reported before the reply leaves: the event is queued
+                // before the client sees its close answered.
+                transfer.finish(outcome);
+                let _ = session.replies.send(reply).await;
+                return;
+            }
             let sent = session.replies.send(reply).await;
             if sent.is_err() {
                 return;
             }
-        }
-        if closing.is_some() {
-            return;
         }
     }
 }

@@ -25,6 +25,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -35,6 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::jail;
+use crate::observe::{EventKind, Outcome, Reporter};
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{Attributes, EncryptedFile, OpenOptions, UserStore};
 use crate::username::UserName;
@@ -89,17 +91,21 @@ struct Session {
     /// Admits handle jobs by size; see [`IN_FLIGHT_KIB`].
     in_flight: Arc<tokio::sync::Semaphore>,
     notices: mpsc::Sender<String>,
+    /// Where transfers and path operations are reported.
+    events: Reporter,
 }
 
 /// Serves SFTP on `stream` until the client closes it, and returns the
 /// stream so that the caller decides when the channel closes. `notices`
-/// receives human-readable lines for the user (the channel's stderr).
+/// receives human-readable lines for the user (the channel's stderr);
+/// uploads, downloads and path operations are reported to `events`.
 pub async fn serve<S, N>(
     stream: S,
     mut notices: N,
     store: Arc<UserStore>,
     user: UserName,
     config: SftpConfig,
+    events: Reporter,
 ) -> S
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -163,6 +169,7 @@ where
         replies: reply_tx,
         in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB)),
         notices: notice_tx,
+        events,
     });
     loop {
         let body = match read_packet(&mut reader).await {
@@ -242,6 +249,30 @@ fn error_reply(id: u32, err: &SftpError) -> Packet {
     status(id, code, &msg)
 }
 
+/// How an operation's result is reported: ok, or the status name and the
+/// message the client was given.
+fn outcome_of<T>(result: &Result<T, SftpError>) -> Outcome {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let (code, msg) = to_status(e);
+            Err((status::status_name(code), msg))
+        }
+    }
+}
+
+/// The outcome a status reply carries (any other reply is a success).
+fn outcome_of_reply(reply: &Reply) -> Outcome {
+    match reply {
+        Reply::Packet(Packet::Status(s))
+            if s.status_code != StatusCode::Ok && s.status_code != StatusCode::Eof =>
+        {
+            Err((status::status_name(s.status_code), s.error_message.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn reply_of(id: u32, result: Result<Packet, SftpError>) -> Packet {
     result.unwrap_or_else(|e| error_reply(id, &e))
 }
@@ -262,17 +293,18 @@ impl Session {
     async fn dispatch(self: &Arc<Self>, mut body: Bytes) -> bool {
         // WRITE carries the bulk of an upload: decoded here so that its
         // data stays a slice of the packet instead of being copied out.
-        if body.first() == Some(&wire::FXP_WRITE) {
-            if let Ok(w) = wire::parse_write(&body) {
-                let job = FileJob::Write {
-                    id: w.id,
-                    offset: w.offset,
-                    data: w.data,
-                };
-                return self.to_handle(w.id, &w.handle, job).await;
-            }
-            // Malformed: the general decoder below answers it.
+        if body.first() == Some(&wire::FXP_WRITE)
+            && let Ok(w) = wire::parse_write(&body)
+        {
+            let job = FileJob::Write {
+                id: w.id,
+                offset: w.offset,
+                data: w.data,
+            };
+            return self.to_handle(w.id, &w.handle, job).await;
         }
+        // Anything else, and a malformed WRITE, goes to the general decoder,
+        // which also answers what it cannot decode.
         let raw = body.clone();
         let packet = match Packet::try_from(&mut body) {
             Ok(p) => p,
@@ -401,6 +433,7 @@ impl Session {
     /// Tells the user on stderr that `path` failed its integrity check:
     /// OpenSSH's client shows only "Failure" for the status reply.
     fn integrity_notice(&self, path: &str) {
+        self.events.integrity_failure();
         let _ = self.notices.try_send(format!(
             "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
         ));
@@ -414,11 +447,20 @@ impl Session {
             .try_send(format!("dropzone: {path}: upload rejected: {reason}\n"));
     }
 
+    /// Tells the user on stderr that the server ran out of space, for the
+    /// same reason as [`Session::integrity_notice`].
+    fn no_space_notice(&self, path: &str) {
+        let _ = self.notices.try_send(format!(
+            "dropzone: {path}: no space left on the server; the write failed (an upload that does not complete keeps the previous version)\n"
+        ));
+    }
+
     /// Sends the stderr notice that `e`, an error about `path`, calls for.
     fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
         match e {
             crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
             crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
+            e if is_no_space(e) => self.no_space_notice(path),
             _ => {}
         }
     }
@@ -464,27 +506,30 @@ impl Session {
             Packet::Lstat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, false),
             Packet::Stat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, true),
             Packet::SetStat(s) => {
-                let path = jail::resolve(&s.path)?;
-                self.set_stat(&path, &s.attrs, true)?;
+                self.audited(EventKind::Setstat, &s.path, |path| {
+                    self.set_stat(path, &s.attrs, true)
+                })?;
                 Ok(ok(s.id))
             }
             Packet::Remove(r) => {
-                store.remove(&jail::resolve(&r.filename)?)?;
+                self.audited(EventKind::Remove, &r.filename, |path| {
+                    Ok(store.remove(path)?)
+                })?;
                 Ok(ok(r.id))
             }
             Packet::MkDir(m) => {
-                store.mkdir(
-                    &jail::resolve(&m.path)?,
-                    m.attrs.permissions.map(|p| p & 0o7777),
-                )?;
+                self.audited(EventKind::Mkdir, &m.path, |path| {
+                    Ok(store.mkdir(path, m.attrs.permissions.map(|p| p & 0o7777))?)
+                })?;
                 Ok(ok(m.id))
             }
             Packet::RmDir(r) => {
-                let path = jail::resolve(&r.path)?;
-                if path.is_root() {
-                    return Err(std::io::Error::from_raw_os_error(libc::EBUSY).into());
-                }
-                store.rmdir(&path)?;
+                self.audited(EventKind::Rmdir, &r.path, |path| {
+                    if path.is_root() {
+                        return Err(std::io::Error::from_raw_os_error(libc::EBUSY).into());
+                    }
+                    Ok(store.rmdir(path)?)
+                })?;
                 Ok(ok(r.id))
             }
             Packet::RealPath(r) => {
@@ -497,11 +542,7 @@ impl Session {
             Packet::Rename(r) => {
                 // Like OpenSSH's sftp-server, plain RENAME never replaces an
                 // existing target; posix-rename@openssh.com does.
-                store.rename(
-                    &jail::resolve(&r.oldpath)?,
-                    &jail::resolve(&r.newpath)?,
-                    false,
-                )?;
+                self.audited_rename(&r.oldpath, &r.newpath, false)?;
                 Ok(ok(r.id))
             }
             Packet::ReadLink(r) => {
@@ -528,12 +569,78 @@ impl Session {
         }
     }
 
+    /// Runs a request on one path and reports it as a `kind` event, with
+    /// the path as the user sees it (as given, if the jail refused it).
+    pub(super) fn audited(
+        &self,
+        kind: EventKind,
+        raw: &str,
+        op: impl FnOnce(&ObjectPath) -> Result<(), SftpError>,
+    ) -> Result<(), SftpError> {
+        let started = Instant::now();
+        let path = jail::resolve(raw);
+        let shown = shown_path(&path, raw);
+        let result = path.map_err(SftpError::from).and_then(|p| op(&p));
+        self.events
+            .operation(kind, &shown, None, started.elapsed(), outcome_of(&result));
+        result
+    }
+
+    /// A rename (posix-rename@openssh.com with `replace`), reported.
+    pub(super) fn audited_rename(
+        &self,
+        raw_from: &str,
+        raw_to: &str,
+        replace: bool,
+    ) -> Result<(), SftpError> {
+        let started = Instant::now();
+        let (from, to) = (jail::resolve(raw_from), jail::resolve(raw_to));
+        let (shown_from, shown_to) = (shown_path(&from, raw_from), shown_path(&to, raw_to));
+        let result = match (from, to) {
+            (Ok(from), Ok(to)) => self.store.rename(&from, &to, replace).map_err(Into::into),
+            (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        };
+        self.events.operation(
+            EventKind::Rename,
+            &shown_from,
+            Some(&shown_to),
+            started.elapsed(),
+            outcome_of(&result),
+        );
+        result
+    }
+
+    /// OPEN: a handle for writing is an upload, for reading only a
+    /// download; one that cannot be opened is reported at once.
     fn open(
         self: &Arc<Self>,
         id: u32,
         filename: &str,
         flags: OpenFlags,
         attrs: &FileAttributes,
+    ) -> Result<Packet, SftpError> {
+        let kind = if flags.contains(OpenFlags::WRITE) {
+            EventKind::Upload
+        } else {
+            EventKind::Download
+        };
+        let started = Instant::now();
+        let opened = self.open_handle(id, filename, flags, attrs, kind);
+        if opened.is_err() {
+            let shown = shown_path(&jail::resolve(filename), filename);
+            self.events
+                .transfer(kind, &shown, 0, started, outcome_of(&opened));
+        }
+        opened
+    }
+
+    fn open_handle(
+        self: &Arc<Self>,
+        id: u32,
+        filename: &str,
+        flags: OpenFlags,
+        attrs: &FileAttributes,
+        kind: EventKind,
     ) -> Result<Packet, SftpError> {
         let path = jail::resolve(filename)?;
         if path.is_root() {
@@ -564,11 +671,13 @@ impl Session {
                 return Err(e);
             }
         };
+        let transfer = self.events.transfer_started(kind, client_path.clone());
         tokio::runtime::Handle::current().spawn(handles::run_worker(
             self.clone(),
             file,
             client_path,
             rx,
+            transfer,
         ));
         Ok(Packet::Handle(Handle { id, handle }))
     }
@@ -653,6 +762,14 @@ impl Session {
     }
 }
 
+/// A path for events: as the jail normalised it, or as the client sent it.
+fn shown_path(resolved: &Result<ObjectPath, jail::JailError>, raw: &str) -> String {
+    match resolved {
+        Ok(p) => p.to_client_string(),
+        Err(_) => raw.to_owned(),
+    }
+}
+
 /// A request to change owner or group is refused unless it changes nothing.
 fn check_owner(a: &FileAttributes, current: &Attributes) -> Result<(), SftpError> {
     let uid_change = a.uid.is_some_and(|u| u != current.uid);
@@ -682,18 +799,44 @@ pub(super) enum FileNotice {
     Integrity,
     /// The upload was rejected at close, for this reason.
     Rejected(String),
+    /// The server's disk (or the user's quota) is full.
+    NoSpace,
 }
 
-/// Executes one job on an open file (on a blocking thread), with the stderr
-/// notice its failure calls for.
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, Option<FileNotice>) {
+/// Whether `e` means the disk or the quota is full.
+fn is_no_space(e: &crate::store::StoreError) -> bool {
+    matches!(e, crate::store::StoreError::Io(io)
+        if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
+/// What a file job did, for the worker to answer, tell and report.
+struct Done {
+    reply: Reply,
+    /// What the user must be told on stderr about its failure.
+    notice: Option<FileNotice>,
+    /// File bytes written (from the client).
+    received: u64,
+    /// File bytes read (to the client).
+    sent: u64,
+    /// It was an FSETSTAT (reported as a `setstat` event).
+    setstat: bool,
+    /// How long it ran.
+    took: std::time::Duration,
+}
+
+/// Executes one job on an open file (on a blocking thread).
+fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
+    let started = Instant::now();
     let mut notice = None;
+    let mut received = 0;
+    let setstat = matches!(job, FileJob::SetStat { .. });
     let mut fail = |id: u32, e: crate::store::StoreError| {
         match &e {
             crate::store::StoreError::Integrity(_) => notice = Some(FileNotice::Integrity),
             crate::store::StoreError::Rejected { reason } => {
                 notice = Some(FileNotice::Rejected(reason.clone()))
             }
+            e if is_no_space(e) => notice = Some(FileNotice::NoSpace),
             _ => {}
         }
         error_reply(id, &e.into())
@@ -701,14 +844,32 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, Op
     let reply = match job {
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
-            match wire::data_reply(id, len, |buf| file.read_into(offset, len, buf)) {
-                Ok(Some(packet)) => return (Reply::Encoded(packet, None), None),
+            let mut sent = 0;
+            let filled = wire::data_reply(id, len, |buf| {
+                let n = file.read_into(offset, len, buf)?;
+                sent = n as u64;
+                Ok(n)
+            });
+            match filled {
+                Ok(Some(packet)) => {
+                    return Done {
+                        reply: Reply::Encoded(packet, None),
+                        notice: None,
+                        received: 0,
+                        sent,
+                        setstat: false,
+                        took: started.elapsed(),
+                    };
+                }
                 Ok(None) => status(id, StatusCode::Eof, "End of file"),
                 Err(e) => fail(id, e),
             }
         }
         FileJob::Write { id, offset, data } => match file.write_at(offset, &data) {
-            Ok(()) => ok(id),
+            Ok(()) => {
+                received = data.len() as u64;
+                ok(id)
+            }
             Err(e) => fail(id, e),
         },
         FileJob::Fstat { id } => match file.attributes() {
@@ -729,7 +890,14 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> (Reply, Op
                 .map(|p| p.unwrap_or_else(|| ok(id))),
         ),
     };
-    (Reply::Packet(reply), notice)
+    Done {
+        reply: Reply::Packet(reply),
+        notice,
+        received,
+        sent: 0,
+        setstat,
+        took: started.elapsed(),
+    }
 }
 
 fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {

@@ -80,6 +80,21 @@ pub fn to_status(err: &SftpError) -> (StatusCode, String) {
     }
 }
 
+/// The name of a status code in events and metric labels.
+pub fn status_name(code: StatusCode) -> &'static str {
+    match code {
+        StatusCode::Ok => "ok",
+        StatusCode::Eof => "eof",
+        StatusCode::NoSuchFile => "no_such_file",
+        StatusCode::PermissionDenied => "permission_denied",
+        StatusCode::Failure => "failure",
+        StatusCode::BadMessage => "bad_message",
+        StatusCode::NoConnection => "no_connection",
+        StatusCode::ConnectionLost => "connection_lost",
+        StatusCode::OpUnsupported => "op_unsupported",
+    }
+}
+
 fn io_status(e: &io::Error) -> (StatusCode, String) {
     use StatusCode as C;
     if let Some(code) = e.raw_os_error() {

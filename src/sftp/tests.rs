@@ -46,6 +46,7 @@ impl Client {
             store,
             user,
             SftpConfig::default(),
+            crate::observe::Reporter::discard(),
         ));
         let mut c = Client {
             io: client,

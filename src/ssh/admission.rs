@@ -50,6 +50,15 @@ pub(super) enum Refusal {
 }
 
 impl Refusal {
+    /// The `result` of the `login_failed` event for a refused session.
+    pub(super) fn event_result(self) -> &'static str {
+        match self {
+            Refusal::Startups | Refusal::StartupsPerSource => "too_many_startups",
+            Refusal::Sessions => "too_many_sessions",
+            Refusal::SessionsPerUser => "too_many_sessions_for_user",
+        }
+    }
+
     pub(super) fn message(self) -> &'static str {
         match self {
             Refusal::Startups => "too many unauthenticated connections; try again later",

@@ -17,6 +17,7 @@ use super::ServerContext;
 use super::admission::{SessionSlot, StartupSlot};
 use crate::auth::penalty::FailureOutcome;
 use crate::keys::KeyError;
+use crate::observe::{self, UserSession};
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
 use crate::username::UserName;
@@ -27,12 +28,17 @@ struct LoggedIn {
     store: Arc<UserStore>,
     /// This session's place under the session caps, held while it lasts.
     _slot: SessionSlot,
+    /// Shared with the channels; its drop, after the last of them, reports
+    /// the logout.
+    session: Arc<UserSession>,
 }
 
 /// The russh handler of one connection.
 pub(super) struct Connection {
     ctx: Arc<ServerContext>,
     peer: SocketAddr,
+    /// The connection's number in events.
+    id: u64,
     /// The user name of the authentication attempts so far; a change of
     /// name starts over.
     attempted_user: Option<String>,
@@ -56,6 +62,16 @@ enum LoginFailure {
 }
 
 impl LoginFailure {
+    /// The `result` of the `login_failed` event.
+    fn event_result(&self) -> &'static str {
+        match self {
+            LoginFailure::Key(KeyError::Kms(e)) if e.is_transient() => "key_service_unavailable",
+            LoginFailure::Key(KeyError::Kms(_)) => "key_service_refused",
+            LoginFailure::Key(_) => "key_unavailable",
+            LoginFailure::Root(_) => "root_unavailable",
+        }
+    }
+
     /// What the client is told: the cause in general terms, never a path or
     /// the key service's reply (those go to the log).
     fn client_message(&self) -> &'static str {
@@ -108,12 +124,14 @@ impl Connection {
         ctx: Arc<ServerContext>,
         peer: SocketAddr,
         startup: StartupSlot,
+        id: u64,
     ) -> (Self, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
         (
             Connection {
                 ctx,
                 peer,
+                id,
                 attempted_user: None,
                 logged_in: None,
                 logged_in_flag: flag.clone(),
@@ -174,6 +192,28 @@ impl Connection {
         tokio::time::sleep(delay).await;
     }
 
+    /// Reports a refused login attempt (`result`: `denied` for refused
+    /// credentials, or why valid ones could not log in).
+    fn login_failed(&self, user: &str, method: &'static str, result: &'static str) {
+        observe::login_failed(&self.ctx.observer, self.id, user, self.peer, method, result);
+    }
+
+    /// Rejects a login attempt and reports it.
+    fn deny(&self, user: &str, method: &'static str) -> Auth {
+        self.login_failed(user, method, "denied");
+        self.reject()
+    }
+
+    /// Rejects wrong credentials (a refused password or key signature):
+    /// reports them, counts them against the source and slows the
+    /// rejection (see [`Connection::record_failure`]). A key merely offered
+    /// and not accepted is not counted: clients try each key they hold.
+    async fn deny_and_penalize(&self, user: &str, method: &'static str) -> Auth {
+        self.login_failed(user, method, "denied");
+        self.record_failure(user).await;
+        self.reject()
+    }
+
     /// The users file decides for a name it knows; system users (if on) for
     /// the others.
     fn owner(&self, user: &str) -> Owner {
@@ -214,6 +254,7 @@ impl Connection {
     ) -> Auth {
         if self.banned() {
             info!(peer = %self.peer, user, method, "login refused: source banned");
+            self.login_failed(user, method, "banned");
             return self.reject();
         }
         let ip = Some(self.peer.ip());
@@ -238,8 +279,7 @@ impl Connection {
         };
         if !ok {
             info!(peer = %self.peer, user, method, "password refused");
-            self.record_failure(user).await;
-            return self.reject();
+            return self.deny_and_penalize(user, method).await;
         }
         self.complete_login(user, method).await
     }
@@ -266,9 +306,9 @@ impl Connection {
     /// the disconnect reason is what `ssh`, `sftp` and `scp` print. The
     /// session never gets a store: `logged_in` stays empty, so no channel
     /// can open even before the disconnect lands.
-    async fn complete_login(&mut self, user: &str, method: &str) -> Auth {
+    async fn complete_login(&mut self, user: &str, method: &'static str) -> Auth {
         let Ok(name) = UserName::parse(user) else {
-            return self.reject();
+            return self.deny(user, method);
         };
         // The caps are checked before the key is unwrapped: a refused
         // login costs the key service nothing.
@@ -277,6 +317,7 @@ impl Connection {
             Err(refusal) => {
                 let told = refusal.message();
                 warn!(peer = %self.peer, user = %name, method, told, "login refused");
+                self.login_failed(name.as_str(), method, refusal.event_result());
                 self.logged_in = None;
                 self.refusal = Some(told);
                 return Auth::Accept;
@@ -301,10 +342,18 @@ impl Connection {
         match opened {
             Ok(Ok(store)) => {
                 info!(peer = %self.peer, user = %name, method, "login");
+                let session = UserSession::login(
+                    self.ctx.observer.clone(),
+                    self.id,
+                    name.as_str(),
+                    self.peer,
+                    method,
+                );
                 self.logged_in = Some(LoggedIn {
                     user: name,
                     store: Arc::new(store),
                     _slot: slot,
+                    session,
                 });
                 self.startup = None;
                 self.logged_in_flag.store(true, Ordering::Release);
@@ -313,11 +362,15 @@ impl Connection {
             Ok(Err(failure)) => {
                 let told = failure.client_message();
                 warn!(peer = %self.peer, user = %name, reason = %failure, told, "login refused: fails closed");
+                self.login_failed(name.as_str(), method, failure.event_result());
                 self.logged_in = None;
                 self.refusal = Some(told);
                 Auth::Accept
             }
-            Err(_) => self.reject(),
+            Err(_) => {
+                self.login_failed(user, method, "internal_error");
+                self.reject()
+            }
         }
     }
 }
@@ -357,7 +410,9 @@ impl russh::server::Handler for Connection {
         if !self.banned() && self.key_allowed(user, offer.public_key).await {
             Ok(Auth::Accept)
         } else {
-            Ok(self.reject())
+            // Reported like a refused signature: a client trying several
+            // keys leaves one line per key it offered in vain.
+            Ok(self.deny(user, "publickey"))
         }
     }
 
@@ -369,19 +424,19 @@ impl russh::server::Handler for Connection {
         self.note_user(user);
         if self.banned() {
             info!(peer = %self.peer, user, "login refused: source banned");
+            self.login_failed(user, "publickey", "banned");
             return Ok(self.reject());
         }
         if !self.key_allowed(user, key.public_key).await {
             info!(peer = %self.peer, user, "public key refused");
-            self.record_failure(user).await;
-            return Ok(self.reject());
+            return Ok(self.deny_and_penalize(user, "publickey").await);
         }
         // A Linux user's account must also pass PAM's account management
         // (expired, disabled, pam_access...), as with OpenSSH's UsePAM.
         if let Owner::System(system) = self.owner(user)
             && !system.account_ok(user, Some(self.peer.ip())).await
         {
-            return Ok(self.reject());
+            return Ok(self.deny(user, "publickey"));
         }
         Ok(self.complete_login(user, "publickey").await)
     }
@@ -413,7 +468,7 @@ impl russh::server::Handler for Connection {
         };
         let (Some(answer), None) = (response.next(), response.next()) else {
             info!(peer = %self.peer, user, "keyboard-interactive: expected exactly one answer");
-            return Ok(self.reject());
+            return Ok(self.deny(user, "keyboard-interactive"));
         };
         let password = Zeroizing::new(answer.to_vec());
         Ok(self
@@ -455,6 +510,7 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let (store, user, ctx) = (login.store.clone(), login.user.clone(), self.ctx.clone());
+        let events = login.session.reporter("sftp");
         let handle = session.handle();
         // Messages for the user that SFTP status replies cannot carry to
         // OpenSSH's client (it prints only the status code) go to stderr.
@@ -466,6 +522,7 @@ impl russh::server::Handler for Connection {
                 store,
                 user,
                 ctx.sftp.clone(),
+                events,
             )
             .await;
             finish_channel(&handle, id, 0).await;
@@ -492,10 +549,11 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let (store, ctx) = (login.store.clone(), self.ctx.clone());
+        let events = login.session.reporter("scp");
         let handle = session.handle();
         tokio::spawn(async move {
             let mut stream = channel.into_stream();
-            let status = crate::scp::serve(&mut stream, store, &command).await;
+            let status = crate::scp::serve(&mut stream, store, &command, events).await;
             finish_channel(&handle, id, status).await;
             drop(stream);
             drop(ctx);

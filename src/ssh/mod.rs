@@ -29,6 +29,7 @@ use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::auth::{Authenticator, SystemUsers};
 use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
+use crate::observe::Observer;
 use crate::sftp::SftpConfig;
 
 /// How long a graceful stop waits for open sessions to finish their files.
@@ -50,6 +51,8 @@ pub struct ServerContext {
     admission: Arc<admission::Admission>,
     /// Failure penalties per source (`None`: turned off).
     penalties: Option<Penalties>,
+    /// Where logins, transfers and file operations are reported.
+    observer: Arc<Observer>,
     /// Never read: the server waits at shutdown until the last context, and
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
@@ -61,20 +64,41 @@ struct UsersCache {
     auth: Arc<Authenticator>,
 }
 
+/// What the server is built from, besides the user keys.
+pub struct ServerParts {
+    /// The users file (reloaded whenever it changes on disk).
+    pub users_file: PathBuf,
+    /// Where each user's store lives (`data_dir/NAME`).
+    pub data_dir: PathBuf,
+    /// Session-wide SFTP settings.
+    pub sftp: SftpConfig,
+    /// Linux users (by password, and by keyboard-interactive, which is
+    /// offered only then), if on.
+    pub system_users: Option<SystemUsers>,
+    /// Upload scanning and notifications (`[upload]`), if configured.
+    pub uploads: Option<Arc<crate::upload::Uploads>>,
+    /// Connection and session caps, failure penalties.
+    pub limits: LimitsConfig,
+    /// Where logins, transfers and file operations are reported.
+    pub observer: Arc<Observer>,
+}
+
 impl ServerContext {
     /// Builds the context; the users file is loaded now (a broken file is an
-    /// error at start-up) and reloaded whenever it changes on disk. With
-    /// `system_users`, Linux users log in too (by password, and by
-    /// keyboard-interactive, which is offered only then).
+    /// error at start-up).
     pub fn new(
-        users_file: PathBuf,
         keys: UserKeys,
-        data_dir: PathBuf,
-        sftp: SftpConfig,
-        system_users: Option<SystemUsers>,
-        uploads: Option<Arc<crate::upload::Uploads>>,
-        limits: LimitsConfig,
+        parts: ServerParts,
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
+        let ServerParts {
+            users_file,
+            data_dir,
+            sftp,
+            system_users,
+            uploads,
+            limits,
+            observer,
+        } = parts;
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
         let (alive, alive_rx) = mpsc::channel(1);
@@ -89,6 +113,7 @@ impl ServerContext {
                 uploads,
                 penalties: limits.penalty.clone().map(Penalties::new),
                 admission: admission::Admission::new(limits),
+                observer,
                 alive,
             }),
             alive_rx,
@@ -316,11 +341,12 @@ pub async fn run(
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let (handler, logged_in) = connection::Connection::new(ctx.clone(), peer, startup);
-                let config = config.clone();
-                let handles = handles.clone();
                 next_id += 1;
                 let conn_id = next_id;
+                let (handler, logged_in) =
+                    connection::Connection::new(ctx.clone(), peer, startup, conn_id);
+                let config = config.clone();
+                let handles = handles.clone();
                 sessions.spawn(serve_connection(
                     config,
                     socket,

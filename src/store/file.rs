@@ -30,6 +30,7 @@ use std::sync::Arc;
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
 };
+use super::journal::{Journal, JournalTarget};
 use super::pool::{self, Pending};
 use super::storage::{Blob, Meta};
 use crate::store::StoreError;
@@ -103,6 +104,45 @@ pub(crate) struct FileState {
     previous: Option<u64>,
     /// Buffers kept for reuse.
     spares: Vec<Buffers>,
+    /// The first failed write of this file (e.g. no space left), returned
+    /// again by every later flush: the bytes on disk are then incomplete,
+    /// so a staged upload must not be committed at close even if the last
+    /// flush alone would succeed (a small final record may still fit on a
+    /// full disk).
+    write_error: Option<StickyError>,
+    /// Where to journal an extension (None: no journal, e.g. a staged file,
+    /// which replaces its target only when complete anyway).
+    journal_target: Option<JournalTarget>,
+    /// The journal of the extension in progress (see `super::journal`).
+    journal: Option<Journal>,
+}
+
+/// A recorded write failure, replayable as an error (io::Error is not Clone).
+#[derive(Clone, Copy)]
+enum StickyError {
+    Os(i32),
+    Kind(io::ErrorKind),
+    Other,
+}
+
+impl StickyError {
+    fn of(e: &StoreError) -> Self {
+        match e {
+            StoreError::Io(io) => match io.raw_os_error() {
+                Some(code) => StickyError::Os(code),
+                None => StickyError::Kind(io.kind()),
+            },
+            _ => StickyError::Other,
+        }
+    }
+
+    fn error(self) -> StoreError {
+        match self {
+            StickyError::Os(code) => io::Error::from_raw_os_error(code).into(),
+            StickyError::Kind(kind) => io::Error::from(kind).into(),
+            StickyError::Other => StoreError::Internal("an earlier write to this file failed"),
+        }
+    }
 }
 
 impl FileState {
@@ -168,6 +208,9 @@ impl FileState {
             ahead: VecDeque::new(),
             previous: None,
             spares: Vec::new(),
+            write_error: None,
+            journal_target: None,
+            journal: None,
         }
     }
 
@@ -178,6 +221,44 @@ impl FileState {
             self.blob = Arc::from(blob);
             self.writable = true;
         }
+    }
+
+    /// Journals extensions of this file beside it from now on.
+    pub(crate) fn set_journal_target(&mut self, target: JournalTarget) {
+        if self.journal_target.is_none() {
+            self.journal_target = Some(target);
+        }
+    }
+
+    /// Before an extension first rewrites the last record on disk: saves
+    /// that record and the stored length in a journal, unless one is active.
+    fn begin_journal(&mut self) -> Result<(), StoreError> {
+        if self.journal.is_some() || self.disk_chunks == 0 {
+            return Ok(());
+        }
+        if self.journal_target.is_none() {
+            return Ok(());
+        }
+        self.drain()?;
+        let stored_len = self.blob.meta()?.stored_len;
+        let Ok(layout) = Layout::from_stored_len(stored_len) else {
+            // Not a whole file on disk: nothing sound to roll back to.
+            return Ok(());
+        };
+        let offset = format::record_offset(layout.chunks - 1);
+        let mut record = vec![0u8; (stored_len - offset) as usize];
+        read_exact_or_integrity(&*self.blob, &mut record, offset)?;
+        let Some(target) = &self.journal_target else {
+            return Ok(());
+        };
+        match Journal::begin(target, &self.id, stored_len, offset, &record) {
+            Ok(j) => self.journal = Some(j),
+            // The file was renamed into a removed directory meanwhile: go on
+            // without a journal rather than fail the write.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Logical plaintext size.
@@ -308,6 +389,24 @@ impl FileState {
         // Writes in flight land first: a final record and the truncation
         // after it must come last.
         self.drain()?;
+        if let Some(e) = self.write_error {
+            return Err(e.error());
+        }
+        let result = self.flush_cached();
+        self.note(result)
+    }
+
+    /// Records the first write failure (see `write_error`).
+    fn note<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && self.write_error.is_none()
+        {
+            self.write_error = Some(StickyError::of(e));
+        }
+        result
+    }
+
+    fn flush_cached(&mut self) -> Result<(), StoreError> {
         let Some(chunk) = self.cache.as_mut() else {
             return Ok(());
         };
@@ -339,6 +438,12 @@ impl FileState {
                 self.blob.set_len(end)?;
             }
             self.disk_chunks = index + 1;
+            if let Some(journal) = self.journal.take() {
+                // The file ends in a final record again. Synced first, so
+                // that the journal outlives a torn file even on power loss.
+                self.blob.sync()?;
+                journal.end();
+            }
         } else {
             self.disk_chunks = self.disk_chunks.max(index + 1);
         }
@@ -360,6 +465,10 @@ impl FileState {
     fn extend_to(&mut self, new_size: u64, written_from: u64) -> Result<(), StoreError> {
         let old_last = last_index(self.size);
         let new_last = last_index(new_size);
+        if new_last > old_last {
+            // The old last record is about to stop being final.
+            self.begin_journal()?;
+        }
         if new_last == old_last && old_last < self.disk_chunks {
             // The last chunk stays last but grows. Its record on disk holds
             // the old length, and `read_chunk_from_disk` derives the record
@@ -425,8 +534,11 @@ impl FileState {
             &iv,
             &mut self.record,
         );
-        self.blob
-            .write_all_at(&self.record, format::record_offset(index))?;
+        let written = self
+            .blob
+            .write_all_at(&self.record, format::record_offset(index))
+            .map_err(StoreError::from);
+        self.note(written)?;
         self.disk_chunks = self.disk_chunks.max(index + 1);
         Ok(())
     }
@@ -578,9 +690,11 @@ impl FileState {
         let Some(job) = self.behind.pop_front() else {
             return Ok(());
         };
-        let buffers = job
+        let result = job
             .wait()
-            .ok_or(StoreError::Internal("a crypto worker failed"))??;
+            .ok_or(StoreError::Internal("a crypto worker failed"))
+            .and_then(|r| r);
+        let buffers = self.note(result)?;
         self.keep_spare(buffers);
         Ok(())
     }
@@ -610,6 +724,19 @@ impl FileState {
         read_exact_or_integrity(&*self.blob, &mut self.record, format::record_offset(index))?;
         format::decode_chunk(&self.keys, &self.id, index, is_final, &self.record, out)?;
         Ok(())
+    }
+}
+
+impl Drop for FileState {
+    fn drop(&mut self) {
+        // The last handle is gone. A journal still active means the final
+        // record was never written (a write failed, so the client was told):
+        // roll the extension back now rather than leave the end unreadable
+        // until the next start. Writes in flight land first.
+        if let Some(journal) = self.journal.take() {
+            let _ = self.drain();
+            journal.roll_back(&*self.blob);
+        }
     }
 }
 

@@ -3,13 +3,16 @@
 //! [`UserStore`] is what a session works with: it opens [`EncryptedFile`]s
 //! and performs directory operations, in plaintext terms (sizes are
 //! plaintext sizes). Below it, [`format`](mod@format) defines the bytes and
-//! [`storage`] hides where they are kept.
+//! [`storage`] hides where they are kept; [`check`] reports every damaged
+//! chunk of a stored file for `dropzone verify`.
 //!
 //! Crash safety: creating a file, or opening one with truncation, writes a
 //! staged object beside the target that replaces it only at [`EncryptedFile::close`],
 //! after it is synced; an interrupted upload leaves the previous version.
 //! Opening an existing file without truncation changes it in place, chunk by
-//! chunk; a torn chunk fails its MAC and is reported, never returned.
+//! chunk; a torn chunk fails its MAC and is reported, never returned. An
+//! extension journals the old end first ([`journal`]), so that the next
+//! start can roll an interrupted one back.
 //!
 //! Upload checks: with an [`UploadGate`] that checks uploads, a staged file
 //! is committed only once the gate accepted its plaintext, and every write
@@ -19,8 +22,10 @@
 //! Every call here blocks (file I/O and crypto); async callers run them on a
 //! blocking thread.
 
+pub mod check;
 pub mod file;
 pub mod format;
+pub mod journal;
 mod pool;
 pub use pool::set_polling as set_crypto_polling;
 pub mod storage;
@@ -302,13 +307,25 @@ impl UserStore {
                 // this writable one for the same file.
                 let mut guard = lock(&state);
                 guard.replace_blob_if_readonly(blob);
+                guard.set_journal_target(self.journal_target(path));
             }
             return Ok(state);
         }
         table.retain(|_, w| w.strong_count() > 0);
-        let state = Arc::new(Mutex::new(FileState::open(blob, self.key.expose(), write)?));
+        let mut state = FileState::open(blob, self.key.expose(), write)?;
+        if write {
+            state.set_journal_target(self.journal_target(path));
+        }
+        let state = Arc::new(Mutex::new(state));
         table.insert(identity, Arc::downgrade(&state));
         Ok(state)
+    }
+
+    fn journal_target(&self, path: &ObjectPath) -> journal::JournalTarget {
+        journal::JournalTarget {
+            storage: self.storage.clone(),
+            path: path.clone(),
+        }
     }
 
     /// Attributes of `path`, following a final symlink or not.

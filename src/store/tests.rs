@@ -1543,3 +1543,152 @@ fn size_cap_is_enforced_without_damage() {
     );
     assert_eq!(fx.raw_bytes("big").len() as u64, expected_stored_len(5));
 }
+
+// ---------------------------------------------------------------------------
+// A failed write is sticky
+// ---------------------------------------------------------------------------
+
+/// A disk that is full for one write and then has room again (another file
+/// was removed): the upload lost a chunk, so its close must fail and the
+/// previous version stay, although the final flush alone would succeed.
+#[test]
+fn a_staged_upload_with_a_failed_write_is_never_committed() {
+    let fx = Fixture::new();
+    let old = bytes(1000, 9);
+    put(&fx.store, "f", &old);
+    let names_before = fx.raw_names();
+    // Two writes succeed: the header and chunk 0; chunk 1 fails.
+    let budget = Arc::new(Budget {
+        left: AtomicUsize::new(2),
+        mode: CrashMode::Clean,
+    });
+    let failing = UserStore::new(
+        Arc::new(FailingStorage {
+            inner: LocalStorage::open_root(fx.dir.path()).unwrap(),
+            budget: budget.clone(),
+        }),
+        key(),
+    );
+    let f = failing.open(&p("f"), create_trunc()).unwrap();
+    let _ = f.write_at(0, &bytes(3 * CHUNK_SIZE + 10, 10));
+    assert!(f.sync().is_err(), "the failed write is not reported");
+    budget.left.store(1000, Ordering::SeqCst);
+    assert!(
+        f.sync().is_err(),
+        "the failure is forgotten by a later sync"
+    );
+    assert!(
+        f.close().is_err(),
+        "an upload that lost a chunk was committed"
+    );
+    drop(f);
+    drop(failing);
+    assert_bytes(
+        &get(&fx.store, "f").unwrap(),
+        &old,
+        "after the failed upload",
+    );
+    assert_eq!(fx.raw_names(), names_before, "staged file left behind");
+}
+
+// ---------------------------------------------------------------------------
+// Journal: an interrupted extension is rolled back at the next start
+// ---------------------------------------------------------------------------
+
+/// An append crashing after 0, 1, 2, ... storage writes: without recovery
+/// the file may end in a chunk that is not final; after
+/// `journal::recover` (what the server runs at start) it reads back whole,
+/// as the old version or, once the append completed, the new one.
+#[test]
+fn an_interrupted_append_is_rolled_back_by_recovery() {
+    let fx = Fixture::new();
+    let old = bytes(CHUNK_SIZE + 5000, 20);
+    let extra = bytes(3 * CHUNK_SIZE + 10, 21);
+    let mut new = old.clone();
+    new.extend_from_slice(&extra);
+    let mut rolled_back = 0;
+    for n in 0.. {
+        put(&fx.store, "log", &old);
+        let failing = UserStore::new(
+            Arc::new(FailingStorage {
+                inner: LocalStorage::open_root(fx.dir.path()).unwrap(),
+                budget: Arc::new(Budget {
+                    left: AtomicUsize::new(n),
+                    mode: CrashMode::Clean,
+                }),
+            }),
+            key(),
+        );
+        let append = OpenOptions {
+            write: true,
+            append: true,
+            ..OpenOptions::default()
+        };
+        let result = failing
+            .open(&p("log"), append)
+            .and_then(|f| f.write_at(0, &extra).and_then(|()| f.close()));
+        drop(failing);
+        let r = super::journal::recover(fx.dir.path(), std::time::SystemTime::now()).unwrap();
+        rolled_back += r.rolled_back;
+        assert!(
+            !fx.raw_names()
+                .iter()
+                .any(|n| n.starts_with(super::storage::RESERVED_PREFIX)),
+            "crash after {n} writes: a journal or staged file is left"
+        );
+        let got = get(&fx.store, "log")
+            .unwrap_or_else(|e| panic!("crash after {n} writes: unreadable after recovery: {e}"));
+        if result.is_ok() {
+            assert_bytes(&got, &new, "completed append");
+            break;
+        }
+        assert!(
+            got == old || got == new,
+            "crash after {n} writes: {} bytes, neither old nor new",
+            got.len()
+        );
+    }
+    assert!(rolled_back > 0, "no crash point needed a rollback");
+}
+
+/// An append that fails (the disk is full for one write, then has room):
+/// once its handle is gone the file is rolled back at once, without
+/// waiting for a restart, and no journal is left.
+#[test]
+fn a_failed_append_is_rolled_back_when_its_last_handle_closes() {
+    let fx = Fixture::new();
+    let old = bytes(CHUNK_SIZE + 5000, 30);
+    put(&fx.store, "log", &old);
+    let names_before = fx.raw_names();
+    // The journal and the sealed old last record are written; the next
+    // write fails.
+    let budget = Arc::new(Budget {
+        left: AtomicUsize::new(2),
+        mode: CrashMode::Clean,
+    });
+    let failing = UserStore::new(
+        Arc::new(FailingStorage {
+            inner: LocalStorage::open_root(fx.dir.path()).unwrap(),
+            budget: budget.clone(),
+        }),
+        key(),
+    );
+    let append = OpenOptions {
+        write: true,
+        append: true,
+        ..OpenOptions::default()
+    };
+    let f = failing.open(&p("log"), append).unwrap();
+    let _ = f.write_at(0, &bytes(3 * CHUNK_SIZE, 31));
+    assert!(f.sync().is_err(), "the failed write is not reported");
+    budget.left.store(1000, Ordering::SeqCst);
+    assert!(f.close().is_err(), "the failed append closed cleanly");
+    drop(f);
+    drop(failing);
+    assert_bytes(
+        &get(&fx.store, "log").unwrap(),
+        &old,
+        "after the failed append",
+    );
+    assert_eq!(fx.raw_names(), names_before, "journal left behind");
+}

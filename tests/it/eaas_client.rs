@@ -290,7 +290,9 @@ fn eaas_backend_round_trip_fails_closed_and_recovers_by_itself() {
     srv.run(&mut cmd);
 }
 
-/// A session that holds its key keeps working while the service is down.
+/// A session that holds its key keeps working while the service is killed
+/// (even in the middle of an upload); new logins are refused meanwhile and
+/// work again once it is back.
 #[test]
 fn an_open_session_outlives_the_key_service() {
     let work = tempfile::tempdir().unwrap();
@@ -333,6 +335,8 @@ fn an_open_session_outlives_the_key_service() {
             break;
         }
     }
+    // Killed (SIGKILL) while an upload is under way in the session.
+    writeln!(stdin, "put a.bin d.bin").unwrap();
     eaas.stop();
     writeln!(stdin, "get a.bin b.bin").unwrap();
     writeln!(stdin, "put a.bin c.bin").unwrap();
@@ -350,6 +354,20 @@ fn an_open_session_outlives_the_key_service() {
     assert!(srv.data("alice").join("c.bin").exists());
     // A new login is refused meanwhile.
     assert_refused(&srv, "alice", UNAVAILABLE);
+
+    // The service is back: logins work again without restarting dropzone,
+    // and what the session wrote while it was down reads back intact.
+    eaas.start_again();
+    let mut cmd = srv.sftp(
+        "alice",
+        "get c.bin c-back.bin
+get d.bin d-back.bin
+",
+    );
+    srv.run(&mut cmd);
+    assert_same_file(&srv.local_path("a.bin"), &srv.local_path("c-back.bin"));
+    assert_same_file(&srv.local_path("a.bin"), &srv.local_path("d-back.bin"));
+    srv.run(&mut srv.dropzone_tool(&["verify"]));
 }
 
 #[test]

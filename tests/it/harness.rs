@@ -62,6 +62,10 @@ pub struct ServerOptions {
     /// Keys of the `[auth]` table after `users_file` (default:
     /// [`DEFAULT_AUTH_CONFIG`]), e.g. `pam = true` and `pam_service`.
     pub auth_config: Option<String>,
+    /// Mount a tmpfs of this many bytes as the data dir before the server
+    /// starts (needs root; unmounted when the server is dropped), to run
+    /// out of space for real.
+    pub data_tmpfs_bytes: Option<u64>,
 }
 
 /// A user of the test server.
@@ -83,6 +87,8 @@ pub struct Server {
     child: Child,
     log: Arc<Mutex<String>>,
     users: HashMap<String, User>,
+    /// Mount points to unmount on drop.
+    mounts: Vec<PathBuf>,
 }
 
 impl Server {
@@ -115,6 +121,13 @@ impl Server {
             opts.extra_config
         );
         std::fs::write(root.join("config/dropzone.toml"), config).expect("writing the config");
+        let mut mounts = Vec::new();
+        if let Some(bytes) = opts.data_tmpfs_bytes {
+            let data = root.join("data");
+            std::fs::create_dir_all(&data).expect("creating the data dir");
+            mount_tmpfs(&data, bytes);
+            mounts.push(data);
+        }
 
         let mut added = HashMap::new();
         for &(name, password) in users {
@@ -147,68 +160,37 @@ impl Server {
             );
         }
 
-        let mut cmd = dropzone_command(&root);
-        cmd.args(["serve", "--config", "config/dropzone.toml"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        let stderr = child.stderr.take().expect("server stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(port) = listening_port(&line)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(port);
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(port) => break port,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                thread::sleep(Duration::from_millis(100)); // let the reader catch up
-                panic!(
-                    "the server exited before listening ({status})\n\
-                     working dir: {}\n--- server log ---\n{}",
-                    root.display(),
-                    log.lock().unwrap()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
-                     working dir: {}\n--- server log ---\n{}",
-                    root.display(),
-                    log.lock().unwrap()
-                );
-            }
-        };
+        let (child, port) = spawn_serve(&root, &log);
         Server {
             dir,
             port,
             child,
             log,
             users: added,
+            mounts,
         }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: no destructor, no
+    /// flush, no cleanup runs. Returns once the process is gone.
+    pub fn kill9(&mut self) {
+        // std's Child::kill sends SIGKILL on Unix.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again in the same directory after [`Server::kill9`]
+    /// (on a new port, see [`Server::port`]).
+    pub fn restart(&mut self) {
+        assert!(!self.is_alive(), "restart: the server is still running");
+        self.log
+            .lock()
+            .unwrap()
+            .push_str("--- restarted by the test ---\n");
+        let (child, port) = spawn_serve(self.dir.path(), &self.log);
+        self.child = child;
+        self.port = port;
     }
 
     /// The server's working directory.
@@ -258,6 +240,73 @@ impl Server {
     /// True while the server process is running.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (e.g. `rustix::process::Signal::HUP`) to the server.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("the server's process id");
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal:?} to the server: {e}"));
+    }
+
+    /// Waits (polling, up to [`COMMAND_TIMEOUT`]) until `ready` returns
+    /// something; panics naming `what` with the server log otherwise.
+    #[track_caller]
+    pub fn wait_for<T>(&self, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(v) = ready() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {COMMAND_TIMEOUT:?} waiting for {what}\n--- server log (tail) ---\n{}",
+                    self.log_tail(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port of the metrics endpoint (`[metrics] listen` on
+    /// `127.0.0.1:0`), from the server's log.
+    pub fn metrics_port(&self) -> u16 {
+        const MARK: &str = "metrics served at http://127.0.0.1:";
+        self.wait_for("the metrics endpoint's log line", || {
+            let log = self.log();
+            let rest = &log[log.find(MARK)? + MARK.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+    }
+
+    /// `GET path` on 127.0.0.1:`port` over plain HTTP/1.1: the status code
+    /// and the body.
+    pub fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+        stream.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .unwrap_or_else(|e| panic!("reading the reply to GET {path}: {e}"));
+        let (head, body) = reply
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers in the reply to GET {path}:\n{reply}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in the reply to GET {path}:\n{head}"));
+        (status, body.to_owned())
     }
 
     /// Options common to ssh, sftp and scp, without the port and key.
@@ -472,6 +521,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for m in self.mounts.drain(..) {
+            // Lazy: a client still exiting must not keep the mount alive.
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
         if thread::panicking() && std::env::var_os("DROPZONE_TEST_KEEP").is_some() {
             let path = std::mem::replace(
                 &mut self.dir,
@@ -481,6 +534,84 @@ impl Drop for Server {
             eprintln!("test directory kept at {}", path.display());
         }
     }
+}
+
+/// Spawns `dropzone serve` in `root`, appending its stderr to `log`, and
+/// waits for its listening line.
+fn spawn_serve(root: &Path, log: &Arc<Mutex<String>>) -> (Child, u16) {
+    let mut cmd = dropzone_command(root);
+    cmd.args(["serve", "--config", "config/dropzone.toml"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let stderr = child.stderr.take().expect("server stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    {
+        let log = log.clone();
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = listening_port(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    let port = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(port) => break port,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            thread::sleep(Duration::from_millis(100)); // let the reader catch up
+            panic!(
+                "the server exited before listening ({status})\n\
+                 working dir: {}\n--- server log ---\n{}",
+                root.display(),
+                log.lock().unwrap()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
+                 working dir: {}\n--- server log ---\n{}",
+                root.display(),
+                log.lock().unwrap()
+            );
+        }
+    };
+    (child, port)
+}
+
+/// Mounts a tmpfs of `bytes` bytes on `dir`. Needs root (CI runs as root):
+/// without it the test fails here, loudly, rather than skip.
+fn mount_tmpfs(dir: &Path, bytes: u64) {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={bytes},mode=0700"))
+        .arg("tmpfs")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+    assert!(
+        out.status.success(),
+        "mounting a {bytes}-byte tmpfs on {} failed (this test needs root, as in CI): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The port in a `listening on 127.0.0.1:PORT` log line.

@@ -2,16 +2,20 @@
 
 pub mod harness;
 
+mod audit;
 mod auth;
 mod container;
+mod crash;
 mod eaas_client;
 #[cfg(feature = "pkcs11")]
 mod eaas_pkcs11;
 mod eaas_service;
+mod faults;
 mod hardening;
 mod healthcheck;
 mod import_legacy;
 mod jail;
+mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
