@@ -23,6 +23,7 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use dropzone::keys::DataKey;
+use dropzone::observe::Reporter;
 use dropzone::sftp::{SftpConfig, serve};
 use dropzone::store::UserStore;
 use dropzone::store::storage::LocalStorage;
@@ -119,6 +120,8 @@ async fn session(store: Arc<UserStore>, user: UserName, requests: &[Vec<u8>]) ->
                 store,
                 user,
                 SftpConfig::default(),
+                // Events go to a private registry: no audit log.
+                Reporter::discard(),
             )
             .await,
         );
