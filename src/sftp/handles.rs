@@ -183,7 +183,10 @@ pub(super) async fn run_worker(
     mut jobs: mpsc::Receiver<QueuedJob>,
     mut transfer: Transfer,
 ) {
-    let mut noticed = false;
+    // Each notice once per handle: a download with 64 reads in flight
+    // fails 64 times.
+    let mut integrity_failed = false;
+    let mut out_of_space = false;
     let mut batch: Vec<QueuedJob> = Vec::with_capacity(BATCH);
     loop {
         // Take what is queued, up to BATCH jobs, and run them in one trip to
@@ -211,13 +214,12 @@ pub(super) async fn run_worker(
         let last = done.len();
         for (i, (done, permit)) in done.into_iter().enumerate() {
             match &done.notice {
-                // Once per handle: a download with 64 reads in flight fails 64 times.
-                Some(FileNotice::Integrity) if !noticed => {
-                    noticed = true;
+                Some(FileNotice::Integrity) if !integrity_failed => {
+                    integrity_failed = true;
                     session.integrity_notice(&path);
                 }
-                Some(FileNotice::NoSpace) if !noticed => {
-                    noticed = true;
+                Some(FileNotice::NoSpace) if !out_of_space => {
+                    out_of_space = true;
                     session.no_space_notice(&path);
                 }
                 Some(FileNotice::Rejected(reason)) => {
@@ -245,7 +247,7 @@ pub(super) async fn run_worker(
             // met a damaged chunk is reported as failed, whatever its close
             // says.
             let closed = (closing.is_some() && i + 1 == last).then(|| {
-                if noticed {
+                if integrity_failed {
                     Err(("failure", "the file failed its integrity check".to_owned()))
                 } else {
                     outcome_of_reply(&done.reply)

@@ -407,7 +407,11 @@ impl russh::server::Handler for Connection {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        if !self.banned() && self.key_allowed(user, offer.public_key).await {
+        if self.banned() {
+            self.login_failed(user, "publickey", "banned");
+            return Ok(self.reject());
+        }
+        if self.key_allowed(user, offer.public_key).await {
             Ok(Auth::Accept)
         } else {
             // Reported like a refused signature: a client trying several

@@ -223,6 +223,7 @@ impl UserStore {
                         copy: false,
                     }),
                     permissions: Some(mode),
+                    copy_mode: None,
                     times: None,
                 }),
                 upload,
@@ -279,7 +280,8 @@ impl UserStore {
                     storage: self.storage.clone(),
                     copy: true,
                 }),
-                permissions: Some(mode),
+                permissions: None,
+                copy_mode: Some(mode),
                 times: None,
             }),
             upload,
@@ -497,6 +499,10 @@ struct Pending {
     commit: Option<Commit>,
     /// Applied at close, after the last data is written.
     permissions: Option<u32>,
+    /// A copy-on-open's mode, taken from the file at open: given to the
+    /// copy when it replaces the file, but never applied to the stored file
+    /// when the copy is discarded (a chmod made meanwhile must stand).
+    copy_mode: Option<u32>,
     /// Applied at close, after the last data is written, so that a client's
     /// "preserve times" survives the final flush.
     times: Option<(i64, i64)>,
@@ -647,7 +653,7 @@ impl EncryptedFile {
         }
         let finish = |state: &mut FileState| -> Result<(), StoreError> {
             state.flush()?;
-            if let Some(mode) = pending.permissions {
+            if let Some(mode) = pending.permissions.or(pending.copy_mode) {
                 state.blob().set_permissions(mode)?;
             }
             if let Some((atime, mtime)) = pending.times {

@@ -251,6 +251,22 @@ fn an_unchanged_read_write_open_is_neither_checked_nor_replaced() {
 }
 
 #[test]
+fn an_unchanged_copy_does_not_undo_a_chmod_made_meanwhile() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, Some(Gate::new(true)));
+    put(&s, "f", b"data").unwrap();
+    let f = s.open(&p("f"), IN_PLACE).unwrap();
+    s.set_permissions(&p("f"), 0o600).unwrap();
+    f.close().unwrap();
+    let mode = std::fs::metadata(dir.path().join("f"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the mode seen at open came back");
+}
+
+#[test]
 fn setstat_size_is_checked_too() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Gate::new(true);
