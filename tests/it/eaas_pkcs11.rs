@@ -6,15 +6,12 @@
 //! `/usr/lib/softhsm/libsofthsm2.so`; `DROPZONE_TEST_PKCS11_MODULE` names
 //! another module).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 
 use super::eaas_service::{EAAS_BIN, Reply};
-use super::harness::{describe, output_with_timeout, run};
+use super::harness::{describe, output_with_timeout, run, spawn_listening};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "dropzone";
@@ -23,7 +20,6 @@ const PIN: &str = "pin-7d3f9a0c";
 const SO_PIN: &str = "so-pin-1234";
 /// A data key as dropzone sends it: 64 lowercase hex characters.
 const DEK: &str = "9e3779b97f4a7c15f39cc0605cedc8341082276bf3a27251f86c6a11d0c18e95";
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn module() -> String {
     std::env::var("DROPZONE_TEST_PKCS11_MODULE").unwrap_or_else(|_| MODULE.to_owned())
@@ -120,56 +116,12 @@ impl Hsm {
             .env_remove("DROPZONE_EAAS_PASSPHRASE")
             .env_remove("DROPZONE_EAAS_PKCS11_PIN")
             .env("SOFTHSM2_CONF", self.conf())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", "info");
         if let Some(pin) = env_pin {
             cmd.env("DROPZONE_EAAS_PKCS11_PIN", pin);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    {
-                        let mut log = log.lock().unwrap();
-                        log.push_str(&line);
-                        log.push('\n');
-                    }
-                    if let Some(port) = listening_port(&line)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(port);
-                    }
-                }
-            });
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            if let Ok(port) = rx.recv_timeout(Duration::from_millis(50)) {
-                break port;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                thread::sleep(Duration::from_millis(100)); // let the reader catch up
-                return Err((status.to_string(), log.lock().unwrap().clone()));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no listening line within {START_TIMEOUT:?}\n--- log ---\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
+        let (child, port) = spawn_listening(&mut cmd, &log)?;
         Ok(Eaas { child, port, log })
     }
 
@@ -277,14 +229,6 @@ impl Eaas {
             ),
         )
     }
-}
-
-/// The port in a `listening on 127.0.0.1:PORT` log line.
-fn listening_port(line: &str) -> Option<u16> {
-    const MARK: &str = "listening on 127.0.0.1:";
-    let rest = &line[line.find(MARK)? + MARK.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// gen, encrypt and decrypt with the key pair in the token, the errors of

@@ -6,21 +6,16 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::harness::{describe, output_with_timeout, run};
+use super::harness::{describe, output_with_timeout, run, spawn_listening};
 
 /// The `dropzone-eaas` binary under test.
 pub const EAAS_BIN: &str = env!("CARGO_BIN_EXE_dropzone-eaas");
-
-/// How long the service may take to print its listening line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A data key as dropzone sends it: 64 lowercase hex characters.
 const DEK: &str = "4f1c0de5a11ce0b0b5eedcafe00112233445566778899aabbccddeeff0011223";
@@ -121,55 +116,9 @@ impl EaasServer {
         std::fs::write(root.join("config/eaas.toml"), config).expect("writing the config");
 
         let mut cmd = eaas_command(root, &opts);
-        cmd.args(["serve", "--config", "config/eaas.toml"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        let stderr = child.stderr.take().expect("stderr is piped");
+        cmd.args(["serve", "--config", "config/eaas.toml"]);
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    // Logged before the port is announced, so that a test
-                    // that has the port also sees the line in the log.
-                    {
-                        let mut log = log.lock().unwrap();
-                        log.push_str(&line);
-                        log.push('\n');
-                    }
-                    if let Some(port) = listening_port(&line)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(port);
-                    }
-                }
-            });
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            if let Ok(port) = rx.recv_timeout(Duration::from_millis(50)) {
-                break port;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                thread::sleep(Duration::from_millis(100)); // let the reader catch up
-                return Err((status.to_string(), log.lock().unwrap().clone()));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n--- log ---\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
+        let (child, port) = spawn_listening(&mut cmd, &log)?;
         Ok(EaasServer {
             dir,
             port,
@@ -340,14 +289,6 @@ impl Drop for EaasServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The port in a `listening on 127.0.0.1:PORT` log line.
-fn listening_port(line: &str) -> Option<u16> {
-    const MARK: &str = "listening on 127.0.0.1:";
-    let rest = &line[line.find(MARK)? + MARK.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// The binary in `dir`, with no inherited overrides.

@@ -540,14 +540,31 @@ impl Drop for Server {
 /// waits for its listening line.
 fn spawn_serve(root: &Path, log: &Arc<Mutex<String>>) -> (Child, u16) {
     let mut cmd = dropzone_command(root);
-    cmd.args(["serve", "--config", "config/dropzone.toml"])
-        .stdin(Stdio::null())
+    cmd.args(["serve", "--config", "config/dropzone.toml"]);
+    spawn_listening(&mut cmd, log).unwrap_or_else(|(status, log)| {
+        panic!(
+            "the server exited before listening ({status})\n\
+             working dir: {}\n--- server log ---\n{log}",
+            root.display()
+        )
+    })
+}
+
+/// Spawns a server command (`dropzone serve`, `dropzone-eaas serve`) with
+/// its stderr appended to `log` line by line, and waits for its
+/// `listening on 127.0.0.1:PORT` line. If it exits first: `Err` with its
+/// exit status and log. No line within [`START_TIMEOUT`] panics.
+pub fn spawn_listening(
+    cmd: &mut Command,
+    log: &Arc<Mutex<String>>,
+) -> Result<(Child, u16), (String, String)> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let stderr = child.stderr.take().expect("server stderr is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel();
     {
         let log = log.clone();
@@ -555,45 +572,40 @@ fn spawn_serve(root: &Path, log: &Arc<Mutex<String>>) -> (Child, u16) {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the port is announced, so that a test that
+                // has the port also sees the line in the log.
+                {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(port) = listening_port(&line)
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(port);
                 }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
     }
     let deadline = Instant::now() + START_TIMEOUT;
-    let port = loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(port) => break port,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+    loop {
+        if let Ok(port) = rx.recv_timeout(Duration::from_millis(50)) {
+            return Ok((child, port));
         }
         if let Ok(Some(status)) = child.try_wait() {
             thread::sleep(Duration::from_millis(100)); // let the reader catch up
-            panic!(
-                "the server exited before listening ({status})\n\
-                 working dir: {}\n--- server log ---\n{}",
-                root.display(),
-                log.lock().unwrap()
-            );
+            return Err((status.to_string(), log.lock().unwrap().clone()));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "the server printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
-                 working dir: {}\n--- server log ---\n{}",
-                root.display(),
+                "{cmd:?} printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?}\n\
+                 --- log ---\n{}",
                 log.lock().unwrap()
             );
         }
-    };
-    (child, port)
+    }
 }
 
 /// Mounts a tmpfs of `bytes` bytes on `dir`. Needs root (CI runs as root):
