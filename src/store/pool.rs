@@ -53,7 +53,7 @@ static SPIN_NANOS: AtomicU64 = AtomicU64::new(50_000);
 /// (`Duration::ZERO`: never). The default, 50 us, suits one process moving
 /// one file as fast as it can. A server wants zero: its cores are shared
 /// with the transport's encryption and with other sessions, and polling
-/// took ~12% of its CPU time during a download (docs/PERFORMANCE.md).
+/// took ~11% of its profile samples during a download (docs/PERFORMANCE.md).
 pub fn set_polling(spin: Duration) {
     let nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
     SPIN_NANOS.store(nanos, Ordering::Relaxed);
