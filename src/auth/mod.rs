@@ -55,11 +55,8 @@ struct Credentials {
 }
 
 impl Authenticator {
-    /// Builds the checks from a loaded users file. Also computes the dummy
-    /// password hash once, so the first unknown-user login is not slower
-    /// than the others.
+    /// Builds the checks from a loaded users file.
     pub fn from_users_file(file: UsersFile) -> Self {
-        password::warm_up();
         let users = file
             .users()
             .map(|u| {

@@ -86,39 +86,24 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
     }
 }
 
-/// A PHC string with our parameters, of a password nobody knows, made once.
-/// Its salt is fixed: it protects no secret, it only has to cost the same.
-static DUMMY_HASH: LazyLock<Option<String>> = LazyLock::new(|| {
-    const SALT: &[u8] = b"dropzone-dummy-salt";
-    hasher()
-        .and_then(|h| h.hash_password_with_salt(b"dropzone: no such password", SALT))
-        .map(|hash| hash.to_string())
-        .ok()
+/// A PHC string with our parameters that no password matches. It is
+/// written out rather than computed: verifying a password against it costs
+/// one Argon2 run with these parameters, like any real hash, and its output
+/// of 32 zero bytes is one that Argon2 produces with probability 2^-256.
+/// Computing it would have cost a 19 MiB Argon2 run at start-up, memory the
+/// allocator then keeps for the server's lifetime. The salt protects no
+/// secret; it only has to be valid.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    const SALT: &str = "ZHJvcHpvbmUtZHVtbXktc2FsdA"; // "dropzone-dummy-salt"
+    let zero_output = "A".repeat(43); // 32 bytes, unpadded B64
+    format!("$argon2id$v=19$m={M_COST},t={T_COST},p={P_COST}${SALT}${zero_output}")
 });
 
 /// Does the work of a failed [`verify_password`] against a hash with our
 /// parameters, and returns nothing: used for unknown users and users without
 /// a password so they cost what a wrong password costs.
 pub fn dummy_verify(password: &str) {
-    match DUMMY_HASH.as_deref() {
-        Some(hash) => {
-            let _ = verify_password(hash, password);
-        }
-        // Unreachable with our constant parameters and salt; still spend the
-        // same work rather than return fast.
-        None => {
-            if let Ok(h) = hasher() {
-                let mut out = [0u8; 32];
-                let _ = h.hash_password_into(password.as_bytes(), b"dropzone-dummy-salt", &mut out);
-            }
-        }
-    }
-}
-
-/// Computes the dummy hash now, so the first unknown-user login does not
-/// pay for it (and stand out by taking twice as long).
-pub fn warm_up() {
-    LazyLock::force(&DUMMY_HASH);
+    let _ = verify_password(&DUMMY_HASH, password);
 }
 
 #[cfg(test)]
@@ -174,7 +159,7 @@ mod tests {
     /// (Timing tests are too noisy to prove this; the parameters are not.)
     #[test]
     fn dummy_hash_has_the_parameters_of_real_hashes() {
-        let dummy = DUMMY_HASH.as_deref().unwrap();
+        let dummy: &str = &DUMMY_HASH;
         let real = hash_password("anything").unwrap();
         let params = |h: &str| {
             let parsed = PasswordHash::new(h).unwrap();
@@ -201,10 +186,20 @@ mod tests {
         assert_eq!(check_hash(dummy), Ok(()));
     }
 
+    /// The dummy hash is written out, not computed: it must still be a hash
+    /// that verification runs Argon2 on and that nothing matches.
+    #[test]
+    fn dummy_hash_matches_no_password() {
+        for password in ["", "password", "dropzone: no such password"] {
+            assert!(!verify_password(&DUMMY_HASH, password), "{password:?}");
+        }
+        let parsed = PasswordHash::new(&DUMMY_HASH).unwrap();
+        assert_eq!(parsed.hash.map(|h| h.len()), Some(32));
+    }
+
     #[test]
     fn dummy_costs_about_a_real_verification() {
         let hash = hash_password("secret").unwrap();
-        warm_up();
         let time = |f: &dyn Fn()| {
             let start = Instant::now();
             for _ in 0..3 {

@@ -25,7 +25,8 @@ use dropzone::username::UserName;
 
 /// The server's allocator. glibc's malloc kept 200-300 MiB in per-thread
 /// arenas after a burst of parallel sessions and never returned it;
-/// mimalloc hands freed pages back to the system (docs/PERFORMANCE.md).
+/// mimalloc (version 2, without transparent huge pages: see Cargo.toml)
+/// hands freed pages back to the system (docs/PERFORMANCE.md, "Memory").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

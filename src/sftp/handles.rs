@@ -1,11 +1,11 @@
 //! The handle table of one SFTP session and the per-file workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use russh_sftp::protocol::{File, FileAttributes};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError, mpsc};
 
 use super::status::SftpError;
 use super::{FileNotice, Session, file_job, outcome_of_reply};
@@ -46,22 +46,35 @@ pub(super) enum FileJob {
 }
 
 impl FileJob {
-    /// What the job holds or will hold in memory, in KiB (at least 1), for
-    /// the session's in-flight budget.
-    pub(super) fn cost_kib(&self) -> u32 {
+    /// What the request brings into memory, in KiB, charged to the session's
+    /// in-flight budget before it is queued: the data of a WRITE (or of a
+    /// handle extension). A READ brings nothing; its reply is charged by the
+    /// worker, see [`FileJob::reply_kib`].
+    pub(super) fn request_kib(&self) -> u32 {
         let bytes = match self {
-            FileJob::Read { len, .. } => (*len).min(super::MAX_READ_WRITE_LEN) as usize,
             FileJob::Write { data, .. } => data.len(),
             FileJob::Extended { data, .. } => data.len(),
-            _ => 0,
+            _ => return 0,
         };
         (bytes / 1024 + 1) as u32
     }
+
+    /// What the reply will hold, in KiB, for jobs whose reply is large: the
+    /// data of a READ.
+    fn reply_kib(&self) -> Option<u32> {
+        match self {
+            FileJob::Read { len, .. } => {
+                Some(((*len).min(super::MAX_READ_WRITE_LEN) as usize / 1024 + 1) as u32)
+            }
+            _ => None,
+        }
+    }
 }
 
-/// A job and its share of the session's in-flight budget, released when the
-/// reply has been handed on.
-pub(super) type QueuedJob = (FileJob, tokio::sync::OwnedSemaphorePermit);
+/// A job and its share of the session's in-flight budget (none for a READ
+/// until its worker takes it), released when the reply has been handed on,
+/// or for a DATA reply, written.
+pub(super) type QueuedJob = (FileJob, Option<OwnedSemaphorePermit>);
 
 /// A directory listing, read once at OPENDIR and handed out in batches.
 pub(super) struct DirListing {
@@ -187,23 +200,23 @@ pub(super) async fn run_worker(
     // fails 64 times.
     let mut integrity_failed = false;
     let mut out_of_space = false;
-    let mut batch: Vec<QueuedJob> = Vec::with_capacity(BATCH);
+    let mut queued: VecDeque<QueuedJob> = VecDeque::with_capacity(BATCH);
+    let mut arrived: Vec<QueuedJob> = Vec::with_capacity(BATCH);
     loop {
-        // Take what is queued, up to BATCH jobs, and run them in one trip to
-        // a blocking thread: a hand-off costs tens of microseconds here,
-        // as much as encrypting a 32 KiB write.
-        if jobs.recv_many(&mut batch, BATCH).await == 0 {
+        if queued.is_empty() {
+            if jobs.recv_many(&mut arrived, BATCH).await == 0 {
+                return;
+            }
+            queued.extend(arrived.drain(..));
+        }
+        // Take queued jobs, up to BATCH, and run them in one trip to a
+        // blocking thread: a hand-off costs tens of microseconds here, as
+        // much as encrypting a 32 KiB write.
+        let Some(run) = take_runnable(&session, &mut queued).await else {
             return;
-        }
-        let closing = batch
-            .iter()
-            .position(|(job, _)| matches!(job, FileJob::Close { .. }));
-        // Nothing after a CLOSE runs: the handle is gone for the client.
-        if let Some(at) = closing {
-            batch.truncate(at + 1);
-        }
+        };
+        let closing = matches!(run.last(), Some((FileJob::Close { .. }, _)));
         let (s, f) = (session.clone(), file.clone());
-        let run = std::mem::take(&mut batch);
         let done = tokio::task::spawn_blocking(move || {
             run.into_iter()
                 .map(|(job, permit)| (file_job(&s, &f, job), permit))
@@ -246,7 +259,7 @@ pub(super) async fn run_worker(
             // The transfer's outcome when this is its CLOSE: a handle that
             // met a damaged chunk is reported as failed, whatever its close
             // says.
-            let closed = (closing.is_some() && i + 1 == last).then(|| {
+            let closed = (closing && i + 1 == last).then(|| {
                 if integrity_failed {
                     Err(("failure", "the file failed its integrity check".to_owned()))
                 } else {
@@ -256,7 +269,7 @@ pub(super) async fn run_worker(
             // A DATA reply keeps its budget until it is written: queued
             // replies count against the session's memory too.
             let reply = match done.reply {
-                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, Some(permit)),
+                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, permit),
                 other => {
                     drop(permit);
                     other
@@ -275,4 +288,52 @@ pub(super) async fn run_worker(
             }
         }
     }
+}
+
+/// The next jobs to run from the front of `queued`, in order: up to
+/// [`BATCH`], ending at a CLOSE (nothing after it runs: the handle is gone
+/// for the client). Each READ first takes its reply's share of the session's
+/// in-flight budget; when the budget is spent, the jobs before that READ
+/// run now and the READ waits for the budget at the front of the next run.
+///
+/// The budget for replies is taken here, in the worker, and not where
+/// requests are read: the session's reader must never stop for a READ.
+/// Replies free their budget only once written, writing needs the client's
+/// window adjustments, and those arrive behind the client's next requests,
+/// which only the reader takes off the connection.
+async fn take_runnable(
+    session: &Session,
+    queued: &mut VecDeque<QueuedJob>,
+) -> Option<Vec<QueuedJob>> {
+    let mut run: Vec<QueuedJob> = Vec::with_capacity(queued.len().min(BATCH));
+    while run.len() < BATCH {
+        let Some((job, mut permit)) = queued.pop_front() else {
+            break;
+        };
+        if let Some(kib) = job.reply_kib() {
+            let budget = session.in_flight.clone();
+            let reply_budget = match budget.clone().try_acquire_many_owned(kib) {
+                Ok(p) => p,
+                Err(TryAcquireError::NoPermits) if run.is_empty() => {
+                    budget.acquire_many_owned(kib).await.ok()?
+                }
+                Err(TryAcquireError::NoPermits) => {
+                    queued.push_front((job, permit));
+                    break;
+                }
+                Err(TryAcquireError::Closed) => return None,
+            };
+            match permit.as_mut() {
+                Some(p) => p.merge(reply_budget),
+                None => permit = Some(reply_budget),
+            }
+        }
+        let close = matches!(job, FileJob::Close { .. });
+        run.push((job, permit));
+        if close {
+            queued.clear();
+            break;
+        }
+    }
+    Some(run)
 }

@@ -175,7 +175,7 @@ pub fn data_reply<E>(
     max_len: usize,
     fill: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
 ) -> Result<Option<Bytes>, E> {
-    let mut buf = Vec::with_capacity(DATA_HEADER + max_len);
+    let mut buf = super::buffers::take(DATA_HEADER + max_len);
     buf.resize(DATA_HEADER, 0);
     let n = fill(&mut buf)?;
     if n == 0 {
@@ -187,7 +187,7 @@ pub fn data_reply<E>(
     buf[4] = FXP_DATA;
     buf[5..9].copy_from_slice(&id.to_be_bytes());
     buf[9..13].copy_from_slice(&n.to_be_bytes());
-    Ok(Some(Bytes::from(buf)))
+    Ok(Some(super::buffers::freeze(buf)))
 }
 
 #[cfg(test)]

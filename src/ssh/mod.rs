@@ -188,11 +188,14 @@ pub fn ssh_config(
         inactivity_timeout: Some(ssh.idle_timeout),
         // Large windows and packets let one channel fill a fast link:
         // 4 MiB in flight (twice OpenSSH's 64 x 32 KiB requests), 256 KiB
-        // per packet. The window is memory per channel: it bounds what a
-        // client can make the server buffer.
+        // per packet.
         window_size: 4 * 1024 * 1024,
         maximum_packet_size: 256 * 1024,
-        channel_buffer_size: 256,
+        // russh grants window as packets arrive, not as the channel's
+        // reader consumes them: what bounds the data a client can make the
+        // server buffer is this queue of channel messages (16 x at most
+        // 256 KiB), which the SFTP reader drains.
+        channel_buffer_size: 16,
         nodelay: true,
         ..SshConfig::default()
     }

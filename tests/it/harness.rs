@@ -380,9 +380,15 @@ impl Server {
 
     /// `sftp -b BATCH` as `user` with their key, in the scratch directory.
     pub fn sftp(&self, user: &str, batch: &str) -> Command {
+        self.sftp_with(user, &[], batch)
+    }
+
+    /// [`Server::sftp`] with extra client options (`-R`, `-B`, ...).
+    pub fn sftp_with(&self, user: &str, options: &[&str], batch: &str) -> Command {
         let file = self.batch_file(batch);
         let mut cmd = self.client("sftp");
         cmd.args(self.key_opts(user))
+            .args(options)
             .args(["-P", &self.port.to_string(), "-b"])
             .arg(file)
             .arg(self.dest(user));
@@ -597,6 +603,9 @@ pub fn spawn_listening(
             return Err((status.to_string(), log.lock().unwrap().clone()));
         }
         if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -678,6 +687,9 @@ pub fn output_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // A group of its own, so that a timeout kills the ssh an sftp or scp
+    // started too: it holds the output pipes open.
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the program installed?)"));
@@ -715,6 +727,9 @@ pub fn output_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
             break status;
         }
         if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let status = child.wait().expect("waiting for a killed child");
             let out = Output {

@@ -289,6 +289,23 @@ ls -l big.bin
     srv.run(&mut verify);
 }
 
+/// A client with far more requests in flight than the session's memory
+/// budget and the SSH channel's message queue hold: 256 reads and writes of
+/// 255 KiB (64 MiB) at once. DATA replies wait for the client's window, and
+/// the window adjustments arrive behind the client's next requests, so the
+/// session must keep taking requests off the connection while replies wait.
+/// (With the budget taken where requests are read, this download hung.)
+#[test]
+fn deep_request_pipelines_do_not_stall_the_session() {
+    let srv = Server::start();
+    let data = random_bytes(40 * 1024 * 1024, fresh_seed());
+    std::fs::write(srv.local_path("deep.bin"), &data).unwrap();
+    let batch = "put deep.bin deep.bin\nget deep.bin back.bin\n";
+    let mut cmd = srv.sftp_with("alice", &["-R", "256", "-B", "261120"], batch);
+    srv.run(&mut cmd);
+    assert_same_file(&srv.local_path("deep.bin"), &srv.local_path("back.bin"));
+}
+
 /// The plaintext detector used above finds plaintext when it is there.
 #[test]
 fn harness_plaintext_detector_finds_plaintext() {
