@@ -367,20 +367,29 @@ pub async fn run(
         .drain()
         .map(|(_, h)| h)
         .collect();
+    // Each disconnect is a message to the session's connection loop. A loop
+    // that is stuck (its channel's queue full behind a client that stopped
+    // reading) never takes it, and its queue may be full too: send them all
+    // at once and wait no longer than the grace period in all.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let mut disconnecting = tokio::task::JoinSet::new();
     for h in open {
-        let _ = h
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "server shutting down".into(),
-                "en".into(),
-            )
-            .await;
+        disconnecting.spawn(async move {
+            let _ = h
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "server shutting down".into(),
+                    "en".into(),
+                )
+                .await;
+        });
     }
+    let _ = tokio::time::timeout_at(deadline, disconnecting.join_all()).await;
     drop(ctx);
     // The context holds the only `alive` sender and every session task holds
     // the context: when all are gone, every open file was closed, flushed or
     // discarded.
-    if tokio::time::timeout(SHUTDOWN_GRACE, alive.recv())
+    if tokio::time::timeout_at(deadline, alive.recv())
         .await
         .is_err()
     {

@@ -696,6 +696,47 @@ fn a_client_that_stops_reading_does_not_block_other_sessions() {
     srv.run(&mut cmd);
 }
 
+/// A graceful stop (SIGTERM) ends the server within its grace period even
+/// while a session is stuck on a client that stopped reading: the stuck
+/// session's connection loop cannot take the disconnect request, and the
+/// stop used to wait for it forever.
+#[test]
+fn sigterm_stops_the_server_beside_a_stalled_session() {
+    require_paramiko();
+    let mut srv = start("");
+    let big = random_bytes(16 << 20, fresh_seed());
+    std::fs::write(srv.local_path("big.bin"), &big).unwrap();
+    let mut cmd = srv.sftp("alice", "put big.bin big.bin\n");
+    srv.run(&mut cmd);
+    let mut stalled = Command::new("python3")
+        .args(["-c", STALL_SCRIPT, &srv.port.to_string()])
+        .arg(&srv.user("alice").key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _lines = wait_for_line(&mut stalled, "stalled", &srv);
+
+    srv.signal(rustix::process::Signal::TERM);
+    let started = Instant::now();
+    // The grace period is 10 s; allow for a slow machine.
+    while srv.is_alive() && started.elapsed() < Duration::from_secs(30) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let alive = srv.is_alive();
+    drop(stalled.stdin.take());
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    assert!(
+        !alive,
+        "the server still runs {:?} after SIGTERM\n{}",
+        started.elapsed(),
+        srv.log()
+    );
+    eprintln!("stopped {:?} after SIGTERM", started.elapsed());
+}
+
 /// An SSH_ASKPASS program that answers `wrong-1`, `wrong-2`, ... and the
 /// right password `$RIGHT` at prompt `$RIGHT_AT`,
 /// counting its calls in `$0.count`.
