@@ -848,6 +848,10 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
         error_reply(id, &e.into())
     };
     let reply = match job {
+        // At the end: answered without taking a reply buffer.
+        FileJob::Read { id, offset, .. } if file.readable() && offset >= file.size() => {
+            status(id, StatusCode::Eof, "End of file")
+        }
         FileJob::Read { id, offset, len } => {
             let len = len.min(MAX_READ_WRITE_LEN) as usize;
             let mut sent = 0;

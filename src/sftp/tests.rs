@@ -259,3 +259,58 @@ async fn readdir_lists_entries_then_eof() {
     .await;
     assert_eq!(c.status().await.1, StatusCode::Eof);
 }
+
+/// READs at or past the end and CLOSEs of read-only handles are answered by
+/// the handle's worker without a trip to a blocking thread; the answers must
+/// be the store's: EOF only for a handle that may read, a permission error
+/// on a write-only one, and data again once the file has grown.
+#[tokio::test]
+async fn reads_at_the_end_and_read_only_closes_answer_as_the_store_does() {
+    let mut c = Client::start().await;
+    let new = c.open(0, "/f", WRITE | CREAT | TRUNC).await;
+    c.request(FXP_CLOSE, Writer::default().u32(0).bytes(new.as_bytes()))
+        .await;
+    assert_eq!(c.status().await.1, StatusCode::Ok);
+    // Written in place (no TRUNC), so a reader sees it grow.
+    let w = c.open(1, "/f", WRITE).await;
+    let write = |id: u32, offset: u64, data: &[u8]| {
+        Writer::default()
+            .u32(id)
+            .bytes(w.as_bytes())
+            .u64(offset)
+            .bytes(data)
+    };
+    c.request(FXP_WRITE, write(2, 0, b"hello")).await;
+    assert_eq!(c.status().await.1, StatusCode::Ok);
+    let read = |id: u32, h: &str, offset: u64| {
+        Writer::default()
+            .u32(id)
+            .bytes(h.as_bytes())
+            .u64(offset)
+            .u32(100)
+    };
+    c.request(FXP_READ, read(3, &w, 5)).await;
+    assert_eq!(c.status().await.1, StatusCode::PermissionDenied);
+
+    let r = c.open(4, "/f", READ).await;
+    c.request(FXP_READ, read(5, &r, 5)).await;
+    assert_eq!(c.status().await, (5, StatusCode::Eof, "End of file".into()));
+    c.request(FXP_READ, read(6, &r, 1 << 40)).await;
+    assert_eq!(c.status().await.1, StatusCode::Eof);
+    // The file grows through the other handle: the same offset has data.
+    c.request(FXP_WRITE, write(7, 5, b" world")).await;
+    assert_eq!(c.status().await.1, StatusCode::Ok);
+    c.request(FXP_READ, read(8, &r, 5)).await;
+    match c.reply().await {
+        Packet::Data(d) => assert_eq!((d.id, &d.data[..]), (8, &b" world"[..])),
+        other => panic!("expected DATA, got {other:?}"),
+    }
+    for (id, h) in [(9, &r), (10, &w)] {
+        c.request(FXP_CLOSE, Writer::default().u32(id).bytes(h.as_bytes()))
+            .await;
+        assert_eq!(c.status().await, (id, StatusCode::Ok, "Success".into()));
+    }
+    // A closed handle is gone, whichever way its CLOSE ran.
+    c.request(FXP_READ, read(11, &r, 0)).await;
+    assert_eq!(c.status().await.1, StatusCode::Failure);
+}

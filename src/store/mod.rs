@@ -563,6 +563,26 @@ impl EncryptedFile {
         lock(&self.state).size()
     }
 
+    /// Plaintext size if it can be had without waiting: `None` while another
+    /// handle on the same file is working on it.
+    pub fn size_if_idle(&self) -> Option<u64> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state.size()),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().size()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Whether this handle may write (closing one that may not does no I/O).
+    pub fn writable(&self) -> bool {
+        self.opts.write
+    }
+
+    /// Whether this handle may read.
+    pub fn readable(&self) -> bool {
+        self.opts.read
+    }
+
     /// Attributes of the open file.
     pub fn attributes(&self) -> Result<Attributes, StoreError> {
         let state = lock(&self.state);
