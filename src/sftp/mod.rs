@@ -6,13 +6,18 @@
 //!   close) go to that handle's own worker task, which runs them in order on
 //!   a blocking thread: work on different files proceeds concurrently, and
 //!   the reader keeps decoding the next requests (OpenSSH's client keeps up
-//!   to 64 in flight) while a chunk is being encrypted;
+//!   to 64 in flight) while a chunk is being encrypted (a READ at the end
+//!   of the file and the CLOSE of a read-only handle need no I/O; the worker
+//!   answers those itself);
 //! - everything else runs in arrival order on a blocking thread.
 //!
 //! Replies may therefore leave in a different order than requests arrived,
 //! which SFTP allows (clients match them by id); requests on one handle are
 //! answered in order. Errors become status replies in one place,
 //! [`status::to_status`].
+//!
+//! A session holds at most 2 MiB (`IN_FLIGHT_KIB`) of WRITE data not yet
+//! stored and DATA replies not yet written.
 
 pub mod attrs;
 mod buffers;
@@ -59,8 +64,9 @@ const READDIR_BATCH: usize = 128;
 /// client with many handles could otherwise pin `max_handles * 64 * 256 KiB`.
 /// 2 MiB is what OpenSSH's client keeps in flight (64 x 32 KiB) and eight
 /// of its 255 KiB requests: enough to keep the store and the transport busy
-/// on both cores (measured: 1 GiB transfers and 8 parallel sessions as fast
-/// as with 8 MiB), and the server's memory per session stays small.
+/// on both cores (measured: 1 GiB transfers and 8 parallel sessions within
+/// the run-to-run spread of the 8 MiB figures, docs/PERFORMANCE.md), and
+/// the server's memory per session stays small.
 const IN_FLIGHT_KIB: usize = 2 * 1024;
 
 /// Session-wide SFTP settings.
@@ -476,9 +482,10 @@ impl Session {
     async fn to_handle(self: &Arc<Self>, id: u32, handle: &str, job: FileJob) -> bool {
         match self.handles.file_queue(handle) {
             Some(queue) => {
-                // Waiting here stops reading from the client, which the SSH
-                // window turns into backpressure. Only requests that bring
-                // data wait: see `handles::take_runnable` for why a READ
+                // Waiting here stops reading from the client: russh's channel
+                // queue fills, russh stops reading the connection, and TCP
+                // pushes back on the client. Only requests that bring data
+                // wait: see `handles::take_runnable` for why a READ
                 // must not.
                 let kib = job.request_kib();
                 let permit = if kib == 0 {

@@ -640,15 +640,14 @@ sys.stdin.read()
 print("still connected" if c.get_transport().is_active() else "disconnected", flush=True)
 "#;
 
-#[test]
-fn a_client_that_stops_reading_does_not_block_other_sessions() {
-    require_paramiko();
-    let srv = start("");
+/// Uploads 16 MiB of random data as alice's `big.bin` and starts
+/// [`STALL_SCRIPT`] on it; returns the stalled client (waiting on its
+/// stdin) and its output lines, once it has sent its requests.
+fn stall_a_download(srv: &Server) -> (Child, mpsc::Receiver<String>) {
     let big = random_bytes(16 << 20, fresh_seed());
     std::fs::write(srv.local_path("big.bin"), &big).unwrap();
     let mut cmd = srv.sftp("alice", "put big.bin big.bin\n");
     srv.run(&mut cmd);
-
     let mut stalled = Command::new("python3")
         .args(["-c", STALL_SCRIPT, &srv.port.to_string()])
         .arg(&srv.user("alice").key)
@@ -657,7 +656,15 @@ fn a_client_that_stops_reading_does_not_block_other_sessions() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stalled_output = wait_for_line(&mut stalled, "stalled", &srv);
+    let lines = wait_for_line(&mut stalled, "stalled", srv);
+    (stalled, lines)
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_block_other_sessions() {
+    require_paramiko();
+    let srv = start("");
+    let (mut stalled, stalled_output) = stall_a_download(&srv);
 
     // Meanwhile another user moves 8 MiB both ways, and alice, in a second
     // session, reads the very file the stalled session is reading.
@@ -704,19 +711,7 @@ fn a_client_that_stops_reading_does_not_block_other_sessions() {
 fn sigterm_stops_the_server_beside_a_stalled_session() {
     require_paramiko();
     let mut srv = start("");
-    let big = random_bytes(16 << 20, fresh_seed());
-    std::fs::write(srv.local_path("big.bin"), &big).unwrap();
-    let mut cmd = srv.sftp("alice", "put big.bin big.bin\n");
-    srv.run(&mut cmd);
-    let mut stalled = Command::new("python3")
-        .args(["-c", STALL_SCRIPT, &srv.port.to_string()])
-        .arg(&srv.user("alice").key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _lines = wait_for_line(&mut stalled, "stalled", &srv);
+    let (mut stalled, _lines) = stall_a_download(&srv);
 
     srv.signal(rustix::process::Signal::TERM);
     let started = Instant::now();
