@@ -168,6 +168,38 @@ fn format_encode(total: usize, keys: &FileKeys, id: &FileId) -> Duration {
     start.elapsed()
 }
 
+fn format_encode_batched(total: usize, keys: &FileKeys, id: &FileId) -> Duration {
+    let pt = plaintext(CHUNK_SIZE);
+    let mut outs: Vec<Vec<u8>> = (0..BATCH)
+        .map(|_| Vec::with_capacity(format::FULL_RECORD_LEN))
+        .collect();
+    let start = Instant::now();
+    for first in (0..total / CHUNK_SIZE).step_by(BATCH) {
+        let mut batch: Vec<format::ChunkToEncode<'_>> = outs
+            .iter_mut()
+            .enumerate()
+            .map(|(j, out)| {
+                out.clear();
+                let mut iv = [7u8; 16];
+                iv[..8].copy_from_slice(&((first + j) as u64).to_le_bytes());
+                format::ChunkToEncode {
+                    index: (first + j) as u64,
+                    is_final: false,
+                    plaintext: &pt,
+                    iv,
+                    out,
+                }
+            })
+            .collect();
+        format::encode_chunks(keys, id, &mut batch);
+        black_box(&outs);
+    }
+    start.elapsed()
+}
+
+/// Chunks encoded together by `format_encode_batched`.
+const BATCH: usize = 8;
+
 fn format_decode(total: usize, keys: &FileKeys, id: &FileId) -> Duration {
     let pt = plaintext(CHUNK_SIZE);
     let mut record = Vec::new();
@@ -275,6 +307,9 @@ fn main() {
     if enabled("format") {
         fmt_enc = measure("format::encode_chunk", total, || {
             format_encode(total, &keys, &id)
+        });
+        measure("format::encode_chunks (8 at once)", total, || {
+            format_encode_batched(total, &keys, &id)
         });
         fmt_dec = measure("format::decode_chunk", total, || {
             format_decode(total, &keys, &id)

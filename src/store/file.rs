@@ -5,13 +5,16 @@
 //! decrypt each chunk once.
 //!
 //! To use more than one core, sequential access is pipelined through the
-//! crate's crypto thread pool: a full chunk the writer leaves behind is
-//! encrypted and written by a worker while the caller fills the next one
-//! (at most [`WRITE_BEHIND`] at a time), and a sequential reader gets every
-//! other chunk decrypted by a worker while it decrypts the one before. Anything else (a read from disk, a final
-//! chunk, a truncation, a sync) first waits for the writes in flight, so
-//! their order on disk is the same as without the pipeline. Memory per open
-//! file stays bounded by a few chunks whatever the file size.
+//! crate's crypto thread pool: full chunks the writer leaves behind are
+//! gathered into batches of [`BATCH`], and a batch is encrypted (its chunks
+//! side by side, see [`format::encode_chunks`]) and written by a worker
+//! while the caller fills the next one (at most [`WRITE_BEHIND`] batches
+//! at a time); a sequential reader gets every other chunk decrypted by a
+//! worker while it decrypts the one before. Anything else (a read from
+//! disk, a final chunk, a truncation, a sync) first sends off and waits for
+//! the writes in flight, so their order on disk is the same as without the
+//! pipeline. Memory per open file stays bounded by a few batches whatever
+//! the file size.
 //!
 //! On-disk invariants, outside of an operation in progress:
 //! - every record except the last holds a full chunk and is not final;
@@ -41,14 +44,19 @@ use crate::store::StoreError;
 /// disk; the cap also keeps every record offset far from overflow.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
-/// Chunks being encrypted and written behind the writer, per open file: two
-/// keep one worker busy while the caller fills the next chunk, and bound the
-/// memory a fast writer can pin.
+/// Full chunks encrypted and written together by one pool job: as many as
+/// AES-NI encrypts side by side, and one hand-off to a worker for all of
+/// them instead of one each.
+pub const BATCH: usize = 8;
+
+/// Batches being encrypted and written behind the writer, per open file:
+/// one keeps a worker busy while the caller fills the next batch, and
+/// bounds the memory a fast writer can pin (two batches of chunks).
 pub const WRITE_BEHIND: usize = 2;
 
-/// Spare buffers kept per open file, for reuse instead of allocation: one
-/// per write in flight, one for the read-ahead, one for the cache.
-const SPARE_BUFFERS: usize = WRITE_BEHIND + 2;
+/// Spare buffers kept per open file, for reuse instead of allocation: those
+/// of a batch in flight, one for the read-ahead, one for the cache.
+const SPARE_BUFFERS: usize = BATCH + 2;
 
 /// The buffers a pool job works in: a chunk's plaintext and its record.
 struct Buffers {
@@ -56,9 +64,13 @@ struct Buffers {
     record: Vec<u8>,
 }
 
-/// A job's outcome: its buffers back (the plaintext of a read-ahead), or the
-/// error.
+/// A read-ahead job's outcome: its buffers back, holding the plaintext, or
+/// the error.
 type ChunkJob = Pending<Result<Buffers, StoreError>>;
+
+/// A write-behind job's outcome: the buffers of its batch back, or the
+/// error.
+type BatchJob = Pending<Result<Vec<Buffers>, StoreError>>;
 
 /// Index of the chunk holding the last byte of a file of `size` bytes (0 for
 /// an empty file, which still has one, empty, chunk).
@@ -96,8 +108,13 @@ pub(crate) struct FileState {
     record: Vec<u8>,
     /// Whether `blob` was opened for writing.
     writable: bool,
-    /// Full chunks being encrypted and written by the pool, oldest first.
-    behind: VecDeque<ChunkJob>,
+    /// Full chunks left behind by the writer, not yet sent to the pool:
+    /// they are sent as a batch of [`BATCH`], or before anything that
+    /// needs them on disk (see `drain`).
+    gathered: Vec<CachedChunk>,
+    /// Batches of full chunks being encrypted and written by the pool,
+    /// oldest first.
+    behind: VecDeque<BatchJob>,
     /// The chunk being read and decrypted ahead of a sequential reader.
     ahead: VecDeque<(u64, ChunkJob)>,
     /// The chunk loaded before the cached one, to recognise sequential reads.
@@ -204,6 +221,7 @@ impl FileState {
             cache: None,
             record: Vec::with_capacity(format::FULL_RECORD_LEN),
             writable,
+            gathered: Vec::with_capacity(BATCH),
             behind: VecDeque::new(),
             ahead: VecDeque::new(),
             previous: None,
@@ -340,10 +358,15 @@ impl FileState {
             let within = (pos % CHUNK_SIZE as u64) as usize;
             let take = (CHUNK_SIZE - within).min(rest.len());
             let chunk = self.load(index)?;
-            if chunk.data.len() < within + take {
-                chunk.data.resize(within + take, 0);
+            if chunk.data.len() == within {
+                // Appending, as a sequential writer does: no zeros first.
+                chunk.data.extend_from_slice(&rest[..take]);
+            } else {
+                if chunk.data.len() < within + take {
+                    chunk.data.resize(within + take, 0);
+                }
+                chunk.data[within..within + take].copy_from_slice(&rest[..take]);
             }
-            chunk.data[within..within + take].copy_from_slice(&rest[..take]);
             chunk.dirty = true;
             rest = &rest[take..];
             pos += take as u64;
@@ -597,8 +620,9 @@ impl FileState {
     }
 
     /// Frees the cache slot. A dirty chunk that is not the last one is full
-    /// and complete: it goes to the pool to be encrypted and written while
-    /// the caller goes on; anything else is flushed here.
+    /// and complete: it joins the batch being gathered for the pool, to be
+    /// encrypted and written while the caller goes on; anything else is
+    /// flushed here.
     fn evict(&mut self) -> Result<(), StoreError> {
         let behind = self
             .cache
@@ -615,35 +639,61 @@ impl FileState {
             }
             return Ok(());
         }
-        while self.behind.len() >= WRITE_BEHIND {
-            self.wait_oldest()?;
-        }
         let Some(mut chunk) = self.cache.take() else {
             return Ok(());
         };
         // Not the last chunk, so full: make sure of it, as flush does.
         chunk.data.resize(CHUNK_SIZE, 0);
-        let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
         self.disk_chunks = self.disk_chunks.max(chunk.index + 1);
-        let mut record = self.take_spare().record;
+        self.gathered.push(chunk);
+        if self.gathered.len() >= BATCH {
+            self.send_gathered()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the gathered chunks to the pool as one batch, once fewer than
+    /// [`WRITE_BEHIND`] batches are in flight.
+    fn send_gathered(&mut self) -> Result<(), StoreError> {
+        if self.gathered.is_empty() {
+            return Ok(());
+        }
+        while self.behind.len() >= WRITE_BEHIND {
+            self.wait_oldest()?;
+        }
+        let chunks = std::mem::replace(&mut self.gathered, Vec::with_capacity(BATCH));
+        let mut records: Vec<Vec<u8>> = chunks.iter().map(|_| self.take_spare().record).collect();
+        let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
         self.behind.push_back(pool::spawn(move || {
-            let mut iv = [0u8; format::BLOCK];
-            format::fill_random(&mut iv);
-            record.clear();
-            format::encode_chunk(
-                &keys,
-                &id,
-                chunk.index,
-                false,
-                &chunk.data,
-                &iv,
-                &mut record,
-            );
-            blob.write_all_at(&record, format::record_offset(chunk.index))?;
-            Ok(Buffers {
-                data: chunk.data,
-                record,
-            })
+            let mut batch: Vec<format::ChunkToEncode<'_>> = chunks
+                .iter()
+                .zip(records.iter_mut())
+                .map(|(chunk, record)| {
+                    record.clear();
+                    let mut iv = [0u8; format::BLOCK];
+                    format::fill_random(&mut iv);
+                    format::ChunkToEncode {
+                        index: chunk.index,
+                        is_final: false,
+                        plaintext: &chunk.data,
+                        iv,
+                        out: record,
+                    }
+                })
+                .collect();
+            format::encode_chunks(&keys, &id, &mut batch);
+            drop(batch);
+            for (chunk, record) in chunks.iter().zip(&records) {
+                blob.write_all_at(record, format::record_offset(chunk.index))?;
+            }
+            Ok(chunks
+                .into_iter()
+                .zip(records)
+                .map(|(chunk, record)| Buffers {
+                    data: chunk.data,
+                    record,
+                })
+                .collect())
         }));
         Ok(())
     }
@@ -652,7 +702,8 @@ impl FileState {
     /// nothing is being written.
     fn read_ahead(&mut self, index: u64) {
         let last = last_index(self.size);
-        if !self.behind.is_empty() || index >= self.disk_chunks || index > last {
+        let writing = !self.behind.is_empty() || !self.gathered.is_empty();
+        if writing || index >= self.disk_chunks || index > last {
             return;
         }
         let is_final = index == last;
@@ -694,15 +745,16 @@ impl FileState {
             .wait()
             .ok_or(StoreError::Internal("a crypto worker failed"))
             .and_then(|r| r);
-        let buffers = self.note(result)?;
-        self.keep_spare(buffers);
+        for buffers in self.note(result)? {
+            self.keep_spare(buffers);
+        }
         Ok(())
     }
 
-    /// Waits for every write in flight; the first failure is returned after
-    /// all have finished.
+    /// Sends off the gathered chunks and waits for every write in flight;
+    /// the first failure is returned after all have finished.
     fn drain(&mut self) -> Result<(), StoreError> {
-        let mut first = Ok(());
+        let mut first = self.send_gathered();
         while !self.behind.is_empty() {
             let r = self.wait_oldest();
             if first.is_ok() {

@@ -15,7 +15,11 @@
 
 use aes::Aes256;
 use cbc::cipher::block_padding::{NoPadding, ZeroPadding};
-use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use cbc::cipher::typenum::Unsigned;
+use cbc::cipher::{
+    BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockModeDecrypt,
+    BlockModeEncrypt, BlockSizeUser, KeyIvInit, ParBlocks,
+};
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -276,6 +280,104 @@ pub fn encode_chunk(
     out.extend_from_slice(&tag);
 }
 
+/// One chunk of a batch for [`encode_chunks`].
+pub struct ChunkToEncode<'a> {
+    /// The chunk's index in the file.
+    pub index: u64,
+    /// Whether it is the file's last chunk.
+    pub is_final: bool,
+    /// Its plaintext: [`CHUNK_SIZE`] bytes unless it is the last.
+    pub plaintext: &'a [u8],
+    /// Its IV (fresh and random for each record written).
+    pub iv: [u8; BLOCK],
+    /// Where its record is appended.
+    pub out: &'a mut Vec<u8>,
+}
+
+/// Appends the record of each chunk to its `out`, exactly as
+/// [`encode_chunk`] would, but encrypts up to eight chunks at once.
+///
+/// CBC encryption is serial within a chunk: each block waits for the one
+/// before it, so one chunk keeps the AES unit busy only a fraction of the
+/// time (AES-NI rounds have a latency of several cycles but start one per
+/// cycle). Chunks are independent of each other, so block `i` of eight
+/// chunks goes through the cipher together, which on this machine is about
+/// four times the speed of one chunk at a time (docs/PERFORMANCE.md).
+pub fn encode_chunks(keys: &FileKeys, id: &FileId, chunks: &mut [ChunkToEncode<'_>]) {
+    let mut lanes = Vec::with_capacity(chunks.len());
+    for chunk in chunks.iter_mut() {
+        let len = chunk.plaintext.len();
+        debug_assert!(len <= CHUNK_SIZE);
+        debug_assert!(chunk.is_final || len == CHUNK_SIZE);
+        let start = chunk.out.len();
+        chunk.out.extend_from_slice(&(len as u32).to_be_bytes());
+        chunk.out.extend_from_slice(&chunk.iv);
+        let ct_start = chunk.out.len();
+        // Zero padding, as in `encode_chunk`.
+        chunk.out.extend_from_slice(chunk.plaintext);
+        chunk.out.resize(ct_start + round_up_block(len), 0);
+        lanes.push((start, ct_start));
+    }
+    {
+        let mut ciphertexts: Vec<(&mut [u8], [u8; BLOCK])> = chunks
+            .iter_mut()
+            .zip(&lanes)
+            .map(|(chunk, &(_, ct_start))| (&mut chunk.out[ct_start..], chunk.iv))
+            .collect();
+        Aes256::new(&keys.enc.into()).encrypt_with_backend(CbcLanes {
+            chunks: &mut ciphertexts,
+        });
+    }
+    for (chunk, &(start, _)) in chunks.iter_mut().zip(&lanes) {
+        let tag = chunk_mac(keys, id, chunk.index, chunk.is_final, &chunk.out[start..]);
+        chunk.out.extend_from_slice(&tag);
+    }
+}
+
+/// CBC encryption in place of several buffers (ciphertext slot, IV) side by
+/// side, as many at a time as the cipher backend encrypts in parallel.
+struct CbcLanes<'a, 'b> {
+    chunks: &'a mut [(&'b mut [u8], [u8; BLOCK])],
+}
+
+impl BlockSizeUser for CbcLanes<'_, '_> {
+    type BlockSize = <Aes256 as BlockSizeUser>::BlockSize;
+}
+
+impl BlockCipherEncClosure for CbcLanes<'_, '_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = Self::BlockSize>>(self, backend: &B) {
+        let width = B::ParBlocksSize::USIZE;
+        for group in self.chunks.chunks_mut(width) {
+            // Lanes beyond the group, or past the end of a shorter chunk,
+            // encrypt whatever they hold: their output is not used.
+            let mut state = ParBlocks::<B>::default();
+            for (lane, (_, iv)) in group.iter().enumerate() {
+                state[lane].copy_from_slice(iv);
+            }
+            let mut lanes: Vec<&mut [[u8; BLOCK]]> = group
+                .iter_mut()
+                .map(|(ct, _)| ct.as_chunks_mut::<BLOCK>().0)
+                .collect();
+            let blocks = lanes.iter().map(|ct| ct.len()).max().unwrap_or(0);
+            for i in 0..blocks {
+                for (lane, ct) in lanes.iter().enumerate() {
+                    if let Some(block) = ct.get(i) {
+                        let s = &mut state[lane].0;
+                        *s = (u128::from_ne_bytes(*s) ^ u128::from_ne_bytes(*block)).to_ne_bytes();
+                    }
+                }
+                backend.encrypt_par_blocks_inplace(&mut state);
+                for (lane, ct) in lanes.iter_mut().enumerate() {
+                    if let Some(block) = ct.get_mut(i) {
+                        *block = state[lane].0;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Verifies (in constant time, before decrypting) and decrypts one record,
 /// appending the plaintext to `out`.
 pub fn decode_chunk(
@@ -352,6 +454,54 @@ mod tests {
             let mut out = Vec::new();
             decode_chunk(&k, &id, 3, true, &rec, &mut out).unwrap();
             assert_eq!(out, pt);
+        }
+    }
+
+    #[test]
+    fn chunks_encoded_side_by_side_match_one_at_a_time() {
+        let (k, id) = keys();
+        // Batches smaller than, equal to and larger than the backend's
+        // width, with last chunks of every kind of length.
+        for count in [1usize, 2, 7, 8, 9, 17] {
+            for last_len in [0, 1, 16, 100, CHUNK_SIZE] {
+                let plaintexts: Vec<Vec<u8>> = (0..count)
+                    .map(|c| {
+                        let len = if c + 1 == count { last_len } else { CHUNK_SIZE };
+                        (0..len).map(|i| ((i * 7 + c * 13) % 251) as u8).collect()
+                    })
+                    .collect();
+                let iv = |c: usize| [c as u8 ^ 0x5a; BLOCK];
+                let mut outs: Vec<Vec<u8>> = vec![b"prefix".to_vec(); count];
+                let mut batch: Vec<ChunkToEncode<'_>> = outs
+                    .iter_mut()
+                    .zip(&plaintexts)
+                    .enumerate()
+                    .map(|(c, (out, pt))| ChunkToEncode {
+                        index: 40 + c as u64,
+                        is_final: c + 1 == count,
+                        plaintext: pt,
+                        iv: iv(c),
+                        out,
+                    })
+                    .collect();
+                encode_chunks(&k, &id, &mut batch);
+                for (c, (out, pt)) in outs.iter().zip(&plaintexts).enumerate() {
+                    let mut alone = b"prefix".to_vec();
+                    encode_chunk(
+                        &k,
+                        &id,
+                        40 + c as u64,
+                        c + 1 == count,
+                        pt,
+                        &iv(c),
+                        &mut alone,
+                    );
+                    assert!(
+                        out == &alone,
+                        "chunk {c} of {count} (last {last_len} bytes) differs"
+                    );
+                }
+            }
         }
     }
 

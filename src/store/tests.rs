@@ -292,6 +292,39 @@ fn round_trip_written_backwards() {
 }
 
 #[test]
+fn chunks_waiting_for_their_batch_read_back_before_and_after_close() {
+    // Sequential writes leave full chunks behind in batches of
+    // file::BATCH: fewer than a batch wait in memory, more go to the pool
+    // (in flight or still gathered). Every one must read back at once,
+    // through the handle that wrote it and through another one, and after
+    // the close.
+    for chunks in [3, super::file::BATCH + 3, 2 * super::file::BATCH + 1] {
+        let fx = Fixture::new();
+        let plain = bytes(chunks * CHUNK_SIZE + 5, chunks as u64);
+        // An existing file, written in place, so that a second handle
+        // sees it before the close.
+        put(&fx.store, "g", b"");
+        let f = fx.store.open(&p("g"), rw()).unwrap();
+        write_in_pieces(&f, &plain, &[32 * 1024]);
+        for i in (0..chunks).rev() {
+            let at = i * CHUNK_SIZE + 100;
+            let got = f.read_at(at as u64, 1000).unwrap();
+            assert_bytes(&got, &plain[at..at + 1000], "read through the writer");
+        }
+        let other = fx.store.open(&p("g"), ro()).unwrap();
+        let got = other.read_at(C, 2 * CHUNK_SIZE).unwrap();
+        assert_bytes(
+            &got,
+            &plain[CHUNK_SIZE..3 * CHUNK_SIZE],
+            "read through another handle",
+        );
+        f.close().unwrap();
+        other.close().unwrap();
+        assert_bytes(&get(&fx.store, "g").unwrap(), &plain, "get after close");
+    }
+}
+
+#[test]
 fn same_plaintext_encrypts_differently() {
     let fx = Fixture::new();
     let plain = bytes(2 * CHUNK_SIZE, 3);
