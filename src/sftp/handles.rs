@@ -209,14 +209,14 @@ pub(super) async fn run_worker(
             }
             queued.extend(arrived.drain(..));
         }
-        // Take queued jobs, up to BATCH, and run them in one trip to a
-        // blocking thread: a hand-off costs tens of microseconds here, as
-        // much as encrypting a 32 KiB write.
+        // Take queued jobs, up to BATCH, and run them here or in one trip
+        // to a blocking thread: a hand-off costs tens of microseconds here,
+        // as much as encrypting a 32 KiB write.
         let Some(run) = take_runnable(&session, &mut queued).await else {
             return;
         };
         let closing = matches!(run.last(), Some((FileJob::Close { .. }, _)));
-        let done = if run.iter().all(|(job, _)| answers_without_io(&file, job)) {
+        let done = if runs_inline(&file, &run) {
             run.into_iter()
                 .map(|(job, permit)| (file_job(&session, &file, job), permit))
                 .collect::<Vec<_>>()
@@ -297,20 +297,43 @@ pub(super) async fn run_worker(
     }
 }
 
-/// Whether `job` is answered from memory, so that running it here costs
-/// less than the two thread wake-ups of a trip to a blocking thread: a READ
-/// at or past the end (every download ends with one) and the CLOSE of a
-/// handle that cannot write. A small file's download is four requests;
-/// two of them are these. (Should the file grow in between through another
-/// handle, that READ does its I/O here: rare, and one read.)
-fn answers_without_io(file: &EncryptedFile, job: &FileJob) -> bool {
-    match job {
-        FileJob::Read { offset, .. } => {
-            file.readable() && file.size_if_idle().is_some_and(|size| *offset >= size)
-        }
-        FileJob::Close { .. } => !file.writable(),
-        _ => false,
+/// Most file data a run of jobs moves and still runs on the session's own
+/// thread: one chunk of the store.
+const INLINE_BYTES: u64 = crate::store::format::CHUNK_SIZE as u64;
+
+/// Whether a run of jobs is small enough to run on the session's thread
+/// rather than on a blocking thread: at most [`INLINE_BYTES`] of reads and
+/// writes (a READ counts only what the file holds from its offset), and no
+/// job whose size is unbounded (a SETSTAT may extend the file by gigabytes,
+/// a handle extension may copy a whole file, a write past the end fills
+/// the gap).
+///
+/// A small file is then uploaded or downloaded without any hand-off between
+/// threads, which on this machine costs more than the file's own work
+/// (docs/PERFORMANCE.md). Blocking here delays only this session: the SSH
+/// layer runs each connection on a thread of its own. Larger runs still go
+/// to a blocking thread, so that the transport's crypto and the store's
+/// work overlap during a large transfer.
+fn runs_inline(file: &EncryptedFile, run: &[QueuedJob]) -> bool {
+    // Without the size (another handle is busy with the file), assume the
+    // worst for READs and do not write here.
+    let size = file.size_if_idle();
+    let mut bytes: u64 = 0;
+    for (job, _) in run {
+        bytes = bytes.saturating_add(match job {
+            FileJob::Read { offset, len, .. } => match size {
+                Some(size) => size.saturating_sub(*offset).min(u64::from(*len)),
+                None => u64::from(*len),
+            },
+            FileJob::Write { offset, data, .. } => match size {
+                Some(size) if *offset <= size => data.len() as u64,
+                _ => return false,
+            },
+            FileJob::Fstat { .. } | FileJob::Close { .. } => 0,
+            FileJob::SetStat { .. } | FileJob::Extended { .. } => return false,
+        });
     }
+    bytes <= INLINE_BYTES
 }
 
 /// The next jobs to run from the front of `queued`, in order: up to
@@ -359,4 +382,86 @@ async fn take_runnable(
         }
     }
     Some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::DataKey;
+    use crate::store::storage::LocalStorage;
+    use crate::store::{OpenOptions, UserStore};
+
+    fn run(jobs: Vec<FileJob>) -> Vec<QueuedJob> {
+        jobs.into_iter().map(|job| (job, None)).collect()
+    }
+
+    fn read(offset: u64, len: u32) -> FileJob {
+        FileJob::Read { id: 1, offset, len }
+    }
+
+    fn write(offset: u64, len: usize) -> FileJob {
+        FileJob::Write {
+            id: 1,
+            offset,
+            data: bytes::Bytes::from(vec![7u8; len]),
+        }
+    }
+
+    #[test]
+    fn small_runs_stay_on_the_session_thread_and_unbounded_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open_root(dir.path()).unwrap();
+        let store = UserStore::new(Arc::new(storage), Arc::new(DataKey::from_bytes([3; 32])));
+        let path = ObjectPath::from_components(["f"]).unwrap();
+        let create = OpenOptions {
+            write: true,
+            create: true,
+            truncate: true,
+            ..OpenOptions::default()
+        };
+        let f = store.open(&path, create).unwrap();
+        f.write_at(0, &[1u8; 100]).unwrap();
+        f.close().unwrap();
+        let rw = OpenOptions {
+            read: true,
+            write: true,
+            ..OpenOptions::default()
+        };
+        let file = store.open(&path, rw).unwrap();
+
+        let close = FileJob::Close { id: 2 };
+        let fstat = FileJob::Fstat { id: 3 };
+        // A small file's requests: its read (counted as the 100 bytes the
+        // file holds, whatever the length asked), the read at the end, the
+        // close.
+        assert!(runs_inline(
+            &file,
+            &run(vec![read(0, 261_120), read(100, 32_768), close])
+        ));
+        assert!(runs_inline(&file, &run(vec![fstat, write(100, 4096)])));
+        assert!(runs_inline(
+            &file,
+            &run(vec![write(0, INLINE_BYTES as usize)])
+        ));
+        // More than a chunk in all.
+        assert!(!runs_inline(
+            &file,
+            &run(vec![write(0, 40_000), write(40_000, 40_000)])
+        ));
+        // A write past the end fills the gap with encrypted zeros.
+        assert!(!runs_inline(&file, &run(vec![write(101, 1)])));
+        // Work without a bound.
+        let setstat = FileJob::SetStat {
+            id: 4,
+            attrs: FileAttributes::default(),
+        };
+        assert!(!runs_inline(&file, &run(vec![setstat])));
+        let extension = FileJob::Extended {
+            id: 5,
+            request: "copy-data".into(),
+            data: Vec::new(),
+        };
+        assert!(!runs_inline(&file, &run(vec![extension])));
+        file.close().unwrap();
+    }
 }

@@ -3,13 +3,24 @@
 //! [`serve`] reads requests from the channel and dispatches them:
 //!
 //! - requests on an open file handle (read, write, fstat, fsetstat, fsync,
-//!   close) go to that handle's own worker task, which runs them in order on
-//!   a blocking thread: work on different files proceeds concurrently, and
-//!   the reader keeps decoding the next requests (OpenSSH's client keeps up
-//!   to 64 in flight) while a chunk is being encrypted (a READ at the end
-//!   of the file and the CLOSE of a read-only handle need no I/O; the worker
-//!   answers those itself);
-//! - everything else runs in arrival order on a blocking thread.
+//!   close) go to that handle's own worker task, which runs them in order:
+//!   work on different files proceeds concurrently, and the reader keeps
+//!   decoding the next requests (OpenSSH's client keeps up to 64 in flight)
+//!   while a chunk is being encrypted. A run of requests that moves at most
+//!   one chunk (a small file's read, write and close) runs on the session's
+//!   own thread; larger runs go to a blocking thread, so that the
+//!   transport's crypto and the store's work overlap
+//!   (`handles::runs_inline`);
+//! - requests on paths (open, stat, mkdir, remove, rename, ...) run in
+//!   arrival order on the session's thread, except SETSTAT and extensions,
+//!   whose work has no bound (a size change, a copy): those run on a
+//!   blocking thread.
+//!
+//! Work on the session's thread saves two thread wake-ups per request,
+//! which on the 2-core machine of docs/PERFORMANCE.md cost more than a
+//! small file's own work. It delays only this session because the SSH
+//! layer runs each connection on a thread of its own; [`serve`] expects
+//! such a runtime.
 //!
 //! Replies may therefore leave in a different order than requests arrived,
 //! which SFTP allows (clients match them by id); requests on one handle are
@@ -371,12 +382,7 @@ impl Session {
             }
             Packet::Fstat(f) => match self.handles.dir(&f.handle) {
                 Some(dir) => {
-                    let session = self.clone();
-                    let path = dir.path.clone();
-                    let reply = reply_of(
-                        f.id,
-                        blocking(move || session.stat_reply(f.id, &path, true)).await,
-                    );
+                    let reply = reply_of(f.id, self.stat_reply(f.id, &dir.path, true));
                     self.send(reply).await
                 }
                 None => {
@@ -430,10 +436,19 @@ impl Session {
                     None => self.send(error_reply(e.id, &SftpError::BadMessage)).await,
                 }
             }
-            other => {
+            // Requests on paths are a few file-system calls: they run here
+            // (see `handles::runs_inline` for why that is fine), except
+            // those whose work has no bound (SETSTAT may extend a file, an
+            // extension may copy one).
+            other @ (Packet::SetStat(_) | Packet::Extended(_)) => {
                 let id = other.get_request_id();
                 let session = self.clone();
                 let reply = reply_of(id, blocking(move || session.path_request(other)).await);
+                self.send(reply).await
+            }
+            other => {
+                let id = other.get_request_id();
+                let reply = reply_of(id, self.path_request(other));
                 self.send(reply).await
             }
         }
@@ -837,7 +852,8 @@ struct Done {
     took: std::time::Duration,
 }
 
-/// Executes one job on an open file (on a blocking thread).
+/// Executes one job on an open file (on a blocking thread, or for a small
+/// run of jobs on the session's thread).
 fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
     let started = Instant::now();
     let mut notice = None;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -48,6 +49,9 @@ pub(super) struct Connection {
     /// the client is told as the connection is closed.
     refusal: Option<&'static str>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Where the SFTP and scp tasks of this connection run, so that the
+    /// connection's thread waits for them before it ends.
+    channel_tasks: TaskTracker,
     /// The place under the unauthenticated-connection caps, given back at
     /// login (or when the connection ends).
     startup: Option<StartupSlot>,
@@ -125,6 +129,7 @@ impl Connection {
         peer: SocketAddr,
         startup: StartupSlot,
         id: u64,
+        channel_tasks: TaskTracker,
     ) -> (Self, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
         (
@@ -137,6 +142,7 @@ impl Connection {
                 logged_in_flag: flag.clone(),
                 refusal: None,
                 channels: HashMap::new(),
+                channel_tasks,
                 startup: Some(startup),
             },
             flag,
@@ -519,7 +525,7 @@ impl russh::server::Handler for Connection {
         // Messages for the user that SFTP status replies cannot carry to
         // OpenSSH's client (it prints only the status code) go to stderr.
         let notices = channel.make_writer_ext(Some(1));
-        tokio::spawn(async move {
+        self.channel_tasks.spawn(async move {
             let stream = crate::sftp::serve(
                 channel.into_stream(),
                 notices,
@@ -555,7 +561,7 @@ impl russh::server::Handler for Connection {
         let (store, ctx) = (login.store.clone(), self.ctx.clone());
         let events = login.session.reporter("scp");
         let handle = session.handle();
-        tokio::spawn(async move {
+        self.channel_tasks.spawn(async move {
             let mut stream = channel.into_stream();
             let status = crate::scp::serve(&mut stream, store, &command, events).await;
             finish_channel(&handle, id, status).await;

@@ -5,6 +5,10 @@
 //! A login succeeds only once the user's data key is unwrapped: if the key
 //! service fails, the login fails closed.
 //!
+//! Each connection runs on a thread of its own with a single-threaded
+//! runtime (see `spawn_connection`), so that its SFTP session may make
+//! small file system calls without a hand-off to another thread.
+//!
 //! Before any of that, a connection must pass the abuse controls
 //! (docs/HARDENING.md): a banned source is closed before the banner, the
 //! unauthenticated-connection caps (`admission`) are checked at accept and
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use russh::server::Config as SshConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::penalty::{Admission as BanCheck, Penalties};
@@ -211,6 +216,65 @@ struct ConnectionTask {
     logged_in: Arc<std::sync::atomic::AtomicBool>,
     handles: Handles,
     login_grace: Duration,
+    /// The connection's channel tasks (SFTP, scp), which may still be
+    /// closing files when the connection itself has ended.
+    channel_tasks: TaskTracker,
+}
+
+/// Runs one connection on a thread of its own, with a single-threaded
+/// runtime, as sshd runs each connection in a process of its own. The hops
+/// of a request inside the server (the SSH connection loop, the SFTP reader,
+/// a file worker, the reply writer) are then task switches on one thread,
+/// not wake-ups of other threads: on the 2-core machine of
+/// docs/PERFORMANCE.md a cross-thread wake-up costs more than the work of a
+/// small request. Connections still spread over the cores (the kernel
+/// schedules their threads), and file I/O and at-rest crypto still run on
+/// their own pools. Completes when the connection and its channel tasks
+/// have ended.
+async fn spawn_connection(
+    config: Arc<SshConfig>,
+    socket: tokio::net::TcpStream,
+    handler: connection::Connection,
+    task: ConnectionTask,
+) {
+    let peer = task.peer;
+    // The socket leaves this runtime's reactor for the connection's own.
+    let socket = match socket.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("dz-conn-{}", task.conn_id))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, error = %e, "cannot start the connection's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let channel_tasks = task.channel_tasks.clone();
+                serve_connection(config, socket, handler, task).await;
+                // Dropping the runtime would cancel what is left: let the
+                // channel tasks close or discard their files first.
+                channel_tasks.close();
+                channel_tasks.wait().await;
+            });
+            drop(done_tx);
+        });
+    if let Err(e) = spawned {
+        warn!(%peer, error = %e, "cannot start a thread for the connection");
+        return;
+    }
+    let _ = done_rx.await;
 }
 
 /// Runs one connection to its end. The login grace time runs from the
@@ -221,7 +285,7 @@ struct ConnectionTask {
 /// middle of the key exchange, cannot keep its place).
 async fn serve_connection(
     config: Arc<SshConfig>,
-    socket: tokio::net::TcpStream,
+    socket: std::net::TcpStream,
     handler: connection::Connection,
     task: ConnectionTask,
 ) {
@@ -231,13 +295,15 @@ async fn serve_connection(
         logged_in,
         handles,
         login_grace,
+        channel_tasks: _,
     } = task;
     // A second descriptor of the same socket, to shut it down from outside
     // the session.
-    let (socket, killer) = match socket.into_std().and_then(|s| {
-        let killer = s.try_clone()?;
-        Ok((tokio::net::TcpStream::from_std(s)?, killer))
-    }) {
+    // (Still non-blocking, as tokio's `into_std` leaves it.)
+    let (socket, killer) = match socket
+        .try_clone()
+        .and_then(|killer| Ok((tokio::net::TcpStream::from_std(socket)?, killer)))
+    {
         Ok(pair) => pair,
         Err(e) => {
             warn!(%peer, error = %e, "cannot set up the connection");
@@ -346,15 +412,21 @@ pub async fn run(
                 let _ = socket.set_nodelay(true);
                 next_id += 1;
                 let conn_id = next_id;
-                let (handler, logged_in) =
-                    connection::Connection::new(ctx.clone(), peer, startup, conn_id);
+                let channel_tasks = TaskTracker::new();
+                let (handler, logged_in) = connection::Connection::new(
+                    ctx.clone(),
+                    peer,
+                    startup,
+                    conn_id,
+                    channel_tasks.clone(),
+                );
                 let config = config.clone();
                 let handles = handles.clone();
-                sessions.spawn(serve_connection(
+                sessions.spawn(spawn_connection(
                     config,
                     socket,
                     handler,
-                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace },
+                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace, channel_tasks },
                 ));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
