@@ -204,8 +204,12 @@ where
             break;
         }
     }
-    // Closing the table drops every handle: workers finish what is queued,
-    // staged uploads that were not closed are discarded.
+    // Closing the table drops every handle: workers finish what is queued
+    // (a CLOSE the client sent commits its upload), staged uploads that were
+    // not closed are discarded. Each worker holds the session, and with it
+    // a sender of replies: the writer task ends only after the last worker,
+    // so awaiting it waits for them too (the caller may end the runtime
+    // they run on as soon as this returns).
     session.handles.clear();
     drop(session);
     let _ = notice_task.await;

@@ -314,3 +314,40 @@ async fn reads_at_the_end_and_read_only_closes_answer_as_the_store_does() {
     c.request(FXP_READ, read(11, &r, 0)).await;
     assert_eq!(c.status().await.1, StatusCode::Failure);
 }
+
+#[tokio::test]
+async fn a_close_sent_just_before_the_client_goes_still_commits_the_upload() {
+    let mut c = Client::start().await;
+    let h = c.open(1, "/last", WRITE | CREAT | TRUNC).await;
+    // Large enough to go to a blocking thread, so that the CLOSE is still
+    // queued behind it when the client has gone.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    c.request(
+        FXP_WRITE,
+        Writer::default()
+            .u32(2)
+            .bytes(h.as_bytes())
+            .u64(0)
+            .bytes(&data),
+    )
+    .await;
+    c.request(FXP_CLOSE, Writer::default().u32(3).bytes(h.as_bytes()))
+        .await;
+    let Client {
+        io,
+        _dir: dir,
+        server,
+    } = c;
+    drop(io);
+    // The session ends only once its workers have run what was queued.
+    drop(server.await.unwrap());
+    let storage = LocalStorage::open_root(&dir.path().join("u")).unwrap();
+    let store = UserStore::new(Arc::new(storage), Arc::new(DataKey::from_bytes([9; 32])));
+    let path = crate::store::storage::ObjectPath::from_components(["last"]).unwrap();
+    let read = crate::store::OpenOptions {
+        read: true,
+        ..Default::default()
+    };
+    let file = store.open(&path, read).unwrap();
+    assert_eq!(file.read_at(0, data.len() + 1).unwrap(), data);
+}
