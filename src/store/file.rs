@@ -669,7 +669,6 @@ impl FileState {
                 .iter()
                 .zip(records.iter_mut())
                 .map(|(chunk, record)| {
-                    record.clear();
                     let mut iv = [0u8; format::BLOCK];
                     format::fill_random(&mut iv);
                     format::ChunkToEncode {
