@@ -54,9 +54,13 @@ pub const BATCH: usize = 8;
 /// bounds the memory a fast writer can pin (two batches of chunks).
 pub const WRITE_BEHIND: usize = 2;
 
-/// Spare buffers kept per open file, for reuse instead of allocation: those
-/// of a batch in flight, one for the read-ahead, one for the cache.
-const SPARE_BUFFERS: usize = BATCH + 2;
+/// Spare plaintext buffers kept per open file, for reuse instead of
+/// allocation: those of a batch, one for the read-ahead, one for the cache.
+const SPARE_DATA: usize = BATCH + 2;
+
+/// Spare record buffers kept per open file: those of a batch, one for the
+/// read-ahead.
+const SPARE_RECORDS: usize = BATCH + 1;
 
 /// The buffers a pool job works in: a chunk's plaintext and its record.
 struct Buffers {
@@ -119,8 +123,10 @@ pub(crate) struct FileState {
     ahead: VecDeque<(u64, ChunkJob)>,
     /// The chunk loaded before the cached one, to recognise sequential reads.
     previous: Option<u64>,
-    /// Buffers kept for reuse.
-    spares: Vec<Buffers>,
+    /// Plaintext and record buffers kept for reuse (kept apart: a writer
+    /// needs more plaintext buffers, a reader as many of each).
+    spare_data: Vec<Vec<u8>>,
+    spare_records: Vec<Vec<u8>>,
     /// The first failed write of this file (e.g. no space left), returned
     /// again by every later flush: the bytes on disk are then incomplete,
     /// so a staged upload must not be committed at close even if the last
@@ -225,7 +231,8 @@ impl FileState {
             behind: VecDeque::new(),
             ahead: VecDeque::new(),
             previous: None,
-            spares: Vec::new(),
+            spare_data: Vec::new(),
+            spare_records: Vec::new(),
             write_error: None,
             journal_target: None,
             journal: None,
@@ -598,7 +605,7 @@ impl FileState {
                     }
                     // Reuse a buffer: sequential I/O then allocates nothing
                     // per chunk and the buffer never regrows.
-                    let mut data = self.take_spare().data;
+                    let mut data = self.take_data();
                     data.clear();
                     if index < self.disk_chunks && len > 0 {
                         self.read_chunk_from_disk(index, &mut data)?;
@@ -662,7 +669,7 @@ impl FileState {
             self.wait_oldest()?;
         }
         let chunks = std::mem::replace(&mut self.gathered, Vec::with_capacity(BATCH));
-        let mut records: Vec<Vec<u8>> = chunks.iter().map(|_| self.take_spare().record).collect();
+        let mut records: Vec<Vec<u8>> = chunks.iter().map(|_| self.take_record()).collect();
         let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
         self.behind.push_back(pool::spawn(move || {
             let mut batch: Vec<format::ChunkToEncode<'_>> = chunks
@@ -708,10 +715,7 @@ impl FileState {
         let is_final = index == last;
         let len = chunk_len(index, self.size);
         let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
-        let Buffers {
-            mut data,
-            mut record,
-        } = self.take_spare();
+        let (mut data, mut record) = (self.take_data(), self.take_record());
         let job = pool::spawn(move || {
             record.resize(format::record_len(len), 0);
             read_exact_or_integrity(&*blob, &mut record, format::record_offset(index))?;
@@ -722,16 +726,25 @@ impl FileState {
         self.ahead.push_back((index, job));
     }
 
-    fn take_spare(&mut self) -> Buffers {
-        self.spares.pop().unwrap_or_else(|| Buffers {
-            data: Vec::with_capacity(CHUNK_SIZE),
-            record: Vec::with_capacity(format::FULL_RECORD_LEN),
-        })
+    fn take_data(&mut self) -> Vec<u8> {
+        self.spare_data
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_SIZE))
     }
 
+    fn take_record(&mut self) -> Vec<u8> {
+        self.spare_records
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(format::FULL_RECORD_LEN))
+    }
+
+    /// Keeps a job's buffers (or the cache's) for reuse, up to the bounds.
     fn keep_spare(&mut self, b: Buffers) {
-        if self.spares.len() < SPARE_BUFFERS {
-            self.spares.push(b);
+        if b.data.capacity() > 0 && self.spare_data.len() < SPARE_DATA {
+            self.spare_data.push(b.data);
+        }
+        if b.record.capacity() > 0 && self.spare_records.len() < SPARE_RECORDS {
+            self.spare_records.push(b.record);
         }
     }
 
