@@ -289,10 +289,9 @@ pub(super) async fn run_worker(
                 let _ = session.replies.send(reply).await;
                 return;
             }
-            let sent = session.replies.send(reply).await;
-            if sent.is_err() {
-                return;
-            }
+            // A client that has gone gets no replies, but what it sent is
+            // still done, in order: a CLOSE it sent still commits.
+            let _ = session.replies.send(reply).await;
         }
     }
 }
@@ -306,7 +305,10 @@ const INLINE_BYTES: u64 = crate::store::format::CHUNK_SIZE as u64;
 /// writes (a READ counts only what the file holds from its offset), and no
 /// job whose size is unbounded (a SETSTAT may extend the file by gigabytes,
 /// a handle extension may copy a whole file, a write past the end fills
-/// the gap).
+/// the gap, the CLOSE of a written file larger than [`INLINE_BYTES`] syncs
+/// all of it, and with uploads scanned any such CLOSE waits for the
+/// scanner). A file another handle is busy with goes to a blocking thread
+/// too: its lock may be held for long.
 ///
 /// A small file is then uploaded or downloaded without any hand-off between
 /// threads, which on this machine costs more than the file's own work
@@ -315,22 +317,20 @@ const INLINE_BYTES: u64 = crate::store::format::CHUNK_SIZE as u64;
 /// to a blocking thread, so that the transport's crypto and the store's
 /// work overlap during a large transfer.
 fn runs_inline(file: &EncryptedFile, run: &[QueuedJob]) -> bool {
-    // Without the size (another handle is busy with the file), assume the
-    // worst for READs and do not write here.
-    let size = file.size_if_idle();
+    let Some(size) = file.size_if_idle() else {
+        return false;
+    };
     let mut bytes: u64 = 0;
     for (job, _) in run {
         bytes = bytes.saturating_add(match job {
-            FileJob::Read { offset, len, .. } => match size {
-                Some(size) => size.saturating_sub(*offset).min(u64::from(*len)),
-                None => u64::from(*len),
-            },
-            FileJob::Write { offset, data, .. } => match size {
-                Some(size) if *offset <= size => data.len() as u64,
-                _ => return false,
-            },
-            FileJob::Fstat { .. } | FileJob::Close { .. } => 0,
-            FileJob::SetStat { .. } | FileJob::Extended { .. } => return false,
+            FileJob::Read { offset, len, .. } => size.saturating_sub(*offset).min(u64::from(*len)),
+            FileJob::Write { offset, data, .. } if *offset <= size => data.len() as u64,
+            FileJob::Fstat { .. } => 0,
+            FileJob::Close { .. } if !file.close_may_be_long(INLINE_BYTES) => 0,
+            FileJob::Write { .. }
+            | FileJob::Close { .. }
+            | FileJob::SetStat { .. }
+            | FileJob::Extended { .. } => return false,
         });
     }
     bytes <= INLINE_BYTES
@@ -462,6 +462,19 @@ mod tests {
             data: Vec::new(),
         };
         assert!(!runs_inline(&file, &run(vec![extension])));
+        // The close of this small written file syncs little.
+        assert!(runs_inline(&file, &run(vec![FileJob::Close { id: 6 }])));
+        file.write_at(100, &[2u8; 70_000]).unwrap();
+        // Larger than a chunk now: its close syncs more than a chunk.
+        assert!(!runs_inline(&file, &run(vec![FileJob::Close { id: 7 }])));
         file.close().unwrap();
+        let ro = OpenOptions {
+            read: true,
+            ..OpenOptions::default()
+        };
+        let reader = store.open(&path, ro).unwrap();
+        // Closing a handle that cannot write does no I/O, whatever the size.
+        assert!(runs_inline(&reader, &run(vec![FileJob::Close { id: 8 }])));
+        reader.close().unwrap();
     }
 }

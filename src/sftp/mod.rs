@@ -8,13 +8,14 @@
 //!   decoding the next requests (OpenSSH's client keeps up to 64 in flight)
 //!   while a chunk is being encrypted. A run of requests that moves at most
 //!   one chunk (a small file's read, write and close) runs on the session's
-//!   own thread; larger runs go to a blocking thread, so that the
-//!   transport's crypto and the store's work overlap
-//!   (`handles::runs_inline`);
+//!   own thread; larger runs, and the CLOSE of a larger written file (it
+//!   syncs the file) or of any written file when uploads are scanned, go to
+//!   a blocking thread, so that the transport's crypto and the store's work
+//!   overlap (`handles::runs_inline`);
 //! - requests on paths (open, stat, mkdir, remove, rename, ...) run in
-//!   arrival order on the session's thread, except SETSTAT and extensions,
-//!   whose work has no bound (a size change, a copy): those run on a
-//!   blocking thread.
+//!   arrival order on the session's thread, except those whose work has no
+//!   bound (SETSTAT, extensions, OPENDIR, an OPEN for writing without
+//!   TRUNC): those run on a blocking thread.
 //!
 //! Work on the session's thread saves two thread wake-ups per request,
 //! which on the 2-core machine of docs/PERFORMANCE.md cost more than a
@@ -50,6 +51,7 @@ use russh_sftp::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::jail;
@@ -113,6 +115,8 @@ struct Session {
     notices: mpsc::Sender<String>,
     /// Where transfers and path operations are reported.
     events: Reporter,
+    /// The file handles' workers, waited for when the session ends.
+    workers: TaskTracker,
 }
 
 /// Serves SFTP on `stream` until the client closes it, and returns the
@@ -190,6 +194,7 @@ where
         in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB)),
         notices: notice_tx,
         events,
+        workers: TaskTracker::new(),
     });
     loop {
         let body = match read_packet(&mut reader).await {
@@ -205,13 +210,15 @@ where
         }
     }
     // Closing the table drops every handle: workers finish what is queued
-    // (a CLOSE the client sent commits its upload), staged uploads that were
-    // not closed are discarded. Each worker holds the session, and with it
-    // a sender of replies: the writer task ends only after the last worker,
-    // so awaiting it waits for them too (the caller may end the runtime
-    // they run on as soon as this returns).
+    // (a CLOSE the client sent commits its upload, even if its reply can no
+    // longer be sent), staged uploads that were not closed are discarded.
+    // They are waited for: the caller may end the runtime they run on as
+    // soon as this returns.
     session.handles.clear();
+    let workers = session.workers.clone();
     drop(session);
+    workers.close();
+    workers.wait().await;
     let _ = notice_task.await;
     match writer_task.await {
         Ok(writer) => reader.unsplit(writer),
@@ -442,9 +449,8 @@ impl Session {
             }
             // Requests on paths are a few file-system calls: they run here
             // (see `handles::runs_inline` for why that is fine), except
-            // those whose work has no bound (SETSTAT may extend a file, an
-            // extension may copy one).
-            other @ (Packet::SetStat(_) | Packet::Extended(_)) => {
+            // those whose work has no bound.
+            other if work_has_no_bound(&other) => {
                 let id = other.get_request_id();
                 let session = self.clone();
                 let reply = reply_of(id, blocking(move || session.path_request(other)).await);
@@ -704,7 +710,7 @@ impl Session {
             }
         };
         let transfer = self.events.transfer_started(kind, client_path.clone());
-        tokio::runtime::Handle::current().spawn(handles::run_worker(
+        self.workers.spawn(handles::run_worker(
             self.clone(),
             file,
             client_path,
@@ -795,6 +801,21 @@ impl Session {
 }
 
 /// A path for events: as the jail normalised it, or as the client sent it.
+/// Whether a path request's work has no fixed bound, so that it runs on a
+/// blocking thread: SETSTAT may extend a file by gigabytes, an extension
+/// may copy one, an OPEN for writing without TRUNC may copy one (when
+/// uploads are scanned, the copy is what the scanner sees at close), an
+/// OPENDIR reads the size of every entry.
+fn work_has_no_bound(packet: &Packet) -> bool {
+    match packet {
+        Packet::SetStat(_) | Packet::Extended(_) | Packet::OpenDir(_) => true,
+        Packet::Open(o) => {
+            o.pflags.contains(OpenFlags::WRITE) && !o.pflags.contains(OpenFlags::TRUNCATE)
+        }
+        _ => false,
+    }
+}
+
 fn shown_path(resolved: &Result<ObjectPath, jail::JailError>, raw: &str) -> String {
     match resolved {
         Ok(p) => p.to_client_string(),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use russh::server::Config as SshConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -39,6 +40,11 @@ use crate::sftp::SftpConfig;
 
 /// How long a graceful stop waits for open sessions to finish their files.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Most blocking threads one connection uses at once (large reads and
+/// writes, syncs, scans, logins): one connection cannot take the machine's
+/// threads, and more than a few would not move its data faster.
+const CONNECTION_BLOCKING_THREADS: usize = 8;
 
 /// Everything the connections of one server share.
 pub struct ServerContext {
@@ -219,6 +225,9 @@ struct ConnectionTask {
     /// The connection's channel tasks (SFTP, scp), which may still be
     /// closing files when the connection itself has ended.
     channel_tasks: TaskTracker,
+    /// Fired when a graceful stop has waited long enough: the connection's
+    /// thread then drops what it still runs and ends.
+    stop: CancellationToken,
 }
 
 /// Runs one connection on a thread of its own, with a single-threaded
@@ -252,6 +261,7 @@ async fn spawn_connection(
         .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(CONNECTION_BLOCKING_THREADS)
                 .build()
             {
                 Ok(r) => r,
@@ -260,14 +270,25 @@ async fn spawn_connection(
                     return;
                 }
             };
+            let stop = task.stop.clone();
             runtime.block_on(async move {
                 let channel_tasks = task.channel_tasks.clone();
-                serve_connection(config, socket, handler, task).await;
-                // Dropping the runtime would cancel what is left: let the
-                // channel tasks close or discard their files first.
-                channel_tasks.close();
-                channel_tasks.wait().await;
+                let served = async {
+                    serve_connection(config, socket, handler, task).await;
+                    // Dropping the runtime would cancel what is left: let the
+                    // channel tasks close or discard their files first.
+                    channel_tasks.close();
+                    channel_tasks.wait().await;
+                };
+                tokio::select! {
+                    () = served => {}
+                    () = stop.cancelled() => {}
+                }
             });
+            // Whatever is left (after a stop) is dropped here: open files are
+            // flushed or discarded, sessions log out. A store call stuck on a
+            // blocking thread is not waited for beyond a moment.
+            runtime.shutdown_timeout(Duration::from_secs(1));
             drop(done_tx);
         });
     if let Err(e) = spawned {
@@ -296,6 +317,7 @@ async fn serve_connection(
         handles,
         login_grace,
         channel_tasks: _,
+        stop: _,
     } = task;
     // A second descriptor of the same socket, to shut it down from outside
     // the session.
@@ -372,6 +394,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut sessions = tokio::task::JoinSet::new();
+    let stop = CancellationToken::new();
     let handles: Handles = Arc::default();
     let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
@@ -413,6 +436,7 @@ pub async fn run(
                 next_id += 1;
                 let conn_id = next_id;
                 let channel_tasks = TaskTracker::new();
+                let stop = stop.clone();
                 let (handler, logged_in) = connection::Connection::new(
                     ctx.clone(),
                     peer,
@@ -426,7 +450,7 @@ pub async fn run(
                     config,
                     socket,
                     handler,
-                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace, channel_tasks },
+                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace, channel_tasks, stop },
                 ));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -467,5 +491,14 @@ pub async fn run(
     {
         warn!("some sessions did not finish in time");
     }
-    sessions.abort_all();
+    // Connections still running are stopped: each thread drops what it
+    // holds (open files are flushed or discarded, sessions log out) before
+    // the caller shuts down the audit log.
+    stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(3), sessions.join_all())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not stop");
+    }
 }

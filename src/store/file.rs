@@ -50,16 +50,19 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 pub const BATCH: usize = 8;
 
 /// Batches being encrypted and written behind the writer, per open file:
-/// one keeps a worker busy while the caller fills the next batch, and
-/// bounds the memory a fast writer can pin (two batches of chunks).
+/// two keep the pool's workers busy while the caller fills the next batch,
+/// and bound the memory a fast writer can pin (these two and the one being
+/// gathered).
 pub const WRITE_BEHIND: usize = 2;
 
 /// Spare plaintext buffers kept per open file, for reuse instead of
-/// allocation: those of a batch, one for the read-ahead, one for the cache.
-const SPARE_DATA: usize = BATCH + 2;
+/// allocation: one for the read-ahead, one for the cache. (A writer gets
+/// back a batch's worth at a time; the rest are freed: an idle file should
+/// not keep a batch of buffers.)
+const SPARE_DATA: usize = 2;
 
 /// Spare record buffers kept per open file: those of a batch, one for the
-/// read-ahead.
+/// read-ahead. Kept because a new one would be zero-filled before use.
 const SPARE_RECORDS: usize = BATCH + 1;
 
 /// The buffers a pool job works in: a chunk's plaintext and its record.
@@ -365,15 +368,10 @@ impl FileState {
             let within = (pos % CHUNK_SIZE as u64) as usize;
             let take = (CHUNK_SIZE - within).min(rest.len());
             let chunk = self.load(index)?;
-            if chunk.data.len() == within {
-                // Appending, as a sequential writer does: no zeros first.
-                chunk.data.extend_from_slice(&rest[..take]);
-            } else {
-                if chunk.data.len() < within + take {
-                    chunk.data.resize(within + take, 0);
-                }
-                chunk.data[within..within + take].copy_from_slice(&rest[..take]);
+            if chunk.data.len() < within + take {
+                chunk.data.resize(within + take, 0);
             }
+            chunk.data[within..within + take].copy_from_slice(&rest[..take]);
             chunk.dirty = true;
             rest = &rest[take..];
             pos += take as u64;

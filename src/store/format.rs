@@ -304,7 +304,10 @@ pub struct ChunkToEncode<'a> {
 /// time (AES-NI rounds have a latency of several cycles but start one per
 /// cycle). Chunks are independent of each other, so block `i` of eight
 /// chunks goes through the cipher together: about three times the speed of
-/// one chunk at a time on this machine (docs/PERFORMANCE.md). Encryption
+/// one chunk at a time on this machine (docs/PERFORMANCE.md), whose AES-NI
+/// backend takes 8 blocks at a time. (On CPUs where the `aes` crate picks
+/// a VAES backend, which takes 30 or 64, the other slots are wasted work;
+/// not measured.) Encryption
 /// reads the plaintext and writes the record directly: copying the
 /// plaintext into the record first ran at a fraction of memory speed here,
 /// the record's data starting 20 bytes after the plaintext's modulo 4 KiB.

@@ -304,6 +304,9 @@ impl UserStore {
         let identity = blob.meta()?.identity;
         let mut table = lock(&OPEN_FILES);
         if let Some(state) = table.get(&identity).and_then(Weak::upgrade) {
+            // Let the table go before waiting for a file that may be busy
+            // with a long job (see `plaintext_size`).
+            drop(table);
             if write {
                 // The shared state may hold a read-only descriptor; give it
                 // this writable one for the same file.
@@ -359,10 +362,12 @@ impl UserStore {
     /// that is not a valid Dropzone file shows as 0 bytes; reading it reports
     /// the integrity failure.
     fn plaintext_size(&self, path: &ObjectPath, meta: &Meta) -> u64 {
-        if let Some(state) = lock(&OPEN_FILES)
+        // The table is let go before the file is locked: a file busy with
+        // a long job must not hold up every open and stat in the process.
+        let open = lock(&OPEN_FILES)
             .get(&meta.identity)
-            .and_then(Weak::upgrade)
-        {
+            .and_then(Weak::upgrade);
+        if let Some(state) = open {
             return lock(&state).size();
         }
         let Ok(layout) = format::Layout::from_stored_len(meta.stored_len) else {
@@ -581,6 +586,21 @@ impl EncryptedFile {
     /// Whether this handle may read.
     pub fn readable(&self) -> bool {
         self.opts.read
+    }
+
+    /// Whether closing this handle may do work of no fixed bound: it wrote
+    /// (or may have written) a file whose close syncs it, and the upload
+    /// gate reads the whole file at close, or the file is larger than
+    /// `small` bytes (or busy with another handle, so its size is unknown).
+    pub fn close_may_be_long(&self, small: u64) -> bool {
+        if !self.opts.write {
+            return false;
+        }
+        let gated = self
+            .upload
+            .as_ref()
+            .is_some_and(|u| u.gate.as_ref().is_some_and(|g| g.checks()));
+        gated || self.size_if_idle().is_none_or(|size| size > small)
     }
 
     /// Attributes of the open file.
