@@ -319,11 +319,11 @@ async fn reads_at_the_end_and_read_only_closes_answer_as_the_store_does() {
 async fn a_close_sent_just_before_the_client_goes_still_commits_the_upload() {
     let mut c = Client::start().await;
     let h = c.open(1, "/last", WRITE | CREAT | TRUNC).await;
-    // More WRITEs than a worker runs at once, large enough to go to a
-    // blocking thread: the CLOSE is still queued when the client has gone
-    // and the replies to the first WRITEs fail.
-    let piece = 100_000usize;
-    let data: Vec<u8> = (0..20 * piece as u32).map(|i| (i % 251) as u8).collect();
+    // More than two runs of WRITEs (a worker runs 16 jobs at once), large
+    // enough to go to a blocking thread: the CLOSE is still queued when the
+    // client has gone and the replies to the WRITEs before it fail.
+    let piece = 50_000usize;
+    let data: Vec<u8> = (0..40 * piece as u32).map(|i| (i % 251) as u8).collect();
     for (i, chunk) in data.chunks(piece).enumerate() {
         c.request(
             FXP_WRITE,
