@@ -197,8 +197,8 @@ fn format_encode_batched(total: usize, keys: &FileKeys, id: &FileId) -> Duration
     start.elapsed()
 }
 
-/// Chunks encoded together by `format_encode_batched`.
-const BATCH: usize = 8;
+/// Chunks encoded together by `format_encode_batched`, as the store does.
+const BATCH: usize = dropzone::store::file::BATCH;
 
 fn format_decode(total: usize, keys: &FileKeys, id: &FileId) -> Duration {
     let pt = plaintext(CHUNK_SIZE);

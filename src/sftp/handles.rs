@@ -326,7 +326,12 @@ fn runs_inline(file: &EncryptedFile, run: &[QueuedJob]) -> bool {
             FileJob::Read { offset, len, .. } => size.saturating_sub(*offset).min(u64::from(*len)),
             FileJob::Write { offset, data, .. } if *offset <= size => data.len() as u64,
             FileJob::Fstat { .. } => 0,
-            FileJob::Close { .. } if !file.close_may_be_long(INLINE_BYTES) => 0,
+            // Closing a written file syncs all of it.
+            FileJob::Close { .. }
+                if !file.writable() || (size <= INLINE_BYTES && !file.scanned_at_close()) =>
+            {
+                0
+            }
             FileJob::Write { .. }
             | FileJob::Close { .. }
             | FileJob::SetStat { .. }

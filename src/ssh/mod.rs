@@ -222,12 +222,6 @@ struct ConnectionTask {
     logged_in: Arc<std::sync::atomic::AtomicBool>,
     handles: Handles,
     login_grace: Duration,
-    /// The connection's channel tasks (SFTP, scp), which may still be
-    /// closing files when the connection itself has ended.
-    channel_tasks: TaskTracker,
-    /// Fired when a graceful stop has waited long enough: the connection's
-    /// thread then drops what it still runs and ends.
-    stop: CancellationToken,
 }
 
 /// Runs one connection on a thread of its own, with a single-threaded
@@ -239,12 +233,16 @@ struct ConnectionTask {
 /// small request. Connections still spread over the cores (the kernel
 /// schedules their threads), and file I/O and at-rest crypto still run on
 /// their own pools. Completes when the connection and its channel tasks
-/// have ended.
+/// (SFTP, scp: they may still be closing files when the connection has
+/// ended) have ended, or soon after `stop` fires: a graceful stop that has
+/// waited long enough.
 async fn spawn_connection(
     config: Arc<SshConfig>,
     socket: tokio::net::TcpStream,
     handler: connection::Connection,
     task: ConnectionTask,
+    channel_tasks: TaskTracker,
+    stop: CancellationToken,
 ) {
     let peer = task.peer;
     // The socket leaves this runtime's reactor for the connection's own.
@@ -270,9 +268,7 @@ async fn spawn_connection(
                     return;
                 }
             };
-            let stop = task.stop.clone();
             runtime.block_on(async move {
-                let channel_tasks = task.channel_tasks.clone();
                 let served = async {
                     serve_connection(config, socket, handler, task).await;
                     // Dropping the runtime would cancel what is left: let the
@@ -316,8 +312,6 @@ async fn serve_connection(
         logged_in,
         handles,
         login_grace,
-        channel_tasks: _,
-        stop: _,
     } = task;
     // A second descriptor of the same socket, to shut it down from outside
     // the session.
@@ -436,7 +430,6 @@ pub async fn run(
                 next_id += 1;
                 let conn_id = next_id;
                 let channel_tasks = TaskTracker::new();
-                let stop = stop.clone();
                 let (handler, logged_in) = connection::Connection::new(
                     ctx.clone(),
                     peer,
@@ -450,7 +443,9 @@ pub async fn run(
                     config,
                     socket,
                     handler,
-                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace, channel_tasks, stop },
+                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace },
+                    channel_tasks,
+                    stop.clone(),
                 ));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

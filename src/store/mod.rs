@@ -588,19 +588,12 @@ impl EncryptedFile {
         self.opts.read
     }
 
-    /// Whether closing this handle may do work of no fixed bound: it wrote
-    /// (or may have written) a file whose close syncs it, and the upload
-    /// gate reads the whole file at close, or the file is larger than
-    /// `small` bytes (or busy with another handle, so its size is unknown).
-    pub fn close_may_be_long(&self, small: u64) -> bool {
-        if !self.opts.write {
-            return false;
-        }
-        let gated = self
-            .upload
+    /// Whether closing this handle has the upload gate (the scanner) read
+    /// the whole file, which takes as long as the scanner does.
+    pub fn scanned_at_close(&self) -> bool {
+        self.upload
             .as_ref()
-            .is_some_and(|u| u.gate.as_ref().is_some_and(|g| g.checks()));
-        gated || self.size_if_idle().is_none_or(|size| size > small)
+            .is_some_and(|u| u.gate.as_ref().is_some_and(|g| g.checks()))
     }
 
     /// Attributes of the open file.
