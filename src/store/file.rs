@@ -55,11 +55,21 @@ pub const BATCH: usize = 8;
 /// gathered).
 pub const WRITE_BEHIND: usize = 2;
 
+/// Chunks one read-ahead job reads and decrypts: their records lie end to
+/// end on disk, so one read fetches them all, and one hand-off to a worker
+/// serves about one full-size SFTP READ (255 KiB).
+pub const READ_BATCH: usize = 4;
+
+/// Read-ahead jobs in flight ahead of a sequential reader: with two, the
+/// next batch is usually decrypted before the reader reaches it, so the
+/// reader rarely sleeps waiting for a worker and a worker rarely sleeps
+/// waiting for work.
+const READ_AHEAD: usize = 2;
+
 /// Spare plaintext buffers kept per open file, for reuse instead of
-/// allocation: one for the read-ahead, one for the cache. (A writer gets
-/// back a batch's worth at a time; the rest are freed: an idle file should
-/// not keep a batch of buffers.)
-const SPARE_DATA: usize = 2;
+/// allocation: one for the cache and those of the chunks read ahead. (A
+/// writer gets back a batch's worth at a time and reuses them at once.)
+const SPARE_DATA: usize = READ_BATCH * READ_AHEAD + 2;
 
 /// Spare record buffers kept per open file: those of a batch, one for the
 /// read-ahead. Kept because a new one would be zero-filled before use.
@@ -71,9 +81,29 @@ struct Buffers {
     record: Vec<u8>,
 }
 
-/// A read-ahead job's outcome: its buffers back, holding the plaintext, or
-/// the error.
-type ChunkJob = Pending<Result<Buffers, StoreError>>;
+/// What a read-ahead job gives back: the plaintext of its chunks, in order,
+/// up to the first that could not be read or did not verify, and the buffer
+/// their records were read into. The reader reads a chunk missing here
+/// itself, and so reports the error of that very chunk: a bad chunk does
+/// not hide the good ones before it.
+struct Decoded {
+    chunks: Vec<Vec<u8>>,
+    records: Vec<u8>,
+}
+
+/// A read-ahead job: chunks `first..first + count`, being read and
+/// decrypted by the pool.
+struct ReadJob {
+    first: u64,
+    count: u64,
+    job: Pending<Decoded>,
+}
+
+impl ReadJob {
+    fn end(&self) -> u64 {
+        self.first + self.count
+    }
+}
 
 /// A write-behind job's outcome: the buffers of its batch back, or the
 /// error.
@@ -122,8 +152,14 @@ pub(crate) struct FileState {
     /// Batches of full chunks being encrypted and written by the pool,
     /// oldest first.
     behind: VecDeque<BatchJob>,
-    /// The chunk being read and decrypted ahead of a sequential reader.
-    ahead: VecDeque<(u64, ChunkJob)>,
+    /// Chunks being read and decrypted ahead of a sequential reader,
+    /// oldest first, consecutive.
+    ahead: VecDeque<ReadJob>,
+    /// Chunks decrypted ahead and not yet loaded, in order, consecutive.
+    ready: VecDeque<(u64, Vec<u8>)>,
+    /// Record buffers of read-ahead jobs, kept for reuse (up to
+    /// [`READ_AHEAD`]: a new one would be zero-filled before use).
+    spare_batch_records: Vec<Vec<u8>>,
     /// The chunk loaded before the cached one, to recognise sequential reads.
     previous: Option<u64>,
     /// Plaintext and record buffers kept for reuse (kept apart: a writer
@@ -233,6 +269,8 @@ impl FileState {
             gathered: Vec::with_capacity(BATCH),
             behind: VecDeque::new(),
             ahead: VecDeque::new(),
+            ready: VecDeque::new(),
+            spare_batch_records: Vec::new(),
             previous: None,
             spare_data: Vec::new(),
             spare_records: Vec::new(),
@@ -355,7 +393,7 @@ impl FileState {
             // As pwrite(2): writing nothing does not extend the file.
             return Ok(());
         }
-        self.ahead.clear();
+        self.forget_ahead();
         if end > self.size {
             // Chunks from the one `offset` falls in are about to be written
             // whole or in part: no zero records for them.
@@ -386,7 +424,7 @@ impl FileState {
                 "the file would exceed the 1 TiB size limit",
             ));
         }
-        self.ahead.clear();
+        self.forget_ahead();
         if new_size > self.size {
             self.extend_to(new_size, u64::MAX)?;
             let last = last_index(new_size);
@@ -578,36 +616,27 @@ impl FileState {
         if !hit {
             self.evict()?;
             let len = chunk_len(index, self.size);
-            // Read-ahead jobs for chunks before this one are stale.
-            while self.ahead.front().is_some_and(|(i, _)| *i < index) {
-                self.ahead.pop_front();
-            }
             let sequential = index > 0 && self.previous == Some(index - 1);
             self.previous = Some(index);
-            let data = match self.ahead.pop_front() {
-                Some((i, job)) if i == index => {
-                    let mut b = job
-                        .wait_soon()
-                        .ok_or(StoreError::Internal("a crypto worker failed"))??;
-                    let data = std::mem::take(&mut b.data);
-                    self.keep_spare(b);
+            let data = match self.take_read_ahead(index) {
+                Some(data) => {
+                    self.top_up_read_ahead(index + 1);
                     data
                 }
-                _ => {
-                    self.ahead.clear();
-                    // A sequential reader gets the next chunk decrypted by a
-                    // worker while this one is decrypted here: both cores
-                    // work, with one hand-off for every two chunks.
+                None => {
+                    self.forget_ahead();
+                    // A sequential reader gets the next chunks decrypted by
+                    // workers while this one is decrypted here.
                     if sequential {
-                        self.read_ahead(index + 1);
+                        self.top_up_read_ahead(index + 1);
                     }
                     // Reuse a buffer: sequential I/O then allocates nothing
                     // per chunk and the buffer never regrows.
                     let mut data = self.take_data();
-                    data.clear();
                     if index < self.disk_chunks && len > 0 {
                         self.read_chunk_from_disk(index, &mut data)?;
                     } else {
+                        data.clear();
                         data.resize(len, 0);
                     }
                     data
@@ -702,26 +731,109 @@ impl FileState {
         Ok(())
     }
 
-    /// Starts decrypting chunk `index` on a worker, if it is on disk and
-    /// nothing is being written.
-    fn read_ahead(&mut self, index: u64) {
-        let last = last_index(self.size);
-        let writing = !self.behind.is_empty() || !self.gathered.is_empty();
-        if writing || index >= self.disk_chunks || index > last {
+    /// Chunk `index`'s plaintext if it was read ahead (waiting for its job
+    /// if need be); `None` if it was not. Chunks read ahead before `index`
+    /// are dropped: the reader has moved past them.
+    fn take_read_ahead(&mut self, index: u64) -> Option<Vec<u8>> {
+        self.drop_ready_before(index);
+        if self.ready.is_empty() {
+            while self.ahead.front().is_some_and(|j| j.end() <= index) {
+                self.ahead.pop_front();
+            }
+            if !self.ahead.front().is_some_and(|j| j.first <= index) {
+                return None;
+            }
+            let job = self.ahead.pop_front()?;
+            // A job that panicked gave nothing: the chunks are read here.
+            if let Some(Decoded { chunks, records }) = job.job.wait_soon() {
+                if self.spare_batch_records.len() < READ_AHEAD {
+                    self.spare_batch_records.push(records);
+                }
+                self.ready.extend((job.first..).zip(chunks));
+            }
+        }
+        self.drop_ready_before(index);
+        if !self.ready.front().is_some_and(|(i, _)| *i == index) {
+            return None;
+        }
+        self.ready.pop_front().map(|(_, data)| data)
+    }
+
+    fn drop_ready_before(&mut self, index: u64) {
+        while self.ready.front().is_some_and(|(i, _)| *i < index) {
+            if let Some((_, data)) = self.ready.pop_front() {
+                self.keep_spare_data(data);
+            }
+        }
+    }
+
+    /// Keeps [`READ_AHEAD`] jobs reading and decrypting the chunks from
+    /// `from` on, as far as the records on disk go, unless chunks are being
+    /// written (they would be read before they land).
+    fn top_up_read_ahead(&mut self, from: u64) {
+        if !self.behind.is_empty() || !self.gathered.is_empty() {
             return;
         }
-        let is_final = index == last;
-        let len = chunk_len(index, self.size);
+        let end = self.disk_chunks.min(last_index(self.size) + 1);
+        let mut next = self
+            .ahead
+            .back()
+            .map(ReadJob::end)
+            .or(self.ready.back().map(|(i, _)| i + 1))
+            .unwrap_or(from)
+            .max(from);
+        while self.ahead.len() < READ_AHEAD && next < end {
+            let count = (end - next).min(READ_BATCH as u64);
+            self.spawn_read_ahead(next, count);
+            next += count;
+        }
+    }
+
+    /// Starts reading chunks `first..first + count` (all on disk) with one
+    /// read, and decrypting them, on a worker.
+    fn spawn_read_ahead(&mut self, first: u64, count: u64) {
+        let last = last_index(self.size);
+        let lens: Vec<usize> = (first..first + count)
+            .map(|i| chunk_len(i, self.size))
+            .collect();
+        let mut chunks: Vec<Vec<u8>> = lens.iter().map(|_| self.take_data()).collect();
+        let mut records = self.spare_batch_records.pop().unwrap_or_default();
         let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
-        let (mut data, mut record) = (self.take_data(), self.take_record());
         let job = pool::spawn(move || {
-            record.resize(format::record_len(len), 0);
-            read_exact_or_integrity(&*blob, &mut record, format::record_offset(index))?;
-            data.clear();
-            format::decode_chunk(&keys, &id, index, is_final, &record, &mut data)?;
-            Ok(Buffers { data, record })
+            let total = lens.iter().map(|&len| format::record_len(len)).sum();
+            // Only growth is zero-filled: a reused buffer keeps its length.
+            records.resize(total, 0);
+            if blob
+                .read_exact_at(&mut records, format::record_offset(first))
+                .is_err()
+            {
+                chunks.clear();
+            }
+            let mut at = 0;
+            let mut good = 0;
+            for ((index, len), data) in (first..).zip(lens).zip(chunks.iter_mut()) {
+                let record = &records[at..at + format::record_len(len)];
+                if format::decode_chunk_replacing(&keys, &id, index, index == last, record, data)
+                    .is_err()
+                {
+                    break;
+                }
+                at += record.len();
+                good += 1;
+            }
+            chunks.truncate(good);
+            Decoded { chunks, records }
         });
-        self.ahead.push_back((index, job));
+        self.ahead.push_back(ReadJob { first, count, job });
+    }
+
+    /// Drops what was read ahead (the file is about to change, or the
+    /// reader jumped elsewhere). Jobs still running finish on their own.
+    fn forget_ahead(&mut self) {
+        self.ahead.clear();
+        while let Some((_, data)) = self.ready.pop_front() {
+            self.keep_spare_data(data);
+        }
     }
 
     fn take_data(&mut self) -> Vec<u8> {
@@ -738,11 +850,15 @@ impl FileState {
 
     /// Keeps a job's buffers (or the cache's) for reuse, up to the bounds.
     fn keep_spare(&mut self, b: Buffers) {
-        if b.data.capacity() > 0 && self.spare_data.len() < SPARE_DATA {
-            self.spare_data.push(b.data);
-        }
+        self.keep_spare_data(b.data);
         if b.record.capacity() > 0 && self.spare_records.len() < SPARE_RECORDS {
             self.spare_records.push(b.record);
+        }
+    }
+
+    fn keep_spare_data(&mut self, data: Vec<u8>) {
+        if data.capacity() > 0 && self.spare_data.len() < SPARE_DATA {
+            self.spare_data.push(data);
         }
     }
 
@@ -774,8 +890,8 @@ impl FileState {
         first
     }
 
-    /// Reads, authenticates and decrypts chunk `index` from disk. Every
-    /// chunk but the cached one is on disk as the logical size says (see the
+    /// Reads, authenticates and decrypts chunk `index` from disk into `out`
+    /// (replacing what it held). Every chunk but the cached one is on disk as the logical size says (see the
     /// module invariants), so its length and finality follow from the size.
     fn read_chunk_from_disk(&mut self, index: u64, out: &mut Vec<u8>) -> Result<(), StoreError> {
         // The chunk may be among the writes in flight.
@@ -784,7 +900,7 @@ impl FileState {
         let len = chunk_len(index, self.size);
         self.record.resize(format::record_len(len), 0);
         read_exact_or_integrity(&*self.blob, &mut self.record, format::record_offset(index))?;
-        format::decode_chunk(&self.keys, &self.id, index, is_final, &self.record, out)?;
+        format::decode_chunk_replacing(&self.keys, &self.id, index, is_final, &self.record, out)?;
         Ok(())
     }
 }

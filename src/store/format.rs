@@ -450,6 +450,38 @@ pub fn decode_chunk(
     record: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), FormatError> {
+    let start = out.len();
+    decode_chunk_at(keys, id, index, is_final, record, out, start)
+}
+
+/// As [`decode_chunk`], but `out` ends up holding only this chunk's
+/// plaintext. The bytes `out` already holds are overwritten rather than
+/// cleared and zero-filled again: a reused chunk buffer costs no memset.
+pub fn decode_chunk_replacing(
+    keys: &FileKeys,
+    id: &FileId,
+    index: u64,
+    is_final: bool,
+    record: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    let result = decode_chunk_at(keys, id, index, is_final, record, out, 0);
+    if result.is_err() {
+        out.clear();
+    }
+    result
+}
+
+/// Decodes into `out` from `start` on; `out` ends where the plaintext does.
+fn decode_chunk_at(
+    keys: &FileKeys,
+    id: &FileId,
+    index: u64,
+    is_final: bool,
+    record: &[u8],
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<(), FormatError> {
     if record.len() < RECORD_OVERHEAD {
         return Err(FormatError::Integrity("chunk shorter than its framing"));
     }
@@ -469,7 +501,7 @@ pub fn decode_chunk(
     }
     let mut iv = [0u8; BLOCK];
     iv.copy_from_slice(&body[LEN_FIELD..LEN_FIELD + BLOCK]);
-    let start = out.len();
+    // Only growth is zero-filled; bytes already there are overwritten.
     out.resize(start + ct.len(), 0);
     let dec = cbc::Decryptor::<Aes256>::new(&keys.enc.into(), &iv.into());
     dec.decrypt_padded_b2b::<NoPadding>(ct, &mut out[start..])
@@ -516,6 +548,27 @@ mod tests {
             let mut out = Vec::new();
             decode_chunk(&k, &id, 3, true, &rec, &mut out).unwrap();
             assert_eq!(out, pt);
+        }
+    }
+
+    #[test]
+    fn decoding_into_a_reused_buffer_leaves_only_the_chunk() {
+        let (k, id) = keys();
+        // The buffer held a longer chunk, a shorter one, nothing.
+        for held in [CHUNK_SIZE, 5, 0] {
+            for len in [0, 1, 17, CHUNK_SIZE - 1, CHUNK_SIZE] {
+                let pt: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+                let mut rec = Vec::new();
+                encode_chunk(&k, &id, 3, true, &pt, &[2; 16], &mut rec);
+                let mut out = vec![0xEE; held];
+                decode_chunk_replacing(&k, &id, 3, true, &rec, &mut out).unwrap();
+                assert_eq!(out, pt, "held {held}, chunk of {len}");
+                // A record that fails to verify leaves nothing behind.
+                let last = rec.len() - 1;
+                rec[last] ^= 1;
+                assert!(decode_chunk_replacing(&k, &id, 3, true, &rec, &mut out).is_err());
+                assert!(out.is_empty());
+            }
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
+use super::file::READ_BATCH;
 use super::format::{self, CHUNK_SIZE, FULL_RECORD_LEN, HEADER_LEN};
 use super::storage::{
     Access, Blob, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, Staged, StagedToken, Storage,
@@ -322,6 +323,51 @@ fn chunks_waiting_for_their_batch_read_back_before_and_after_close() {
         other.close().unwrap();
         assert_bytes(&get(&fx.store, "g").unwrap(), &plain, "get after close");
     }
+}
+
+/// Sequential reads are served by read-ahead jobs that decrypt
+/// `READ_BATCH` chunks each. A chunk that fails to verify inside a batch
+/// must fail the read of that chunk only: the good chunks before it, in the
+/// same batch, still read back, and so do those after it.
+#[test]
+fn a_bad_chunk_read_ahead_fails_only_its_own_reads() {
+    let fx = Fixture::new();
+    let chunks = 3 * READ_BATCH + 2;
+    let plain = bytes(chunks * CHUNK_SIZE + 100, 7);
+    put(&fx.store, "t", &plain);
+    // A chunk in the middle of the second batch read ahead.
+    let bad = READ_BATCH + 3;
+    let mut stored = fx.raw_bytes("t");
+    stored[format::record_offset(bad as u64) as usize + 100] ^= 0x40;
+    std::fs::write(fx.raw("t"), &stored).unwrap();
+
+    let f = fx.store.open(&p("t"), ro()).unwrap();
+    for (i, piece) in plain.chunks(CHUNK_SIZE).enumerate() {
+        let got = f.read_at((i * CHUNK_SIZE) as u64, CHUNK_SIZE);
+        if i == bad {
+            assert!(is_integrity(&got), "chunk {i}: {got:?}");
+        } else {
+            assert_bytes(&got.unwrap(), piece, &format!("chunk {i}"));
+        }
+    }
+    // Read again in 255 KiB pieces, as an SFTP client does: every piece
+    // that does not touch the bad chunk reads back.
+    let piece = 261_120;
+    for start in (0..plain.len()).step_by(piece) {
+        let end = (start + piece).min(plain.len());
+        let got = f.read_at(start as u64, end - start);
+        let touches_bad = start < (bad + 1) * CHUNK_SIZE && end > bad * CHUNK_SIZE;
+        if touches_bad {
+            assert!(is_integrity(&got), "piece at {start}: {got:?}");
+        } else {
+            assert_bytes(
+                &got.unwrap(),
+                &plain[start..end],
+                &format!("piece at {start}"),
+            );
+        }
+    }
+    f.close().unwrap();
 }
 
 #[test]
