@@ -740,7 +740,7 @@ impl FileState {
             while self.ahead.front().is_some_and(|j| j.end() <= index) {
                 self.ahead.pop_front();
             }
-            if !self.ahead.front().is_some_and(|j| j.first <= index) {
+            if self.ahead.front().is_none_or(|j| j.first > index) {
                 return None;
             }
             let job = self.ahead.pop_front()?;
@@ -753,7 +753,7 @@ impl FileState {
             }
         }
         self.drop_ready_before(index);
-        if !self.ready.front().is_some_and(|(i, _)| *i == index) {
+        if self.ready.front().is_none_or(|(i, _)| *i != index) {
             return None;
         }
         self.ready.pop_front().map(|(_, data)| data)
