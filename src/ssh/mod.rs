@@ -294,6 +294,11 @@ async fn spawn_connection(
     let _ = done_rx.await;
 }
 
+/// Bytes read from a connection's socket at a time for small packets (see
+/// `serve_connection`): room for a window's worth of pipelined SFTP
+/// requests (64 READs of about 60 bytes each).
+const SOCKET_READ_BUFFER: usize = 16 * 1024;
+
 /// Runs one connection to its end. The login grace time runs from the
 /// accept, so it covers the version exchange and key exchange too: a
 /// connection that has not logged in by then is told so if it got that
@@ -357,6 +362,14 @@ async fn serve_connection(
             let _ = killer.shutdown(std::net::Shutdown::Both);
         })
     };
+    // russh reads each packet as its length, then its body, then tries the
+    // next length: three receive calls for a small request, the last one
+    // failing with EAGAIN. Through a buffer, the requests that have arrived
+    // come in with one call, and a short read tells tokio the socket is
+    // drained, so it waits for readiness without trying again. A large
+    // packet body still goes straight into russh's buffer (BufReader
+    // bypasses its own for reads larger than it).
+    let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, socket);
     match russh::server::run_stream(config, socket, handler).await {
         Ok(running) => {
             handles
