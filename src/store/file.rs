@@ -405,12 +405,19 @@ impl FileState {
             let index = pos / CHUNK_SIZE as u64;
             let within = (pos % CHUNK_SIZE as u64) as usize;
             let take = (CHUNK_SIZE - within).min(rest.len());
-            let chunk = self.load(index)?;
-            if chunk.data.len() < within + take {
-                chunk.data.resize(within + take, 0);
+            let cached = self.cache.as_ref().is_some_and(|c| c.index == index);
+            if within == 0 && !cached && index >= self.disk_chunks {
+                // A chunk that is nowhere yet, written from its start: made
+                // from the data itself, not zero-filled and then overwritten.
+                self.load_new(index, &rest[..take])?;
+            } else {
+                let chunk = self.load(index)?;
+                if chunk.data.len() < within + take {
+                    chunk.data.resize(within + take, 0);
+                }
+                chunk.data[within..within + take].copy_from_slice(&rest[..take]);
+                chunk.dirty = true;
             }
-            chunk.data[within..within + take].copy_from_slice(&rest[..take]);
-            chunk.dirty = true;
             rest = &rest[take..];
             pos += take as u64;
         }
@@ -651,6 +658,27 @@ impl FileState {
         // Invariant: the cache was filled just above if it did not hold `index`.
         #[allow(clippy::expect_used)]
         Ok(self.cache.as_mut().expect("cache filled above"))
+    }
+
+    /// Makes chunk `index`, which is neither cached nor on disk, the cached
+    /// chunk, starting with `prefix` (zeros after it, up to the chunk's
+    /// length), as `load` and a write of `prefix` at its start would.
+    fn load_new(&mut self, index: u64, prefix: &[u8]) -> Result<(), StoreError> {
+        self.evict()?;
+        self.previous = Some(index);
+        let mut data = self.take_data();
+        data.clear();
+        data.extend_from_slice(prefix);
+        let len = chunk_len(index, self.size);
+        if data.len() < len {
+            data.resize(len, 0);
+        }
+        self.cache = Some(CachedChunk {
+            index,
+            data,
+            dirty: true,
+        });
+        Ok(())
     }
 
     /// Frees the cache slot. A dirty chunk that is not the last one is full
