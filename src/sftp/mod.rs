@@ -119,23 +119,44 @@ struct Session {
     workers: TaskTracker,
 }
 
-/// Serves SFTP on `stream` until the client closes it, and returns the
-/// stream so that the caller decides when the channel closes. `notices`
-/// receives human-readable lines for the user (the channel's stderr);
-/// uploads, downloads and path operations are reported to `events`.
-pub async fn serve<S, N>(
-    stream: S,
+/// Where an SFTP session's replies go: whole buffers, in order. A DATA
+/// reply is a buffer of up to 255 KiB; an SSH channel takes ownership of it
+/// and sends it without copying it first (`ssh::connection`), where a byte
+/// stream ([`StreamReplies`]) copies it.
+pub trait ReplySink: Send + 'static {
+    /// Sends `bytes`; an error means the client can no longer be reached.
+    fn send(&mut self, bytes: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Replies written to a byte stream.
+pub struct StreamReplies<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> ReplySink for StreamReplies<W> {
+    async fn send(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&bytes).await?;
+        self.0.flush().await
+    }
+}
+
+/// Serves SFTP on requests read from `requests` until the client closes
+/// it, with replies to `replies`, which is given back at the end so that
+/// the caller decides when the channel closes. `notices` receives
+/// human-readable lines for the user (the channel's stderr); uploads,
+/// downloads and path operations are reported to `events`.
+pub async fn serve<R, O, N>(
+    mut requests: R,
+    mut replies: O,
     mut notices: N,
     store: Arc<UserStore>,
     user: UserName,
     config: SftpConfig,
     events: Reporter,
-) -> S
+) -> O
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send,
+    O: ReplySink,
     N: AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
     let (notice_tx, mut notice_rx) = mpsc::channel::<String>(16);
     let notice_task = tokio::spawn(async move {
         while let Some(line) = notice_rx.recv().await {
@@ -147,7 +168,7 @@ where
     let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(HANDLE_QUEUE * 2);
     let writer_task = tokio::spawn(async move {
         // Small replies that are already waiting are batched into one
-        // write; a DATA reply goes out from its own buffer, not copied.
+        // send; a DATA reply goes out as the buffer it was built in.
         let mut buf = Vec::with_capacity(64 * 1024);
         'replies: while let Some(reply) = reply_rx.recv().await {
             let mut next = Some(reply);
@@ -159,12 +180,12 @@ where
                     },
                     Reply::Encoded(bytes, _budget) => {
                         if !buf.is_empty() {
-                            if writer.write_all(&buf).await.is_err() {
+                            if replies.send(Bytes::copy_from_slice(&buf)).await.is_err() {
                                 break 'replies;
                             }
                             buf.clear();
                         }
-                        if writer.write_all(&bytes).await.is_err() {
+                        if replies.send(bytes).await.is_err() {
                             break 'replies;
                         }
                     }
@@ -175,16 +196,12 @@ where
                     None
                 };
             }
-            if !buf.is_empty() && writer.write_all(&buf).await.is_err() {
+            if !buf.is_empty() && replies.send(Bytes::copy_from_slice(&buf)).await.is_err() {
                 break;
             }
             buf.clear();
-            if writer.flush().await.is_err() {
-                break;
-            }
         }
-        let _ = writer.flush().await;
-        writer
+        replies
     });
     let session = Arc::new(Session {
         store,
@@ -197,7 +214,7 @@ where
         workers: TaskTracker::new(),
     });
     loop {
-        let body = match read_packet(&mut reader).await {
+        let body = match read_packet(&mut requests).await {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(e) => {
@@ -221,9 +238,8 @@ where
     workers.wait().await;
     let _ = notice_task.await;
     match writer_task.await {
-        Ok(writer) => reader.unsplit(writer),
-        // The writer task cannot panic short of a bug in encoding; the
-        // reader half alone cannot rebuild the stream.
+        Ok(replies) => replies,
+        // The writer task cannot panic short of a bug in encoding.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use russh_sftp::protocol::{Packet, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, WriteHalf};
 
 use super::wire::Writer;
-use super::{SftpConfig, serve};
+use super::{SftpConfig, StreamReplies, serve};
 use crate::keys::DataKey;
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
@@ -27,7 +27,7 @@ const FXP_EXTENDED: u8 = 200;
 struct Client {
     io: DuplexStream,
     _dir: tempfile::TempDir,
-    server: tokio::task::JoinHandle<DuplexStream>,
+    server: tokio::task::JoinHandle<StreamReplies<WriteHalf<DuplexStream>>>,
 }
 
 impl Client {
@@ -40,8 +40,10 @@ impl Client {
         ));
         let (client, server_side) = tokio::io::duplex(1 << 20);
         let user = UserName::parse("u").unwrap();
+        let (requests, replies) = tokio::io::split(server_side);
         let server = tokio::spawn(serve(
-            server_side,
+            requests,
+            StreamReplies(replies),
             tokio::io::sink(),
             store,
             user,
@@ -158,7 +160,7 @@ async fn an_oversized_packet_ends_the_session_without_a_panic() {
     let mut c = Client::start().await;
     c.io.write_u32(64 * 1024 * 1024).await.unwrap();
     drop(c.io);
-    // The server task returns its stream instead of panicking.
+    // The server task returns its reply sink instead of panicking.
     c.server.await.unwrap();
 }
 

@@ -384,6 +384,20 @@ impl Connection {
 /// Reports the exit status, then EOF and close. Callers drop the channel
 /// stream only afterwards: dropping it closes the channel, and a client that
 /// sees the close before the exit status (scp in SFTP mode) reports failure.
+/// An SFTP session's replies, handed to the channel as they are: russh
+/// sends each buffer in slices of the client's packet size, without first
+/// copying it as a byte-stream writer does.
+struct ChannelReplies(russh::ChannelWriteHalf<Msg>);
+
+impl crate::sftp::ReplySink for ChannelReplies {
+    async fn send(&mut self, bytes: bytes::Bytes) -> std::io::Result<()> {
+        self.0
+            .data_bytes(bytes)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))
+    }
+}
+
 async fn finish_channel(handle: &russh::server::Handle, id: ChannelId, status: u32) {
     let _ = handle.exit_status_request(id, status).await;
     let _ = handle.eof(id).await;
@@ -526,8 +540,10 @@ impl russh::server::Handler for Connection {
         // OpenSSH's client (it prints only the status code) go to stderr.
         let notices = channel.make_writer_ext(Some(1));
         self.channel_tasks.spawn(async move {
-            let stream = crate::sftp::serve(
-                channel.into_stream(),
+            let (mut requests, replies) = channel.split();
+            let replies = crate::sftp::serve(
+                requests.make_reader(),
+                ChannelReplies(replies),
                 notices,
                 store,
                 user,
@@ -536,7 +552,8 @@ impl russh::server::Handler for Connection {
             )
             .await;
             finish_channel(&handle, id, 0).await;
-            drop(stream);
+            drop(replies);
+            drop(requests);
             drop(ctx);
         });
         Ok(())
