@@ -2,6 +2,8 @@
 # Server throughput: Dropzone against a private OpenSSH sshd (internal-sftp),
 # both on loopback with their files on tmpfs, both driven by the OpenSSH
 # sftp/scp clients. See docs/PERFORMANCE.md, "Server throughput vs OpenSSH".
+# Prints MiB/s and ratios (medians), each server's CPU time per transfer,
+# and the Dropzone server's peak RSS; checks every download with cmp.
 #
 #   bench/compare.sh                 full run: 1 GiB, 2000 x 4 KiB, 8 x 128 MiB, 3 runs
 #   bench/compare.sh --runs 5        more runs (the table shows medians)
@@ -13,7 +15,7 @@
 # OpenSSH test user is the current user), and /dev/shm.
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SMOKE=0
 RUNS=
@@ -268,12 +270,38 @@ alive() {
     done
 }
 
+# CPU time a server spent on a transfer: user + system time of the server
+# process and of its children once reaped (OpenSSH runs each connection in
+# processes of its own, whose time reaches sshd's figures when they exit;
+# Dropzone's threads are in its own). Less noisy than wall time on a shared
+# VM: it does not count time spent waiting to be scheduled.
+CLK_TCK=$(getconf CLK_TCK)
+CPULOG=$WORK/cpu.txt   # lines: TEST SERVER SECONDS
+: >"$CPULOG"
+CPU0=0
+server_cpu() { # fields after "pid (comm) ": utime stime cutime cstime are 12-15
+    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13 + $14 + $15) / hz }' "/proc/${PID[$1]}/stat"
+}
+cpu_mark() { cpu_settle "$1"; CPU0=$(server_cpu "$1"); }
+cpu_settle() { # wait (up to 3 s) until sshd has reaped its connection processes
+    [ "$1" = openssh ] || return 0
+    local p=${PID[openssh]} i
+    for i in $(seq 1 60); do
+        [ -n "$(cat "/proc/$p/task/$p/children" 2>/dev/null)" ] || return 0
+        sleep 0.05
+    done
+}
+
 RESULTS=$WORK/results.txt   # lines: TEST SERVER MIB_S
 : >"$RESULTS"
-record() { # record TEST SERVER BYTES T0 T1
-    local r; r=$(mibs "$3" "$4" "$5")
+record() { # record TEST SERVER BYTES T0 T1 (after cpu_mark SERVER before T0)
+    local r c
+    r=$(mibs "$3" "$4" "$5")
+    cpu_settle "$2"
+    c=$(awk -v a="$CPU0" -v z="$(server_cpu "$2")" 'BEGIN { printf "%.2f", z - a }')
     printf '%s %s %s\n' "$1" "$2" "$r" >>"$RESULTS"
-    printf '   %-10s %-9s %8s MiB/s  (%.2f s)\n' "$1" "$2" "$r" "$(awk -v a="$4" -v z="$5" 'BEGIN{print z-a}')" >&2
+    printf '%s %s %s\n' "$1" "$2" "$c" >>"$CPULOG"
+    printf '   %-10s %-9s %8s MiB/s  (%.2f s, server CPU %s s)\n' "$1" "$2" "$r" "$(awk -v a="$4" -v z="$5" 'BEGIN{print z-a}')" "$c" >&2
 }
 
 # ---------------------------------------------------------------- test data
@@ -293,11 +321,11 @@ for ((i = 0; i < PAR_N; i++)); do head -c "$PAR_BYTES" /dev/urandom >"$SRC/par$i
 test_big_sftp() {
     local s=$1 t0 t1
     rss_reset "$s"
-    t0=$(now); sftp_batch "$s" big-up "put $SRC/big big"; t1=$(now)
+    cpu_mark "$s"; t0=$(now); sftp_batch "$s" big-up "put $SRC/big big"; t1=$(now)
     rss_note "$s" big-up
     record big-up "$s" "$BIG_BYTES" "$t0" "$t1"
     rss_reset "$s"
-    t0=$(now); sftp_batch "$s" big-down "get big $DL/big"; t1=$(now)
+    cpu_mark "$s"; t0=$(now); sftp_batch "$s" big-down "get big $DL/big"; t1=$(now)
     rss_note "$s" big-down
     record big-down "$s" "$BIG_BYTES" "$t0" "$t1"
     check_same "$s" "sftp get big" "$SRC/big" "$DL/big"
@@ -307,9 +335,9 @@ test_big_sftp() {
 
 test_small() {
     local s=$1 t0 t1
-    t0=$(now); sftp_batch "$s" small-up "put -r $SRC/small small"; t1=$(now)
+    cpu_mark "$s"; t0=$(now); sftp_batch "$s" small-up "put -r $SRC/small small"; t1=$(now)
     record small-up "$s" "$SMALL_BYTES" "$t0" "$t1"
-    t0=$(now); sftp_batch "$s" small-down "get -r small $DL/small"; t1=$(now)
+    cpu_mark "$s"; t0=$(now); sftp_batch "$s" small-down "get -r small $DL/small"; t1=$(now)
     record small-down "$s" "$SMALL_BYTES" "$t0" "$t1"
     check_same "$s" "sftp get -r small" "$SRC/small" "$DL/small"
     rm -rf "$DL/small"
@@ -321,7 +349,7 @@ test_parallel() {
     local s=$1 t0 t1 i st
     local pids=()
     rss_reset "$s"
-    t0=$(now)
+    cpu_mark "$s"; t0=$(now)
     for ((i = 0; i < PAR_N; i++)); do
         printf 'put %s par%d\nget par%d %s\n' "$SRC/par$i" "$i" "$i" "$DL/par$i" >"$OUT/par$i.$s.batch"
         sftp_cmd "$s" "$OUT/par$i.$s.batch"
@@ -354,11 +382,11 @@ test_scp() {
     local remote="${LOGIN[$s]}@127.0.0.1"
     local scp_opts=(-s -q "${SSH_OPTS[@]}" -P "${PORT[$s]}")
     rss_reset "$s"
-    t0=$(now); run "$s" "$OUT/scp-up.$s.out" scp "${scp_opts[@]}" "$SRC/big" "$remote:big"; t1=$(now)
+    cpu_mark "$s"; t0=$(now); run "$s" "$OUT/scp-up.$s.out" scp "${scp_opts[@]}" "$SRC/big" "$remote:big"; t1=$(now)
     rss_note "$s" scp-up
     record scp-up "$s" "$BIG_BYTES" "$t0" "$t1"
     rss_reset "$s"
-    t0=$(now); run "$s" "$OUT/scp-down.$s.out" scp "${scp_opts[@]}" "$remote:big" "$DL/big"; t1=$(now)
+    cpu_mark "$s"; t0=$(now); run "$s" "$OUT/scp-down.$s.out" scp "${scp_opts[@]}" "$remote:big" "$DL/big"; t1=$(now)
     rss_note "$s" scp-down
     record scp-down "$s" "$BIG_BYTES" "$t0" "$t1"
     check_same "$s" "scp download" "$SRC/big" "$DL/big"
@@ -373,8 +401,10 @@ CONNECTS=$WORK/connect.txt   # lines: SERVER MILLISECONDS
 test_connect() {
     local s=$1 t0 t1 k
     for k in 1 2 3; do
-        t0=$(now); sftp_batch "$s" connect ""; t1=$(now)
+        cpu_mark "$s"; t0=$(now); sftp_batch "$s" connect ""; t1=$(now)
         awk -v s="$s" -v a="$t0" -v z="$t1" 'BEGIN { printf "%s %.0f\n", s, (z - a) * 1000 }' >>"$CONNECTS"
+        cpu_settle "$s"
+        awk -v s="$s" -v a="$CPU0" -v z="$(server_cpu "$s")" 'BEGIN { printf "connect %s %.2f\n", s, z - a }' >>"$CPULOG"
     done
 }
 
@@ -419,12 +449,12 @@ done
 T_END=$(now)
 
 # ---------------------------------------------------------------- report
-median() { # median TEST SERVER
-    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
+median() { # median TEST SERVER [FILE]
+    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "${3:-$RESULTS}" | sort -g \
         | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-range() { # range TEST SERVER -> min-max
-    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
+range() { # range TEST SERVER [FILE] -> min-max
+    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "${3:-$RESULTS}" | sort -g \
         | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
 }
 size_label() { if [ "$1" -ge 1024 ]; then echo "$(($1 / 1024)) GiB"; else echo "$1 MiB"; fi; }
@@ -474,6 +504,23 @@ declare -A LABEL=(
     echo
     echo "Session set-up (empty sftp batch: connect, kex, auth, subsystem, exit), median of $((3 * RUNS)):"
     echo "  dropzone $CD ms, openssh $CO ms (included in every figure above; the last column takes it off)"
+    echo
+    KD=$(median connect dropzone "$CPULOG"); KO=$(median connect openssh "$CPULOG")
+    echo "Server CPU time per transfer (user + system; OpenSSH's connection processes included), seconds, median (range):"
+    echo "  session set-up alone (median of $((3 * RUNS))): dropzone $KD s, openssh $KO s (in every figure; the last column takes it off)"
+    echo
+    printf '| %-34s | %18s | %18s | %16s | %18s |\n' test "Dropzone" "OpenSSH" "OpenSSH/Dropzone" "ratio excl. set-up"
+    printf '|%s|%s:|%s:|%s:|%s:|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..19})"
+    for t in big-up big-down small-up small-down parallel scp-up scp-down; do
+        d=$(median "$t" dropzone "$CPULOG"); o=$(median "$t" openssh "$CPULOG")
+        ratio=$(awk -v d="$d" -v o="$o" 'BEGIN { if (d > 0) printf "%.2fx", o / d; else print "-" }')
+        # One set-up per command; the parallel test runs PAR_N sessions.
+        n=1; [ "$t" = parallel ] && n=$PAR_N
+        net=$(awk -v d="$d" -v o="$o" -v kd="$KD" -v ko="$KO" -v n="$n" 'BEGIN {
+            nd = d - n * kd; no = o - n * ko
+            if (nd > 0 && no > 0) printf "%.2fx", no / nd; else print "-" }')
+        printf '| %-34s | %18s | %18s | %16s | %18s |\n' "${LABEL[$t]}" "$d ($(range "$t" dropzone "$CPULOG"))" "$o ($(range "$t" openssh "$CPULOG"))" "$ratio" "$net"
+    done
     echo
     # rss MAXFIELD FILTER : the largest field (4: peak, 3: RSS before, 5: after) over matching lines
     rss() { awk -v f="$1" "$2"' { if ($f > m) m = $f } END { printf "%.1f", m / 1024 }' "$RSSLOG"; }
