@@ -67,9 +67,16 @@ pub const READ_BATCH: usize = 4;
 const READ_AHEAD: usize = 2;
 
 /// Spare plaintext buffers kept per open file, for reuse instead of
-/// allocation: one for the cache and those of the chunks read ahead. (A
-/// writer gets back a batch's worth at a time and reuses them at once.)
+/// allocation, while chunks are being read ahead: those of the chunks in
+/// flight, and some. Otherwise a file keeps [`IDLE_SPARE_DATA`]: an idle
+/// file should not keep a batch of buffers (a session may hold
+/// `sftp.max_handles` open files), and a writer gets a batch's worth back
+/// at a time.
 const SPARE_DATA: usize = READ_BATCH * READ_AHEAD + 2;
+
+/// Spare plaintext buffers kept when nothing is being read ahead: one for
+/// the cache, one for the next chunk.
+const IDLE_SPARE_DATA: usize = 2;
 
 /// Spare record buffers kept per open file: those of a batch, one for the
 /// read-ahead. Kept because a new one would be zero-filled before use.
@@ -815,6 +822,11 @@ impl FileState {
             self.spawn_read_ahead(next, count);
             next += count;
         }
+        if self.ahead.is_empty() {
+            // Read to the end: keep no more than an idle file needs.
+            self.spare_batch_records.clear();
+            self.spare_data.truncate(IDLE_SPARE_DATA);
+        }
     }
 
     /// Starts reading chunks `first..first + count` (all on disk) with one
@@ -884,8 +896,24 @@ impl FileState {
         }
     }
 
+    /// Read-ahead jobs in flight, spare plaintext buffers and spare
+    /// read-ahead record buffers: what the tests check a reader holds.
+    #[cfg(test)]
+    pub(crate) fn read_ahead_state(&self) -> (usize, usize, usize) {
+        (
+            self.ahead.len(),
+            self.spare_data.len(),
+            self.spare_batch_records.len(),
+        )
+    }
+
     fn keep_spare_data(&mut self, data: Vec<u8>) {
-        if data.capacity() > 0 && self.spare_data.len() < SPARE_DATA {
+        let keep = if self.ahead.is_empty() {
+            IDLE_SPARE_DATA
+        } else {
+            SPARE_DATA
+        };
+        if data.capacity() > 0 && self.spare_data.len() < keep {
             self.spare_data.push(data);
         }
     }

@@ -370,6 +370,35 @@ fn a_bad_chunk_read_ahead_fails_only_its_own_reads() {
     f.close().unwrap();
 }
 
+/// A sequential reader is kept ahead of by batches of chunks, and a file
+/// read to its end keeps no more spare buffers than an idle one: a session
+/// may hold hundreds of open files.
+#[test]
+fn a_file_read_to_its_end_keeps_only_an_idle_files_buffers() {
+    let fx = Fixture::new();
+    let plain = bytes(6 * READ_BATCH * CHUNK_SIZE + 1000, 11);
+    put(&fx.store, "t", &plain);
+    let f = fx.store.open(&p("t"), ro()).unwrap();
+    let piece = 261_120;
+    let mut got = Vec::new();
+    let mut most_ahead = 0;
+    while got.len() < plain.len() {
+        got.extend(f.read_at(got.len() as u64, piece).unwrap());
+        let (ahead, _, _) = super::lock(&f.state).read_ahead_state();
+        most_ahead = most_ahead.max(ahead);
+    }
+    assert_bytes(&got, &plain, "read back");
+    assert!(
+        most_ahead >= 2,
+        "read-ahead jobs in flight: at most {most_ahead}"
+    );
+    let (ahead, spare_data, spare_records) = super::lock(&f.state).read_ahead_state();
+    assert_eq!(ahead, 0);
+    assert!(spare_data <= 2, "{spare_data} spare plaintext buffers");
+    assert_eq!(spare_records, 0);
+    f.close().unwrap();
+}
+
 #[test]
 fn same_plaintext_encrypts_differently() {
     let fx = Fixture::new();
