@@ -283,13 +283,17 @@ server_cpu() { # fields after "pid (comm) ": utime stime cutime cstime are 12-15
     awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13 + $14 + $15) / hz }' "/proc/${PID[$1]}/stat"
 }
 cpu_mark() { cpu_settle "$1"; CPU0=$(server_cpu "$1"); }
+CPU_WARNED=0
+cpu_warn() { [ "$CPU_WARNED" = 1 ] || say "!! $*: OpenSSH's CPU times may be too low"; CPU_WARNED=1; }
 cpu_settle() { # wait (up to 3 s) until sshd has reaped its connection processes
     [ "$1" = openssh ] || return 0
     local p=${PID[openssh]} i
+    [ -r "/proc/$p/task/$p/children" ] || { cpu_warn "no /proc/PID/task/PID/children"; return 0; }
     for i in $(seq 1 60); do
         [ -n "$(cat "/proc/$p/task/$p/children" 2>/dev/null)" ] || return 0
         sleep 0.05
     done
+    cpu_warn "sshd still had connection processes 3 s after a transfer"
 }
 
 RESULTS=$WORK/results.txt   # lines: TEST SERVER MIB_S

@@ -24,7 +24,7 @@ use std::sync::{Arc, LazyLock};
 use bytes::Bytes;
 use dropzone::keys::DataKey;
 use dropzone::observe::Reporter;
-use dropzone::sftp::{SftpConfig, serve};
+use dropzone::sftp::{SftpConfig, StreamReplies, serve};
 use dropzone::store::UserStore;
 use dropzone::store::storage::LocalStorage;
 use dropzone::username::UserName;
@@ -112,10 +112,13 @@ fn frames(mut data: &[u8]) -> Vec<Vec<u8>> {
 async fn session(store: Arc<UserStore>, user: UserName, requests: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let (client, server_side) = tokio::io::duplex(1 << 16);
     let server = tokio::spawn(async move {
-        // Dropping the returned stream closes the client's read side.
+        // Dropping the returned reply half (the request half is dropped
+        // inside) closes the client's read side.
+        let (requests, replies) = tokio::io::split(server_side);
         drop(
             serve(
-                server_side,
+                requests,
+                StreamReplies(replies),
                 tokio::io::sink(),
                 store,
                 user,

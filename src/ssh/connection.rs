@@ -381,9 +381,6 @@ impl Connection {
     }
 }
 
-/// Reports the exit status, then EOF and close. Callers drop the channel
-/// stream only afterwards: dropping it closes the channel, and a client that
-/// sees the close before the exit status (scp in SFTP mode) reports failure.
 /// An SFTP session's replies, handed to the channel as they are: russh
 /// sends each buffer in slices of the client's packet size, without first
 /// copying it as a byte-stream writer does.
@@ -398,6 +395,10 @@ impl crate::sftp::ReplySink for ChannelReplies {
     }
 }
 
+/// Reports the exit status, then EOF and close. Callers keep the channel
+/// (its stream, or its halves) until afterwards: the close must come last,
+/// as a client that sees it before the exit status (scp in SFTP mode)
+/// reports failure.
 async fn finish_channel(handle: &russh::server::Handle, id: ChannelId, status: u32) {
     let _ = handle.exit_status_request(id, status).await;
     let _ = handle.eof(id).await;

@@ -29,6 +29,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
@@ -66,13 +67,43 @@ pub const READ_BATCH: usize = 4;
 /// waiting for work.
 const READ_AHEAD: usize = 2;
 
+/// Read-ahead jobs in flight or waiting to be read, in the whole process.
+/// Each holds up to [`READ_BATCH`] chunks and their records (about
+/// 0.5 MiB), so 128 bound read-ahead memory to about 64 MiB however many
+/// files are open; past that, readers decrypt on their own thread.
+const MAX_READ_AHEAD_JOBS: usize = 128;
+
+/// Read-ahead jobs counted against [`MAX_READ_AHEAD_JOBS`].
+static READ_AHEAD_JOBS: AtomicUsize = AtomicUsize::new(0);
+
+/// One job's place under [`MAX_READ_AHEAD_JOBS`], given back when dropped:
+/// when the reader has taken or dropped all of the job's chunks, or, for a
+/// job the reader gave up on, when the job has finished.
+struct ReadAheadSlot(());
+
+impl ReadAheadSlot {
+    fn take() -> Option<Self> {
+        READ_AHEAD_JOBS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_READ_AHEAD_JOBS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ReadAheadSlot(()))
+    }
+}
+
+impl Drop for ReadAheadSlot {
+    fn drop(&mut self) {
+        READ_AHEAD_JOBS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Spare plaintext buffers kept per open file, for reuse instead of
-/// allocation, while chunks are being read ahead: those of the chunks in
-/// flight, and some. Otherwise a file keeps [`IDLE_SPARE_DATA`]: an idle
-/// file should not keep a batch of buffers (a session may hold
-/// `sftp.max_handles` open files), and a writer gets a batch's worth back
-/// at a time.
-const SPARE_DATA: usize = READ_BATCH * READ_AHEAD + 2;
+/// allocation, while chunks are being read ahead: a batch's worth, and
+/// some. Otherwise a file keeps [`IDLE_SPARE_DATA`]: an idle file should
+/// not keep a batch of buffers (a session may hold `sftp.max_handles` open
+/// files), and a writer gets a batch's worth back at a time.
+const SPARE_DATA: usize = READ_BATCH + 2;
 
 /// Spare plaintext buffers kept when nothing is being read ahead: one for
 /// the cache, one for the next chunk.
@@ -96,6 +127,7 @@ struct Buffers {
 struct Decoded {
     chunks: Vec<Vec<u8>>,
     records: Vec<u8>,
+    slot: ReadAheadSlot,
 }
 
 /// A read-ahead job: chunks `first..first + count`, being read and
@@ -164,8 +196,16 @@ pub(crate) struct FileState {
     ahead: VecDeque<ReadJob>,
     /// Chunks decrypted ahead and not yet loaded, in order, consecutive.
     ready: VecDeque<(u64, Vec<u8>)>,
-    /// Record buffers of read-ahead jobs, kept for reuse (up to
-    /// [`READ_AHEAD`]: a new one would be zero-filled before use).
+    /// The place under [`MAX_READ_AHEAD_JOBS`] of the job `ready` came from.
+    ready_slot: Option<ReadAheadSlot>,
+    /// Chunks in a row the reader has taken from read-ahead since it last
+    /// went elsewhere. From [`READ_BATCH`] on it is kept [`READ_AHEAD`]
+    /// batches ahead; before, one chunk: a reader that reads a few chunks
+    /// and then jumps (random access by 255 KiB, two handles reading
+    /// different parts) must not cost a batch of wasted chunks each time.
+    streak: u32,
+    /// A read-ahead job's record buffer, kept for reuse (a new one would
+    /// be zero-filled before use).
     spare_batch_records: Vec<Vec<u8>>,
     /// The chunk loaded before the cached one, to recognise sequential reads.
     previous: Option<u64>,
@@ -277,6 +317,8 @@ impl FileState {
             behind: VecDeque::new(),
             ahead: VecDeque::new(),
             ready: VecDeque::new(),
+            ready_slot: None,
+            streak: 0,
             spare_batch_records: Vec::new(),
             previous: None,
             spare_data: Vec::new(),
@@ -634,6 +676,7 @@ impl FileState {
             self.previous = Some(index);
             let data = match self.take_read_ahead(index) {
                 Some(data) => {
+                    self.streak = self.streak.saturating_add(1);
                     self.top_up_read_ahead(index + 1);
                     data
                 }
@@ -780,18 +823,28 @@ impl FileState {
             }
             let job = self.ahead.pop_front()?;
             // A job that panicked gave nothing: the chunks are read here.
-            if let Some(Decoded { chunks, records }) = job.job.wait_soon() {
-                if self.spare_batch_records.len() < READ_AHEAD {
+            if let Some(Decoded {
+                chunks,
+                records,
+                slot,
+            }) = job.job.wait_soon()
+            {
+                if self.spare_batch_records.is_empty() {
                     self.spare_batch_records.push(records);
                 }
                 self.ready.extend((job.first..).zip(chunks));
+                self.ready_slot = Some(slot);
             }
         }
         self.drop_ready_before(index);
         if self.ready.front().is_none_or(|(i, _)| *i != index) {
             return None;
         }
-        self.ready.pop_front().map(|(_, data)| data)
+        let data = self.ready.pop_front().map(|(_, data)| data);
+        if self.ready.is_empty() {
+            self.ready_slot = None;
+        }
+        data
     }
 
     fn drop_ready_before(&mut self, index: u64) {
@@ -802,13 +855,20 @@ impl FileState {
         }
     }
 
-    /// Keeps [`READ_AHEAD`] jobs reading and decrypting the chunks from
-    /// `from` on, as far as the records on disk go, unless chunks are being
-    /// written (they would be read before they land).
+    /// Keeps jobs reading and decrypting the chunks from `from` on, as far
+    /// as the records on disk go: [`READ_AHEAD`] batches for a reader with a
+    /// long enough `streak`, one chunk otherwise. None
+    /// while chunks are being written (they would be read before they
+    /// land), or while the process has [`MAX_READ_AHEAD_JOBS`].
     fn top_up_read_ahead(&mut self, from: u64) {
         if !self.behind.is_empty() || !self.gathered.is_empty() {
             return;
         }
+        let (jobs, batch) = if self.streak >= READ_BATCH as u32 {
+            (READ_AHEAD, READ_BATCH as u64)
+        } else {
+            (1, 1)
+        };
         let end = self.disk_chunks.min(last_index(self.size) + 1);
         let mut next = self
             .ahead
@@ -817,9 +877,12 @@ impl FileState {
             .or(self.ready.back().map(|(i, _)| i + 1))
             .unwrap_or(from)
             .max(from);
-        while self.ahead.len() < READ_AHEAD && next < end {
-            let count = (end - next).min(READ_BATCH as u64);
-            self.spawn_read_ahead(next, count);
+        while self.ahead.len() < jobs && next < end {
+            let count = (end - next).min(batch);
+            let Some(slot) = ReadAheadSlot::take() else {
+                break;
+            };
+            self.spawn_read_ahead(next, count, slot);
             next += count;
         }
         if self.ahead.is_empty() {
@@ -831,7 +894,7 @@ impl FileState {
 
     /// Starts reading chunks `first..first + count` (all on disk) with one
     /// read, and decrypting them, on a worker.
-    fn spawn_read_ahead(&mut self, first: u64, count: u64) {
+    fn spawn_read_ahead(&mut self, first: u64, count: u64, slot: ReadAheadSlot) {
         let last = last_index(self.size);
         let lens: Vec<usize> = (first..first + count)
             .map(|i| chunk_len(i, self.size))
@@ -862,7 +925,11 @@ impl FileState {
                 good += 1;
             }
             chunks.truncate(good);
-            Decoded { chunks, records }
+            Decoded {
+                chunks,
+                records,
+                slot,
+            }
         });
         self.ahead.push_back(ReadJob { first, count, job });
     }
@@ -871,9 +938,11 @@ impl FileState {
     /// reader jumped elsewhere). Jobs still running finish on their own.
     fn forget_ahead(&mut self) {
         self.ahead.clear();
-        while let Some((_, data)) = self.ready.pop_front() {
-            self.keep_spare_data(data);
-        }
+        self.ready.clear();
+        self.ready_slot = None;
+        self.streak = 0;
+        self.spare_batch_records.clear();
+        self.spare_data.truncate(IDLE_SPARE_DATA);
     }
 
     fn take_data(&mut self) -> Vec<u8> {

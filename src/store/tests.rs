@@ -399,6 +399,26 @@ fn a_file_read_to_its_end_keeps_only_an_idle_files_buffers() {
     f.close().unwrap();
 }
 
+/// A reader that reads one 255 KiB piece here and one there (random
+/// access) is read ahead by at most one chunk: batches are for readers
+/// that keep going, and would be wasted work at every jump.
+#[test]
+fn scattered_reads_are_not_read_ahead_in_batches() {
+    let fx = Fixture::new();
+    let plain = bytes(40 * CHUNK_SIZE, 13);
+    put(&fx.store, "t", &plain);
+    let f = fx.store.open(&p("t"), ro()).unwrap();
+    let piece = 261_120;
+    for i in [5usize, 1, 8, 3, 7, 0, 9] {
+        let start = i * piece;
+        let got = f.read_at(start as u64, piece).unwrap();
+        assert_bytes(&got, &plain[start..start + piece], &format!("piece {i}"));
+        let (ahead, _, _) = super::lock(&f.state).read_ahead_state();
+        assert!(ahead <= 1, "after piece {i}: {ahead} read-ahead jobs");
+    }
+    f.close().unwrap();
+}
+
 #[test]
 fn same_plaintext_encrypts_differently() {
     let fx = Fixture::new();
