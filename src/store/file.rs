@@ -206,7 +206,7 @@ pub(crate) struct FileState {
     streak: u32,
     /// A read-ahead job's record buffer, kept for reuse (a new one would
     /// be zero-filled before use).
-    spare_batch_records: Vec<Vec<u8>>,
+    spare_batch_records: Option<Vec<u8>>,
     /// The chunk loaded before the cached one, to recognise sequential reads.
     previous: Option<u64>,
     /// Plaintext and record buffers kept for reuse (kept apart: a writer
@@ -319,7 +319,7 @@ impl FileState {
             ready: VecDeque::new(),
             ready_slot: None,
             streak: 0,
-            spare_batch_records: Vec::new(),
+            spare_batch_records: None,
             previous: None,
             spare_data: Vec::new(),
             spare_records: Vec::new(),
@@ -829,9 +829,7 @@ impl FileState {
                 slot,
             }) = job.job.wait_soon()
             {
-                if self.spare_batch_records.is_empty() {
-                    self.spare_batch_records.push(records);
-                }
+                self.spare_batch_records.get_or_insert(records);
                 self.ready.extend((job.first..).zip(chunks));
                 self.ready_slot = Some(slot);
             }
@@ -887,8 +885,7 @@ impl FileState {
         }
         if self.ahead.is_empty() {
             // Read to the end: keep no more than an idle file needs.
-            self.spare_batch_records.clear();
-            self.spare_data.truncate(IDLE_SPARE_DATA);
+            self.drop_read_ahead_spares();
         }
     }
 
@@ -900,7 +897,7 @@ impl FileState {
             .map(|i| chunk_len(i, self.size))
             .collect();
         let mut chunks: Vec<Vec<u8>> = lens.iter().map(|_| self.take_data()).collect();
-        let mut records = self.spare_batch_records.pop().unwrap_or_default();
+        let mut records = self.spare_batch_records.take().unwrap_or_default();
         let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
         let job = pool::spawn(move || {
             let total = lens.iter().map(|&len| format::record_len(len)).sum();
@@ -941,7 +938,12 @@ impl FileState {
         self.ready.clear();
         self.ready_slot = None;
         self.streak = 0;
-        self.spare_batch_records.clear();
+        self.drop_read_ahead_spares();
+    }
+
+    /// Keeps no more spare buffers than a file that is not read ahead needs.
+    fn drop_read_ahead_spares(&mut self) {
+        self.spare_batch_records = None;
         self.spare_data.truncate(IDLE_SPARE_DATA);
     }
 
@@ -972,7 +974,7 @@ impl FileState {
         (
             self.ahead.len(),
             self.spare_data.len(),
-            self.spare_batch_records.len(),
+            usize::from(self.spare_batch_records.is_some()),
         )
     }
 
