@@ -9,23 +9,27 @@
 #   bench/compare.sh --runs 5        more runs (the table shows medians)
 #   bench/compare.sh --smoke         tiny sizes, 1 run: proves the benchmark works (CI)
 #   bench/compare.sh --keep          keep the work directory on /dev/shm afterwards
+#   bench/compare.sh --cpu-idle      let idle CPUs sleep as configured (by default the
+#                                    runs hold /dev/cpu_dma_latency at 0, see below)
 #
 # Needs: cargo, OpenSSH client (sftp, scp, ssh-keygen), /usr/sbin/sshd
 # (installed with apt-get if missing), root (sshd must run as root and the
 # OpenSSH test user is the current user), and /dev/shm.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SMOKE=0
 RUNS=
 KEEP=0
+STEADY=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --runs=*) RUNS=${1#--runs=} ;;
         --keep) KEEP=1 ;;
+        --cpu-idle) STEADY=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -86,6 +90,7 @@ SSHD_HOME=$SSHD_DIR/data   # where internal-sftp starts (-d): OpenSSH's files
 mkdir -p "$SRC" "$DL" "$OUT" "$DZ_DIR" "$SSHD_DIR" "$SSHD_HOME"
 DZ_PID=
 SSHD_PID=
+QOS_PID=
 
 cleanup() {
     local rc=$?
@@ -95,6 +100,9 @@ cleanup() {
     fi
     if [ -n "$SSHD_PID" ] && kill -0 "$SSHD_PID" 2>/dev/null; then
         kill -TERM "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null
+    fi
+    if [ -n "$QOS_PID" ] && kill -0 "$QOS_PID" 2>/dev/null; then
+        kill -TERM "$QOS_PID"; wait "$QOS_PID" 2>/dev/null
     fi
     if [ "$KEEP" = 1 ]; then
         say "== work directory kept: $WORK"
@@ -435,6 +443,37 @@ ALGO_OS=$(algos openssh)
 say "== negotiated: dropzone: $ALGO_DZ"
 say "==             openssh:  $ALGO_OS"
 
+# Idle CPUs kept awake for the runs. On this project's benchmark machine
+# (a VM whose idle vCPUs halt at once: cpuidle haltpoll with polling off),
+# waking a halted vCPU takes from tens of microseconds to milliseconds,
+# and the small-file tests, one round trip after another through three or
+# four processes, spend most of their time in such wake-ups: their wall
+# time then varied 2-3x from run to run for both servers
+# (docs/PERFORMANCE.md, "Session 6"). A PM QoS request of 0 us on
+# /dev/cpu_dma_latency, the kernel's interface for latency-sensitive work
+# (what tuned's latency-performance profile sets), makes idle CPUs poll
+# instead; it holds while the file stays open and applies to both servers
+# alike. --cpu-idle leaves idle CPUs as configured.
+CPU_IDLE_NOTE="as configured (--cpu-idle)"
+if [ "$STEADY" = 1 ]; then
+    if [ -w /dev/cpu_dma_latency ]; then
+        # A child holds the request open (no server inherits it) and lets
+        # go when this script ends, however it ends.
+        bash -c 'exec 3>/dev/cpu_dma_latency && printf 0 >&3 && while kill -0 "$1" 2>/dev/null; do sleep 1; done' hold-cpu-awake $$ &
+        QOS_PID=$!
+        sleep 0.2
+        if kill -0 "$QOS_PID" 2>/dev/null; then
+            CPU_IDLE_NOTE="kept awake: /dev/cpu_dma_latency held at 0 during the runs (--cpu-idle: as configured)"
+        else
+            QOS_PID=
+            CPU_IDLE_NOTE="as configured (could not hold /dev/cpu_dma_latency)"
+        fi
+    else
+        CPU_IDLE_NOTE="as configured (/dev/cpu_dma_latency not available)"
+    fi
+fi
+say "== idle CPUs: $CPU_IDLE_NOTE"
+
 DZ_IDLE_KIB=$(kib_field VmRSS)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(now)
@@ -451,6 +490,10 @@ for ((r = 1; r <= RUNS; r++)); do
     check_empty
 done
 T_END=$(now)
+if [ -n "$QOS_PID" ]; then
+    kill -TERM "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null || true
+    QOS_PID=
+fi
 
 # ---------------------------------------------------------------- report
 median() { # median TEST SERVER [FILE]
@@ -487,6 +530,7 @@ declare -A LABEL=(
     echo "openssh:  $("$SSHD" -V 2>&1 | head -n1 || true); client $(ssh -V 2>&1)"
     echo "algos:    dropzone: $ALGO_DZ"
     echo "          openssh:  $ALGO_OS"
+    echo "idle CPUs: $CPU_IDLE_NOTE"
     echo "load:     $LOAD_BEFORE before the runs (1/5/15 min load average; other work on the machine skews the figures)"
     echo "runs:     $RUNS per server and test, alternating; MiB/s = MiB moved / wall time of the client command (incl. connect+auth); medians"
     echo "          parallel: total MiB moved by all sessions (up + down) / wall time until the last session ended"
