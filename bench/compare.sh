@@ -451,7 +451,7 @@ say "==             openssh:  $ALGO_OS"
 # time then varied 2-3x from run to run for both servers
 # (docs/PERFORMANCE.md, "Session 6"). A PM QoS request of 0 us on
 # /dev/cpu_dma_latency, the kernel's interface for latency-sensitive work
-# (what tuned's latency-performance profile sets), makes idle CPUs poll
+# (tuned's latency-performance profile uses it too), makes idle CPUs poll
 # instead; it holds while the file stays open and applies to both servers
 # alike. --cpu-idle leaves idle CPUs as configured.
 CPU_IDLE_NOTE="as configured (--cpu-idle)"
