@@ -375,7 +375,9 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             users_file: config.auth.users_file.clone(),
             data_dir: config.data_dir.clone(),
             sftp: SftpConfig {
-                max_handles: config.max_handles,
+                max_handles: config.sftp.max_handles,
+                max_handles_per_user: config.sftp.max_handles_per_user,
+                max_file_size: config.sftp.max_file_size,
             },
             system_users,
             uploads: dropzone::upload::Uploads::from_config(&config.upload)

@@ -16,6 +16,7 @@ pub(super) struct RawLimits {
     max_startups_per_source: Option<usize>,
     max_sessions: Option<usize>,
     max_sessions_per_user: Option<usize>,
+    max_channels_per_connection: Option<usize>,
     penalty: Option<bool>,
     penalty_per_failure_secs: Option<u64>,
     penalty_ban_after_secs: Option<u64>,
@@ -36,6 +37,9 @@ pub struct LimitsConfig {
     pub max_sessions: usize,
     /// Logged-in connections of one user.
     pub max_sessions_per_user: usize,
+    /// Session channels (SFTP or scp) open at once on one connection, as
+    /// OpenSSH's MaxSessions.
+    pub max_channels_per_connection: usize,
     /// The failure penalty, or `None` when turned off.
     pub penalty: Option<PenaltyConfig>,
 }
@@ -104,6 +108,11 @@ impl RawLimits {
                 "max_sessions_per_user",
                 self.max_sessions_per_user,
                 16,
+            )?,
+            max_channels_per_connection: at_least_one(
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+                10,
             )?,
             penalty: self.penalty.unwrap_or(true).then_some(penalty),
         })

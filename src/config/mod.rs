@@ -106,6 +106,8 @@ struct RawEaas {
 #[serde(deny_unknown_fields)]
 struct RawSftp {
     max_handles: Option<usize>,
+    max_handles_per_user: Option<usize>,
+    max_file_size: Option<u64>,
 }
 
 /// Which key service wraps user keys.
@@ -132,8 +134,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Key service settings.
     pub kms: KmsConfig,
-    /// Most open handles per SFTP session.
-    pub max_handles: usize,
+    /// `[sftp]`: handle caps and the largest file.
+    pub sftp: SftpLimits,
     /// `[ssh]`: timeouts and algorithms.
     pub ssh: SshConfig,
     /// `[limits]`: connection and session caps, failure penalties.
@@ -145,6 +147,24 @@ pub struct Config {
     /// `[metrics]`.
     pub metrics: MetricsConfig,
 }
+
+/// `[sftp]`: what one connection and one user may hold, and how large a
+/// file may grow.
+#[derive(Debug, Clone)]
+pub struct SftpLimits {
+    /// Most open file and directory handles per connection, over all its
+    /// SFTP channels (default 256).
+    pub max_handles: usize,
+    /// Most open handles of one user, over all their connections (default
+    /// 1024).
+    pub max_handles_per_user: usize,
+    /// Largest size, in plaintext bytes, a file may reach by any request:
+    /// writes, SETSTAT size, copy-data (default 1 TiB).
+    pub max_file_size: u64,
+}
+
+/// Default of `sftp.max_file_size`: 1 TiB, also the most the store accepts.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = crate::store::file::MAX_FILE_SIZE;
 
 /// `[auth]`.
 #[derive(Debug, Clone)]
@@ -295,6 +315,14 @@ impl Config {
         if max_handles == 0 {
             return Err("sftp.max_handles must be at least 1".into());
         }
+        let max_handles_per_user = raw.sftp.max_handles_per_user.unwrap_or(1024);
+        if max_handles_per_user == 0 {
+            return Err("sftp.max_handles_per_user must be at least 1".into());
+        }
+        let max_file_size = raw.sftp.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE);
+        if max_file_size == 0 {
+            return Err("sftp.max_file_size must be at least 1".into());
+        }
         Ok(Config {
             listen: raw
                 .listen
@@ -324,7 +352,11 @@ impl Config {
                 local_secret_version,
                 eaas,
             },
-            max_handles,
+            sftp: SftpLimits {
+                max_handles,
+                max_handles_per_user,
+                max_file_size,
+            },
             ssh: raw.ssh.validate()?,
             limits: raw.limits.validate()?,
             upload: raw.upload.validate()?,

@@ -85,13 +85,23 @@ const IN_FLIGHT_KIB: usize = 2 * 1024;
 /// Session-wide SFTP settings.
 #[derive(Debug, Clone)]
 pub struct SftpConfig {
-    /// Most handles one session may hold open at once.
+    /// Most handles one connection may hold open at once, over all its
+    /// SFTP channels.
     pub max_handles: usize,
+    /// Most handles one user may hold open at once, over all their
+    /// connections.
+    pub max_handles_per_user: usize,
+    /// Largest size a file may reach, in plaintext bytes.
+    pub max_file_size: u64,
 }
 
 impl Default for SftpConfig {
     fn default() -> Self {
-        SftpConfig { max_handles: 256 }
+        SftpConfig {
+            max_handles: 256,
+            max_handles_per_user: 1024,
+            max_file_size: crate::store::file::MAX_FILE_SIZE,
+        }
     }
 }
 

@@ -194,6 +194,7 @@ mod tests {
             max_startups_per_source: 2,
             max_sessions: 3,
             max_sessions_per_user: 2,
+            max_channels_per_connection: 10,
             penalty: None,
         })
     }
