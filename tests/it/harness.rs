@@ -330,7 +330,7 @@ impl Server {
     }
 
     /// Options for a key login as `user` (BatchMode, only this key).
-    fn key_opts(&self, user: &str) -> Vec<String> {
+    pub fn key_opts(&self, user: &str) -> Vec<String> {
         let key = &self.user(user).key;
         let mut opts = Server::common_opts();
         opts.extend(

@@ -19,6 +19,7 @@ mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+pub mod raw_sftp;
 mod scan;
 mod scp;
 mod sftp;
