@@ -312,7 +312,9 @@ fn outcome_of<T>(result: &Result<T, SftpError>) -> Outcome {
     match result {
         Ok(_) => Ok(()),
         Err(e) => {
-            let (code, msg) = to_status(e);
+            // The detail, not the client's generic text: the audit log is
+            // where an operator learns what went wrong.
+            let (code, msg) = status::describe(e);
             Err((status::status_name(code), msg))
         }
     }
@@ -383,7 +385,7 @@ impl Session {
                     .send(status(
                         id.unwrap_or(0),
                         code,
-                        "malformed or unsupported request",
+                        status::openssh_message(code),
                     ))
                     .await;
             }

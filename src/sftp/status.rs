@@ -1,7 +1,12 @@
 //! The one place that turns errors into SFTP status replies.
 //!
-//! Messages sent to the client name the problem, never a host path or key
-//! material; the server log keeps the detail.
+//! The message sent to the client is OpenSSH's sftp-server's text for the
+//! status code ("No such file", "Failure", ...), so that clients which
+//! match on it (paramiko's tests do) see what they see from OpenSSH. What
+//! went wrong in detail ([`describe`]: never a host path or key material)
+//! goes to the server log and the audit log; the stderr notices of the
+//! session tell the user about integrity failures, rejected uploads and a
+//! full disk.
 
 use std::io;
 
@@ -48,8 +53,32 @@ impl From<io::Error> for SftpError {
     }
 }
 
-/// The status code and client-facing message for `err`.
+/// The status code and the message the client is sent for `err`: OpenSSH's
+/// text for the code (see [`openssh_message`]); [`describe`] has the detail.
 pub fn to_status(err: &SftpError) -> (StatusCode, String) {
+    let (code, _) = describe(err);
+    (code, openssh_message(code).to_owned())
+}
+
+/// The text OpenSSH's sftp-server sends with each status code
+/// (`status_to_message` in its sftp-server.c).
+pub fn openssh_message(code: StatusCode) -> &'static str {
+    match code {
+        StatusCode::Ok => "Success",
+        StatusCode::Eof => "End of file",
+        StatusCode::NoSuchFile => "No such file",
+        StatusCode::PermissionDenied => "Permission denied",
+        StatusCode::Failure => "Failure",
+        StatusCode::BadMessage => "Bad message",
+        StatusCode::NoConnection => "No connection",
+        StatusCode::ConnectionLost => "Connection lost",
+        StatusCode::OpUnsupported => "Operation unsupported",
+    }
+}
+
+/// The status code for `err` and what went wrong in words, for the server
+/// log and the audit log (never a host path or key material).
+pub fn describe(err: &SftpError) -> (StatusCode, String) {
     use StatusCode as C;
     match err {
         SftpError::Store(StoreError::Integrity(_)) => (
@@ -135,7 +164,7 @@ mod tests {
     #[test]
     fn integrity_failures_say_so() {
         let e = SftpError::Store(StoreError::Integrity(FormatError::Integrity("x")));
-        let (code, msg) = to_status(&e);
+        let (code, msg) = describe(&e);
         assert_eq!(code, StatusCode::Failure);
         assert!(msg.contains("integrity"));
     }
@@ -145,16 +174,61 @@ mod tests {
         let e = SftpError::Store(StoreError::Rejected {
             reason: "EICAR test signature found".into(),
         });
-        let (code, msg) = to_status(&e);
+        let (code, msg) = describe(&e);
         assert_eq!(code, StatusCode::PermissionDenied);
         assert_eq!(msg, "upload rejected: EICAR test signature found");
     }
 
     #[test]
     fn errno_mapping() {
-        let s = |n| to_status(&SftpError::from(io::Error::from_raw_os_error(n)));
+        let s = |n| describe(&SftpError::from(io::Error::from_raw_os_error(n)));
         assert_eq!(s(libc::ENOENT).0, StatusCode::NoSuchFile);
         assert_eq!(s(libc::EACCES).0, StatusCode::PermissionDenied);
         assert_eq!(s(libc::ENOSPC).1, "no space left on device");
+    }
+
+    /// The client gets OpenSSH's text for the code, whatever the detail.
+    #[test]
+    fn clients_get_openssh_messages() {
+        let cases = [
+            (
+                SftpError::from(io::Error::from_raw_os_error(libc::ENOENT)),
+                StatusCode::NoSuchFile,
+                "No such file",
+            ),
+            (
+                SftpError::from(io::Error::from_raw_os_error(libc::EACCES)),
+                StatusCode::PermissionDenied,
+                "Permission denied",
+            ),
+            (
+                SftpError::from(io::Error::from_raw_os_error(libc::EEXIST)),
+                StatusCode::Failure,
+                "Failure",
+            ),
+            (
+                SftpError::Store(StoreError::Integrity(FormatError::Integrity("x"))),
+                StatusCode::Failure,
+                "Failure",
+            ),
+            (
+                SftpError::Store(StoreError::Rejected {
+                    reason: "EICAR".into(),
+                }),
+                StatusCode::PermissionDenied,
+                "Permission denied",
+            ),
+            (SftpError::BadMessage, StatusCode::BadMessage, "Bad message"),
+            (
+                SftpError::Unsupported("x".into()),
+                StatusCode::OpUnsupported,
+                "Operation unsupported",
+            ),
+        ];
+        for (err, code, msg) in cases {
+            assert_eq!(to_status(&err), (code, msg.to_owned()), "{err}");
+        }
+        assert_eq!(openssh_message(StatusCode::Eof), "End of file");
+        assert_eq!(openssh_message(StatusCode::Ok), "Success");
     }
 }

@@ -128,8 +128,11 @@ async fn malformed_requests_get_clean_errors_and_the_session_goes_on() {
     c.request(FXP_STAT, Writer::default().u32(9).bytes(b"a\0b"))
         .await;
     let (id, code, msg) = c.status().await;
-    assert_eq!((id, code), (9, StatusCode::Failure));
-    assert!(msg.contains("NUL"), "{msg}");
+    // OpenSSH's text for the code; the detail is in the server log.
+    assert_eq!(
+        (id, code, msg.as_str()),
+        (9, StatusCode::Failure, "Failure")
+    );
     // A handle that was never opened.
     c.request(
         FXP_READ,
@@ -139,7 +142,7 @@ async fn malformed_requests_get_clean_errors_and_the_session_goes_on() {
     let (id, code, msg) = c.status().await;
     assert_eq!(
         (id, code, msg.as_str()),
-        (10, StatusCode::Failure, "invalid handle")
+        (10, StatusCode::Failure, "Failure")
     );
     // An unknown extension.
     c.request(
