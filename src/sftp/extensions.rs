@@ -6,7 +6,7 @@ use super::status::SftpError;
 use super::wire::{Reader, Writer};
 use super::{MAX_PACKET_LEN, MAX_READ_WRITE_LEN, Session, ok};
 use crate::jail;
-use crate::store::EncryptedFile;
+use crate::store::{EncryptedFile, StoreError};
 use crate::store::storage::{ObjectPath, SpaceInfo};
 
 /// Extensions announced in the VERSION reply, with OpenSSH's versions.
@@ -164,28 +164,52 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
     }
 }
 
-/// copy-data: a length of 0 copies to the end of the source.
+/// copy-data: copies `len` bytes (0: to the end) of `src` from `from` to
+/// `dst` at `to`.
+///
+/// The end of the source is fixed when the copy starts, so a copy into the
+/// same file cannot chase its own writes; ranges that overlap in one file
+/// are refused (OpenSSH's sftp-server refuses every copy within one file;
+/// here only the overlapping ones, whose result would depend on the order
+/// of the steps). A copy that would grow `dst` past the store's size limit
+/// is refused before anything is copied. The copy goes in steps of one
+/// chunk and stops, with an error, once the session ends or the server
+/// stops; what was copied by then stays.
 fn copy_data(
     src: &EncryptedFile,
-    mut from: u64,
+    from: u64,
     len: u64,
     dst: &EncryptedFile,
-    mut to: u64,
+    to: u64,
 ) -> Result<(), SftpError> {
+    let src_end = src.size();
     let end = if len == 0 {
-        u64::MAX
+        src_end
     } else {
-        from.saturating_add(len)
+        from.saturating_add(len).min(src_end)
     };
-    while from < end {
-        let want = (end - from).min(crate::store::format::CHUNK_SIZE as u64) as usize;
-        let data = src.read_at(from, want)?;
+    let count = end.saturating_sub(from);
+    if count == 0 {
+        return Ok(());
+    }
+    if dst.same_file(src) && from < to.saturating_add(count) && to < end {
+        return Err(StoreError::InvalidArgument(
+            "copy-data source and destination overlap in the same file",
+        )
+        .into());
+    }
+    dst.check_growth(to.checked_add(count))?;
+    let step = crate::store::format::CHUNK_SIZE as u64;
+    let mut done = 0;
+    while done < count {
+        dst.check_stop()?;
+        let data = src.read_at(from + done, (count - done).min(step) as usize)?;
         if data.is_empty() {
+            // The source was cut short meanwhile (another handle).
             break;
         }
-        dst.write_at(to, &data)?;
-        from += data.len() as u64;
-        to += data.len() as u64;
+        dst.write_at(to + done, &data)?;
+        done += data.len() as u64;
     }
     Ok(())
 }

@@ -99,6 +99,12 @@ pub fn describe(err: &SftpError) -> (StatusCode, String) {
         }
         SftpError::Jail(e) => (C::Failure, e.to_string()),
         SftpError::Store(StoreError::Internal(_)) => (C::Failure, "internal server error".into()),
+        // The limit, in human terms, is what the client needs to know.
+        SftpError::Store(e @ StoreError::TooLarge { .. }) => (C::Failure, e.to_string()),
+        SftpError::Store(StoreError::Interrupted) => (
+            C::Failure,
+            "operation interrupted: the session is ending".into(),
+        ),
         SftpError::BadHandle => (C::Failure, "invalid handle".into()),
         SftpError::BadMessage => (C::BadMessage, "malformed request".into()),
         SftpError::Unsupported(what) => {
@@ -177,6 +183,14 @@ mod tests {
         let (code, msg) = describe(&e);
         assert_eq!(code, StatusCode::PermissionDenied);
         assert_eq!(msg, "upload rejected: EICAR test signature found");
+    }
+
+    #[test]
+    fn the_size_limit_is_named_in_human_terms() {
+        let e = SftpError::Store(StoreError::TooLarge { limit: 64 << 20 });
+        let (code, msg) = to_status(&e);
+        assert_eq!(code, StatusCode::Failure);
+        assert_eq!(msg, "the file would exceed the server's 64 MiB size limit");
     }
 
     #[test]

@@ -34,6 +34,14 @@ struct LoggedIn {
     session: Arc<UserSession>,
 }
 
+impl Drop for LoggedIn {
+    /// The connection has ended: long store work it started (a gap being
+    /// filled, a copy) stops now rather than run on for nobody.
+    fn drop(&mut self) {
+        self.store.interrupt();
+    }
+}
+
 /// The russh handler of one connection.
 pub(super) struct Connection {
     ctx: Arc<ServerContext>,
@@ -338,7 +346,9 @@ impl Connection {
             let key = ctx.keys.get_or_create(&n).map_err(LoginFailure::Key)?;
             let storage = LocalStorage::open_root(&ctx.data_dir.join(n.as_str()))
                 .map_err(LoginFailure::Root)?;
-            let store = UserStore::new(Arc::new(storage), key);
+            let store = UserStore::new(Arc::new(storage), key)
+                .with_max_file_size(ctx.sftp.max_file_size)
+                .with_stop_signal(ctx.store_stop.child());
             Ok(match &ctx.uploads {
                 Some(uploads) => store.with_gate(uploads.gate(n.as_str(), Some(peer))),
                 None => store,

@@ -68,6 +68,9 @@ pub struct ServerContext {
     /// with it this sender, is dropped by the last session task.
     #[allow(dead_code)]
     alive: mpsc::Sender<()>,
+    /// Raised at shutdown: the parent of every session's store stop signal,
+    /// so that long store work (a gap being filled, a copy) ends at once.
+    store_stop: crate::store::StopSignal,
 }
 
 struct UsersCache {
@@ -126,6 +129,7 @@ impl ServerContext {
                 admission: admission::Admission::new(limits),
                 observer,
                 alive,
+                store_stop: crate::store::StopSignal::new(),
             }),
             alive_rx,
         ))
@@ -465,6 +469,8 @@ pub async fn run(
         }
     }
     info!("stopping: closing sessions");
+    // Long store work would hold its session past the grace period: stop it.
+    ctx.store_stop.raise();
     let open: Vec<_> = handles
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
 };
+use super::bounds::Bounds;
 use super::journal::{Journal, JournalTarget};
 use super::pool::{self, Pending};
 use super::storage::{Blob, Meta};
@@ -42,7 +43,8 @@ use crate::store::StoreError;
 /// Largest plaintext size accepted: 1 TiB. Every byte of a file, including
 /// a gap written past its end, is stored encrypted (there are no sparse
 /// files), so a write at an absurd offset must fail instead of filling the
-/// disk; the cap also keeps every record offset far from overflow.
+/// disk; the cap also keeps every record offset far from overflow. A store
+/// may set a lower limit ([`Bounds::max_size`], `[sftp] max_file_size`).
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// Full chunks encrypted and written together by one pool job: as many as
@@ -431,13 +433,17 @@ impl FileState {
     }
 
     /// Writes `data` at `offset`; a gap past the end reads back as zeros.
-    pub(crate) fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&end| end <= MAX_FILE_SIZE)
-            .ok_or(StoreError::InvalidArgument(
-                "the file would exceed the 1 TiB size limit",
-            ))?;
+    /// Growth past `bounds.max_size` is refused before anything is written;
+    /// filling a gap stops when `bounds.stop` is raised (see `extend_to`).
+    pub(crate) fn write_at(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        bounds: &Bounds,
+    ) -> Result<(), StoreError> {
+        let end = offset.checked_add(data.len() as u64);
+        bounds.check_growth(self.size, end)?;
+        let end = end.unwrap_or(u64::MAX);
         if data.is_empty() {
             // As pwrite(2): writing nothing does not extend the file.
             return Ok(());
@@ -446,7 +452,7 @@ impl FileState {
         if end > self.size {
             // Chunks from the one `offset` falls in are about to be written
             // whole or in part: no zero records for them.
-            self.extend_to(end, offset / CHUNK_SIZE as u64)?;
+            self.extend_to(end, offset / CHUNK_SIZE as u64, bounds)?;
         }
         let mut pos = offset;
         let mut rest = data;
@@ -473,16 +479,13 @@ impl FileState {
         Ok(())
     }
 
-    /// Truncates or extends (with zeros) to `new_size`.
-    pub(crate) fn set_len(&mut self, new_size: u64) -> Result<(), StoreError> {
-        if new_size > MAX_FILE_SIZE {
-            return Err(StoreError::InvalidArgument(
-                "the file would exceed the 1 TiB size limit",
-            ));
-        }
+    /// Truncates or extends (with zeros) to `new_size`, within `bounds` as
+    /// `write_at`.
+    pub(crate) fn set_len(&mut self, new_size: u64, bounds: &Bounds) -> Result<(), StoreError> {
+        bounds.check_growth(self.size, Some(new_size))?;
         self.forget_ahead();
         if new_size > self.size {
-            self.extend_to(new_size, u64::MAX)?;
+            self.extend_to(new_size, u64::MAX, bounds)?;
             let last = last_index(new_size);
             let chunk = self.load(last)?;
             chunk.dirty = true;
@@ -584,12 +587,36 @@ impl FileState {
     /// full and not final; chunks of a gap before chunk `written_from`
     /// become zeros). From `written_from` on, the new last chunk and the
     /// cached chunk are left to the caller and to `flush`.
-    fn extend_to(&mut self, new_size: u64, written_from: u64) -> Result<(), StoreError> {
+    ///
+    /// The zero records of a gap (which may be gigabytes: a WRITE far past
+    /// the end) are written first, past the end of the file, where they
+    /// change nothing yet; if `bounds.stop` is raised meanwhile they are cut
+    /// off again and this fails with [`StoreError::Interrupted`], leaving
+    /// the file as it was. Only then is the old last record sealed.
+    fn extend_to(
+        &mut self,
+        new_size: u64,
+        written_from: u64,
+        bounds: &Bounds,
+    ) -> Result<(), StoreError> {
         let old_last = last_index(self.size);
         let new_last = last_index(new_size);
+        // Before the gap's records count as on disk.
+        let old_last_on_disk = old_last < self.disk_chunks;
         if new_last > old_last {
-            // The old last record is about to stop being final.
+            let journaled = self.journal.is_some();
+            // The old last record is about to stop being final. The journal
+            // also covers a crash while the gap is written: rolling back
+            // cuts the file to its old length.
             self.begin_journal()?;
+            // Zero records only for a gap the caller will not write: a
+            // chunk the caller writes next is loaded as zeros (it is not on
+            // disk) and written once, not written as zeros, read back and
+            // written again.
+            let gap_end = new_last.min(written_from);
+            if old_last + 1 < gap_end {
+                self.write_gap(old_last + 1..gap_end, journaled, bounds)?;
+            }
         }
         if new_last == old_last && old_last < self.disk_chunks {
             // The last chunk stays last but grows. Its record on disk holds
@@ -606,7 +633,7 @@ impl FileState {
                 if let Some(c) = self.cache.as_mut() {
                     c.dirty = true;
                 }
-            } else if old_last < self.disk_chunks {
+            } else if old_last_on_disk {
                 let mut data = Vec::with_capacity(CHUNK_SIZE);
                 self.read_chunk_from_disk(old_last, &mut data)?;
                 data.resize(CHUNK_SIZE, 0);
@@ -614,21 +641,6 @@ impl FileState {
                 self.write_record(old_last, false, &data)?;
             }
             self.size = new_size;
-            // Zero records only for a gap the caller will not write: a
-            // chunk the caller writes next is loaded as zeros (it is not on
-            // disk) and written once, not written as zeros, read back and
-            // written again.
-            let gap_end = new_last.min(written_from);
-            let zeros = if old_last + 1 < gap_end {
-                vec![0u8; CHUNK_SIZE]
-            } else {
-                Vec::new()
-            };
-            for index in old_last + 1..gap_end {
-                if cached != Some(index) {
-                    self.write_record(index, false, &zeros)?;
-                }
-            }
         } else {
             self.size = new_size;
         }
@@ -638,6 +650,57 @@ impl FileState {
                 c.data.resize(len, 0);
                 c.dirty = true;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes zero records for the chunks of `gap`, which lie past the end
+    /// of the file on disk, checking `bounds.stop` before each. Stopped, it
+    /// cuts them off again (see `cut_gap`) and fails with
+    /// [`StoreError::Interrupted`]. `journaled`: whether a journal was
+    /// active before this extension began.
+    fn write_gap(
+        &mut self,
+        gap: std::ops::Range<u64>,
+        journaled: bool,
+        bounds: &Bounds,
+    ) -> Result<(), StoreError> {
+        // What the file was before the gap, to go back to: writes in flight
+        // land first, so that the length is the whole of it.
+        self.drain()?;
+        let stored_len = self.blob.meta()?.stored_len;
+        let disk_chunks = self.disk_chunks;
+        let zeros = vec![0u8; CHUNK_SIZE];
+        for index in gap {
+            if let Err(stopped) = bounds.check_stop() {
+                self.cut_gap(stored_len, disk_chunks, journaled)?;
+                return Err(stopped);
+            }
+            self.write_record(index, false, &zeros)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes `write_gap`: cuts the file back to `stored_len`, which ends in
+    /// the untouched old last record. A journal begun for this extension is
+    /// then no longer needed (the file is what it saved); one that was
+    /// active before stays, for the extension it belongs to.
+    fn cut_gap(
+        &mut self,
+        stored_len: u64,
+        disk_chunks: u64,
+        journaled: bool,
+    ) -> Result<(), StoreError> {
+        // A failure here leaves records past the end: sticky, so that a
+        // staged file with them is never committed.
+        let cut = self.blob.set_len(stored_len).map_err(StoreError::from);
+        self.note(cut)?;
+        self.disk_chunks = disk_chunks;
+        if !journaled && let Some(journal) = self.journal.take() {
+            // Synced first, as in `flush_cached`: the journal must outlive
+            // a file that still shows the gap after a power loss.
+            self.blob.sync()?;
+            journal.end();
         }
         Ok(())
     }

@@ -22,6 +22,7 @@
 //! Every call here blocks (file I/O and crypto); async callers run them on a
 //! blocking thread.
 
+pub mod bounds;
 pub mod check;
 pub mod file;
 pub mod format;
@@ -44,6 +45,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use crate::keys::DataKey;
+use bounds::Bounds;
+pub use bounds::StopSignal;
 use file::FileState;
 use format::FormatError;
 use storage::{Access, Blob, Kind, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
@@ -67,6 +70,18 @@ pub enum StoreError {
     /// A bug, reported rather than panicking (e.g. a worker that panicked).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The file would grow past the largest size this store allows; nothing
+    /// was written.
+    #[error("the file would exceed the server's {} size limit", bounds::human_size(*limit))]
+    TooLarge {
+        /// The limit, in plaintext bytes.
+        limit: u64,
+    },
+    /// Long work (filling a gap, copying data) stopped because the session
+    /// is ending or the server is stopping; the file is as it was before
+    /// the interrupted step.
+    #[error("operation interrupted: the session is ending")]
+    Interrupted,
     /// The upload gate (the scanner) refused the file at close: nothing was
     /// stored and the previous version stays. `reason` is for the client.
     #[error("upload rejected: {reason}")]
@@ -142,6 +157,8 @@ pub struct UserStore {
     storage: Arc<dyn Storage>,
     key: Arc<DataKey>,
     gate: Option<Arc<dyn UploadGate>>,
+    /// The size limit and stop signal every file opened here works within.
+    bounds: Bounds,
 }
 
 impl UserStore {
@@ -151,7 +168,38 @@ impl UserStore {
             storage,
             key,
             gate: None,
+            bounds: Bounds::default(),
         }
+    }
+
+    /// This store with files limited to `bytes` of plaintext (at most
+    /// [`file::MAX_FILE_SIZE`], the default): a write, extension or copy
+    /// that would grow a file past it fails with [`StoreError::TooLarge`]
+    /// before anything is written.
+    pub fn with_max_file_size(mut self, bytes: u64) -> Self {
+        self.bounds.max_size = bytes.min(file::MAX_FILE_SIZE);
+        self
+    }
+
+    /// This store with its long work stopped by `stop` (e.g. a child of a
+    /// server-wide signal, see [`StopSignal::child`]) instead of a signal of
+    /// its own.
+    pub fn with_stop_signal(mut self, stop: StopSignal) -> Self {
+        self.bounds.stop = stop;
+        self
+    }
+
+    /// Stops, for good, the long work of every file opened through this
+    /// store (filling a gap, copying data): it fails soon with
+    /// [`StoreError::Interrupted`], leaving each file consistent. For when
+    /// the session that owns the store ends.
+    pub fn interrupt(&self) {
+        self.bounds.stop.raise();
+    }
+
+    /// The largest size a file may grow to through this store.
+    pub fn max_file_size(&self) -> u64 {
+        self.bounds.max_size
     }
 
     /// This store with uploads checked and announced through `gate`.
@@ -228,6 +276,7 @@ impl UserStore {
                 }),
                 upload,
                 modified: AtomicBool::new(false),
+                bounds: self.bounds.clone(),
             });
         }
         let state = self.open_shared(path, opts.write)?;
@@ -237,6 +286,7 @@ impl UserStore {
             pending: Mutex::new(Pending::default()),
             upload,
             modified: AtomicBool::new(false),
+            bounds: self.bounds.clone(),
         })
     }
 
@@ -260,7 +310,7 @@ impl UserStore {
         )?;
         let s = self.storage.stage(path)?;
         let copied = FileState::create(s.blob, self.key.expose()).and_then(|mut copy| {
-            copy_plaintext(&mut source, &mut copy)?;
+            copy_plaintext(&mut source, &mut copy, &self.bounds)?;
             Ok(copy)
         });
         let state = match copied {
@@ -286,6 +336,7 @@ impl UserStore {
             }),
             upload,
             modified: AtomicBool::new(false),
+            bounds: self.bounds.clone(),
         })
     }
 
@@ -470,15 +521,23 @@ impl UserStore {
 }
 
 /// Copies the plaintext of `from` into the new file `to`, one chunk at a
-/// time (sequential, so both sides use their read-ahead and write-behind).
-fn copy_plaintext(from: &mut FileState, to: &mut FileState) -> Result<(), StoreError> {
+/// time (sequential, so both sides use their read-ahead and write-behind),
+/// until `bounds.stop` is raised.
+fn copy_plaintext(
+    from: &mut FileState,
+    to: &mut FileState,
+    bounds: &Bounds,
+) -> Result<(), StoreError> {
     let mut offset = 0u64;
     loop {
+        bounds.check_stop()?;
         let chunk = from.read_at(offset, format::CHUNK_SIZE)?;
         if chunk.is_empty() {
             return Ok(());
         }
-        to.write_at(offset, &chunk)?;
+        // The copy of a file already past a lowered limit is not refused:
+        // the limit is for growth, and the copy only grows to the original.
+        to.write_at(offset, &chunk, &Bounds::default())?;
         offset += chunk.len() as u64;
     }
 }
@@ -522,6 +581,8 @@ pub struct EncryptedFile {
     upload: Option<ClosingUpload>,
     /// Whether the content was changed through this handle.
     modified: AtomicBool,
+    /// The store's size limit and stop signal.
+    bounds: Bounds,
 }
 
 impl EncryptedFile {
@@ -560,7 +621,28 @@ impl EncryptedFile {
             offset
         };
         self.modified.store(true, Ordering::Relaxed);
-        state.write_at(offset, data)
+        state.write_at(offset, data, &self.bounds)
+    }
+
+    /// Fails with [`StoreError::TooLarge`] if growing this file to `end`
+    /// bytes would pass the store's limit, as a write ending there would:
+    /// for work that checks before it starts (a copy).
+    pub fn check_growth(&self, end: Option<u64>) -> Result<(), StoreError> {
+        self.bounds.check_growth(self.size(), end)
+    }
+
+    /// Fails with [`StoreError::Interrupted`] once the store's stop signal
+    /// is raised: for loops above the store (a copy) to check at each step.
+    pub fn check_stop(&self) -> Result<(), StoreError> {
+        self.bounds.check_stop()
+    }
+
+    /// Whether `other` is this handle or another handle on the same stored
+    /// file (files opened in place share one state per storage identity, so
+    /// this holds through hard links too). A staged file (an upload) is
+    /// never the same as another handle's.
+    pub fn same_file(&self, other: &EncryptedFile) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
     }
 
     /// Plaintext size.
@@ -620,7 +702,7 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("writing"));
         }
         self.modified.store(true, Ordering::Relaxed);
-        lock(&self.state).set_len(size)
+        lock(&self.state).set_len(size, &self.bounds)
     }
 
     /// Changes permission bits (deferred to close for a staged file).

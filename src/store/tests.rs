@@ -1650,18 +1650,13 @@ fn size_cap_is_enforced_without_damage() {
     put(&fx.store, "big", b"small");
     let f = fx.store.open(&p("big"), rw()).unwrap();
     // A write or extension past the cap fails before anything is written.
-    assert!(matches!(
-        f.write_at(MAX_FILE_SIZE, b"x"),
-        Err(StoreError::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        f.write_at(MAX_FILE_SIZE - 1, b"xy"),
-        Err(StoreError::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        f.set_len(MAX_FILE_SIZE + 1),
-        Err(StoreError::InvalidArgument(_))
-    ));
+    let too_large = |r: Result<(), StoreError>| {
+        matches!(r, Err(StoreError::TooLarge { limit }) if limit == MAX_FILE_SIZE)
+    };
+    assert!(too_large(f.write_at(MAX_FILE_SIZE, b"x")));
+    assert!(too_large(f.write_at(MAX_FILE_SIZE - 1, b"xy")));
+    assert!(too_large(f.write_at(u64::MAX, b"x")));
+    assert!(too_large(f.set_len(MAX_FILE_SIZE + 1)));
     assert_eq!(f.size(), 5);
     f.close().unwrap();
     assert_bytes(
@@ -1819,4 +1814,196 @@ fn a_failed_append_is_rolled_back_when_its_last_handle_closes() {
         "after the failed append",
     );
     assert_eq!(fx.raw_names(), names_before, "journal left behind");
+}
+
+// ---------------------------------------------------------------------------
+// Bounds: a per-store size limit, and long work stopped by `interrupt`
+// ---------------------------------------------------------------------------
+
+/// Names of journals and staged files left in the root.
+fn leftovers(fx: &Fixture) -> Vec<String> {
+    fx.raw_names()
+        .into_iter()
+        .filter(|n| n.starts_with(super::storage::RESERVED_PREFIX))
+        .collect()
+}
+
+#[test]
+fn the_size_limit_is_enforced_for_writes_and_extensions() {
+    let limit = 3 * C + 10;
+    let fx = Fixture::new();
+    let store = Fixture::store_on(&fx.dir).with_max_file_size(limit);
+    assert_eq!(store.max_file_size(), limit);
+    let old = bytes(1000, 40);
+    put(&store, "f", &old);
+    let f = store.open(&p("f"), rw()).unwrap();
+    let refused = |r: Result<(), StoreError>| match r {
+        Err(e @ StoreError::TooLarge { .. }) => e.to_string(),
+        other => panic!("not refused for its size: {other:?}"),
+    };
+    let message = refused(f.write_at(limit, b"x"));
+    assert_eq!(message, "the file would exceed the server's 192.0 KiB size limit");
+    refused(f.write_at(1 << 30, b"x"));
+    refused(f.set_len(limit + 1));
+    refused(store.set_size(&p("f"), limit + 1));
+    // Nothing was written for the refused requests.
+    assert_eq!(f.size(), 1000);
+    assert_eq!(fx.raw_bytes("f").len() as u64, expected_stored_len(1000));
+    assert!(leftovers(&fx).is_empty());
+    // Up to the limit is fine, by a write or an extension.
+    f.write_at(limit - 1, b"y").unwrap();
+    f.set_len(limit - 5).unwrap();
+    f.set_len(limit).unwrap();
+    f.close().unwrap();
+    let mut want = old.clone();
+    want.resize(limit as usize, 0);
+    assert_bytes(&get(&store, "f").unwrap(), &want, "grown to the limit");
+
+    // An upload past the limit fails at the write that crosses it, and the
+    // previous version stays.
+    let up = store.open(&p("f"), create_trunc()).unwrap();
+    up.write_at(0, &bytes(3 * CHUNK_SIZE, 41)).unwrap();
+    refused(up.write_at(3 * C, &bytes(CHUNK_SIZE, 42)));
+    drop(up);
+    assert_bytes(&get(&store, "f").unwrap(), &want, "after a refused upload");
+
+    // With the limit lowered below a file's size, the file can still be
+    // written within its size and shrunk, not grown.
+    let lower = Fixture::store_on(&fx.dir).with_max_file_size(100);
+    let f = lower.open(&p("f"), rw()).unwrap();
+    f.write_at(limit - 3, b"zzz").unwrap();
+    refused(f.write_at(limit - 3, b"zzzz"));
+    f.set_len(limit - 1).unwrap();
+    f.close().unwrap();
+    assert_eq!(lower.stat(&p("f"), true).unwrap().size, limit - 1);
+    // A limit above the store's cap is the cap.
+    let high = Fixture::store_on(&fx.dir).with_max_file_size(u64::MAX);
+    assert_eq!(high.max_file_size(), super::file::MAX_FILE_SIZE);
+}
+
+/// A store whose work is stopped before a long extension starts: the
+/// extension fails as interrupted, nothing of it is on disk, and the file
+/// (and what was written through the handle before) is intact.
+#[test]
+fn an_interrupted_extension_leaves_the_file_as_it_was() {
+    let fx = Fixture::new();
+    let old = bytes(CHUNK_SIZE + 300, 50);
+    for how in ["write", "set_len", "set_size"] {
+        put(&fx.store, "f", &old);
+        let names = fx.raw_names();
+        let store = Fixture::store_on(&fx.dir);
+        let f = store.open(&p("f"), rw()).unwrap();
+        store.interrupt();
+        let r = match how {
+            "write" => f.write_at(1 << 30, b"x"),
+            "set_len" => f.set_len(1 << 30),
+            _ => store.set_size(&p("f"), 1 << 30),
+        };
+        assert!(matches!(r, Err(StoreError::Interrupted)), "{how}: {r:?}");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "operation interrupted: the session is ending"
+        );
+        assert_eq!(f.size(), old.len() as u64, "{how}");
+        // Short work goes on: the stop is for gaps and copies.
+        f.write_at(10, b"still writable").unwrap();
+        f.close().unwrap();
+        drop(f);
+        let mut want = old.clone();
+        want[10..24].copy_from_slice(b"still writable");
+        assert_bytes(&get(&fx.store, "f").unwrap(), &want, how);
+        assert_eq!(
+            fx.raw_bytes("f").len() as u64,
+            expected_stored_len(old.len()),
+            "{how}: the gap was not cut off"
+        );
+        assert_eq!(fx.raw_names(), names, "{how}: a journal was left");
+    }
+}
+
+/// An appending writer whose journal is active (its last chunk is only in
+/// its cache) and an upload both get an interrupted gap: what they wrote
+/// before stays, and closes cleanly.
+#[test]
+fn an_interrupted_gap_keeps_earlier_writes_of_the_handle() {
+    let fx = Fixture::new();
+    let old = bytes(CHUNK_SIZE + 300, 51);
+    put(&fx.store, "log", &old);
+    let store = Fixture::store_on(&fx.dir);
+    let f = store
+        .open(
+            &p("log"),
+            OpenOptions {
+                read: true,
+                write: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+    let extra = bytes(2 * CHUNK_SIZE + 7, 52);
+    f.write_at(old.len() as u64, &extra).unwrap();
+    let up = store.open(&p("new"), create_trunc()).unwrap();
+    let fresh = bytes(CHUNK_SIZE + 9, 53);
+    up.write_at(0, &fresh).unwrap();
+    store.interrupt();
+    assert!(matches!(
+        f.write_at(1 << 30, b"x"),
+        Err(StoreError::Interrupted)
+    ));
+    assert!(matches!(
+        up.write_at(1 << 30, b"x"),
+        Err(StoreError::Interrupted)
+    ));
+    f.close().unwrap();
+    up.close().unwrap();
+    drop((f, up));
+    let mut want = old.clone();
+    want.extend_from_slice(&extra);
+    assert_bytes(&get(&fx.store, "log").unwrap(), &want, "append");
+    assert_bytes(&get(&fx.store, "new").unwrap(), &fresh, "upload");
+    assert!(leftovers(&fx).is_empty(), "{:?}", leftovers(&fx));
+    let r = super::journal::recover(fx.dir.path(), std::time::SystemTime::now()).unwrap();
+    assert_eq!(r.rolled_back, 0);
+}
+
+/// The stop signal reaches an extension already under way: a SETSTAT-like
+/// extension to 16 GiB on another thread, interrupted once some of its gap
+/// is on disk, stops there and cuts the gap off again; the file reads back
+/// as before. Another store (another session of the same user) on the same
+/// file is not stopped.
+#[test]
+fn interrupt_stops_an_extension_under_way() {
+    let fx = Fixture::new();
+    let old = bytes(5000, 54);
+    put(&fx.store, "f", &old);
+    let server = super::StopSignal::new();
+    let store = Arc::new(Fixture::store_on(&fx.dir).with_stop_signal(server.child()));
+    let other = Fixture::store_on(&fx.dir).with_stop_signal(server.child());
+    let f = store.open(&p("f"), rw()).unwrap();
+    let worker = std::thread::spawn(move || f.set_len(16 << 30));
+    let raw = fx.raw("f");
+    let grown = |at_least: u64| std::fs::metadata(&raw).unwrap().len() >= at_least;
+    while !grown(4 << 20) {
+        assert!(!worker.is_finished(), "the extension ended early");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    store.interrupt();
+    let r = worker.join().unwrap();
+    assert!(matches!(r, Err(StoreError::Interrupted)), "{r:?}");
+    assert_eq!(
+        std::fs::metadata(&raw).unwrap().len(),
+        expected_stored_len(old.len())
+    );
+    assert_bytes(&get(&fx.store, "f").unwrap(), &old, "after the interrupt");
+    assert!(leftovers(&fx).is_empty(), "{:?}", leftovers(&fx));
+    // The other session's store still works, up to the server's stop.
+    other.set_size(&p("f"), 3 * C).unwrap();
+    server.raise();
+    assert!(matches!(
+        other.set_size(&p("f"), 1 << 30),
+        Err(StoreError::Interrupted)
+    ));
+    let mut want = old.clone();
+    want.resize(3 * CHUNK_SIZE, 0);
+    assert_bytes(&get(&fx.store, "f").unwrap(), &want, "after the other");
 }
