@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn the_size_limit_is_named_in_human_terms() {
         let e = SftpError::Store(StoreError::TooLarge { limit: 64 << 20 });
-        let (code, msg) = to_status(&e);
+        let (code, msg) = describe(&e);
         assert_eq!(code, StatusCode::Failure);
         assert_eq!(msg, "the file would exceed the server's 64 MiB size limit");
     }
