@@ -366,6 +366,24 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             &config.host_keys_dir,
             &config.ssh.host_key_algorithms,
         )?;
+        let descriptors = ssh::descriptors::plan(
+            ssh::descriptors::raise_open_files_limit(),
+            &config.limits,
+        );
+        if descriptors.short {
+            tracing::warn!(
+                open_files_limit = descriptors.limit,
+                max_handles_total = descriptors.max_handles_total,
+                "the open files limit is low for limits.max_sessions and limits.max_startups: \
+                 raise it (ulimit -n, LimitNOFILE=, --ulimit nofile=) or lower those caps"
+            );
+        } else {
+            tracing::info!(
+                open_files_limit = descriptors.limit,
+                max_handles_total = descriptors.max_handles_total,
+                "open files limit"
+            );
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         sweep_abandoned_uploads(&config.data_dir);

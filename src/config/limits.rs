@@ -28,7 +28,8 @@ pub(super) struct RawLimits {
 /// The validated `[limits]` table.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
-    /// Connections not yet logged in, overall; more are closed at once.
+    /// Connections not yet logged in, overall; more wait for a place
+    /// within their login grace time.
     pub max_startups: usize,
     /// Connections not yet logged in from one source (an IPv4 address or
     /// an IPv6 /64).
@@ -103,11 +104,13 @@ impl RawLimits {
                 self.max_startups_per_source,
                 10,
             )?,
-            max_sessions: at_least_one("max_sessions", self.max_sessions, 256)?,
+            // Room for backup and sync tools that run a session per worker
+            // (200 parallel workers of one user log in with the defaults).
+            max_sessions: at_least_one("max_sessions", self.max_sessions, 1024)?,
             max_sessions_per_user: at_least_one(
                 "max_sessions_per_user",
                 self.max_sessions_per_user,
-                16,
+                256,
             )?,
             max_channels_per_connection: at_least_one(
                 "max_channels_per_connection",
@@ -139,7 +142,7 @@ mod tests {
                 c.max_sessions,
                 c.max_sessions_per_user
             ),
-            (64, 10, 256, 16)
+            (64, 10, 1024, 256)
         );
         let p = c.penalty.unwrap();
         assert_eq!(p.per_failure, Duration::from_secs(5));

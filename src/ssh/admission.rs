@@ -2,6 +2,14 @@
 //! OpenSSH's MaxStartups and PerSourceMaxStartups), and logged-in sessions
 //! overall and per user.
 //!
+//! A connection that finds the unauthenticated caps full waits for a place
+//! (up to its login grace time) instead of being closed: a backup tool that
+//! starts 200 workers at once from one address gets them all logged in, a
+//! few at a time. The waiting connections are bounded too
+//! ([`Admission::waiting_caps`]), so a flood still costs a bounded number of
+//! sockets, and the per-source cap keeps one address from taking every
+//! place that frees up.
+//!
 //! A slot is an RAII guard: it is given back when dropped, whichever way
 //! the connection ends, so a crashed or killed session cannot leak one.
 
@@ -10,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::auth::penalty::Source;
@@ -19,10 +28,21 @@ use crate::config::LimitsConfig;
 /// between), so a flood cannot flood the log too.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How many connections may wait for an unauthenticated place: overall,
+/// and from one source. Sixteen and four times `max_startups` (1024 and 256
+/// by default): a burst of 200 connections from one address fits, and each
+/// waiting connection costs one socket and a small task.
+pub(super) fn waiting_caps(limits: &LimitsConfig) -> (usize, usize) {
+    let n = limits.max_startups;
+    (n.saturating_mul(16), n.saturating_mul(4))
+}
+
 /// The counters of one server.
 pub(super) struct Admission {
     limits: LimitsConfig,
     state: Mutex<State>,
+    /// Woken whenever an unauthenticated place is given back.
+    startup_freed: Notify,
 }
 
 #[derive(Default)]
@@ -31,6 +51,9 @@ struct State {
     startups_per_source: HashMap<Source, usize>,
     sessions: usize,
     sessions_per_user: HashMap<String, usize>,
+    /// Connections waiting for an unauthenticated place.
+    waiting: usize,
+    waiting_per_source: HashMap<Source, usize>,
     last_log: Option<Instant>,
     unlogged: u64,
 }
@@ -47,13 +70,20 @@ pub(super) enum Refusal {
     Sessions,
     /// `limits.max_sessions_per_user`.
     SessionsPerUser,
+    /// Too many connections already wait for an unauthenticated place.
+    QueueFull,
+    /// No place freed up within the login grace time.
+    WaitedTooLong,
 }
 
 impl Refusal {
     /// The `result` of the `login_failed` event for a refused session.
     pub(super) fn event_result(self) -> &'static str {
         match self {
-            Refusal::Startups | Refusal::StartupsPerSource => "too_many_startups",
+            Refusal::Startups
+            | Refusal::StartupsPerSource
+            | Refusal::QueueFull
+            | Refusal::WaitedTooLong => "too_many_startups",
             Refusal::Sessions => "too_many_sessions",
             Refusal::SessionsPerUser => "too_many_sessions_for_user",
         }
@@ -69,6 +99,12 @@ impl Refusal {
             Refusal::SessionsPerUser => {
                 "login refused: too many sessions for this user; close one and try again"
             }
+            Refusal::QueueFull => {
+                "too many connections are waiting to log in; try again later"
+            }
+            Refusal::WaitedTooLong => {
+                "the server was too busy to take this connection in time; try again later"
+            }
         }
     }
 }
@@ -77,6 +113,26 @@ impl Refusal {
 pub(super) struct StartupSlot {
     admission: Arc<Admission>,
     source: Source,
+}
+
+/// A connection's place among those waiting for a startup place, given
+/// back on drop.
+struct WaitingPlace {
+    admission: Arc<Admission>,
+    source: Source,
+}
+
+impl Drop for WaitingPlace {
+    fn drop(&mut self) {
+        let mut state = self.admission.lock();
+        state.waiting = state.waiting.saturating_sub(1);
+        if let Some(n) = state.waiting_per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                state.waiting_per_source.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// A logged-in session's place, given back on drop.
@@ -90,11 +146,67 @@ impl Admission {
         Arc::new(Admission {
             limits,
             state: Mutex::new(State::default()),
+            startup_freed: Notify::new(),
+        })
+    }
+
+    fn waiting_caps(&self) -> (usize, usize) {
+        waiting_caps(&self.limits)
+    }
+
+    /// A place for a new connection from `ip`, waiting for one until
+    /// `deadline` when the caps are full (see the module doc). Refused at
+    /// once when too many connections wait already.
+    pub(super) async fn wait_startup(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<StartupSlot, Refusal> {
+        match self.startup(ip) {
+            Err(Refusal::Startups | Refusal::StartupsPerSource) => {}
+            other => return other,
+        }
+        let _waiting = self.enqueue(Source::of(ip))?;
+        loop {
+            // Registered before the attempt, so a place given back between
+            // the attempt and the wait is not missed.
+            let freed = self.startup_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.startup(ip) {
+                Err(Refusal::Startups | Refusal::StartupsPerSource) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Refusal::WaitedTooLong);
+            }
+        }
+    }
+
+    /// Counts a connection from `source` as waiting, if the waiting caps
+    /// allow.
+    fn enqueue(self: &Arc<Self>, source: Source) -> Result<WaitingPlace, Refusal> {
+        let (overall, per_source) = self.waiting_caps();
+        let mut state = self.lock();
+        let from_source = state.waiting_per_source.get(&source).copied().unwrap_or(0);
+        if state.waiting >= overall || from_source >= per_source {
+            return Err(Refusal::QueueFull);
+        }
+        state.waiting += 1;
+        *state.waiting_per_source.entry(source).or_insert(0) += 1;
+        Ok(WaitingPlace {
+            admission: self.clone(),
+            source,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `limits.max_channels_per_connection`.
+    pub(super) fn max_channels_per_connection(&self) -> usize {
+        self.limits.max_channels_per_connection
     }
 
     /// A place for a new connection from `ip`, which has not logged in yet.
@@ -168,6 +280,8 @@ impl Drop for StartupSlot {
                 state.startups_per_source.remove(&self.source);
             }
         }
+        drop(state);
+        self.admission.startup_freed.notify_waiters();
     }
 }
 
@@ -197,6 +311,65 @@ mod tests {
             max_channels_per_connection: 10,
             penalty: None,
         })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_startup_cap_makes_connections_wait_for_a_place() {
+        let a = admission();
+        let first = a.startup(ip("10.0.0.1")).unwrap();
+        let _second = a.startup(ip("10.0.0.1")).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move { a.wait_startup(ip("10.0.0.1"), deadline).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "took a place beyond the per-source cap");
+        assert_eq!(a.lock().waiting, 1);
+        drop(first);
+        let slot = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter was not woken")
+            .unwrap();
+        assert!(slot.is_ok());
+        assert_eq!(a.lock().waiting, 0, "the waiting place was not given back");
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_at_the_deadline_and_the_queue_is_bounded() {
+        let a = admission();
+        let _s1 = a.startup(ip("10.0.0.1")).unwrap();
+        let _s2 = a.startup(ip("10.0.0.1")).unwrap();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            a.wait_startup(ip("10.0.0.1"), soon).await.err(),
+            Some(Refusal::WaitedTooLong)
+        );
+        // max_startups 3: 12 may wait from one source; the 13th is refused
+        // at once.
+        let later = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut waiters = Vec::new();
+        for _ in 0..12 {
+            let a = a.clone();
+            waiters.push(tokio::spawn(async move {
+                a.wait_startup(ip("10.0.0.1"), later).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(a.lock().waiting, 12);
+        assert_eq!(
+            a.wait_startup(ip("10.0.0.1"), later).await.err(),
+            Some(Refusal::QueueFull)
+        );
+        // Another source still gets the free overall place at once.
+        assert!(a.wait_startup(ip("10.0.0.2"), later).await.is_ok());
+        for w in waiters {
+            w.abort();
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub(super) struct Connection {
     /// the client is told as the connection is closed.
     refusal: Option<&'static str>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Session channels opened and not yet closed by the client, capped at
+    /// `limits.max_channels_per_connection` (as OpenSSH's MaxSessions).
+    open_channels: usize,
     /// Where the SFTP and scp tasks of this connection run, so that the
     /// connection's thread waits for them before it ends.
     channel_tasks: TaskTracker,
@@ -150,6 +153,7 @@ impl Connection {
                 logged_in_flag: flag.clone(),
                 refusal: None,
                 channels: HashMap::new(),
+                open_channels: 0,
                 channel_tasks,
                 startup: Some(startup),
             },
@@ -523,6 +527,20 @@ impl russh::server::Handler for Connection {
                 .await;
             return Ok(());
         }
+        // Each channel can hold an SFTP session's handles and buffers: the
+        // cap bounds what one connection can make the server hold, as
+        // OpenSSH's MaxSessions does. A channel counts until the client
+        // closes it, so a client that never closes its channels only stops
+        // itself from opening more.
+        let max = self.ctx.admission.max_channels_per_connection();
+        if self.open_channels >= max {
+            info!(peer = %self.peer, max, "session channel refused: too many open on this connection");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        self.open_channels += 1;
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
@@ -672,6 +690,7 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&id);
+        self.open_channels = self.open_channels.saturating_sub(1);
         Ok(())
     }
 }

@@ -17,6 +17,7 @@
 
 mod admission;
 mod connection;
+pub mod descriptors;
 pub mod host_keys;
 
 use std::future::Future;
@@ -393,6 +394,74 @@ async fn serve_connection(
     grace.abort();
 }
 
+/// The two stages of a graceful stop, as seen by a connection.
+#[derive(Clone)]
+struct StopTokens {
+    /// The server has stopped accepting: connections still waiting for a
+    /// place give up (they hold the server context, which the stop waits
+    /// for).
+    closing: CancellationToken,
+    /// The grace period is over: running connections are dropped.
+    stop: CancellationToken,
+}
+
+/// A connection just accepted.
+struct Accepted {
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    conn_id: u64,
+    /// When it was accepted: the login grace time runs from here.
+    at: tokio::time::Instant,
+}
+
+/// Takes an accepted connection through the unauthenticated-connection caps
+/// (waiting for a place, within its login grace time, when they are full)
+/// and then serves it. A refused connection is told why in a line before
+/// the version string (allowed by RFC 4253, 4.2; clients show it when
+/// debugging) and closed.
+async fn admit(
+    accepted: Accepted,
+    ctx: Arc<ServerContext>,
+    config: Arc<SshConfig>,
+    handles: Handles,
+    login_grace: Duration,
+    tokens: StopTokens,
+) {
+    let StopTokens { closing, stop } = tokens;
+    let Accepted {
+        socket,
+        peer,
+        conn_id,
+        at,
+    } = accepted;
+    let deadline = at + login_grace;
+    let startup = tokio::select! {
+        admitted = ctx.admission.wait_startup(peer.ip(), deadline) => admitted,
+        () = closing.cancelled() => return,
+    };
+    let startup = match startup {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            ctx.admission.log_refusal(refusal, peer);
+            let _ = socket.try_write(format!("{}\r\n", refusal.message()).as_bytes());
+            return;
+        }
+    };
+    let channel_tasks = TaskTracker::new();
+    let (handler, logged_in) =
+        connection::Connection::new(ctx.clone(), peer, startup, conn_id, channel_tasks.clone());
+    drop(ctx);
+    let task = ConnectionTask {
+        peer,
+        conn_id,
+        logged_in,
+        handles,
+        // What is left of the grace time after waiting for a place.
+        login_grace: deadline.saturating_duration_since(tokio::time::Instant::now()),
+    };
+    spawn_connection(config, socket, handler, task, channel_tasks, stop).await;
+}
+
 /// Accepts connections on `listener` until `shutdown` completes, then
 /// disconnects every session and waits (up to a grace period) for their
 /// open files to be flushed or discarded.
@@ -406,6 +475,10 @@ pub async fn run(
 ) {
     let mut sessions = tokio::task::JoinSet::new();
     let stop = CancellationToken::new();
+    let tokens = StopTokens {
+        closing: CancellationToken::new(),
+        stop: stop.clone(),
+    };
     let handles: Handles = Arc::default();
     let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
@@ -432,37 +505,21 @@ pub async fn run(
                     drop(socket);
                     continue;
                 }
-                let startup = match ctx.admission.startup(peer.ip()) {
-                    Ok(slot) => slot,
-                    Err(refusal) => {
-                        ctx.admission.log_refusal(refusal, peer);
-                        // Lines before the version string are allowed
-                        // (RFC 4253, 4.2); clients show them when debugging.
-                        let _ = socket.try_write(format!("{}\r\n", refusal.message()).as_bytes());
-                        drop(socket);
-                        continue;
-                    }
-                };
                 let _ = socket.set_nodelay(true);
                 next_id += 1;
-                let conn_id = next_id;
-                let channel_tasks = TaskTracker::new();
-                let (handler, logged_in) = connection::Connection::new(
-                    ctx.clone(),
-                    peer,
-                    startup,
-                    conn_id,
-                    channel_tasks.clone(),
-                );
-                let config = config.clone();
-                let handles = handles.clone();
-                sessions.spawn(spawn_connection(
-                    config,
+                let accepted = Accepted {
                     socket,
-                    handler,
-                    ConnectionTask { peer, conn_id, logged_in, handles, login_grace },
-                    channel_tasks,
-                    stop.clone(),
+                    peer,
+                    conn_id: next_id,
+                    at: tokio::time::Instant::now(),
+                };
+                sessions.spawn(admit(
+                    accepted,
+                    ctx.clone(),
+                    config.clone(),
+                    handles.clone(),
+                    login_grace,
+                    tokens.clone(),
                 ));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -471,6 +528,7 @@ pub async fn run(
     info!("stopping: closing sessions");
     // Long store work would hold its session past the grace period: stop it.
     ctx.store_stop.raise();
+    tokens.closing.cancel();
     let open: Vec<_> = handles
         .lock()
         .unwrap_or_else(|p| p.into_inner())

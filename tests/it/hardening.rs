@@ -307,8 +307,21 @@ fn an_exempt_source_is_never_banned() {
 
 // --- caps and timeouts ---------------------------------------------------
 
+/// Whether the server says nothing on `stream` for `quiet` (a connection
+/// waiting for a place gets neither the banner nor a refusal).
+fn is_waiting(stream: &mut TcpStream, quiet: Duration) -> bool {
+    stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut byte = [0u8; 1];
+    let waiting = matches!(stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    waiting
+}
+
 #[test]
-fn unauthenticated_connections_are_capped_overall_and_per_source() {
+fn unauthenticated_connections_beyond_the_caps_wait_for_a_place() {
+    // max_startups 3: up to 12 may wait from one source, 48 overall.
     let srv = start("[limits]\nmax_startups = 3\nmax_startups_per_source = 2\n");
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -316,26 +329,52 @@ fn unauthenticated_connections_are_capped_overall_and_per_source() {
         assert!(is_banner(&first_line(&mut s)));
         held.push(s);
     }
-    let line = first_line(&mut connect_from("127.0.0.1", srv.port));
+    // A third from the same source waits: no banner, no refusal...
+    let mut waiting = connect_from("127.0.0.1", srv.port);
+    assert!(
+        is_waiting(&mut waiting, Duration::from_millis(700)),
+        "a connection beyond the per-source cap was not kept waiting\n{}",
+        srv.log_tail(20)
+    );
+    // ...while another source takes the last overall place at once.
+    let mut other = connect_from("127.0.0.2", srv.port);
+    assert!(is_banner(&first_line(&mut other)));
+    held.push(other);
+    // A place given back is taken by the waiting connection.
+    held.remove(0);
+    let line = first_line(&mut waiting);
+    assert!(is_banner(&line), "{line:?}\n{}", srv.log_tail(20));
+    held.push(waiting);
+    // The queue is bounded: 12 wait from 127.0.0.1, the 13th is refused
+    // with a line.
+    let mut queue: Vec<TcpStream> = (0..12)
+        .map(|_| connect_from("127.0.0.1", srv.port))
+        .collect();
+    let mut refused = None;
+    for _ in 0..3 {
+        let mut s = connect_from("127.0.0.1", srv.port);
+        let line = first_line(&mut s);
+        if line.is_some() {
+            refused = line;
+            break;
+        }
+    }
     assert_eq!(
-        line.as_deref(),
-        Some("too many unauthenticated connections from your address; try again later"),
+        refused.as_deref(),
+        Some("too many connections are waiting to log in; try again later"),
         "{}",
         srv.log_tail(20)
     );
-    let mut third = connect_from("127.0.0.2", srv.port);
-    assert!(is_banner(&first_line(&mut third)));
-    held.push(third);
-    let line = first_line(&mut connect_from("127.0.0.4", srv.port));
-    assert_eq!(
-        line.as_deref(),
-        Some("too many unauthenticated connections; try again later")
+    assert!(
+        is_waiting(&mut queue[0], Duration::from_millis(200)),
+        "a queued connection was answered while every place was held"
     );
     assert!(
         srv.log()
-            .contains("connection refused: too many unauthenticated")
+            .contains("connection refused: too many connections are waiting")
     );
     // The places come back when the connections close...
+    queue.clear();
     held.clear();
     wait_for_banner(&srv, "127.0.0.1");
     // ...and at login: two logged-in sessions from 127.0.0.1 leave its

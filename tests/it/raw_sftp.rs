@@ -210,15 +210,28 @@ pub struct Master {
 }
 
 impl Master {
-    /// Another SFTP channel on this master's connection.
-    pub fn raw_sftp(&self) -> RawSftp {
+    /// `ssh -s sftp` on this master's connection.
+    fn channel_command(&self) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(&self.opts)
             .arg("-S")
             .arg(&self.socket)
             .args(["-o", "ControlMaster=no", "-p", &self.port.to_string()])
             .args(["-s", &self.dest, "sftp"]);
-        RawSftp::spawn(cmd)
+        cmd
+    }
+
+    /// Another SFTP channel on this master's connection.
+    pub fn raw_sftp(&self) -> RawSftp {
+        RawSftp::spawn(self.channel_command())
+    }
+
+    /// Tries to open one more channel and closes it at once (no SFTP is
+    /// spoken): what `ssh` printed tells whether the server refused it.
+    pub fn try_channel(&self) -> (Command, std::process::Output) {
+        let mut cmd = self.channel_command();
+        let out = super::harness::output_with_timeout(&mut cmd, Some(b""));
+        (cmd, out)
     }
 
     /// The master's process id.
