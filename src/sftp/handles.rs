@@ -200,6 +200,7 @@ pub(super) async fn run_worker(
     // fails 64 times.
     let mut integrity_failed = false;
     let mut out_of_space = false;
+    let mut too_large = false;
     let mut queued: VecDeque<QueuedJob> = VecDeque::with_capacity(BATCH);
     let mut arrived: Vec<QueuedJob> = Vec::with_capacity(BATCH);
     loop {
@@ -241,6 +242,12 @@ pub(super) async fn run_worker(
                 Some(FileNotice::NoSpace) if !out_of_space => {
                     out_of_space = true;
                     session.no_space_notice(&path);
+                }
+                // Once per handle: a pipelined upload past the limit has
+                // many writes refused.
+                Some(FileNotice::TooLarge(why)) if !too_large => {
+                    too_large = true;
+                    session.too_large_notice(&path, why);
                 }
                 Some(FileNotice::Rejected(reason)) => {
                     transfer.rejected(reason);

@@ -517,11 +517,21 @@ impl Session {
         ));
     }
 
+    /// Tells the user on stderr that a write or extension of `path` was
+    /// refused by the size limit (`why` names it), for the same reason as
+    /// [`Session::integrity_notice`].
+    fn too_large_notice(&self, path: &str, why: &str) {
+        let _ = self.notices.try_send(format!("dropzone: {path}: {why}\n"));
+    }
+
     /// Sends the stderr notice that `e`, an error about `path`, calls for.
     fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
         match e {
             crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
             crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
+            e @ crate::store::StoreError::TooLarge { .. } => {
+                self.too_large_notice(path, &e.to_string())
+            }
             e if is_no_space(e) => self.no_space_notice(path),
             _ => {}
         }
@@ -882,6 +892,8 @@ pub(super) enum FileNotice {
     Rejected(String),
     /// The server's disk (or the user's quota) is full.
     NoSpace,
+    /// A write or extension was refused by the size limit, named here.
+    TooLarge(String),
 }
 
 /// Whether `e` means the disk or the quota is full.
@@ -919,6 +931,9 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
                 notice = Some(FileNotice::Rejected(reason.clone()))
             }
             e if is_no_space(e) => notice = Some(FileNotice::NoSpace),
+            e @ crate::store::StoreError::TooLarge { .. } => {
+                notice = Some(FileNotice::TooLarge(e.to_string()))
+            }
             _ => {}
         }
         error_reply(id, &e.into())
