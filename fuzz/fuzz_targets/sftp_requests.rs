@@ -24,6 +24,7 @@ use std::sync::{Arc, LazyLock};
 use bytes::Bytes;
 use dropzone::keys::DataKey;
 use dropzone::observe::Reporter;
+use dropzone::sftp::budget::ConnectionBudget;
 use dropzone::sftp::{SftpConfig, StreamReplies, serve};
 use dropzone::store::UserStore;
 use dropzone::store::storage::LocalStorage;
@@ -123,6 +124,7 @@ async fn session(store: Arc<UserStore>, user: UserName, requests: &[Vec<u8>]) ->
                 store,
                 user,
                 SftpConfig::default(),
+                ConnectionBudget::standalone(&SftpConfig::default()),
                 // Events go to a private registry: no audit log.
                 Reporter::discard(),
             )

@@ -24,8 +24,6 @@ pub(super) const ADVERTISED: &[(&str, &str)] = &[
     ("users-groups-by-id@openssh.com", "1"),
 ];
 
-/// Most handles a client is told it may open (limits@openssh.com).
-const MAX_OPEN_HANDLES: u64 = 256;
 
 /// Extensions that act on one file handle and so go to its worker.
 pub(super) fn is_handle_request(name: &str) -> bool {
@@ -95,7 +93,9 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
                 .u64(u64::from(MAX_PACKET_LEN))
                 .u64(u64::from(MAX_READ_WRITE_LEN))
                 .u64(u64::from(MAX_READ_WRITE_LEN))
-                .u64(MAX_OPEN_HANDLES)
+                // The connection's cap: its other channels share it, so a
+                // client may meet the refusal before this many.
+                .u64(session.max_handles as u64)
                 .finish();
             Ok(Packet::ExtendedReply(ExtendedReply { id, data }))
         }

@@ -1,4 +1,8 @@
 //! The handle table of one SFTP session and the per-file workers.
+//!
+//! Each handle holds its place under the connection's, the user's and the
+//! server's handle caps (a [`HandleCharge`], see `super::budget`) until the
+//! handle is gone and its work done.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,11 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use russh_sftp::protocol::{File, FileAttributes};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError, mpsc};
 
-use super::status::SftpError;
+use super::budget::HandleCharge;
 use super::{FileNotice, Session, file_job, outcome_of_reply};
 use crate::observe::{EventKind, Transfer};
-use crate::store::EncryptedFile;
 use crate::store::storage::ObjectPath;
+use crate::store::{DirStream, EncryptedFile};
 
 /// Most jobs a handle's worker runs in one trip to a blocking thread.
 const BATCH: usize = 16;
@@ -46,8 +50,8 @@ pub(super) enum FileJob {
 }
 
 impl FileJob {
-    /// What the request brings into memory, in KiB, charged to the session's
-    /// in-flight budget before it is queued: the data of a WRITE (or of a
+    /// What the request brings into memory, in KiB, charged to the
+    /// connection's in-flight budget for requests before it is queued: the data of a WRITE (or of a
     /// handle extension). A READ brings nothing; its reply is charged by the
     /// worker, see [`FileJob::reply_kib`].
     pub(super) fn request_kib(&self) -> u32 {
@@ -71,27 +75,69 @@ impl FileJob {
     }
 }
 
-/// A job and its share of the session's in-flight budget (none for a READ
-/// until its worker takes it), released when the reply has been handed on,
-/// or for a DATA reply, written.
-pub(super) type QueuedJob = (FileJob, Option<OwnedSemaphorePermit>);
+/// A job's shares of the connection's in-flight budgets, each released
+/// when the reply has been handed on, or for a DATA reply, written.
+#[derive(Default)]
+pub(super) struct Held {
+    /// For the data the request brought (taken before it is queued).
+    request: Option<OwnedSemaphorePermit>,
+    /// For the data its reply will hold (a READ's, taken by the worker).
+    reply: Option<OwnedSemaphorePermit>,
+}
 
-/// A directory listing, read once at OPENDIR and handed out in batches.
+impl Held {
+    /// A job holding `request` for the data it brought.
+    pub(super) fn request(request: Option<OwnedSemaphorePermit>) -> Self {
+        Held {
+            request,
+            reply: None,
+        }
+    }
+}
+
+/// A job and its shares of the in-flight budgets.
+pub(super) type QueuedJob = (FileJob, Held);
+
+/// An open directory, read a batch at a time as READDIRs come: what it
+/// holds is one directory descriptor, the reader's buffer and at most one
+/// reply's worth of entries, whatever the directory's size.
 pub(super) struct DirListing {
     pub(super) path: ObjectPath,
-    remaining: Mutex<std::vec::IntoIter<File>>,
+    state: Mutex<DirState>,
+    _charge: HandleCharge,
+}
+
+/// Where a listing is.
+pub(super) struct DirState {
+    /// The directory's entries not yet read.
+    pub(super) stream: DirStream,
+    /// Entries read and not yet sent (`.` and `..` at first; those of a
+    /// batch that did not fit in the last reply).
+    pub(super) pending: VecDeque<File>,
 }
 
 impl DirListing {
-    pub(super) fn new(path: ObjectPath, files: Vec<File>) -> Self {
+    /// A listing of `path` that sends `first` (`.` and `..`) before what
+    /// `stream` reads.
+    pub(super) fn new(
+        path: ObjectPath,
+        stream: DirStream,
+        first: Vec<File>,
+        charge: HandleCharge,
+    ) -> Self {
         DirListing {
             path,
-            remaining: Mutex::new(files.into_iter()),
+            state: Mutex::new(DirState {
+                stream,
+                pending: first.into(),
+            }),
+            _charge: charge,
         }
     }
 
-    pub(super) fn next_batch(&self, n: usize) -> Vec<File> {
-        lock(&self.remaining).by_ref().take(n).collect()
+    /// The listing's state, for the next reply.
+    pub(super) fn state(&self) -> MutexGuard<'_, DirState> {
+        lock(&self.state)
     }
 }
 
@@ -99,15 +145,18 @@ enum Entry {
     File {
         queue: mpsc::Sender<QueuedJob>,
         file: Arc<EncryptedFile>,
+        /// Shared with the handle's worker: the place is given back once
+        /// the handle is closed and its worker has let go of the file.
+        _charge: Arc<HandleCharge>,
     },
     Dir(Arc<DirListing>),
 }
 
-/// Open handles by their opaque name.
+/// Open handles by their opaque name. Their number is capped by the
+/// charges each takes before it is opened, not here.
 pub(super) struct HandleTable {
     entries: Mutex<HashMap<String, Entry>>,
     next: AtomicU64,
-    max: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,33 +164,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl HandleTable {
-    pub(super) fn new(max: usize) -> Self {
+    pub(super) fn new() -> Self {
         HandleTable {
             entries: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
-            max,
         }
     }
 
-    fn insert(&self, entry: Entry) -> Result<String, SftpError> {
-        let mut entries = lock(&self.entries);
-        if entries.len() >= self.max {
-            return Err(SftpError::TooManyHandles);
-        }
+    fn insert(&self, entry: Entry) -> String {
         let name = self.next.fetch_add(1, Ordering::Relaxed).to_string();
-        entries.insert(name.clone(), entry);
-        Ok(name)
+        lock(&self.entries).insert(name.clone(), entry);
+        name
     }
 
     pub(super) fn add_file(
         &self,
         queue: mpsc::Sender<QueuedJob>,
         file: Arc<EncryptedFile>,
-    ) -> Result<String, SftpError> {
-        self.insert(Entry::File { queue, file })
+        charge: Arc<HandleCharge>,
+    ) -> String {
+        self.insert(Entry::File {
+            queue,
+            file,
+            _charge: charge,
+        })
     }
 
-    pub(super) fn add_dir(&self, listing: DirListing) -> Result<String, SftpError> {
+    pub(super) fn add_dir(&self, listing: DirListing) -> String {
         self.insert(Entry::Dir(Arc::new(listing)))
     }
 
@@ -188,14 +237,17 @@ impl HandleTable {
 /// Runs the jobs of one file handle in order until it is closed or the
 /// session ends. An unclosed file is dropped, which discards a staged upload.
 /// `transfer` is reported at the close, or as aborted if the worker ends
-/// without one.
+/// without one. `charge` is the handle's place under the caps, held while
+/// the worker holds the file.
 pub(super) async fn run_worker(
     session: Arc<Session>,
     file: Arc<EncryptedFile>,
     path: String,
     mut jobs: mpsc::Receiver<QueuedJob>,
     mut transfer: Transfer,
+    charge: Arc<HandleCharge>,
 ) {
+    let _charge = charge;
     // Each notice once per handle: a download with 64 reads in flight
     // fails 64 times.
     let mut integrity_failed = false;
@@ -219,13 +271,13 @@ pub(super) async fn run_worker(
         let closing = matches!(run.last(), Some((FileJob::Close { .. }, _)));
         let done = if runs_inline(&file, &run) {
             run.into_iter()
-                .map(|(job, permit)| (file_job(&session, &file, job), permit))
+                .map(|(job, held)| (file_job(&session, &file, job), held))
                 .collect::<Vec<_>>()
         } else {
             let (s, f) = (session.clone(), file.clone());
             let done = tokio::task::spawn_blocking(move || {
                 run.into_iter()
-                    .map(|(job, permit)| (file_job(&s, &f, job), permit))
+                    .map(|(job, held)| (file_job(&s, &f, job), held))
                     .collect::<Vec<_>>()
             })
             .await;
@@ -233,7 +285,7 @@ pub(super) async fn run_worker(
             done
         };
         let last = done.len();
-        for (i, (done, permit)) in done.into_iter().enumerate() {
+        for (i, (done, held)) in done.into_iter().enumerate() {
             match &done.notice {
                 Some(FileNotice::Integrity) if !integrity_failed => {
                     integrity_failed = true;
@@ -281,11 +333,13 @@ pub(super) async fn run_worker(
                 }
             });
             // A DATA reply keeps its budget until it is written: queued
-            // replies count against the session's memory too.
+            // replies count against the connection's memory too.
+            let Held { request, reply } = held;
+            drop(request);
             let reply = match done.reply {
-                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, permit),
+                super::Reply::Encoded(bytes, None) => super::Reply::Encoded(bytes, reply),
                 other => {
-                    drop(permit);
+                    drop(reply);
                     other
                 }
             };
@@ -350,9 +404,10 @@ fn runs_inline(file: &EncryptedFile, run: &[QueuedJob]) -> bool {
 
 /// The next jobs to run from the front of `queued`, in order: up to
 /// [`BATCH`], ending at a CLOSE (nothing after it runs: the handle is gone
-/// for the client). Each READ first takes its reply's share of the session's
-/// in-flight budget; when the budget is spent, the jobs before that READ
-/// run now and the READ waits for the budget at the front of the next run.
+/// for the client). Each READ first takes its reply's share of the
+/// connection's in-flight budget for replies; when the budget is spent, the
+/// jobs before that READ run now and the READ waits for the budget at the
+/// front of the next run.
 ///
 /// The budget for replies is taken here, in the worker, and not where
 /// requests are read: the session's reader must never stop for a READ.
@@ -365,29 +420,28 @@ async fn take_runnable(
 ) -> Option<Vec<QueuedJob>> {
     let mut run: Vec<QueuedJob> = Vec::with_capacity(queued.len().min(BATCH));
     while run.len() < BATCH {
-        let Some((job, mut permit)) = queued.pop_front() else {
+        let Some((job, mut held)) = queued.pop_front() else {
             break;
         };
-        if let Some(kib) = job.reply_kib() {
-            let budget = session.in_flight.clone();
+        if let Some(kib) = job.reply_kib()
+            && held.reply.is_none()
+        {
+            let budget = session.budget.replies.clone();
             let reply_budget = match budget.clone().try_acquire_many_owned(kib) {
                 Ok(p) => p,
                 Err(TryAcquireError::NoPermits) if run.is_empty() => {
                     budget.acquire_many_owned(kib).await.ok()?
                 }
                 Err(TryAcquireError::NoPermits) => {
-                    queued.push_front((job, permit));
+                    queued.push_front((job, held));
                     break;
                 }
                 Err(TryAcquireError::Closed) => return None,
             };
-            match permit.as_mut() {
-                Some(p) => p.merge(reply_budget),
-                None => permit = Some(reply_budget),
-            }
+            held.reply = Some(reply_budget);
         }
         let close = matches!(job, FileJob::Close { .. });
-        run.push((job, permit));
+        run.push((job, held));
         if close {
             queued.clear();
             break;
@@ -404,7 +458,7 @@ mod tests {
     use crate::store::{OpenOptions, UserStore};
 
     fn run(jobs: Vec<FileJob>) -> Vec<QueuedJob> {
-        jobs.into_iter().map(|job| (job, None)).collect()
+        jobs.into_iter().map(|job| (job, Held::default())).collect()
     }
 
     fn read(offset: u64, len: u32) -> FileJob {

@@ -28,10 +28,15 @@
 //! answered in order. Errors become status replies in one place,
 //! [`status::to_status`].
 //!
-//! A session holds at most 2 MiB (`IN_FLIGHT_KIB`) of WRITE data not yet
-//! stored and DATA replies not yet written.
+//! What a client may hold is capped per connection, per user and per
+//! server, over all its SFTP channels ([`budget`]): open handles (each
+//! takes its place before anything is opened), and per connection 2 MiB
+//! (`budget::IN_FLIGHT_KIB`) of WRITE data not yet stored plus 2 MiB of
+//! DATA replies not yet written. A directory handle reads its directory a
+//! batch at a time, so its cost does not grow with the directory.
 
 pub mod attrs;
+pub mod budget;
 mod buffers;
 mod extensions;
 mod handles;
@@ -59,7 +64,8 @@ use crate::observe::{EventKind, Outcome, Reporter};
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{Attributes, EncryptedFile, OpenOptions, UserStore};
 use crate::username::UserName;
-use handles::{DirListing, FileJob, HandleTable};
+use budget::ConnectionBudget;
+use handles::{DirListing, FileJob, HandleTable, Held};
 use status::{SftpError, to_status};
 
 /// Largest request accepted, as OpenSSH's sftp-server (256 KiB).
@@ -70,17 +76,18 @@ pub const MAX_READ_WRITE_LEN: u32 = 261_120;
 /// Requests queued per file handle before the reader waits (OpenSSH's
 /// client keeps 64 in flight).
 const HANDLE_QUEUE: usize = 64;
-/// Entries per READDIR reply.
+/// Most entries per READDIR reply (OpenSSH's sftp-server sends 100); each
+/// READDIR reads at most this many from the directory.
 const READDIR_BATCH: usize = 128;
-/// Bytes one session may hold in WRITE data not yet stored and DATA replies
-/// not yet written, in KiB: each handle's queue is bounded in count, but a
-/// client with many handles could otherwise pin `max_handles * 64 * 256 KiB`.
-/// 2 MiB is what OpenSSH's client keeps in flight (64 x 32 KiB) and eight
-/// of its 255 KiB requests: enough to keep the store and the transport busy
-/// on both cores (measured: 1 GiB transfers and 8 parallel sessions within
-/// the run-to-run spread of the 8 MiB figures, docs/PERFORMANCE.md), and
-/// the server's memory per session stays small.
-const IN_FLIGHT_KIB: usize = 2 * 1024;
+/// Most bytes of entries per READDIR reply: with 255-byte names (and a long
+/// name of about as much again) a reply stops near 100 entries, a quarter
+/// of the 256 KiB a client accepts.
+const READDIR_REPLY_BYTES: usize = 64 * 1024;
+// Each handle's queue is bounded in count, but a client with many handles
+// could otherwise pin `max_handles * 64 * 256 KiB`: the in-flight budgets
+// (`budget::IN_FLIGHT_KIB`, measured in docs/PERFORMANCE.md as enough to
+// keep the store and the transport busy) bound what a connection holds
+// over all of them.
 
 /// Session-wide SFTP settings.
 #[derive(Debug, Clone)]
@@ -119,9 +126,13 @@ struct Session {
     store: Arc<UserStore>,
     user: UserName,
     handles: HandleTable,
+    /// Most handles the connection may hold (limits@openssh.com tells the
+    /// client).
+    max_handles: usize,
     replies: mpsc::Sender<Reply>,
-    /// Admits handle jobs by size; see [`IN_FLIGHT_KIB`].
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// The connection's handle caps and in-flight budgets, shared with its
+    /// other SFTP channels; see [`budget::IN_FLIGHT_KIB`].
+    budget: Arc<ConnectionBudget>,
     notices: mpsc::Sender<String>,
     /// Where transfers and path operations are reported.
     events: Reporter,
@@ -152,7 +163,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ReplySink for StreamReplies<W> {
 /// it, with replies to `replies`, which is given back at the end so that
 /// the caller decides when the channel closes. `notices` receives
 /// human-readable lines for the user (the channel's stderr); uploads,
-/// downloads and path operations are reported to `events`.
+/// downloads and path operations are reported to `events`. `budget` is the
+/// connection's: every SFTP channel of one connection shares it.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<R, O, N>(
     mut requests: R,
     mut replies: O,
@@ -160,6 +173,7 @@ pub async fn serve<R, O, N>(
     store: Arc<UserStore>,
     user: UserName,
     config: SftpConfig,
+    budget: Arc<ConnectionBudget>,
     events: Reporter,
 ) -> O
 where
@@ -216,9 +230,10 @@ where
     let session = Arc::new(Session {
         store,
         user,
-        handles: HandleTable::new(config.max_handles),
+        handles: HandleTable::new(),
+        max_handles: config.max_handles,
         replies: reply_tx,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB)),
+        budget,
         notices: notice_tx,
         events,
         workers: TaskTracker::new(),
@@ -451,7 +466,13 @@ impl Session {
             }
             Packet::ReadDir(r) => {
                 let reply = match self.handles.dir(&r.handle) {
-                    Some(dir) => self.readdir_reply(r.id, &dir),
+                    // A batch stats and opens up to READDIR_BATCH entries:
+                    // bounded, but disk work all the same.
+                    Some(dir) => {
+                        let session = self.clone();
+                        let id = r.id;
+                        reply_of(id, blocking(move || session.readdir_reply(id, &dir)).await)
+                    }
                     None => error_reply(r.id, &SftpError::BadHandle),
                 };
                 self.send(reply).await
@@ -554,12 +575,12 @@ impl Session {
                 let permit = if kib == 0 {
                     None
                 } else {
-                    match self.in_flight.clone().acquire_many_owned(kib).await {
+                    match self.budget.requests.clone().acquire_many_owned(kib).await {
                         Ok(p) => Some(p),
                         Err(_) => return false,
                     }
                 };
-                if queue.send((job, permit)).await.is_err() {
+                if queue.send((job, Held::request(permit))).await.is_err() {
                     return self.send(error_reply(id, &SftpError::BadHandle)).await;
                 }
                 true
@@ -575,8 +596,8 @@ impl Session {
             Packet::Open(o) => self.open(o.id, &o.filename, o.pflags, &o.attrs),
             Packet::OpenDir(o) => {
                 let path = jail::resolve(&o.path)?;
-                let listing = self.list_dir(&path)?;
-                let handle = self.handles.add_dir(DirListing::new(path, listing))?;
+                let listing = self.open_dir(path)?;
+                let handle = self.handles.add_dir(listing);
                 Ok(Packet::Handle(Handle { id: o.id, handle }))
             }
             Packet::Lstat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, false),
@@ -733,6 +754,8 @@ impl Session {
             mode: attrs.permissions.map(|p| p & 0o7777),
         };
         let file = match self.store.open(&path, opts) {
+        // The handle's place first: a refused one opens nothing.
+        let charge = Arc::new(self.charge_handle()?);
             Ok(f) => Arc::new(f),
             Err(e) => {
                 self.notice_for(&client_path, &e);
@@ -740,13 +763,7 @@ impl Session {
             }
         };
         let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
-        let handle = match self.handles.add_file(tx, file.clone()) {
-            Ok(h) => h,
-            Err(e) => {
-                file.abort();
-                return Err(e);
-            }
-        };
+        let handle = self.handles.add_file(tx, file.clone(), charge.clone());
         let transfer = self.events.transfer_started(kind, client_path.clone());
         self.workers.spawn(handles::run_worker(
             self.clone(),
@@ -755,6 +772,7 @@ impl Session {
             rx,
             transfer,
         ));
+            charge,
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
@@ -798,39 +816,69 @@ impl Session {
         Ok(())
     }
 
-    fn list_dir(&self, path: &ObjectPath) -> Result<Vec<File>, SftpError> {
-        let now = crate::store::storage::unix_seconds(std::time::SystemTime::now());
-        let owner = self.user.as_str();
-        let mut files = Vec::new();
-        let here = self.store.stat(path, true)?;
-        if here.kind != Kind::Dir {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR).into());
-        }
-        let parent = self.store.stat(&path.parent(), true)?;
-        for (name, a) in [(".", &here), ("..", &parent)] {
-            files.push(File {
-                filename: name.into(),
-                longname: attrs::long_name(name, a, owner, now),
-                attrs: attrs::to_sftp(a),
-            });
-        }
-        for (name, a) in self.store.read_dir(path)? {
-            files.push(File {
-                longname: attrs::long_name(&name, &a, owner, now),
-                attrs: attrs::to_sftp(&a),
-                filename: name,
-            });
-        }
-        Ok(files)
+    /// A place under the connection's, the user's and the server's handle
+    /// caps, or the refusal that names the cap reached.
+    fn charge_handle(&self) -> Result<budget::HandleCharge, SftpError> {
+        self.budget.charge_handle().map_err(|scope| {
+            debug!(user = %self.user, %scope, "handle refused: too many open files");
+            SftpError::TooManyHandles(scope)
+        })
     }
 
-    fn readdir_reply(&self, id: u32, dir: &Arc<DirListing>) -> Packet {
-        let batch = dir.next_batch(READDIR_BATCH);
-        if batch.is_empty() {
+    /// OPENDIR: the directory opened for reading in batches, with `.` and
+    /// `..` to send first.
+    fn open_dir(&self, path: ObjectPath) -> Result<DirListing, SftpError> {
+        let charge = self.charge_handle()?;
+        // Opened first: a path that is not a directory fails here.
+        let stream = self.store.open_dir(&path)?;
+        let here = self.store.stat(&path, true)?;
+        let parent = self.store.stat(&path.parent(), true)?;
+        let first = [(".", &here), ("..", &parent)]
+            .into_iter()
+            .map(|(name, a)| self.dir_entry(name.to_owned(), a))
+            .collect();
+        Ok(DirListing::new(path, stream, first, charge))
+    }
+
+    /// One entry of a NAME reply to READDIR.
+    fn dir_entry(&self, name: String, a: &Attributes) -> File {
+        let now = crate::store::storage::unix_seconds(std::time::SystemTime::now());
+        File {
+            longname: attrs::long_name(&name, a, self.user.as_str(), now),
+            attrs: attrs::to_sftp(a),
+            filename: name,
+        }
+    }
+
+    /// READDIR: the next entries, at most [`READDIR_BATCH`] of them and
+    /// [`READDIR_REPLY_BYTES`] of names, read from the directory now.
+    fn readdir_reply(&self, id: u32, dir: &DirListing) -> Result<Packet, SftpError> {
+        let mut state = dir.state();
+        let wanted = READDIR_BATCH.saturating_sub(state.pending.len());
+        if wanted > 0 {
+            let batch = state.stream.next_batch(wanted)?;
+            for (name, a) in batch {
+                let entry = self.dir_entry(name, &a);
+                state.pending.push_back(entry);
+            }
+        }
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        while let Some(entry) = state.pending.front() {
+            // The entry as encoded: two strings and at most 32 bytes of
+            // attributes (no extended ones are sent).
+            let size = 8 + entry.filename.len() + entry.longname.len() + 32;
+            if !files.is_empty() && bytes + size > READDIR_REPLY_BYTES {
+                break;
+            }
+            bytes += size;
+            files.extend(state.pending.pop_front());
+        }
+        Ok(if files.is_empty() {
             status(id, StatusCode::Eof, "End of file")
         } else {
-            Packet::Name(Name { id, files: batch })
-        }
+            Packet::Name(Name { id, files })
+        })
     }
 
     fn extended(self: &Arc<Self>, e: russh_sftp::protocol::Extended) -> Result<Packet, SftpError> {
@@ -838,12 +886,12 @@ impl Session {
     }
 }
 
-/// A path for events: as the jail normalised it, or as the client sent it.
 /// Whether a path request's work has no fixed bound, so that it runs on a
 /// blocking thread: SETSTAT may extend a file by gigabytes, an extension
 /// may copy one, an OPEN for writing without TRUNC may copy one (when
-/// uploads are scanned, the copy is what the scanner sees at close), an
-/// OPENDIR reads the size of every entry.
+/// uploads are scanned, the copy is what the scanner sees at close). An
+/// OPENDIR reads no entry yet (each READDIR reads a bounded batch, on a
+/// blocking thread of its own).
 fn work_has_no_bound(packet: &Packet) -> bool {
     match packet {
         Packet::SetStat(_) | Packet::Extended(_) | Packet::OpenDir(_) => true,
@@ -858,6 +906,7 @@ fn shown_path(resolved: &Result<ObjectPath, jail::JailError>, raw: &str) -> Stri
     match resolved {
         Ok(p) => p.to_client_string(),
         Err(_) => raw.to_owned(),
+/// A path for events: as the jail normalised it, or as the client sent it.
     }
 }
 

@@ -33,9 +33,10 @@ pub enum SftpError {
     /// A request or extension Dropzone does not implement.
     #[error("operation not supported: {0}")]
     Unsupported(String),
-    /// Too many open handles in this session.
-    #[error("too many open files in this session")]
-    TooManyHandles,
+    /// A handle refused: the cap of this connection, this user or the
+    /// server is reached (`super::budget`).
+    #[error("too many open files for {0}")]
+    TooManyHandles(super::budget::Scope),
     /// A blocking task died (a bug); reported as a generic failure.
     #[error("internal error")]
     Internal,
@@ -110,7 +111,7 @@ pub fn describe(err: &SftpError) -> (StatusCode, String) {
         SftpError::Unsupported(what) => {
             (C::OpUnsupported, format!("operation not supported: {what}"))
         }
-        SftpError::TooManyHandles => (C::Failure, "too many open files in this session".into()),
+        SftpError::TooManyHandles(_) => (C::Failure, err.to_string()),
         SftpError::Internal => (C::Failure, "internal server error".into()),
     }
 }

@@ -48,6 +48,7 @@ impl Client {
             store,
             user,
             SftpConfig::default(),
+            super::budget::ConnectionBudget::standalone(&SftpConfig::default()),
             crate::observe::Reporter::discard(),
         ));
         let mut c = Client {

@@ -32,6 +32,9 @@ struct LoggedIn {
     /// Shared with the channels; its drop, after the last of them, reports
     /// the logout.
     session: Arc<UserSession>,
+    /// The handle caps and in-flight budgets every SFTP channel of this
+    /// connection shares.
+    budget: Arc<crate::sftp::budget::ConnectionBudget>,
 }
 
 impl Drop for LoggedIn {
@@ -369,11 +372,13 @@ impl Connection {
                     self.peer,
                     method,
                 );
+                let budget = self.ctx.budgets.connection(name.as_str(), &self.ctx.sftp);
                 self.logged_in = Some(LoggedIn {
                     user: name,
                     store: Arc::new(store),
                     _slot: slot,
                     session,
+                    budget,
                 });
                 self.startup = None;
                 self.logged_in_flag.store(true, Ordering::Release);
@@ -563,6 +568,7 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(id)?;
         let (store, user, ctx) = (login.store.clone(), login.user.clone(), self.ctx.clone());
+        let budget = login.budget.clone();
         let events = login.session.reporter("sftp");
         let handle = session.handle();
         // Messages for the user that SFTP status replies cannot carry to
@@ -577,6 +583,7 @@ impl russh::server::Handler for Connection {
                 store,
                 user,
                 ctx.sftp.clone(),
+                budget,
                 events,
             )
             .await;

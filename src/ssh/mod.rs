@@ -57,6 +57,8 @@ pub struct ServerContext {
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
+    /// Open SFTP handles, counted per connection, per user and in all.
+    budgets: crate::sftp::budget::Budgets,
     /// Upload scanning and notifications (`[upload]`), if configured.
     uploads: Option<Arc<crate::upload::Uploads>>,
     /// Connection and session caps.
@@ -125,6 +127,7 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
+                budgets: crate::sftp::budget::Budgets::default(),
                 uploads,
                 penalties: limits.penalty.clone().map(Penalties::new),
                 admission: admission::Admission::new(limits),

@@ -287,8 +287,26 @@ pub trait Storage: Send + Sync {
     /// Metadata, following a final symlink (`stat`) or not (`lstat`).
     fn meta(&self, path: &ObjectPath, follow: bool) -> io::Result<Meta>;
     /// Entries of a directory with their (`lstat`) metadata, reserved names
-    /// left out.
-    fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>>;
+    /// left out, sorted by name. Holds the whole listing in memory: for
+    /// callers that need it whole (scp, the offline check); a listing a
+    /// client drives reads it in batches with [`Storage::open_dir`].
+    fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>> {
+        let mut reader = self.open_dir(path)?;
+        let mut out = Vec::new();
+        loop {
+            let batch = reader.next_batch(DIR_READ_BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch);
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+    /// Opens a directory for reading its entries a batch at a time: what
+    /// it holds does not grow with the directory (OpenSSH's sftp-server
+    /// keeps an open `DIR*` the same way).
+    fn open_dir(&self, path: &ObjectPath) -> io::Result<Box<dyn DirReader>>;
     /// Creates a directory.
     fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()>;
     /// Removes an empty directory.
@@ -327,6 +345,61 @@ impl LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
+/// Entries [`Storage::read_dir`] asks a [`DirReader`] for at a time.
+const DIR_READ_BATCH: usize = 1024;
+
+/// An open directory, read a batch of entries at a time, in the order the
+/// storage keeps them (not sorted).
+pub trait DirReader: Send {
+    /// Up to `n` more entries with their (`lstat`) metadata, reserved
+    /// names, `.` and `..` left out; empty at the end. Fewer than `n` does
+    /// not mean the end.
+    fn next_batch(&mut self, n: usize) -> io::Result<Vec<(String, Meta)>>;
+}
+
+/// A local directory read with `getdents64` on its own descriptor, each
+/// entry `lstat`ed relative to it: the directory was resolved once, inside
+/// the root, and no entry's name is followed anywhere. Holds one
+/// descriptor and `rustix`'s entry buffer (at most a few tens of KiB).
+struct LocalDirReader {
+    dir: rustix::fs::Dir,
+    /// Set once the end was reached (or an error ended the listing).
+    done: bool,
+}
+
+impl DirReader for LocalDirReader {
+    fn next_batch(&mut self, n: usize) -> io::Result<Vec<(String, Meta)>> {
+        let mut out = Vec::with_capacity(n.min(DIR_READ_BATCH));
+        while out.len() < n && !self.done {
+            let Some(entry) = self.dir.read() else {
+                self.done = true;
+                break;
+            };
+            let entry = entry.inspect_err(|_| self.done = true)?;
+            let raw = entry.file_name().to_bytes();
+            if raw == b"." || raw == b".." || raw.starts_with(RESERVED_PREFIX.as_bytes()) {
+                continue;
+            }
+            // Names that are not UTF-8 cannot be expressed in our paths;
+            // they are skipped rather than shown mangled.
+            let Ok(name) = std::str::from_utf8(raw) else {
+                continue;
+            };
+            let fd = self.dir.fd()?;
+            match rustix::fs::statat(fd, OsStr::from_bytes(raw), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => out.push((name.to_owned(), meta_from_stat(&st))),
+                // Removed between readdir and stat: not an error.
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
         let fd = rustix::fs::open(
             root,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -529,30 +602,12 @@ impl Storage for LocalStorage {
         Ok(meta_from_stat(&st))
     }
 
-    fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>> {
+    fn open_dir(&self, path: &ObjectPath) -> io::Result<Box<dyn DirReader>> {
         let fd = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut dir = rustix::fs::Dir::read_from(&fd)?;
-        let mut out = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry?;
-            let raw = entry.file_name().to_bytes();
-            if raw == b"." || raw == b".." || raw.starts_with(RESERVED_PREFIX.as_bytes()) {
-                continue;
-            }
-            // Names that are not UTF-8 cannot be expressed in our paths;
-            // they are skipped rather than shown mangled.
-            let Ok(name) = std::str::from_utf8(raw) else {
-                continue;
-            };
-            match rustix::fs::statat(&fd, OsStr::from_bytes(raw), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => out.push((name.to_owned(), meta_from_stat(&st))),
-                // Removed between readdir and stat: not an error.
-                Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Ok(Box::new(LocalDirReader {
+            dir: rustix::fs::Dir::new(fd)?,
+            done: false,
+        }))
     }
 
     fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {

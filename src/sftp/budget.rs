@@ -1,0 +1,308 @@
+//! What SFTP sessions may hold open: handles counted per connection, per
+//! user and server-wide, and the in-flight data of a connection.
+//!
+//! Every handle (file or directory) holds descriptors and memory, so the
+//! caps are on what a client controls, not on its SFTP channels: a client
+//! may open many channels on one connection and many connections as one
+//! user. [`Budgets`], one per server, hands out a [`ConnectionBudget`] at
+//! login; every SFTP channel of that connection shares it. A handle takes a
+//! [`HandleCharge`] from it before anything is opened, counted against the
+//! connection ([`SftpConfig::max_handles`]), the user
+//! ([`SftpConfig::max_handles_per_user`], over all their connections) and
+//! the server (a cap the caller derives from the descriptor limit), and
+//! given back when the charge is dropped.
+//!
+//! The in-flight budgets bound the data a connection holds between the
+//! network and the store, whatever its channels and handles: see
+//! [`IN_FLIGHT_KIB`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Semaphore;
+
+use super::SftpConfig;
+
+/// KiB of WRITE data (and handle-extension payloads) received and not yet
+/// stored, per connection; as much again of DATA replies read and not yet
+/// written. The reader of a channel waits for the first, a file's worker
+/// for the second: apart, a download whose replies wait on the client's
+/// window can never hold up an upload on another channel of the connection
+/// (russh stops reading the whole connection while one channel's queue is
+/// full, so that the window adjustment the download waits for would never
+/// be read). 2 MiB is what OpenSSH's client keeps in flight (64 x 32 KiB)
+/// and eight of its 255 KiB requests: enough to keep the store and the
+/// transport busy (docs/PERFORMANCE.md).
+pub const IN_FLIGHT_KIB: usize = 2 * 1024;
+
+/// Which cap refused a handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// [`SftpConfig::max_handles`], over the connection's channels.
+    Connection,
+    /// [`SftpConfig::max_handles_per_user`], over the user's connections.
+    User,
+    /// The server-wide cap ([`Budgets::new`]).
+    Server,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Connection => "this connection",
+            Scope::User => "this user",
+            Scope::Server => "the server",
+        })
+    }
+}
+
+/// A count with a cap, taken and given back one at a time.
+#[derive(Debug)]
+struct Counter {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Counter {
+    fn new(max: usize) -> Self {
+        Counter {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes one unless the cap is reached.
+    fn take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.used.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// The server's handle caps: one per server, shared by every connection.
+#[derive(Debug)]
+pub struct Budgets {
+    server: Arc<Counter>,
+    /// Each logged-in user's count, held by their connections: an entry
+    /// goes with the user's last connection (dead entries are swept at the
+    /// next login).
+    users: Mutex<HashMap<String, Weak<Counter>>>,
+}
+
+impl Budgets {
+    /// Budgets with at most `server_max_handles` handles open over all
+    /// connections (the caller derives it from the descriptor limit: each
+    /// handle holds up to two descriptors).
+    pub fn new(server_max_handles: usize) -> Self {
+        Budgets {
+            server: Arc::new(Counter::new(server_max_handles)),
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The budget of a new connection of `user`, with the caps of `config`.
+    pub fn connection(&self, user: &str, config: &SftpConfig) -> Arc<ConnectionBudget> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.retain(|_, counter| counter.strong_count() > 0);
+        let user_count = match users.get(user).and_then(Weak::upgrade) {
+            Some(counter) => counter,
+            None => {
+                let counter = Arc::new(Counter::new(config.max_handles_per_user));
+                users.insert(user.to_owned(), Arc::downgrade(&counter));
+                counter
+            }
+        };
+        Arc::new(ConnectionBudget {
+            handles: Counter::new(config.max_handles),
+            user: user_count,
+            server: self.server.clone(),
+            requests: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
+            replies: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
+        })
+    }
+
+    /// Handles open over the whole server.
+    pub fn server_handles(&self) -> usize {
+        self.server.used()
+    }
+
+    /// Users with at least one connection (live entries).
+    pub fn users(&self) -> usize {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.values().filter(|c| c.strong_count() > 0).count()
+    }
+}
+
+impl Default for Budgets {
+    /// No server-wide cap beyond the per-connection and per-user ones
+    /// (tests, tools).
+    fn default() -> Self {
+        Budgets::new(usize::MAX)
+    }
+}
+
+/// What one connection may hold, shared by all its SFTP channels.
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    handles: Counter,
+    user: Arc<Counter>,
+    server: Arc<Counter>,
+    /// KiB of request data not yet stored ([`IN_FLIGHT_KIB`]).
+    pub(super) requests: Arc<Semaphore>,
+    /// KiB of DATA replies not yet written ([`IN_FLIGHT_KIB`]).
+    pub(super) replies: Arc<Semaphore>,
+}
+
+impl ConnectionBudget {
+    /// A budget of its own, outside any [`Budgets`] (tests, fuzzing): the
+    /// user's cap counts this connection only.
+    pub fn standalone(config: &SftpConfig) -> Arc<Self> {
+        Budgets::default().connection("", config)
+    }
+
+    /// Takes a handle's place under the connection's, the user's and the
+    /// server's caps, or says which one is reached.
+    pub fn charge_handle(self: &Arc<Self>) -> Result<HandleCharge, Scope> {
+        if !self.handles.take() {
+            return Err(Scope::Connection);
+        }
+        if !self.user.take() {
+            self.handles.give_back();
+            return Err(Scope::User);
+        }
+        if !self.server.take() {
+            self.user.give_back();
+            self.handles.give_back();
+            return Err(Scope::Server);
+        }
+        Ok(HandleCharge {
+            budget: self.clone(),
+        })
+    }
+
+    /// Handles this connection holds open.
+    pub fn handles(&self) -> usize {
+        self.handles.used()
+    }
+
+    /// Handles the connection's user holds open over all their connections.
+    pub fn user_handles(&self) -> usize {
+        self.user.used()
+    }
+}
+
+/// One handle's place under the caps, given back when dropped.
+#[derive(Debug)]
+pub struct HandleCharge {
+    budget: Arc<ConnectionBudget>,
+}
+
+impl Drop for HandleCharge {
+    fn drop(&mut self) {
+        self.budget.server.give_back();
+        self.budget.user.give_back();
+        self.budget.handles.give_back();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(per_connection: usize, per_user: usize) -> SftpConfig {
+        SftpConfig {
+            max_handles: per_connection,
+            max_handles_per_user: per_user,
+            ..SftpConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_connection_is_refused_at_its_cap_and_gets_the_place_back() {
+        let budgets = Budgets::new(100);
+        let conn = budgets.connection("alice", &config(3, 10));
+        let held: Vec<_> = (0..3).map(|_| conn.charge_handle().unwrap()).collect();
+        assert_eq!(conn.charge_handle().unwrap_err(), Scope::Connection);
+        assert_eq!((conn.handles(), budgets.server_handles()), (3, 3));
+        drop(held);
+        assert_eq!((conn.handles(), conn.user_handles()), (0, 0));
+        assert_eq!(budgets.server_handles(), 0);
+        assert!(conn.charge_handle().is_ok());
+    }
+
+    #[test]
+    fn a_users_connections_share_the_user_cap_and_other_users_do_not() {
+        let budgets = Budgets::new(100);
+        let (a1, a2) = (
+            budgets.connection("alice", &config(4, 6)),
+            budgets.connection("alice", &config(4, 6)),
+        );
+        let bob = budgets.connection("bob", &config(4, 6));
+        let mut held: Vec<_> = (0..4).map(|_| a1.charge_handle().unwrap()).collect();
+        held.extend((0..2).map(|_| a2.charge_handle().unwrap()));
+        // a2 is under its own cap, alice is at hers.
+        assert_eq!(a2.charge_handle().unwrap_err(), Scope::User);
+        assert_eq!(a2.handles(), 2, "a refusal gives back what it took");
+        assert_eq!(a1.user_handles(), 6);
+        assert!(bob.charge_handle().is_ok());
+        held.pop();
+        assert!(a2.charge_handle().is_ok());
+    }
+
+    #[test]
+    fn the_server_cap_holds_over_all_users() {
+        let budgets = Budgets::new(3);
+        let alice = budgets.connection("alice", &config(10, 10));
+        let bob = budgets.connection("bob", &config(10, 10));
+        let _a: Vec<_> = (0..2).map(|_| alice.charge_handle().unwrap()).collect();
+        let b = bob.charge_handle().unwrap();
+        assert_eq!(bob.charge_handle().unwrap_err(), Scope::Server);
+        assert_eq!(alice.charge_handle().unwrap_err(), Scope::Server);
+        assert_eq!((bob.handles(), bob.user_handles()), (1, 1));
+        drop(b);
+        assert!(alice.charge_handle().is_ok());
+    }
+
+    #[test]
+    fn a_users_entry_goes_with_their_last_connection() {
+        let budgets = Budgets::default();
+        let first = budgets.connection("alice", &config(10, 10));
+        let charge = first.charge_handle().unwrap();
+        let second = budgets.connection("alice", &config(10, 10));
+        assert_eq!(second.user_handles(), 1, "the same count for both");
+        assert_eq!(budgets.users(), 1);
+        drop((first, second));
+        // The charge keeps its connection, and so the user's entry.
+        assert_eq!(budgets.users(), 1);
+        drop(charge);
+        assert_eq!(budgets.users(), 0);
+        let again = budgets.connection("alice", &config(10, 10));
+        assert_eq!(again.user_handles(), 0);
+    }
+
+    #[test]
+    fn in_flight_budgets_are_per_connection() {
+        let budgets = Budgets::default();
+        let a = budgets.connection("alice", &SftpConfig::default());
+        let b = budgets.connection("alice", &SftpConfig::default());
+        let held = a
+            .requests
+            .clone()
+            .try_acquire_many_owned(IN_FLIGHT_KIB as u32);
+        assert!(held.is_ok());
+        assert_eq!(a.requests.available_permits(), 0);
+        assert_eq!(a.replies.available_permits(), IN_FLIGHT_KIB);
+        assert_eq!(b.requests.available_permits(), IN_FLIGHT_KIB);
+    }
+}
