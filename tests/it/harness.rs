@@ -193,6 +193,11 @@ impl Server {
         self.port = port;
     }
 
+    /// The server process's id (for `/proc/PID/status` and `/proc/PID/fd`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's working directory.
     pub fn root(&self) -> &Path {
         self.dir.path()
