@@ -7,7 +7,7 @@
 //! backend resolves the resulting [`ObjectPath`] with the root as `/`
 //! (`openat2(RESOLVE_IN_ROOT)`), so no link and no race can lead outside.
 
-use crate::store::storage::{BadName, ObjectPath};
+use crate::store::storage::{BadName, Climb, ObjectPath, climb};
 
 /// Why a client path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,9 +18,12 @@ pub enum JailError {
     /// A component is not a usable name.
     #[error("invalid path: {0}")]
     BadName(#[from] BadName),
-    /// A symlink target that would point outside the user's root.
-    #[error("symlink target points outside your directory")]
-    TargetOutside,
+    /// A relative symlink target with a `..` after a name.
+    #[error(
+        "symlink target: \"..\" is accepted only at the start of a relative target \
+         (write \"../../x\", not \"a/../x\")"
+    )]
+    DotDotAfterName,
 }
 
 /// Resolves a client path (absolute, or relative to `/`).
@@ -50,53 +53,37 @@ pub fn resolve_from(base: &ObjectPath, client_path: &str) -> Result<ObjectPath, 
     Ok(ObjectPath::from_components(parts)?)
 }
 
-/// Checks a client's symlink target and returns what to store in the link.
+/// Checks a client's symlink target and returns what to pass to the store.
 ///
-/// A relative target is kept as given if, taken from the link's directory,
-/// it never climbs above the root; an absolute target (meaning a path under
-/// the user's root) is rewritten relative to the link's directory, so the
-/// link on disk points inside the root for every program, not only for
-/// Dropzone's in-root resolution.
-pub fn symlink_target(link: &ObjectPath, target: &str) -> Result<String, JailError> {
+/// A relative target is kept as written (READLINK then returns exactly
+/// it, as with OpenSSH), provided its names are usable and its `..`
+/// components all come first: a `..` after a name would resolve through
+/// whatever that name is on disk at the time (a link, later), so it is
+/// refused (see [`crate::store::storage::Storage::symlink`] for why that
+/// keeps every link inside the root). An absolute target, meaning a path
+/// under the user's root, is normalised here; the store writes it relative
+/// to the link's real directory, so that no program following the link on
+/// disk leaves the root. How far a relative target may climb depends on
+/// the link's real depth, which only the store knows: it checks that.
+pub fn symlink_target(target: &str) -> Result<String, JailError> {
     if target.is_empty() {
         return Err(BadName::NotAName(String::new()).into());
     }
-    let dir = link.parent();
     if target.starts_with('/') {
-        let dest = resolve(target)?;
-        return Ok(relative_path(&dir, &dest));
+        return Ok(resolve(target)?.to_client_string());
     }
     if target.contains('\0') {
         return Err(JailError::Nul);
     }
-    let mut depth = dir.components().len();
     for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                depth = depth.checked_sub(1).ok_or(JailError::TargetOutside)?;
-            }
-            name => {
-                ObjectPath::root().join(name)?;
-                depth += 1;
-            }
+        if !matches!(part, "" | "." | "..") {
+            ObjectPath::root().join(part)?;
         }
     }
-    Ok(target.to_owned())
-}
-
-/// The relative path from directory `from` to `to`.
-fn relative_path(from: &ObjectPath, to: &ObjectPath) -> String {
-    let a = from.components();
-    let b = to.components();
-    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let mut parts: Vec<&str> = vec![".."; a.len() - common];
-    parts.extend(b[common..].iter().map(String::as_str));
-    if parts.is_empty() {
-        ".".to_owned()
-    } else {
-        parts.join("/")
+    if let Climb::Inner { .. } = climb(target) {
+        return Err(JailError::DotDotAfterName);
     }
+    Ok(target.to_owned())
 }
 
 #[cfg(test)]
@@ -137,19 +124,22 @@ mod tests {
     }
 
     #[test]
-    fn symlink_targets_stay_inside() {
-        let link = resolve("/a/link").unwrap();
-        assert_eq!(symlink_target(&link, "b/c").unwrap(), "b/c");
-        assert_eq!(symlink_target(&link, "../x").unwrap(), "../x");
+    fn symlink_targets_are_kept_or_normalised() {
+        assert_eq!(symlink_target("b/c").unwrap(), "b/c");
+        assert_eq!(symlink_target("../../x").unwrap(), "../../x");
+        assert_eq!(symlink_target("./../x//y/").unwrap(), "./../x//y/");
+        assert_eq!(symlink_target("/etc/../passwd").unwrap(), "/passwd");
+        assert_eq!(symlink_target("/").unwrap(), "/");
         assert_eq!(
-            symlink_target(&link, "../../x"),
-            Err(JailError::TargetOutside)
+            symlink_target("d1/d2/s/../bob/secret.txt"),
+            Err(JailError::DotDotAfterName)
         );
-        assert_eq!(
-            symlink_target(&link, "/etc/passwd").unwrap(),
-            "../etc/passwd"
-        );
-        assert_eq!(symlink_target(&link, "/a/z").unwrap(), "z");
-        assert_eq!(symlink_target(&link, "/a").unwrap(), ".");
+        assert_eq!(symlink_target("../a/.."), Err(JailError::DotDotAfterName));
+        assert_eq!(symlink_target("a\0b"), Err(JailError::Nul));
+        assert!(matches!(
+            symlink_target("x/.dropzone-upload-1"),
+            Err(JailError::BadName(BadName::Reserved))
+        ));
+        assert!(symlink_target("").is_err());
     }
 }

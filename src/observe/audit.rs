@@ -88,7 +88,9 @@ pub fn format_line(e: &Event) -> String {
     };
     // Serializing plain strings and numbers cannot fail; a NaN duration
     // (impossible from a Duration) would become null.
-    let mut text = serde_json::to_string(&line).unwrap_or_else(|_| "{}".to_owned());
+    // Client strings (paths, user names, reasons) are escaped so that no
+    // control character reaches a terminal showing the file.
+    let mut text = super::escape::to_json(&line).unwrap_or_else(|_| "{}".to_owned());
     text.push('\n');
     text
 }

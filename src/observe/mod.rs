@@ -17,6 +17,7 @@
 //! password, key or host path is ever part of an event.
 
 pub mod audit;
+pub mod escape;
 pub mod http;
 pub mod kms;
 pub mod metrics;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use audit::AuditLog;
+pub use escape::escape;
 pub use metrics::Metrics;
 
 /// The kinds of audit events (the `event` field).

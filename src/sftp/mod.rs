@@ -316,7 +316,8 @@ fn error_reply(id: u32, err: &SftpError) -> Packet {
     ) {
         warn!(error = %err, "integrity failure reported to client");
     } else {
-        debug!(error = %err, "request failed");
+        // The message may quote the client (an extension's name).
+        debug!(error = %crate::observe::escape(&err.to_string()), "request failed");
     }
     status(id, code, &msg)
 }
@@ -459,9 +460,23 @@ impl Session {
                 if self.handles.remove_dir(&c.handle) {
                     return self.send(ok(c.id)).await;
                 }
+                // The queue of a handle opened for writing, to wait on.
+                let writer = self
+                    .handles
+                    .file(&c.handle)
+                    .filter(|f| f.writable())
+                    .and_then(|_| self.handles.file_queue(&c.handle));
                 let job = FileJob::Close { id: c.id };
                 let sent = self.to_handle(c.id, &c.handle, job).await;
                 self.handles.remove_file(&c.handle);
+                // As with OpenSSH's sftp-server, the requests after a CLOSE
+                // see the file closed (a staged upload committed): sshfs
+                // sends CLOSE without waiting for its reply, then opens
+                // and stats the file again. The worker drops its queue
+                // once the close is done.
+                if let Some(queue) = writer {
+                    queue.closed().await;
+                }
                 sent
             }
             Packet::ReadDir(r) => {
@@ -616,7 +631,7 @@ impl Session {
             }
             Packet::MkDir(m) => {
                 self.audited(EventKind::Mkdir, &m.path, |path| {
-                    Ok(store.mkdir(path, m.attrs.permissions.map(|p| p & 0o7777))?)
+                    Ok(store.mkdir(path, m.attrs.permissions.map(client_mode))?)
                 })?;
                 Ok(ok(m.id))
             }
@@ -654,7 +669,7 @@ impl Session {
                 // common client follows OpenSSH, so the fields are swapped.
                 let (target, link) = (s.linkpath, s.targetpath);
                 let link = jail::resolve(&link)?;
-                let target = jail::symlink_target(&link, &target)?;
+                let target = jail::symlink_target(&target)?;
                 store.symlink(&target, &link)?;
                 Ok(ok(s.id))
             }
@@ -751,11 +766,11 @@ impl Session {
             create: flags.contains(OpenFlags::CREATE),
             truncate: flags.contains(OpenFlags::TRUNCATE),
             exclusive: flags.contains(OpenFlags::EXCLUDE),
-            mode: attrs.permissions.map(|p| p & 0o7777),
+            mode: attrs.permissions.map(client_mode),
         };
-        let file = match self.store.open(&path, opts) {
         // The handle's place first: a refused one opens nothing.
         let charge = Arc::new(self.charge_handle()?);
+        let file = match self.store.open(&path, opts) {
             Ok(f) => Arc::new(f),
             Err(e) => {
                 self.notice_for(&client_path, &e);
@@ -771,8 +786,8 @@ impl Session {
             client_path,
             rx,
             transfer,
-        ));
             charge,
+        ));
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
@@ -790,6 +805,7 @@ impl Session {
         a: &FileAttributes,
         follow: bool,
     ) -> Result<(), SftpError> {
+        refuse_root_change(path, a)?;
         let current = self.store.stat(path, follow)?;
         check_owner(a, &current)?;
         if let Some(size) = a.size {
@@ -805,7 +821,7 @@ impl Session {
             if current.kind == Kind::Symlink {
                 return Err(SftpError::Unsupported("permissions of a symlink".into()));
             }
-            self.store.set_permissions(path, p & 0o7777)?;
+            self.store.set_permissions(path, client_mode(p))?;
         }
         if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
             if current.kind == Kind::Symlink {
@@ -894,7 +910,9 @@ impl Session {
 /// blocking thread of its own).
 fn work_has_no_bound(packet: &Packet) -> bool {
     match packet {
-        Packet::SetStat(_) | Packet::Extended(_) | Packet::OpenDir(_) => true,
+        // RENAME and SYMLINK check symlinks against the real tree, and a
+        // directory's rename walks its subtree (a bounded walk, but a walk).
+        Packet::SetStat(_) | Packet::Extended(_) | Packet::Rename(_) | Packet::Symlink(_) => true,
         Packet::Open(o) => {
             o.pflags.contains(OpenFlags::WRITE) && !o.pflags.contains(OpenFlags::TRUNCATE)
         }
@@ -902,12 +920,32 @@ fn work_has_no_bound(packet: &Packet) -> bool {
     }
 }
 
+/// A path for events: as the jail normalised it, or as the client sent it.
 fn shown_path(resolved: &Result<ObjectPath, jail::JailError>, raw: &str) -> String {
     match resolved {
         Ok(p) => p.to_client_string(),
         Err(_) => raw.to_owned(),
-/// A path for events: as the jail normalised it, or as the client sent it.
     }
+}
+
+/// The permission bits a client may set: setuid, setgid and sticky are
+/// dropped, so that no client-made file carries them on the host.
+fn client_mode(mode: u32) -> u32 {
+    mode & 0o777
+}
+
+/// The user's root is the server's, not the user's, to change: a client
+/// that could chmod it (to 0 or 0777) or set its times or size could lock
+/// itself out or open its files to other host users. A link to the root is
+/// caught by the store, which compares what it resolved with the root.
+fn refuse_root_change(path: &ObjectPath, a: &FileAttributes) -> Result<(), SftpError> {
+    let changes = a.size.is_some() || a.permissions.is_some() || a.atime.is_some();
+    if path.is_root() && changes {
+        return Err(SftpError::Store(crate::store::StoreError::Io(
+            crate::store::storage::refused("the root of your directory cannot be changed"),
+        )));
+    }
+    Ok(())
 }
 
 /// A request to change owner or group is refused unless it changes nothing.
@@ -1057,7 +1095,7 @@ fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {
         file.set_len(size)?;
     }
     if let Some(p) = a.permissions {
-        file.set_permissions(p & 0o7777)?;
+        file.set_permissions(client_mode(p))?;
     }
     if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
         file.set_times(i64::from(at), i64::from(mt))?;

@@ -98,6 +98,7 @@ pub fn describe(err: &SftpError) -> (StatusCode, String) {
         SftpError::Store(StoreError::Rejected { reason }) => {
             (C::PermissionDenied, format!("upload rejected: {reason}"))
         }
+        SftpError::Jail(e @ JailError::DotDotAfterName) => (C::PermissionDenied, e.to_string()),
         SftpError::Jail(e) => (C::Failure, e.to_string()),
         SftpError::Store(StoreError::Internal(_)) => (C::Failure, "internal server error".into()),
         // The limit, in human terms, is what the client needs to know.
@@ -133,6 +134,14 @@ pub fn status_name(code: StatusCode) -> &'static str {
 
 fn io_status(e: &io::Error) -> (StatusCode, String) {
     use StatusCode as C;
+    // The store's own refusals (a symlink that would lead outside, a
+    // change to the root) say why; their text names no host path.
+    if let Some(refused) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::store::storage::Refused>())
+    {
+        return (C::PermissionDenied, refused.to_string());
+    }
     if let Some(code) = e.raw_os_error() {
         let mapped = match code {
             libc::ENOENT => Some((C::NoSuchFile, "no such file or directory")),

@@ -606,7 +606,8 @@ impl russh::server::Handler for Connection {
         let (Some(login), true, Some(channel)) =
             (&self.logged_in, accepted, self.channels.remove(&id))
         else {
-            info!(peer = %self.peer, command = %command.chars().take(80).collect::<String>(), "exec refused: only scp is available");
+            let shown: String = command.chars().take(80).collect();
+            info!(peer = %self.peer, command = %observe::escape(&shown), "exec refused: only scp is available");
             session.channel_failure(id)?;
             return Ok(());
         };

@@ -24,6 +24,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 
+mod links;
+pub use links::{Climb, MAX_LINK_CHECK_ENTRIES, Refused, climb, refused};
+
+/// The permission bits the store ever sets: no setuid, setgid or sticky
+/// bit on anything a client makes.
+const MODE_BITS: u32 = 0o777;
+
 /// Names starting with this are the store's own (staged uploads); they are
 /// hidden from listings and refused as client paths.
 pub const RESERVED_PREFIX: &str = ".dropzone-";
@@ -313,38 +320,31 @@ pub trait Storage: Send + Sync {
     fn rmdir(&self, path: &ObjectPath) -> io::Result<()>;
     /// Removes a file or symlink.
     fn remove(&self, path: &ObjectPath) -> io::Result<()>;
-    /// Renames; with `replace` false, fails if the target exists.
+    /// Renames; with `replace` false, fails if the target exists. Refused
+    /// (a [`Refused`] error) when a symlink would then point outside the
+    /// root: see [`Storage::symlink`].
     fn rename(&self, from: &ObjectPath, to: &ObjectPath, replace: bool) -> io::Result<()>;
     /// Creates a hard link `link` to `existing`.
     fn hard_link(&self, existing: &ObjectPath, link: &ObjectPath) -> io::Result<()>;
-    /// Creates a symlink at `link` whose content is `target`.
+    /// Creates a symlink at `link` for `target`: a relative target is
+    /// stored as written if its `..` components come first and climb no
+    /// higher than the link's real directory; an absolute one (a
+    /// normalised path inside the root) is stored relative to that
+    /// directory. Anything else is refused with a [`Refused`] error, so
+    /// that no stored link leads outside the root for a program following
+    /// it on disk.
     fn symlink(&self, target: &str, link: &ObjectPath) -> io::Result<()>;
     /// Reads a symlink's content.
     fn read_link(&self, path: &ObjectPath) -> io::Result<String>;
-    /// Sets permission bits (following symlinks).
+    /// Sets permission bits (following symlinks; `0o777` at most); the
+    /// root itself is refused.
     fn set_permissions(&self, path: &ObjectPath, mode: u32) -> io::Result<()>;
-    /// Sets times (following symlinks).
+    /// Sets times (following symlinks); the root itself is refused.
     fn set_times(&self, path: &ObjectPath, atime: i64, mtime: i64) -> io::Result<()>;
     /// Filesystem space figures.
     fn space(&self, path: &ObjectPath) -> io::Result<SpaceInfo>;
 }
 
-/// [`Storage`] on a local directory.
-pub struct LocalStorage {
-    root: OwnedFd,
-}
-
-impl LocalStorage {
-    /// Opens (creating with mode 0700 if missing) the directory `root`.
-    pub fn open_root(root: &Path) -> io::Result<Self> {
-        match std::fs::create_dir(root) {
-            Ok(()) => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
 /// Entries [`Storage::read_dir`] asks a [`DirReader`] for at a time.
 const DIR_READ_BATCH: usize = 1024;
 
@@ -400,12 +400,31 @@ impl DirReader for LocalDirReader {
     }
 }
 
+/// [`Storage`] on a local directory.
+pub struct LocalStorage {
+    root: OwnedFd,
+    /// Taken while a symlink is made or anything is moved (see `links`).
+    links: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+impl LocalStorage {
+    /// Opens (creating with mode 0700 if missing) the directory `root`.
+    pub fn open_root(root: &Path) -> io::Result<Self> {
+        match std::fs::create_dir(root) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
         let fd = rustix::fs::open(
             root,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(LocalStorage { root: fd })
+        let links = links::link_lock(&fd)?;
+        Ok(LocalStorage { root: fd, links })
     }
 
     fn resolve(&self, path: &ObjectPath, flags: OFlags) -> io::Result<OwnedFd> {
@@ -478,7 +497,7 @@ impl Blob for LocalBlob {
         self.file.sync_all()
     }
     fn set_permissions(&self, mode: u32) -> io::Result<()> {
-        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & 0o7777))?;
+        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & MODE_BITS))?;
         Ok(())
     }
     fn set_times(&self, atime: i64, mtime: i64) -> io::Result<()> {
@@ -612,7 +631,7 @@ impl Storage for LocalStorage {
 
     fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {
         let (dir, name) = self.parent_of(path)?;
-        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777))?;
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & MODE_BITS))?;
         Ok(())
     }
 
@@ -629,8 +648,10 @@ impl Storage for LocalStorage {
     }
 
     fn rename(&self, from: &ObjectPath, to: &ObjectPath, replace: bool) -> io::Result<()> {
+        let _moving = self.link_guard();
         let (from_dir, from_name) = self.parent_of(from)?;
         let (to_dir, to_name) = self.parent_of(to)?;
+        self.check_move(&from_dir, from_name, &to_dir)?;
         let flags = if replace {
             RenameFlags::empty()
         } else {
@@ -641,15 +662,21 @@ impl Storage for LocalStorage {
     }
 
     fn hard_link(&self, existing: &ObjectPath, link: &ObjectPath) -> io::Result<()> {
+        let _moving = self.link_guard();
         let (from_dir, from_name) = self.parent_of(existing)?;
         let (to_dir, to_name) = self.parent_of(link)?;
+        // A hard link to a symlink is that link in a second place (linkat
+        // does not follow it); a directory cannot be hard-linked.
+        self.check_move(&from_dir, from_name, &to_dir)?;
         rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())?;
         Ok(())
     }
 
     fn symlink(&self, target: &str, link: &ObjectPath) -> io::Result<()> {
+        let _making = self.link_guard();
         let (dir, name) = self.parent_of(link)?;
-        rustix::fs::symlinkat(target, &dir, name)?;
+        let text = links::link_text(&self.real_components(&dir)?, target)?;
+        rustix::fs::symlinkat(text.as_str(), &dir, name)?;
         Ok(())
     }
 
@@ -663,15 +690,17 @@ impl Storage for LocalStorage {
 
     fn set_permissions(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {
         let fd = self.resolve(path, OFlags::PATH)?;
+        self.refuse_root(&fd)?;
         rustix::fs::chmod(
             Self::proc_path(&fd).as_str(),
-            Mode::from_raw_mode(mode & 0o7777),
+            Mode::from_raw_mode(mode & MODE_BITS),
         )?;
         Ok(())
     }
 
     fn set_times(&self, path: &ObjectPath, atime: i64, mtime: i64) -> io::Result<()> {
         let fd = self.resolve(path, OFlags::PATH)?;
+        self.refuse_root(&fd)?;
         rustix::fs::utimensat(
             rustix::fs::CWD,
             Self::proc_path(&fd).as_str(),

@@ -18,6 +18,7 @@ use std::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::UploadConfig;
+use crate::observe::escape;
 use crate::store::{Rejection, Upload, UploadGate};
 use notify::{Notifier, NotifySettings, UploadEvent};
 use scanner::{Refusal, ScanRequest, Scanner, Verdict};
@@ -103,10 +104,19 @@ pub struct SessionGate {
 impl SessionGate {
     /// Logs a rejected upload: the one place a rejection is recorded.
     fn rejected(&self, path: &str, size: u64, refusal: &Refusal) {
-        if refusal.is_scanner_fault() {
+        if refusal.is_busy() {
+            warn!(
+                user = %self.user,
+                path = %escape(path),
+                size,
+                peer = ?self.peer,
+                reason = %refusal,
+                "upload rejected: the scanner stayed busy for the whole scan timeout"
+            );
+        } else if refusal.is_scanner_fault() {
             error!(
                 user = %self.user,
-                path,
+                path = %escape(path),
                 size,
                 peer = ?self.peer,
                 reason = %refusal,
@@ -115,7 +125,7 @@ impl SessionGate {
         } else {
             warn!(
                 user = %self.user,
-                path,
+                path = %escape(path),
                 size,
                 peer = ?self.peer,
                 reason = %refusal,
@@ -146,7 +156,7 @@ impl UploadGate for SessionGate {
         );
         match verdict {
             Verdict::Clean => {
-                debug!(user = %self.user, path, size = upload.size, elapsed = ?started.elapsed(), "upload scanned clean");
+                debug!(user = %self.user, path = %escape(&path), size = upload.size, elapsed = ?started.elapsed(), "upload scanned clean");
                 Ok(())
             }
             Verdict::Rejected(refusal) => {
@@ -160,7 +170,7 @@ impl UploadGate for SessionGate {
 
     fn committed(&self, upload: Upload<'_>) {
         let path = upload.path.to_client_string();
-        info!(user = %self.user, path, size = upload.size, "upload stored");
+        info!(user = %self.user, path = %escape(&path), size = upload.size, "upload stored");
         if let Some(notifier) = &self.uploads.notifier {
             notifier.send(UploadEvent::new(
                 &self.user,

@@ -12,11 +12,16 @@
 //! fixed `PATH` and `DROPZONE_USER`, `DROPZONE_PATH` (as the user sees it)
 //! and `DROPZONE_SIZE` (plaintext bytes). At most `max_concurrent` scans run
 //! at once; further callers wait for a slot, so a burst of closes cannot
-//! fork without bound.
+//! fork without bound. The wait counts against the timeout (a close that
+//! gets no slot in time is rejected: the scanner is busy), one user holds
+//! at most half of the slots (at least one), and a freed slot goes to the
+//! waiting user served least recently: one user's burst of uploads can
+//! neither hold every slot nor queue ahead of everyone else.
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, Command, ExitStatus, Stdio};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -77,6 +82,12 @@ pub enum Refusal {
         /// The first non-blank line of its stderr.
         message: Option<String>,
     },
+    /// No scan slot came free within the timeout (every slot was busy,
+    /// or this user already held its share).
+    Busy {
+        /// The timeout.
+        after: Duration,
+    },
     /// The scanner did not finish within the timeout and was killed.
     TimedOut {
         /// The timeout.
@@ -105,6 +116,9 @@ impl Refusal {
             Refusal::Crashed { signal, .. } => {
                 format!("the upload could not be scanned (the scanner died of signal {signal})")
             }
+            Refusal::Busy { .. } => {
+                "the upload scanner is busy; try again later (the upload was not stored)".into()
+            }
             Refusal::TimedOut { after } => format!(
                 "the upload could not be scanned in time ({} s)",
                 after.as_secs()
@@ -117,9 +131,15 @@ impl Refusal {
     }
 
     /// Whether the operator has to act (the scanner is missing, crashes or
-    /// hangs), as opposed to a scanner that decided to refuse.
+    /// hangs), as opposed to a scanner that decided to refuse, or one too
+    /// busy to take the upload in time (see [`Refusal::is_busy`]).
     pub fn is_scanner_fault(&self) -> bool {
-        !matches!(self, Refusal::Refused { .. })
+        !matches!(self, Refusal::Refused { .. } | Refusal::Busy { .. })
+    }
+
+    /// Whether every scan slot stayed busy for the whole timeout.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Refusal::Busy { .. })
     }
 }
 
@@ -136,6 +156,12 @@ impl std::fmt::Display for Refusal {
                 f,
                 "scanner killed by signal {signal}: {}",
                 message.as_deref().unwrap_or("(no message)")
+            ),
+            Refusal::Busy { after } => write!(
+                f,
+                "no scan slot came free within {} s (max_concurrent_scans are all busy, \
+                 or this user holds its share of them)",
+                after.as_secs()
             ),
             Refusal::TimedOut { after } => {
                 write!(
@@ -159,12 +185,15 @@ pub struct Scanner {
 
 impl Scanner {
     /// A scanner running `command` (program and arguments; must not be
-    /// empty) for at most `timeout`, `max_concurrent` at a time.
+    /// empty) for at most `timeout` (waiting for a slot included),
+    /// `max_concurrent` at a time, at most [`per_user_share`] of them for
+    /// one user.
     pub fn new(command: Vec<String>, timeout: Duration, max_concurrent: usize) -> Self {
+        let total = max_concurrent.max(1);
         Scanner {
             command,
             timeout,
-            slots: Slots::new(max_concurrent.max(1)),
+            slots: Slots::new(total, per_user_share(total)),
         }
     }
 
@@ -176,8 +205,14 @@ impl Scanner {
                 "no scan command configured",
             )));
         };
-        let _slot = self.slots.acquire();
+        // The timeout covers the wait for a slot too: a close never waits
+        // longer than the operator allowed for a scan.
         let deadline = Instant::now() + self.timeout;
+        let Some(_slot) = self.slots.acquire(req.user, deadline) else {
+            return Verdict::Rejected(Refusal::Busy {
+                after: self.timeout,
+            });
+        };
         let mut command = Command::new(program);
         command
             .args(args)
@@ -362,51 +397,177 @@ fn collect_stderr(mut stderr: ChildStderr) -> mpsc::Receiver<Option<String>> {
 }
 
 /// The first non-blank line of `bytes`, trimmed, control characters
-/// replaced, at most [`MAX_REASON_CHARS`] characters.
+/// escaped (it reaches the log and the client, and the scanner may quote
+/// the uploaded file), at most [`MAX_REASON_CHARS`] characters.
 pub(crate) fn first_line(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);
     let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-    let mut out: String = line
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .take(MAX_REASON_CHARS)
-        .collect();
+    let line = crate::observe::escape(line).to_string();
+    let mut out: String = line.chars().take(MAX_REASON_CHARS).collect();
     if line.chars().count() > MAX_REASON_CHARS {
         out.push_str("...");
     }
     Some(out)
 }
 
-/// A counting semaphore for blocking threads.
-struct Slots {
-    free: Mutex<usize>,
-    freed: Condvar,
+/// How many scan slots one user may hold at once: half of them, at
+/// least one, so that with two or more slots another user always finds
+/// one that a single user cannot take.
+pub fn per_user_share(total: usize) -> usize {
+    (total / 2).max(1)
 }
 
-struct Slot<'a>(&'a Slots);
+/// Scan slots for blocking threads, handed out fairly between users: at
+/// most `per_user` to one user at once, and a free slot goes to the first
+/// waiter of the user served least recently.
+struct Slots {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+    per_user: usize,
+}
+
+struct SlotState {
+    free: usize,
+    /// Numbers waiters in arrival order.
+    next_ticket: u64,
+    /// Counts grants, to know who was served least recently.
+    grants: u64,
+    /// Users holding or waiting for a slot (no others: the map stays as
+    /// small as the number of users scanning).
+    users: HashMap<String, UserSlots>,
+}
+
+#[derive(Default)]
+struct UserSlots {
+    held: usize,
+    /// Tickets of this user's waiters, oldest first.
+    waiting: VecDeque<u64>,
+    /// `grants` at this user's last grant (0: never).
+    last_served: u64,
+}
+
+/// A held slot, given back on drop.
+struct Slot<'a> {
+    slots: &'a Slots,
+    user: String,
+}
 
 impl Slots {
-    fn new(n: usize) -> Self {
+    fn new(total: usize, per_user: usize) -> Self {
         Slots {
-            free: Mutex::new(n),
-            freed: Condvar::new(),
+            state: Mutex::new(SlotState {
+                free: total,
+                next_ticket: 0,
+                grants: 0,
+                users: HashMap::new(),
+            }),
+            changed: Condvar::new(),
+            per_user,
         }
     }
 
-    fn acquire(&self) -> Slot<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // The state is counts only; a panic while holding it left them
+        // consistent (every change is a single statement).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot for `user` until `deadline`; `None` if none came.
+    fn acquire(&self, user: &str, deadline: Instant) -> Option<Slot<'_>> {
+        let mut state = self.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state
+            .users
+            .entry(user.to_owned())
+            .or_default()
+            .waiting
+            .push_back(ticket);
+        loop {
+            if state.next_up(self.per_user) == Some(ticket) {
+                state.grant(user);
+                drop(state);
+                // A further slot may be free for someone else.
+                self.changed.notify_all();
+                return Some(Slot {
+                    slots: self,
+                    user: user.to_owned(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                state.give_up(user, ticket);
+                drop(state);
+                // With this waiter gone, another may be next.
+                self.changed.notify_all();
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        *free -= 1;
-        Slot(self)
+    }
+}
+
+impl SlotState {
+    /// The ticket to serve now: none while no slot is free; else the
+    /// oldest waiter of the user served least recently among the users
+    /// under their share (the oldest ticket breaks ties).
+    fn next_up(&self, per_user: usize) -> Option<u64> {
+        if self.free == 0 {
+            return None;
+        }
+        self.users
+            .values()
+            .filter(|u| u.held < per_user)
+            .filter_map(|u| u.waiting.front().map(|&t| (u.last_served, t)))
+            .min()
+            .map(|(_, ticket)| ticket)
+    }
+
+    fn grant(&mut self, user: &str) {
+        self.free -= 1;
+        self.grants += 1;
+        let grants = self.grants;
+        if let Some(u) = self.users.get_mut(user) {
+            u.waiting.pop_front();
+            u.held += 1;
+            u.last_served = grants;
+        }
+    }
+
+    fn give_up(&mut self, user: &str, ticket: u64) {
+        if let Some(u) = self.users.get_mut(user) {
+            u.waiting.retain(|&t| t != ticket);
+        }
+        self.forget_if_idle(user);
+    }
+
+    fn release(&mut self, user: &str) {
+        self.free += 1;
+        if let Some(u) = self.users.get_mut(user) {
+            u.held = u.held.saturating_sub(1);
+        }
+        self.forget_if_idle(user);
+    }
+
+    fn forget_if_idle(&mut self, user: &str) {
+        if self
+            .users
+            .get(user)
+            .is_some_and(|u| u.held == 0 && u.waiting.is_empty())
+        {
+            self.users.remove(user);
+        }
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.freed.notify_one();
+        self.slots.lock().release(&self.user);
+        self.slots.changed.notify_all();
     }
 }
 

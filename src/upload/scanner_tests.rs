@@ -226,9 +226,79 @@ fn first_line_is_bounded_and_printable() {
     assert_eq!(first_line(b"\n  \n"), None);
     assert_eq!(
         first_line(b"\n virus \x1b[31m\nmore"),
-        Some("virus ?[31m".into())
+        Some("virus \\x1b[31m".into())
     );
     let long = "x".repeat(1000);
     let got = first_line(long.as_bytes()).unwrap();
     assert_eq!(got.chars().count(), MAX_REASON_CHARS + 3);
+}
+
+#[test]
+fn the_wait_for_a_slot_counts_against_the_timeout() {
+    // Two slots, one per user: alice already holds hers.
+    let s = Scanner::new(
+        vec!["/bin/sh".into(), "-c".into(), "cat >/dev/null".into()],
+        Duration::from_millis(300),
+        2,
+    );
+    let far = Instant::now() + LONG;
+    let held = s.slots.acquire("alice", far).unwrap();
+    match scan(&s, b"x") {
+        Verdict::Rejected(r @ Refusal::Busy { .. }) => {
+            assert!(r.client_reason().contains("busy; try again later"));
+            assert!(r.is_busy() && !r.is_scanner_fault());
+        }
+        v => panic!("alice got a second slot: {v:?}"),
+    }
+    // Bob is not held up by alice's share.
+    let bob = ScanRequest {
+        user: "bob",
+        ..req(1)
+    };
+    let v = s.scan(bob, &mut Cursor::new(b"y".to_vec()));
+    assert!(matches!(v, Verdict::Clean), "{v:?}");
+    drop(held);
+    assert!(matches!(scan(&s, b"x"), Verdict::Clean));
+}
+
+#[test]
+fn a_freed_slot_goes_to_the_user_served_least_recently() {
+    let slots = std::sync::Arc::new(Slots::new(1, 1));
+    let far = Instant::now() + LONG;
+    let first = slots.acquire("alice", far).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = |user: &str| {
+        slots
+            .lock()
+            .users
+            .get(user)
+            .map_or(0, |u| u.waiting.len())
+    };
+    let mut threads = Vec::new();
+    // Alice queues first, then bob: bob still goes first.
+    for user in ["alice", "bob"] {
+        let (slots, tx) = (slots.clone(), tx.clone());
+        threads.push(std::thread::spawn(move || {
+            let slot = slots.acquire(user, far).unwrap();
+            tx.send(user).unwrap();
+            // Held until the test says so.
+            std::thread::park();
+            drop(slot);
+        }));
+        while waiting(user) == 0 {
+            std::thread::yield_now();
+        }
+    }
+    drop(first);
+    assert_eq!(rx.recv().unwrap(), "bob");
+    threads[1].thread().unpark();
+    assert_eq!(rx.recv().unwrap(), "alice");
+    threads[0].thread().unpark();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(slots.lock().users.is_empty(), "idle users are forgotten");
+    assert_eq!(per_user_share(1), 1);
+    assert_eq!(per_user_share(2), 1);
+    assert_eq!(per_user_share(5), 2);
 }
