@@ -24,7 +24,6 @@ pub(super) const ADVERTISED: &[(&str, &str)] = &[
     ("users-groups-by-id@openssh.com", "1"),
 ];
 
-
 /// Extensions that act on one file handle and so go to its worker.
 pub(super) fn is_handle_request(name: &str) -> bool {
     matches!(name, "fsync@openssh.com" | "fstatvfs@openssh.com")

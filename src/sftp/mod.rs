@@ -138,6 +138,9 @@ struct Session {
     events: Reporter,
     /// The file handles' workers, waited for when the session ends.
     workers: TaskTracker,
+    /// Whether the user was told on stderr that a handle was refused (once
+    /// per channel: a client that retries must not flood it).
+    told_handle_cap: std::sync::atomic::AtomicBool,
 }
 
 /// Where an SFTP session's replies go: whole buffers, in order. A DATA
@@ -237,6 +240,7 @@ where
         notices: notice_tx,
         events,
         workers: TaskTracker::new(),
+        told_handle_cap: std::sync::atomic::AtomicBool::new(false),
     });
     loop {
         let body = match read_packet(&mut requests).await {
@@ -879,6 +883,15 @@ impl Session {
             }
         }
         let mut files = Vec::new();
+            // OpenSSH's client shows only "Failure" for the status reply.
+            if !self
+                .told_handle_cap
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = self.notices.try_send(format!(
+                    "dropzone: too many open files for {scope}: close some before opening more\n"
+                ));
+            }
         let mut bytes = 0;
         while let Some(entry) = state.pending.front() {
             // The entry as encoded: two strings and at most 32 bytes of

@@ -7,8 +7,9 @@ use bytes::Bytes;
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, WriteHalf};
 
+use super::budget::ConnectionBudget;
 use super::wire::Writer;
-use super::{SftpConfig, StreamReplies, serve};
+use super::{READDIR_BATCH, READDIR_REPLY_BYTES, SftpConfig, StreamReplies, serve};
 use crate::keys::DataKey;
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
@@ -26,18 +27,42 @@ const FXP_EXTENDED: u8 = 200;
 
 struct Client {
     io: DuplexStream,
-    _dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
+    store: Arc<UserStore>,
+    config: SftpConfig,
+    budget: Arc<ConnectionBudget>,
     server: tokio::task::JoinHandle<StreamReplies<WriteHalf<DuplexStream>>>,
 }
 
 impl Client {
     async fn start() -> Client {
+        Client::start_with(SftpConfig::default()).await
+    }
+
+    /// A session on a store of its own, under `config`'s caps.
+    async fn start_with(config: SftpConfig) -> Client {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::open_root(&dir.path().join("u")).unwrap();
         let store = Arc::new(UserStore::new(
             Arc::new(storage),
             Arc::new(DataKey::from_bytes([9; 32])),
         ));
+        let budget = ConnectionBudget::standalone(&config);
+        Client::session(Arc::new(dir), store, config, budget).await
+    }
+
+    /// Another SFTP channel of the same connection: same store, same budget.
+    async fn channel(&self) -> Client {
+        let (dir, store) = (self.dir.clone(), self.store.clone());
+        Client::session(dir, store, self.config.clone(), self.budget.clone()).await
+    }
+
+    async fn session(
+        dir: Arc<tempfile::TempDir>,
+        store: Arc<UserStore>,
+        config: SftpConfig,
+        budget: Arc<ConnectionBudget>,
+    ) -> Client {
         let (client, server_side) = tokio::io::duplex(1 << 20);
         let user = UserName::parse("u").unwrap();
         let (requests, replies) = tokio::io::split(server_side);
@@ -45,15 +70,18 @@ impl Client {
             requests,
             StreamReplies(replies),
             tokio::io::sink(),
-            store,
+            store.clone(),
             user,
-            SftpConfig::default(),
-            super::budget::ConnectionBudget::standalone(&SftpConfig::default()),
+            config.clone(),
+            budget.clone(),
             crate::observe::Reporter::discard(),
         ));
         let mut c = Client {
             io: client,
-            _dir: dir,
+            dir,
+            store,
+            config,
+            budget,
             server,
         };
         c.raw(&[FXP_INIT, 0, 0, 0, 3]).await;
@@ -79,10 +107,41 @@ impl Client {
     }
 
     async fn reply(&mut self) -> Packet {
+        self.sized_reply().await.1
+    }
+
+    /// The next reply and its length on the wire.
+    async fn sized_reply(&mut self) -> (usize, Packet) {
         let len = self.io.read_u32().await.unwrap();
         let mut body = vec![0; len as usize];
         self.io.read_exact(&mut body).await.unwrap();
-        Packet::try_from(&mut Bytes::from(body)).unwrap()
+        (
+            len as usize + 4,
+            Packet::try_from(&mut Bytes::from(body)).unwrap(),
+        )
+    }
+
+    /// OPEN or OPENDIR (`kind`) of `path`: the handle, or the status.
+    async fn try_open(&mut self, kind: u8, id: u32, path: &str) -> Result<String, StatusCode> {
+        let mut w = Writer::default().u32(id).bytes(path.as_bytes());
+        if kind == FXP_OPEN {
+            w = w.u32(WRITE | CREAT | TRUNC).u32(0);
+        }
+        self.request(kind, w).await;
+        match self.reply().await {
+            Packet::Handle(h) if h.id == id => Ok(h.handle),
+            Packet::Status(s) if s.id == id => Err(s.status_code),
+            other => panic!("expected HANDLE or STATUS {id}, got {other:?}"),
+        }
+    }
+
+    async fn close(&mut self, id: u32, handle: &str) -> StatusCode {
+        self.request(
+            FXP_CLOSE,
+            Writer::default().u32(id).bytes(handle.as_bytes()),
+        )
+        .await;
+        self.status().await.1
     }
 
     async fn status(&mut self) -> (u32, StatusCode, String) {
@@ -344,9 +403,7 @@ async fn a_close_sent_just_before_the_client_goes_still_commits_the_upload() {
     c.request(FXP_CLOSE, Writer::default().u32(99).bytes(h.as_bytes()))
         .await;
     let Client {
-        io,
-        _dir: dir,
-        server,
+        io, dir, server, ..
     } = c;
     drop(io);
     // The session ends only once its workers have run what was queued.
@@ -360,4 +417,119 @@ async fn a_close_sent_just_before_the_client_goes_still_commits_the_upload() {
     };
     let file = store.open(&path, read).unwrap();
     assert!(file.read_at(0, data.len() + 1).unwrap() == data);
+}
+
+/// A directory is read a batch per READDIR: every entry once, `.` and `..`
+/// first, no reply over the entry or byte bound (255-byte names), the
+/// store's own names hidden.
+#[tokio::test]
+async fn readdir_reads_a_large_directory_in_bounded_batches() {
+    let mut c = Client::start().await;
+    let root = c.dir.path().join("u");
+    let count = 1000;
+    let name = |i: usize| format!("{i:0>255}");
+    for i in 0..count {
+        // Not valid encrypted files: listed with size 0, which is enough here.
+        std::fs::write(root.join(name(i)), b"").unwrap();
+    }
+    std::fs::write(root.join(".dropzone-upload-x"), b"").unwrap();
+    c.request(FXP_OPENDIR, Writer::default().u32(1).bytes(b"/"))
+        .await;
+    let Packet::Handle(h) = c.reply().await else {
+        panic!("no handle")
+    };
+    let mut seen = Vec::new();
+    let mut replies = 0;
+    for id in 2.. {
+        c.request(
+            FXP_READDIR,
+            Writer::default().u32(id).bytes(h.handle.as_bytes()),
+        )
+        .await;
+        match c.sized_reply().await {
+            (len, Packet::Name(names)) => {
+                assert!(names.files.len() <= READDIR_BATCH);
+                // The entries' bytes plus the reply's header.
+                assert!(len <= READDIR_REPLY_BYTES + 1024, "a reply of {len} bytes");
+                seen.extend(names.files.into_iter().map(|f| f.filename));
+                replies += 1;
+            }
+            (_, Packet::Status(s)) => {
+                assert_eq!(s.status_code, StatusCode::Eof);
+                break;
+            }
+            (_, other) => panic!("expected NAME or EOF, got {other:?}"),
+        }
+    }
+    assert_eq!(&seen[..2], [".", ".."]);
+    let mut names = seen.split_off(2);
+    names.sort();
+    let mut want: Vec<String> = (0..count).map(name).collect();
+    want.sort();
+    assert_eq!(names, want);
+    // About 100 entries of this size fit in a reply.
+    assert!(replies >= count / READDIR_BATCH + 1, "{replies} replies");
+}
+
+/// The handle cap is the connection's, over all its channels; a closed
+/// handle gives its place back, and so does a channel that ends.
+#[tokio::test]
+async fn handles_are_capped_over_the_channels_of_a_connection() {
+    let config = SftpConfig {
+        max_handles: 4,
+        max_handles_per_user: 100,
+        ..SftpConfig::default()
+    };
+    let mut a = Client::start_with(config).await;
+    let mut b = a.channel().await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        held.push(a.try_open(FXP_OPEN, i, &format!("/a{i}")).await.unwrap());
+    }
+    let b1 = b.try_open(FXP_OPEN, 10, "/b1").await.unwrap();
+    let bdir = b.try_open(FXP_OPENDIR, 11, "/").await.unwrap();
+    assert_eq!(a.budget.handles(), 4);
+    // Both channels are refused now, for files and directories.
+    assert_eq!(
+        a.try_open(FXP_OPEN, 3, "/a3").await,
+        Err(StatusCode::Failure)
+    );
+    assert_eq!(
+        b.try_open(FXP_OPENDIR, 12, "/").await,
+        Err(StatusCode::Failure)
+    );
+    // A refused OPEN made nothing.
+    let a3 = crate::store::storage::ObjectPath::from_components(["a3"]).unwrap();
+    assert!(a.store.stat(&a3, false).is_err());
+    assert_eq!(b.close(13, &bdir).await, StatusCode::Ok);
+    let again = a.try_open(FXP_OPEN, 4, "/a4").await.unwrap();
+    assert_eq!(a.budget.handles(), 4);
+    // The channel b ends with its file open: its place comes back.
+    let _ = b1;
+    drop(b.io);
+    b.server.await.unwrap();
+    assert_eq!(a.budget.handles(), 3);
+    assert!(a.try_open(FXP_OPENDIR, 5, "/").await.is_ok());
+    assert_eq!(a.close(6, &again).await, StatusCode::Ok);
+}
+
+/// limits@openssh.com tells the client the connection's handle cap.
+#[tokio::test]
+async fn limits_advertise_the_configured_handle_cap() {
+    let config = SftpConfig {
+        max_handles: 37,
+        ..SftpConfig::default()
+    };
+    let mut c = Client::start_with(config).await;
+    c.request(
+        FXP_EXTENDED,
+        Writer::default().u32(1).bytes(b"limits@openssh.com"),
+    )
+    .await;
+    let Packet::ExtendedReply(r) = c.reply().await else {
+        panic!("no extended reply")
+    };
+    // Four u64: packet length, read length, write length, open handles.
+    assert_eq!(r.data.len(), 32);
+    assert_eq!(u64::from_be_bytes(r.data[24..32].try_into().unwrap()), 37);
 }

@@ -876,3 +876,65 @@ mod sweep_tests {
         drop(open);
     }
 }
+
+#[cfg(test)]
+mod dir_reader_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_read_in_batches_of_lstat_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open_root(dir.path()).unwrap();
+        let sub = ObjectPath::from_components(["sub"]).unwrap();
+        storage.mkdir(&sub, 0o755).unwrap();
+        let base = dir.path().join("sub");
+        for i in 0..250 {
+            std::fs::write(base.join(format!("f{i:03}")), b"x").unwrap();
+        }
+        std::fs::create_dir(base.join("d")).unwrap();
+        // A link out of the root is listed as the link, not followed.
+        std::os::unix::fs::symlink("/etc", base.join("out")).unwrap();
+        std::fs::write(base.join(".dropzone-upload-0"), b"staged").unwrap();
+
+        let mut reader = storage.open_dir(&sub).unwrap();
+        let mut all = Vec::new();
+        loop {
+            let batch = reader.next_batch(100).unwrap();
+            assert!(batch.len() <= 100);
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(batch);
+        }
+        assert!(
+            reader.next_batch(100).unwrap().is_empty(),
+            "stays at the end"
+        );
+        assert_eq!(all.len(), 252, "the staged upload, . and .. are left out");
+        let kind = |name: &str| all.iter().find(|(n, _)| n == name).unwrap().1.kind;
+        assert_eq!(kind("out"), Kind::Symlink);
+        assert_eq!(kind("d"), Kind::Dir);
+        assert_eq!(kind("f007"), Kind::File);
+        // read_dir, on top of it: the same entries, sorted.
+        let listed = storage.read_dir(&sub).unwrap();
+        let mut names: Vec<_> = all.into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        assert_eq!(
+            listed.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            names
+        );
+    }
+
+    #[test]
+    fn only_a_directory_opens_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open_root(dir.path()).unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let f = ObjectPath::from_components(["f"]).unwrap();
+        let err = storage.open_dir(&f).err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
+        let missing = ObjectPath::from_components(["nope"]).unwrap();
+        let err = storage.open_dir(&missing).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}

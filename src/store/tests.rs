@@ -1115,7 +1115,10 @@ impl Storage for FailingStorage {
     fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>> {
         self.inner.read_dir(path)
     }
-    fn open_dir(&self, path: &ObjectPath) -> io::Result<Box<dyn crate::store::storage::DirReader>> {
+    fn open_dir(
+        &self,
+        path: &ObjectPath,
+    ) -> io::Result<Box<dyn crate::store::storage::DirReader>> {
         self.inner.open_dir(path)
     }
     fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {
