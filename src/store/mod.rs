@@ -248,11 +248,18 @@ impl UserStore {
                     "writing (create needs write access)",
                 ));
             }
-            let s = self.storage.stage(path)?;
             let mode = match &existing {
                 Some(m) => m.permissions,
                 None => opts.mode.unwrap_or(0o644) & 0o7777,
             };
+            // A new name is taken at once, by an empty file, so that stat
+            // and listings show it while the upload is staged (as OpenSSH's
+            // open(2) does; sshfs stats a file right after creating it).
+            let placeholder = match existing {
+                Some(_) => None,
+                None => self.place_empty(path, mode, opts.exclusive)?,
+            };
+            let s = self.storage.stage(path)?;
             let state = match FileState::create(s.blob, self.key.expose()) {
                 Ok(state) => state,
                 Err(e) => {
@@ -266,9 +273,12 @@ impl UserStore {
                 pending: Mutex::new(Pending {
                     commit: Some(Commit {
                         token: s.token,
-                        exclusive: opts.exclusive,
+                        // Exclusivity was settled when the name was taken:
+                        // the commit replaces the placeholder.
+                        exclusive: opts.exclusive && placeholder.is_none(),
                         storage: self.storage.clone(),
                         copy: false,
+                        placeholder,
                     }),
                     permissions: Some(mode),
                     copy_mode: None,
@@ -288,6 +298,42 @@ impl UserStore {
             modified: AtomicBool::new(false),
             bounds: self.bounds.clone(),
         })
+    }
+
+    /// Puts a valid empty encrypted file with permissions `mode` at `path`,
+    /// where nothing is: written and synced under a staged name, then
+    /// renamed into place only if the name is still free, so that a crash
+    /// leaves either nothing or a file that decrypts (as empty). Returns
+    /// the placeholder's identity, or `None` if another client took the
+    /// name meanwhile and `exclusive` is not set (the upload then replaces
+    /// that file at close, as a truncating open would).
+    fn place_empty(
+        &self,
+        path: &ObjectPath,
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<Option<Placeholder>, StoreError> {
+        let s = self.storage.stage(path)?;
+        let made = FileState::create(s.blob, self.key.expose()).and_then(|mut empty| {
+            empty.sync()?;
+            empty.blob().set_permissions(mode)?;
+            Ok(empty.blob().meta()?.identity)
+        });
+        let identity = match made {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.storage.discard(s.token);
+                return Err(e);
+            }
+        };
+        match self.storage.commit(s.token, true) {
+            Ok(()) => Ok(Some(Placeholder {
+                path: path.clone(),
+                identity,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !exclusive => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Opens a staged copy of the existing file at `path` for writing; the
@@ -329,6 +375,7 @@ impl UserStore {
                     exclusive: false,
                     storage: self.storage.clone(),
                     copy: true,
+                    placeholder: None,
                 }),
                 permissions: None,
                 copy_mode: Some(mode),
@@ -524,6 +571,30 @@ struct Commit {
     /// A copy of an existing file (copy-on-open): left uncommitted if
     /// nothing was written to it.
     copy: bool,
+    /// The empty file that holds a new upload's name until the commit
+    /// replaces it (see `UserStore::place_empty`).
+    placeholder: Option<Placeholder>,
+}
+
+/// The empty file OPEN put at a new upload's target.
+struct Placeholder {
+    path: ObjectPath,
+    /// Its storage identity: it is removed (for a rejected upload) only if
+    /// the name still holds this very file.
+    identity: (u64, u64),
+}
+
+impl Placeholder {
+    /// Removes the placeholder if `path` still names it (nobody replaced
+    /// it meanwhile); best effort, as the upload has failed already.
+    fn remove(&self, storage: &dyn Storage) {
+        let ours = storage
+            .meta(&self.path, false)
+            .is_ok_and(|m| m.kind == Kind::File && m.identity == self.identity);
+        if ours && let Err(e) = storage.remove(&self.path) {
+            tracing::warn!(error = %e, "could not remove a rejected upload's empty placeholder");
+        }
+    }
 }
 
 /// Where a file opened for writing goes, for the upload gate at close.
@@ -822,6 +893,12 @@ impl EncryptedFile {
         };
         if let Err(e) = finish(&mut state).and_then(|()| self.check(&mut state)) {
             commit.storage.discard(commit.token);
+            // A rejected new file leaves no trace; one that failed for
+            // another reason keeps its empty placeholder, as OpenSSH keeps
+            // a partial file.
+            if let (StoreError::Rejected { .. }, Some(p)) = (&e, &commit.placeholder) {
+                p.remove(&*commit.storage);
+            }
             return Err(e);
         }
         commit.storage.commit(commit.token, commit.exclusive)?;
