@@ -18,8 +18,9 @@
 //! through [`crate::jail`]. File contents stream through the encrypted store
 //! 64 KiB at a time; an upload replaces the previous version only once all
 //! its bytes and the client's final `\0` arrived, so an interrupted upload
-//! leaves the old file. Errors are worded as for SFTP
-//! ([`crate::sftp::status::to_status`]) and name client paths only.
+//! leaves the old file. Errors are worded as SFTP words them for its logs
+//! ([`crate::sftp::status::describe`]: scp has no status codes, its text
+//! is all the user sees) and name client paths only.
 
 use std::io;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use tracing::{debug, warn};
 use crate::jail;
 use crate::observe::{EventKind, Outcome, Reporter, Transfer};
 use crate::sftp::blocking;
-use crate::sftp::status::{SftpError, to_status};
+use crate::sftp::status::{SftpError, describe as sftp_describe};
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{Attributes, EncryptedFile, OpenOptions, StoreError, UserStore};
 
@@ -370,12 +371,12 @@ fn describe(err: &SftpError) -> String {
     } else {
         debug!(error = %err, "scp operation failed");
     }
-    to_status(err).1
+    sftp_describe(err).1
 }
 
 /// How an error is reported in events: the SFTP status name and wording.
 fn outcome_of(err: &SftpError) -> Outcome {
-    let (code, msg) = to_status(err);
+    let (code, msg) = sftp_describe(err);
     Err((crate::sftp::status::status_name(code), msg))
 }
 

@@ -9,6 +9,11 @@
 //! Crash safety: creating a file, or opening one with truncation, writes a
 //! staged object beside the target that replaces it only at [`EncryptedFile::close`],
 //! after it is synced; an interrupted upload leaves the previous version.
+//! A new file's name is taken at open by a valid empty file (written and
+//! synced under a staged name, then renamed into place exclusively), so that
+//! stat and listings show it during the upload, as with OpenSSH; an upload
+//! that does not complete leaves that empty file, one the gate rejects
+//! removes it.
 //! Opening an existing file without truncation changes it in place, chunk by
 //! chunk; a torn chunk fails its MAC and is reported, never returned. An
 //! extension journals the old end first ([`journal`]), so that the next

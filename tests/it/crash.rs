@@ -8,7 +8,8 @@
 //! restart the server must list no leftovers and serve the file as judged.
 //!
 //! What must hold (DESIGN.md, property 6):
-//! - a new file (staged) is absent or complete, an overwrite (truncating
+//! - a new file (staged) is absent, empty (the placeholder its OPEN made)
+//!   or complete, an overwrite (truncating
 //!   open, staged) leaves the previous version or the complete new one;
 //!   staged leftovers never show in listings and are swept at restart;
 //! - an append or random write (in place) leaves a file whose every byte
@@ -277,9 +278,11 @@ fn judge(
             &verify,
             &out,
         );
-        let expect_old = s.old.as_deref();
+        // A new file's OPEN puts an empty file at its name at once (as
+        // OpenSSH's open(2) does), which the commit replaces.
+        let expect_old = Some(s.old.as_deref().unwrap_or_default());
         if !path.exists() {
-            assert!(expect_old.is_none(), "{what}: the previous version is gone");
+            assert!(s.old.is_none(), "{what}: the previous version is gone");
             assert_ne!(point, "closed", "{what}: a closed upload is missing");
             return None;
         }

@@ -20,8 +20,10 @@ mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
+mod paramiko_suite;
 pub mod raw_sftp;
 mod scan;
 mod scp;
 mod sftp;
+mod sshfs;
 mod tamper;
