@@ -4,6 +4,7 @@ pub mod harness;
 
 mod audit;
 mod auth;
+mod budgets;
 mod bursts;
 mod container;
 mod crash;
