@@ -13,6 +13,7 @@ mod eaas_client;
 mod eaas_pkcs11;
 mod eaas_service;
 mod faults;
+mod growth;
 mod hardening;
 mod healthcheck;
 mod import_legacy;
