@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use russh::keys::PublicKey;
@@ -59,16 +59,36 @@ pub(super) struct Connection {
     /// Set when valid credentials could not complete a login: the reason
     /// the client is told as the connection is closed.
     refusal: Option<&'static str>,
-    channels: HashMap<ChannelId, Channel<Msg>>,
-    /// Session channels opened and not yet closed by the client, capped at
+    /// Channels opened and not yet given to an SFTP or scp task, each with
+    /// its place under the channel cap.
+    channels: HashMap<ChannelId, (Channel<Msg>, ChannelSlot)>,
+    /// Session channels open on this connection, capped at
     /// `limits.max_channels_per_connection` (as OpenSSH's MaxSessions).
-    open_channels: usize,
+    open_channels: Arc<AtomicUsize>,
     /// Where the SFTP and scp tasks of this connection run, so that the
     /// connection's thread waits for them before it ends.
     channel_tasks: TaskTracker,
     /// The place under the unauthenticated-connection caps, given back at
     /// login (or when the connection ends).
     startup: Option<StartupSlot>,
+}
+
+/// A session channel's place under the per-connection channel cap, given
+/// back when dropped: when the client closes a channel that never started
+/// a task, or when the channel's SFTP or scp task ends.
+struct ChannelSlot(Arc<AtomicUsize>);
+
+impl ChannelSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        ChannelSlot(open.clone())
+    }
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a login with valid credentials could not be completed.
@@ -156,7 +176,7 @@ impl Connection {
                 logged_in_flag: flag.clone(),
                 refusal: None,
                 channels: HashMap::new(),
-                open_channels: 0,
+                open_channels: Arc::default(),
                 channel_tasks,
                 startup: Some(startup),
             },
@@ -538,15 +558,15 @@ impl russh::server::Handler for Connection {
         // closes it, so a client that never closes its channels only stops
         // itself from opening more.
         let max = self.ctx.admission.max_channels_per_connection();
-        if self.open_channels >= max {
+        if self.open_channels.load(Ordering::Relaxed) >= max {
             info!(peer = %self.peer, max, "session channel refused: too many open on this connection");
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         }
-        self.open_channels += 1;
-        self.channels.insert(channel.id(), channel);
+        let slot = ChannelSlot::take(&self.open_channels);
+        self.channels.insert(channel.id(), (channel, slot));
         reply.accept().await;
         Ok(())
     }
@@ -562,7 +582,7 @@ impl russh::server::Handler for Connection {
             session.channel_failure(id)?;
             return Ok(());
         };
-        let Some(channel) = self.channels.remove(&id) else {
+        let Some((channel, slot)) = self.channels.remove(&id) else {
             session.channel_failure(id)?;
             return Ok(());
         };
@@ -591,6 +611,7 @@ impl russh::server::Handler for Connection {
             drop(replies);
             drop(requests);
             drop(ctx);
+            drop(slot);
         });
         Ok(())
     }
@@ -603,7 +624,7 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         let accepted = self.logged_in.is_some() && crate::scp::is_scp_command(&command);
-        let (Some(login), true, Some(channel)) =
+        let (Some(login), true, Some((channel, slot))) =
             (&self.logged_in, accepted, self.channels.remove(&id))
         else {
             let shown: String = command.chars().take(80).collect();
@@ -621,6 +642,7 @@ impl russh::server::Handler for Connection {
             finish_channel(&handle, id, status).await;
             drop(stream);
             drop(ctx);
+            drop(slot);
         });
         Ok(())
     }
@@ -697,8 +719,10 @@ impl russh::server::Handler for Connection {
         id: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // A channel not yet given to a task gives its place back here; one
+        // that was gives it back when its task ends (russh may not report
+        // the client's close of a channel the server closed first).
         self.channels.remove(&id);
-        self.open_channels = self.open_channels.saturating_sub(1);
         Ok(())
     }
 }

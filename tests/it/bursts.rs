@@ -95,4 +95,15 @@ fn session_channels_per_connection_are_capped() {
     });
     let reply = open[0].request(Req::new(FXP_STAT).string("/"));
     assert_eq!(reply.kind, FXP_ATTRS, "stat after: {reply:?}");
+    // Sessions that end the ordinary way (the client's EOF, then the
+    // server closes the channel first) give their places back too: more
+    // sessions in a row than the cap, on the one connection.
+    for i in 0..6 {
+        let (cmd, out) = master.sftp("ls /\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            describe(&format!("session {i} in a row"), &cmd, &out)
+        );
+    }
 }

@@ -234,6 +234,18 @@ impl Master {
         (cmd, out)
     }
 
+    /// `sftp -b BATCH` on this master's connection (a new channel).
+    pub fn sftp(&self, batch: &str) -> (Command, std::process::Output) {
+        let mut cmd = Command::new("sftp");
+        cmd.args(&self.opts)
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.socket.display()))
+            .args(["-o", "ControlMaster=no", "-P", &self.port.to_string()])
+            .args(["-b", "-", &self.dest]);
+        let out = super::harness::output_with_timeout(&mut cmd, Some(batch.as_bytes()));
+        (cmd, out)
+    }
+
     /// The master's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
