@@ -119,7 +119,7 @@ pub fn human_size(n: u64) -> String {
             _ => break,
         }
     }
-    if n % unit == 0 {
+    if n.is_multiple_of(unit) {
         format!("{} {name}", n / unit)
     } else {
         // One decimal is enough to recognise a configured figure.
