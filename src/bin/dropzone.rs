@@ -402,6 +402,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                 .map_err(ConfigFailure)?,
             limits: config.limits.clone(),
             observer: observer.clone(),
+            max_handles_total: descriptors.max_handles_total,
         };
         let (ctx, alive) =
             ssh::ServerContext::new(keys, parts).map_err(|e| ConfigFailure(e.to_string()))?;

@@ -98,6 +98,10 @@ pub struct ServerParts {
     pub limits: LimitsConfig,
     /// Where logins, transfers and file operations are reported.
     pub observer: Arc<Observer>,
+    /// Most SFTP handles open at once over every connection: what the
+    /// open-files limit leaves after the connections' own descriptors
+    /// ([`descriptors::plan`]).
+    pub max_handles_total: usize,
 }
 
 impl ServerContext {
@@ -115,6 +119,7 @@ impl ServerContext {
             uploads,
             limits,
             observer,
+            max_handles_total,
         } = parts;
         let auth = Arc::new(Authenticator::load(&users_file)?);
         let modified = modified_time(&users_file);
@@ -127,7 +132,7 @@ impl ServerContext {
                 keys,
                 data_dir,
                 sftp,
-                budgets: crate::sftp::budget::Budgets::default(),
+                budgets: crate::sftp::budget::Budgets::new(max_handles_total),
                 uploads,
                 penalties: limits.penalty.clone().map(Penalties::new),
                 admission: admission::Admission::new(limits),
