@@ -6,8 +6,8 @@ use super::status::SftpError;
 use super::wire::{Reader, Writer};
 use super::{MAX_PACKET_LEN, MAX_READ_WRITE_LEN, Session, ok};
 use crate::jail;
-use crate::store::{EncryptedFile, StoreError};
 use crate::store::storage::{ObjectPath, SpaceInfo};
+use crate::store::{EncryptedFile, StoreError};
 
 /// Extensions announced in the VERSION reply, with OpenSSH's versions.
 pub(super) const ADVERTISED: &[(&str, &str)] = &[
