@@ -1115,10 +1115,7 @@ impl Storage for FailingStorage {
     fn read_dir(&self, path: &ObjectPath) -> io::Result<Vec<(String, Meta)>> {
         self.inner.read_dir(path)
     }
-    fn open_dir(
-        &self,
-        path: &ObjectPath,
-    ) -> io::Result<Box<dyn crate::store::storage::DirReader>> {
+    fn open_dir(&self, path: &ObjectPath) -> io::Result<Box<dyn crate::store::storage::DirReader>> {
         self.inner.open_dir(path)
     }
     fn mkdir(&self, path: &ObjectPath, mode: u32) -> io::Result<()> {
@@ -1656,9 +1653,7 @@ fn size_cap_is_enforced_without_damage() {
     put(&fx.store, "big", b"small");
     let f = fx.store.open(&p("big"), rw()).unwrap();
     // A write or extension past the cap fails before anything is written.
-    let too_large = |r: Result<(), StoreError>| {
-        matches!(r, Err(StoreError::TooLarge { limit }) if limit == MAX_FILE_SIZE)
-    };
+    let too_large = |r: Result<(), StoreError>| matches!(r, Err(StoreError::TooLarge { limit }) if limit == MAX_FILE_SIZE);
     assert!(too_large(f.write_at(MAX_FILE_SIZE, b"x")));
     assert!(too_large(f.write_at(MAX_FILE_SIZE - 1, b"xy")));
     assert!(too_large(f.write_at(u64::MAX, b"x")));
@@ -1848,7 +1843,10 @@ fn the_size_limit_is_enforced_for_writes_and_extensions() {
         other => panic!("not refused for its size: {other:?}"),
     };
     let message = refused(f.write_at(limit, b"x"));
-    assert_eq!(message, "the file would exceed the server's 192.0 KiB size limit");
+    assert_eq!(
+        message,
+        "the file would exceed the server's 192.0 KiB size limit"
+    );
     refused(f.write_at(1 << 30, b"x"));
     refused(f.set_len(limit + 1));
     refused(store.set_size(&p("f"), limit + 1));
