@@ -16,6 +16,13 @@
 //! every chunk is either old or new). Only an unacknowledged operation is
 //! undone: the journal is discarded before a close or fsync is answered.
 //!
+//! The zero records of a gap (a write or `setstat` far past the end) are
+//! written after the journal and before the old last record is rewritten:
+//! they lie past the old end, so the same rollback cuts them off, and an
+//! extension stopped while writing them (the session ended, the server is
+//! stopping: see `super::bounds`) is undone at once by cutting the file back
+//! to its old length, without the journal.
+//!
 //! Journal bytes: `MAGIC (16) || file_id (16) || u64 old stored length ||
 //! u64 record offset || u16 name length || target name || record`.
 
