@@ -112,9 +112,15 @@ mod tests {
         let raw = "p\u{7f}\u{9b}[2J\u{85}\u{202e}\n\x1b é";
         let json = to_json(&serde_json::json!({ "path": raw })).unwrap();
         assert!(!json.chars().any(is_dangerous), "{json:?}");
-        assert!(json.contains("\\u007f") && json.contains("\\u009b"), "{json}");
+        assert!(
+            json.contains("\\u007f") && json.contains("\\u009b"),
+            "{json}"
+        );
         let back: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(back["path"], raw);
-        assert!(json.contains(" é"), "ordinary Unicode stays as it is: {json}");
+        assert!(
+            json.contains(" é"),
+            "ordinary Unicode stays as it is: {json}"
+        );
     }
 }

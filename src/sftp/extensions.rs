@@ -71,7 +71,12 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
         "hardlink@openssh.com" => {
             let existing = jail::resolve(&r.string()?)?;
             let link = jail::resolve(&r.string()?)?;
-            store.hard_link(&existing, &link)?;
+            let linked = store.hard_link(&existing, &link).map_err(SftpError::from);
+            if let Err(e) = &linked {
+                // A hard link to a symlink that would climb out is refused.
+                session.refusal_notice(&existing.to_client_string(), e);
+            }
+            linked?;
             Ok(ok(id))
         }
         "statvfs@openssh.com" => {

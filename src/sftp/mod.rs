@@ -673,8 +673,13 @@ impl Session {
                 // common client follows OpenSSH, so the fields are swapped.
                 let (target, link) = (s.linkpath, s.targetpath);
                 let link = jail::resolve(&link)?;
-                let target = jail::symlink_target(&target)?;
-                store.symlink(&target, &link)?;
+                let made = jail::symlink_target(&target)
+                    .map_err(SftpError::from)
+                    .and_then(|target| Ok(store.symlink(&target, &link)?));
+                if let Err(e) = &made {
+                    self.refusal_notice(&link.to_client_string(), e);
+                }
+                made?;
                 Ok(ok(s.id))
             }
             Packet::Extended(e) => self.extended(e),
@@ -716,6 +721,9 @@ impl Session {
             (Ok(from), Ok(to)) => self.store.rename(&from, &to, replace).map_err(Into::into),
             (Err(e), _) | (_, Err(e)) => Err(e.into()),
         };
+        if let Err(e) = &result {
+            self.refusal_notice(&shown_from, e);
+        }
         self.events.operation(
             EventKind::Rename,
             &shown_from,
@@ -803,7 +811,41 @@ impl Session {
         }))
     }
 
+    /// SETSTAT (`follow`) or lsetstat@openssh.com.
     fn set_stat(
+        &self,
+        path: &ObjectPath,
+        a: &FileAttributes,
+        follow: bool,
+    ) -> Result<(), SftpError> {
+        let result = self.apply_stat(path, a, follow);
+        if let Err(e) = &result {
+            self.refusal_notice(&path.to_client_string(), e);
+        }
+        result
+    }
+
+    /// Tells the user on stderr why a change was refused for containment
+    /// (a symlink that would lead outside the root, a change to the root
+    /// itself): the status carries only OpenSSH's "Permission denied".
+    pub(super) fn refusal_notice(&self, path: &str, e: &SftpError) {
+        let why = match e {
+            SftpError::Jail(j @ jail::JailError::DotDotAfterName) => j.to_string(),
+            SftpError::Store(crate::store::StoreError::Io(io)) => {
+                match io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<crate::store::storage::Refused>())
+                {
+                    Some(refused) => refused.to_string(),
+                    None => return,
+                }
+            }
+            _ => return,
+        };
+        let _ = self.notices.try_send(format!("dropzone: {path}: {why}\n"));
+    }
+
+    fn apply_stat(
         &self,
         path: &ObjectPath,
         a: &FileAttributes,

@@ -18,10 +18,10 @@
 //! waiting user served least recently: one user's burst of uploads can
 //! neither hold every slot nor queue ahead of everyone else.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, Command, ExitStatus, Stdio};
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 

@@ -267,13 +267,7 @@ fn a_freed_slot_goes_to_the_user_served_least_recently() {
     let far = Instant::now() + LONG;
     let first = slots.acquire("alice", far).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let waiting = |user: &str| {
-        slots
-            .lock()
-            .users
-            .get(user)
-            .map_or(0, |u| u.waiting.len())
-    };
+    let waiting = |user: &str| slots.lock().users.get(user).map_or(0, |u| u.waiting.len());
     let mut threads = Vec::new();
     // Alice queues first, then bob: bob still goes first.
     for user in ["alice", "bob"] {

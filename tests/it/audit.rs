@@ -363,3 +363,82 @@ fn a_scanner_rejection_is_audited_and_counted() {
         "scan rejections not counted:\n{text}"
     );
 }
+
+/// A scanner that refuses paths containing "reject" with a first stderr
+/// line that tries to colour the operator's terminal.
+const HOSTILE_SCANNER: &str = "#!/bin/sh
+cat >/dev/null
+case \"$DROPZONE_PATH\" in
+  *reject*) printf 'FOUND \\033[31mred\\nFORGED-LINE second\\n' >&2; exit 1 ;;
+esac
+exit 0
+";
+
+#[test]
+fn client_strings_reach_the_log_and_the_audit_file_escaped() {
+    use super::raw_sftp::*;
+    let scanner_dir = tempfile::tempdir().unwrap();
+    let scanner = scanner_dir.path().join("scan.sh");
+    std::fs::write(&scanner, HOSTILE_SCANNER).unwrap();
+    std::fs::set_permissions(&scanner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let srv = Server::start_opts(
+        &[("alice", Some(ALICE_PASSWORD))],
+        &ServerOptions {
+            extra_config: format!(
+                "\n[audit]\nlog_file = \"audit.jsonl\"\n[upload]\nscan_command = [{:?}]\n",
+                scanner.display().to_string()
+            ),
+            ..ServerOptions::default()
+        },
+    );
+    // A newline that would start a forged line, a CSI that would colour
+    // the terminal (ESC [ and the C1 form), a bidi override.
+    let stored = "/up\nFORGED-LINE \x1b[31mred\u{9b}2J\u{202e}txt";
+    let rejected = "/reject\nFORGED-LINE \x1b[31m";
+    let mut raw = srv.raw_sftp("alice");
+    for (path, accepted) in [(stored, true), (rejected, false)] {
+        let h = raw
+            .open(path, SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_TRUNC)
+            .unwrap();
+        raw.write(&h, 0, b"data").unwrap();
+        assert_eq!(raw.close(&h).is_ok(), accepted, "{path:?}");
+    }
+    drop(raw);
+    let exec = srv.run_any(&mut srv.ssh("alice", &["ls\nFORGED-LINE \x1b[31mred"]));
+    assert!(!exec.status.success(), "an exec that is not scp ran");
+
+    let log = srv.wait_for("the upload, the rejection and the exec in the log", || {
+        let log = srv.log();
+        (log.contains("upload stored")
+            && log.contains("upload rejected")
+            && log.contains("exec refused"))
+        .then_some(log)
+    });
+    assert!(
+        !log.contains('\x1b') && !log.contains('\u{9b}') && !log.contains('\u{202e}'),
+        "a raw escape sequence reached the server log:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED-LINE")),
+        "a client string forged a log line:\n{log}"
+    );
+    assert!(
+        log.contains("\\x1b[31m"),
+        "the client strings are not in the log at all:\n{log}"
+    );
+
+    // The audit file: the same characters only as JSON escapes, and the
+    // values decode to exactly what the client sent.
+    let audit = srv.path("audit.jsonl");
+    let all = wait_for_logouts(&srv, &audit, 2);
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        !text.contains('\x1b') && !text.contains('\u{9b}') && !text.contains('\u{202e}'),
+        "a raw control character in the audit file:\n{text}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e["event"] == "upload" && e["path"] == stored),
+        "the upload's path does not decode to what the client sent:\n{text}"
+    );
+}

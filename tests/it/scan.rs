@@ -443,3 +443,210 @@ fn a_dead_notify_url_neither_slows_nor_fails_uploads() {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A scanner that holds every scan of a path containing "hold" until the
+/// file `release` appears beside it (or the scan timeout kills it), and
+/// passes everything else at once. Each scan that starts leaves
+/// `started.<user>.<pid>`; each that ends records `user path` in
+/// `seen.log`.
+const HOLDING_SCANNER: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+cat >/dev/null
+touch "$dir/started.$DROPZONE_USER.$$"
+case "$DROPZONE_PATH" in
+  *hold*) while [ ! -e "$dir/release" ]; do sleep 0.05; done ;;
+esac
+echo "$DROPZONE_USER $DROPZONE_PATH" >> "$dir/seen.log"
+exit 0
+"#;
+
+/// The holding scanner's directory, and a server for alice and bob using
+/// it with `max_concurrent_scans` slots.
+fn holding_server(timeout_secs: u64, slots: usize) -> (ScannerDir, Server) {
+    holding_server_with(timeout_secs, slots, "")
+}
+
+/// [`holding_server`] with more configuration after `[upload]`'s keys.
+fn holding_server_with(timeout_secs: u64, slots: usize, extra: &str) -> (ScannerDir, Server) {
+    use std::os::unix::fs::PermissionsExt;
+    let scanner = ScannerDir::new();
+    std::fs::write(scanner.script(), HOLDING_SCANNER).unwrap();
+    std::fs::set_permissions(scanner.script(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = ServerOptions {
+        extra_config: format!(
+            "[upload]\nscan_command = [{:?}]\nscan_timeout_secs = {timeout_secs}\n\
+             max_concurrent_scans = {slots}\n{extra}",
+            scanner.script().display().to_string()
+        ),
+        ..ServerOptions::default()
+    };
+    let srv = Server::start_opts(&[("alice", None), ("bob", None)], &opts);
+    (scanner, srv)
+}
+
+impl ScannerDir {
+    /// How many scans of `user` have started.
+    fn started(&self, user: &str) -> usize {
+        let prefix = format!("started.{user}.");
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&prefix)
+            })
+            .count()
+    }
+
+    fn release(&self) {
+        std::fs::write(self.dir.path().join("release"), b"").unwrap();
+    }
+
+    fn released(&self) -> bool {
+        self.dir.path().join("release").exists()
+    }
+}
+
+/// Opens and writes `path` on `raw`, then sends its CLOSE without waiting
+/// for the reply (the scan runs at close). A channel handles one CLOSE of
+/// a written file at a time, so uploads meant to close at once each need
+/// a channel of their own.
+fn start_upload(raw: &mut super::raw_sftp::RawSftp, path: &str) {
+    use super::raw_sftp::*;
+    let h = raw
+        .open(path, SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_TRUNC)
+        .unwrap();
+    raw.write(&h, 0, path.as_bytes()).unwrap();
+    raw.send(Req::new(FXP_CLOSE).string(&h));
+}
+
+#[test]
+fn one_users_burst_of_uploads_cannot_hold_every_scan_slot() {
+    // Two slots: alice may hold one of them, whatever she sends.
+    let (scanner, srv) = holding_server(600, 2);
+    // Four uploads closing at once, on four channels of one connection.
+    let master = srv.ssh_master("alice");
+    let mut alice: Vec<_> = (0..4).map(|_| master.raw_sftp()).collect();
+    for (i, raw) in alice.iter_mut().enumerate() {
+        start_upload(raw, &format!("/hold{i}"));
+    }
+    srv.wait_for("alice's first scan to start", || {
+        (scanner.started("alice") >= 1).then_some(())
+    });
+
+    // Bob's upload is scanned and stored while alice's scan still holds
+    // its slot and her other three wait for theirs.
+    std::fs::write(srv.local_path("b.txt"), b"bob's file").unwrap();
+    let mut cmd = srv.sftp("bob", "put b.txt\n");
+    let out = srv.run(&mut cmd);
+    srv.check(
+        !scanner.released(),
+        "alice's scans were released",
+        &cmd,
+        &out,
+    );
+    srv.check(
+        scanner.seen().contains(&"bob /b.txt".to_owned()),
+        "bob's upload was not scanned",
+        &cmd,
+        &out,
+    );
+    srv.check(
+        srv.data("bob").join("b.txt").exists(),
+        "bob's upload was not stored",
+        &cmd,
+        &out,
+    );
+    assert_eq!(
+        scanner.started("alice"),
+        1,
+        "alice held more than her share of the slots"
+    );
+
+    // Released, alice's uploads all complete, one slot at a time.
+    scanner.release();
+    for raw in &mut alice {
+        let r = raw.recv();
+        r.ok()
+            .unwrap_or_else(|e| panic!("an upload of alice's: {e:?}"));
+    }
+    assert_eq!(scanner.started("alice"), 4);
+}
+
+#[test]
+fn a_close_that_gets_no_scan_slot_in_time_is_rejected_as_busy() {
+    use super::raw_sftp::*;
+    // One slot. Alice's first scan holds it until the timeout kills it;
+    // her second upload waits behind it. Bob's upload, sent after hers,
+    // is served first when the slot frees (alice was served last) and
+    // holds it past her second upload's deadline.
+    let (scanner, srv) = holding_server_with(10, 1, "[audit]\nlog_file = \"audit.jsonl\"\n");
+    let master = srv.ssh_master("alice");
+    let mut alice = [master.raw_sftp(), master.raw_sftp()];
+    start_upload(&mut alice[0], "/hold-a1");
+    srv.wait_for("alice's first scan to start", || {
+        (scanner.started("alice") >= 1).then_some(())
+    });
+    start_upload(&mut alice[1], "/a2");
+    std::fs::write(srv.local_path("hold-b.txt"), b"bob's file").unwrap();
+    let mut bob_cmd = srv.sftp("bob", "put hold-b.txt\n");
+    let bob = thread::spawn(move || bob_cmd.output().unwrap());
+
+    for raw in &mut alice {
+        let r = raw.recv();
+        let e = r.ok().err().unwrap_or_else(|| {
+            panic!(
+                "an upload of alice's was stored (request {})\n{}",
+                r.id,
+                srv.log_tail(30)
+            )
+        });
+        assert_eq!(e.code, FX_PERMISSION_DENIED, "{e:?}");
+    }
+    assert_eq!(
+        scanner.started("alice"),
+        1,
+        "alice's second upload was scanned"
+    );
+    assert_eq!(
+        scanner.started("bob"),
+        1,
+        "bob's scan did not take the slot"
+    );
+    // Bob's scan holds on until the timeout ends it too.
+    let out = bob.join().unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in time"),
+        "bob's held upload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(alice);
+
+    // What alice was told (the audit's reason is the client's message).
+    let audit = srv.path("audit.jsonl");
+    let reason = |path: &str| {
+        srv.wait_for(&format!("the rejection of {path} in the audit log"), || {
+            std::fs::read_to_string(&audit)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["event"] == "rejected" && e["path"] == path)
+                .and_then(|e| e["reason"].as_str().map(str::to_owned))
+        })
+    };
+    let busy = reason("/a2");
+    assert!(
+        busy.contains("the upload scanner is busy; try again later"),
+        "{busy}"
+    );
+    let timed_out = reason("/hold-a1");
+    assert!(timed_out.contains("in time"), "{timed_out}");
+    assert!(
+        srv.log()
+            .contains("the scanner stayed busy for the whole scan timeout"),
+        "{}",
+        srv.log_tail(20)
+    );
+}
