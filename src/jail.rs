@@ -6,6 +6,9 @@
 //! reserved name is refused. Symlinks are not looked at here: the storage
 //! backend resolves the resulting [`ObjectPath`] with the root as `/`
 //! (`openat2(RESOLVE_IN_ROOT)`), so no link and no race can lead outside.
+//! A symlink *target* is checked here by its text ([`symlink_target`]) and
+//! by the store against the real tree, so that a link also stays inside
+//! for host programs that follow it on disk.
 
 use crate::store::storage::{BadName, Climb, ObjectPath, climb};
 

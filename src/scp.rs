@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::jail;
-use crate::observe::{EventKind, Outcome, Reporter, Transfer};
+use crate::observe::{EventKind, Outcome, Reporter, Transfer, escape};
 use crate::sftp::blocking;
 use crate::sftp::status::{SftpError, describe as sftp_describe};
 use crate::store::storage::{Kind, ObjectPath};
@@ -76,7 +76,7 @@ where
     let finished = match result {
         Ok(()) => true,
         Err(Stop::Fatal(msg)) => {
-            debug!(error = %msg, "scp ended with a fatal error");
+            debug!(error = %escape(&msg), "scp ended with a fatal error");
             let _ = conn.send_line(2, &msg).await;
             false
         }
@@ -349,7 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let rest = self.read_line().await?.ok_or(Stop::Lost)?;
         let msg = String::from_utf8_lossy(&rest).into_owned();
-        debug!(message = %msg, code = byte[0], "scp client reported an error");
+        debug!(message = %escape(&msg), code = byte[0], "scp client reported an error");
         self.errors += 1;
         if byte[0] == 1 {
             Ok(Err(msg))
@@ -511,7 +511,7 @@ where
             1 | 2 => {
                 // The client could not read one of its files (or gives up).
                 let msg = String::from_utf8_lossy(body);
-                debug!(message = %msg, "scp client reported an error");
+                debug!(message = %escape(&msg), "scp client reported an error");
                 conn.errors += 1;
                 if kind == 2 {
                     return Err(Stop::ClientAbort);
@@ -718,7 +718,7 @@ where
     // staged upload: the previous version stays.
     let write_failure = receive_data(conn, &file, entry.size, &mut transfer).await?;
     if let Err(msg) = conn.response().await? {
-        debug!(path = %path.to_client_string(), message = %msg, "client abandoned an upload");
+        debug!(path = %escape(&path.to_client_string()), message = %escape(&msg), "client abandoned an upload");
         drop(file);
         let warning = format!(
             "{}: not stored: the client reported an error",

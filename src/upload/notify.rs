@@ -166,7 +166,11 @@ fn run(client: Client, settings: NotifySettings, rx: Receiver<UploadEvent>) {
 }
 
 fn post(client: &Client, url: &str, event: &UploadEvent) -> Result<(), String> {
-    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    // Control characters in the path reach the receiver only as `\u`
+    // escapes (the decoded value is unchanged).
+    let body = crate::observe::escape::to_json(event)
+        .map_err(|e| e.to_string())?
+        .into_bytes();
     let reply = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
