@@ -288,6 +288,7 @@ impl UserStore {
                     permissions: Some(mode),
                     copy_mode: None,
                     times: None,
+                    refused: None,
                 }),
                 upload,
                 modified: AtomicBool::new(false),
@@ -385,6 +386,7 @@ impl UserStore {
                 permissions: None,
                 copy_mode: Some(mode),
                 times: None,
+                refused: None,
             }),
             upload,
             modified: AtomicBool::new(false),
@@ -689,6 +691,11 @@ fn plaintext_size(storage: &dyn Storage, path: &ObjectPath, meta: &Meta) -> u64 
     /// Applied at close, after the last data is written, so that a client's
     /// "preserve times" survives the final flush.
     times: Option<(i64, i64)>,
+    /// The size limit a write or extension through this handle ran into.
+    /// An upload (a staged file that is not a copy-on-open) that lost a
+    /// write to it is incomplete: close discards it, and the previous
+    /// version stays.
+    refused: Option<u64>,
 }
 
 /// An open encrypted file (one SFTP handle).
@@ -740,7 +747,18 @@ impl EncryptedFile {
             offset
         };
         self.modified.store(true, Ordering::Relaxed);
-        state.write_at(offset, data, &self.bounds)
+        let written = state.write_at(offset, data, &self.bounds);
+        drop(state);
+        self.note_refusal(written)
+    }
+
+    /// Remembers a refusal by the size limit for `close` (see
+    /// `Pending::refused`).
+    fn note_refusal(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        if let Err(StoreError::TooLarge { limit }) = &result {
+            lock(&self.pending).refused.get_or_insert(*limit);
+        }
+        result
     }
 
     /// Fails with [`StoreError::TooLarge`] if growing this file to `end`
@@ -821,7 +839,8 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("writing"));
         }
         self.modified.store(true, Ordering::Relaxed);
-        lock(&self.state).set_len(size, &self.bounds)
+        let result = lock(&self.state).set_len(size, &self.bounds);
+        self.note_refusal(result)
     }
 
     /// Changes permission bits (deferred to close for a staged file).
@@ -870,6 +889,13 @@ impl EncryptedFile {
             }
             return Ok(());
         };
+        if let (Some(limit), false) = (pending.refused, commit.copy) {
+            // An upload that lost a write to the size limit: storing the
+            // rest would replace the previous version with a cut-off file.
+            drop(state);
+            commit.storage.discard(commit.token);
+            return Err(StoreError::TooLarge { limit });
+        }
         if commit.copy && !modified {
             // Opened for writing but unchanged: the stored file stays, with
             // the mode and times asked for through this handle.

@@ -1628,7 +1628,7 @@ fn read_past_the_end_is_empty() {
     let f = fx.store.open(&p("r"), rw()).unwrap();
     assert!(matches!(
         f.write_at(u64::MAX - 1, b"xyz"),
-        Err(StoreError::InvalidArgument(_))
+        Err(StoreError::TooLarge { .. })
     ));
 }
 
