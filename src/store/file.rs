@@ -31,10 +31,10 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::bounds::Bounds;
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
 };
-use super::bounds::Bounds;
 use super::journal::{Journal, JournalTarget};
 use super::pool::{self, Pending};
 use super::storage::{Blob, Meta};
