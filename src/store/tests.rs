@@ -949,11 +949,14 @@ fn interrupted_staged_upload_keeps_the_previous_version() {
     assert_bytes(&get(&fx.store, "doc").unwrap(), &old, "get");
     assert_eq!(fx.raw_names(), names_before);
 
-    // A brand new file dropped without close never appears.
+    // A brand new file dropped without close: none of its data appears,
+    // only the empty file that took its name at open.
     let f = fx.store.open(&p("new"), create_trunc()).unwrap();
     f.write_at(0, b"partial").unwrap();
     drop(f);
-    assert!(fx.store.stat(&p("new"), true).unwrap_err().is_not_found());
+    assert_eq!(fx.store.stat(&p("new"), true).unwrap().size, 0);
+    assert_bytes(&get(&fx.store, "new").unwrap(), b"", "get");
+    fx.store.remove(&p("new")).unwrap();
     assert_eq!(fx.raw_names(), names_before);
 
     // A process crash (no destructor runs): the staged object stays on disk
@@ -1540,17 +1543,15 @@ fn exclusive_create_fails_on_an_existing_file() {
     f.close().unwrap();
     assert_bytes(&get(&fx.store, "y").unwrap(), b"y", "get");
 
-    // Two exclusive creates racing: the second close fails, the first wins.
+    // Two exclusive creates racing: the first takes the name at open (with
+    // an empty file), so the second open fails.
     let f1 = fx.store.open(&p("z"), excl).unwrap();
-    let f2 = fx.store.open(&p("z"), excl).unwrap();
+    match fx.store.open(&p("z"), excl) {
+        Err(StoreError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::AlreadyExists),
+        other => panic!("expected AlreadyExists, got {:?}", other.err()),
+    }
     f1.write_at(0, b"one").unwrap();
-    f2.write_at(0, b"two").unwrap();
     f1.close().unwrap();
-    let e = f2.close().unwrap_err();
-    assert!(
-        matches!(&e, StoreError::Io(e) if e.kind() == io::ErrorKind::AlreadyExists),
-        "{e:?}"
-    );
     assert_bytes(&get(&fx.store, "z").unwrap(), b"one", "get");
     assert_eq!(fx.raw_names(), vec!["x", "y", "z"]);
 }
