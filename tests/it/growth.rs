@@ -204,6 +204,16 @@ fn growth_past_the_size_limit_is_refused_before_any_work() {
     );
     let mut raw = srv.raw_sftp("alice");
     assert_content(&get_raw(&mut raw, "f"), &want, "the previous version");
+    // Legacy scp gets the same store, so the same limit and message.
+    let mut cmd = srv.scp("alice", &["-O"], "big.bin", srv.remote("alice", "f"));
+    let out = srv.run_fail(&mut cmd);
+    srv.check(
+        stderr(&out).contains("the file would exceed the server's 64 MiB size limit"),
+        "the refused scp upload does not name the limit",
+        &cmd,
+        &out,
+    );
+    assert_content(&get_raw(&mut raw, "f"), &want, "the version before scp");
     assert_eq!(stored_names(&srv), {
         let mut n = names.clone();
         n.push("g".into());
