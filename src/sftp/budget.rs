@@ -14,27 +14,36 @@
 //!
 //! The in-flight budgets bound the data a connection holds between the
 //! network and the store, whatever its channels and handles: see
-//! [`IN_FLIGHT_KIB`].
+//! [`IN_FLIGHT_KIB`] and [`CONNECTION_IN_FLIGHT_KIB`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::SftpConfig;
 
 /// KiB of WRITE data (and handle-extension payloads) received and not yet
-/// stored, per connection; as much again of DATA replies read and not yet
-/// written. The reader of a channel waits for the first, a file's worker
-/// for the second: apart, a download whose replies wait on the client's
-/// window can never hold up an upload on another channel of the connection
+/// stored, per SFTP channel; as much again of DATA replies read and not
+/// yet written. 2 MiB is what OpenSSH's client keeps in flight (64 x
+/// 32 KiB) and eight of its 255 KiB requests: enough to keep the store and
+/// the transport busy (docs/PERFORMANCE.md).
+///
+/// Requests and replies have budgets of their own: the reader of a channel
+/// waits for the first, a file's worker for the second. Shared, a download
+/// whose replies wait on the client's window could hold up every upload
 /// (russh stops reading the whole connection while one channel's queue is
 /// full, so that the window adjustment the download waits for would never
-/// be read). 2 MiB is what OpenSSH's client keeps in flight (64 x 32 KiB)
-/// and eight of its 255 KiB requests: enough to keep the store and the
-/// transport busy (docs/PERFORMANCE.md).
+/// even be read).
 pub const IN_FLIGHT_KIB: usize = 2 * 1024;
+
+/// KiB of each kind a whole connection holds over all its channels: a
+/// channel takes its share from its own budget ([`IN_FLIGHT_KIB`]) and
+/// from this one, so that a channel whose client stopped reading keeps at
+/// most its own share and the connection's other channels go on with the
+/// rest.
+pub const CONNECTION_IN_FLIGHT_KIB: usize = 4 * IN_FLIGHT_KIB;
 
 /// Which cap refused a handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +136,8 @@ impl Budgets {
             handles: Counter::new(config.max_handles),
             user: user_count,
             server: self.server.clone(),
-            requests: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
-            replies: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
+            requests: Arc::new(Semaphore::new(CONNECTION_IN_FLIGHT_KIB)),
+            replies: Arc::new(Semaphore::new(CONNECTION_IN_FLIGHT_KIB)),
         })
     }
 
@@ -158,10 +167,10 @@ pub struct ConnectionBudget {
     handles: Counter,
     user: Arc<Counter>,
     server: Arc<Counter>,
-    /// KiB of request data not yet stored ([`IN_FLIGHT_KIB`]).
-    pub(super) requests: Arc<Semaphore>,
-    /// KiB of DATA replies not yet written ([`IN_FLIGHT_KIB`]).
-    pub(super) replies: Arc<Semaphore>,
+    /// KiB of request data not yet stored ([`CONNECTION_IN_FLIGHT_KIB`]).
+    requests: Arc<Semaphore>,
+    /// KiB of DATA replies not yet written ([`CONNECTION_IN_FLIGHT_KIB`]).
+    replies: Arc<Semaphore>,
 }
 
 impl ConnectionBudget {
@@ -191,6 +200,12 @@ impl ConnectionBudget {
         })
     }
 
+    /// A new channel's in-flight budgets for request data and for reply
+    /// data, each its own share under the connection's.
+    pub(super) fn channel_in_flight(&self) -> (InFlight, InFlight) {
+        (InFlight::new(&self.requests), InFlight::new(&self.replies))
+    }
+
     /// Handles this connection holds open.
     pub fn handles(&self) -> usize {
         self.handles.used()
@@ -199,6 +214,53 @@ impl ConnectionBudget {
     /// Handles the connection's user holds open over all their connections.
     pub fn user_handles(&self) -> usize {
         self.user.used()
+    }
+}
+
+/// One kind of in-flight data of one channel: its own [`IN_FLIGHT_KIB`]
+/// under its connection's [`CONNECTION_IN_FLIGHT_KIB`].
+#[derive(Debug)]
+pub(super) struct InFlight {
+    channel: Arc<Semaphore>,
+    connection: Arc<Semaphore>,
+}
+
+/// KiB taken from a channel's budget and its connection's, given back to
+/// both when dropped.
+#[derive(Debug)]
+pub(super) struct Share {
+    _channel: OwnedSemaphorePermit,
+    _connection: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn new(connection: &Arc<Semaphore>) -> Self {
+        InFlight {
+            channel: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
+            connection: connection.clone(),
+        }
+    }
+
+    /// Waits for `kib` of both budgets (the channel's first: a channel
+    /// never holds the connection's share while waiting for its own).
+    /// `None` if a budget was closed.
+    pub(super) async fn acquire(&self, kib: u32) -> Option<Share> {
+        let channel = self.channel.clone().acquire_many_owned(kib).await.ok()?;
+        let connection = self.connection.clone().acquire_many_owned(kib).await.ok()?;
+        Some(Share {
+            _channel: channel,
+            _connection: connection,
+        })
+    }
+
+    /// `kib` of both budgets if both have it now.
+    pub(super) fn try_acquire(&self, kib: u32) -> Result<Share, TryAcquireError> {
+        let channel = self.channel.clone().try_acquire_many_owned(kib)?;
+        let connection = self.connection.clone().try_acquire_many_owned(kib)?;
+        Ok(Share {
+            _channel: channel,
+            _connection: connection,
+        })
     }
 }
 
@@ -291,18 +353,35 @@ mod tests {
         assert_eq!(again.user_handles(), 0);
     }
 
-    #[test]
-    fn in_flight_budgets_are_per_connection() {
+    #[tokio::test]
+    async fn in_flight_is_bounded_per_channel_and_per_connection() {
         let budgets = Budgets::default();
-        let a = budgets.connection("alice", &SftpConfig::default());
-        let b = budgets.connection("alice", &SftpConfig::default());
-        let held = a
-            .requests
-            .clone()
-            .try_acquire_many_owned(IN_FLIGHT_KIB as u32);
-        assert!(held.is_ok());
-        assert_eq!(a.requests.available_permits(), 0);
-        assert_eq!(a.replies.available_permits(), IN_FLIGHT_KIB);
-        assert_eq!(b.requests.available_permits(), IN_FLIGHT_KIB);
+        let conn = budgets.connection("alice", &SftpConfig::default());
+        let other = budgets.connection("alice", &SftpConfig::default());
+        let kib = IN_FLIGHT_KIB as u32;
+        let channels: Vec<_> = (0..5).map(|_| conn.channel_in_flight()).collect();
+        // A channel holds at most its own share...
+        let first = channels[0].0.try_acquire(kib).unwrap();
+        assert!(channels[0].0.try_acquire(1).is_err());
+        // ...and its replies are a budget apart from its requests.
+        let reply = channels[0].1.try_acquire(kib).unwrap();
+        // The connection's is spent after four channels' shares.
+        let held: Vec<_> = channels[1..4]
+            .iter()
+            .map(|(requests, _)| requests.try_acquire(kib).unwrap())
+            .collect();
+        assert!(channels[4].0.try_acquire(1).is_err());
+        assert_eq!(conn.requests.available_permits(), 0);
+        // A refusal by the connection leaves the channel's own budget whole.
+        assert_eq!(channels[4].0.channel.available_permits(), IN_FLIGHT_KIB);
+        // Another connection has its own.
+        let (other_requests, _) = other.channel_in_flight();
+        assert!(other_requests.try_acquire(kib).is_ok());
+        drop(first);
+        let waited = channels[4].0.acquire(kib).await;
+        assert!(waited.is_some());
+        drop((held, reply, waited));
+        assert_eq!(conn.requests.available_permits(), CONNECTION_IN_FLIGHT_KIB);
+        assert_eq!(conn.replies.available_permits(), CONNECTION_IN_FLIGHT_KIB);
     }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use russh_sftp::protocol::{File, FileAttributes};
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError, mpsc};
+use tokio::sync::{TryAcquireError, mpsc};
 
-use super::budget::HandleCharge;
+use super::budget::{HandleCharge, Share};
 use super::{FileNotice, Session, file_job, outcome_of_reply};
 use crate::observe::{EventKind, Transfer};
 use crate::store::storage::ObjectPath;
@@ -80,14 +80,14 @@ impl FileJob {
 #[derive(Default)]
 pub(super) struct Held {
     /// For the data the request brought (taken before it is queued).
-    request: Option<OwnedSemaphorePermit>,
+    request: Option<Share>,
     /// For the data its reply will hold (a READ's, taken by the worker).
-    reply: Option<OwnedSemaphorePermit>,
+    reply: Option<Share>,
 }
 
 impl Held {
     /// A job holding `request` for the data it brought.
-    pub(super) fn request(request: Option<OwnedSemaphorePermit>) -> Self {
+    pub(super) fn request(request: Option<Share>) -> Self {
         Held {
             request,
             reply: None,
@@ -426,12 +426,10 @@ async fn take_runnable(
         if let Some(kib) = job.reply_kib()
             && held.reply.is_none()
         {
-            let budget = session.budget.replies.clone();
-            let reply_budget = match budget.clone().try_acquire_many_owned(kib) {
+            let budget = &session.reply_budget;
+            let reply_budget = match budget.try_acquire(kib) {
                 Ok(p) => p,
-                Err(TryAcquireError::NoPermits) if run.is_empty() => {
-                    budget.acquire_many_owned(kib).await.ok()?
-                }
+                Err(TryAcquireError::NoPermits) if run.is_empty() => budget.acquire(kib).await?,
                 Err(TryAcquireError::NoPermits) => {
                     queued.push_front((job, held));
                     break;

@@ -30,10 +30,11 @@
 //!
 //! What a client may hold is capped per connection, per user and per
 //! server, over all its SFTP channels ([`budget`]): open handles (each
-//! takes its place before anything is opened), and per connection 2 MiB
-//! (`budget::IN_FLIGHT_KIB`) of WRITE data not yet stored plus 2 MiB of
-//! DATA replies not yet written. A directory handle reads its directory a
-//! batch at a time, so its cost does not grow with the directory.
+//! takes its place before anything is opened), and WRITE data not yet
+//! stored and DATA replies not yet written: 2 MiB of each per channel
+//! (`budget::IN_FLIGHT_KIB`), 8 MiB of each per connection. A directory
+//! handle reads its directory a batch at a time, so its cost does not grow
+//! with the directory.
 
 pub mod attrs;
 pub mod budget;
@@ -118,7 +119,7 @@ impl Default for SftpConfig {
 /// their share of the session's in-flight budget until written.
 enum Reply {
     Packet(Packet),
-    Encoded(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+    Encoded(Bytes, Option<budget::Share>),
 }
 
 /// What one SFTP session works with.
@@ -130,9 +131,13 @@ struct Session {
     /// client).
     max_handles: usize,
     replies: mpsc::Sender<Reply>,
-    /// The connection's handle caps and in-flight budgets, shared with its
-    /// other SFTP channels; see [`budget::IN_FLIGHT_KIB`].
+    /// The connection's handle caps, shared with its other SFTP channels.
     budget: Arc<ConnectionBudget>,
+    /// Admits request data (WRITE) by size: this channel's share under the
+    /// connection's; see [`budget::IN_FLIGHT_KIB`].
+    request_budget: budget::InFlight,
+    /// Admits DATA replies by size, likewise.
+    reply_budget: budget::InFlight,
     notices: mpsc::Sender<String>,
     /// Where transfers and path operations are reported.
     events: Reporter,
@@ -230,12 +235,15 @@ where
         }
         replies
     });
+    let (request_budget, reply_budget) = budget.channel_in_flight();
     let session = Arc::new(Session {
         store,
         user,
         handles: HandleTable::new(),
         max_handles: config.max_handles,
         replies: reply_tx,
+        request_budget,
+        reply_budget,
         budget,
         notices: notice_tx,
         events,
@@ -594,9 +602,9 @@ impl Session {
                 let permit = if kib == 0 {
                     None
                 } else {
-                    match self.budget.requests.clone().acquire_many_owned(kib).await {
-                        Ok(p) => Some(p),
-                        Err(_) => return false,
+                    match self.request_budget.acquire(kib).await {
+                        Some(p) => Some(p),
+                        None => return false,
                     }
                 };
                 if queue.send((job, Held::request(permit))).await.is_err() {
@@ -883,6 +891,15 @@ impl Session {
     fn charge_handle(&self) -> Result<budget::HandleCharge, SftpError> {
         self.budget.charge_handle().map_err(|scope| {
             debug!(user = %self.user, %scope, "handle refused: too many open files");
+            // OpenSSH's client shows only "Failure" for the status reply.
+            if !self
+                .told_handle_cap
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = self.notices.try_send(format!(
+                    "dropzone: too many open files for {scope}: close some before opening more\n"
+                ));
+            }
             SftpError::TooManyHandles(scope)
         })
     }
@@ -925,15 +942,6 @@ impl Session {
             }
         }
         let mut files = Vec::new();
-            // OpenSSH's client shows only "Failure" for the status reply.
-            if !self
-                .told_handle_cap
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                let _ = self.notices.try_send(format!(
-                    "dropzone: too many open files for {scope}: close some before opening more\n"
-                ));
-            }
         let mut bytes = 0;
         while let Some(entry) = state.pending.front() {
             // The entry as encoded: two strings and at most 32 bytes of

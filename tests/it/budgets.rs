@@ -232,3 +232,67 @@ fn ls_lists_a_directory_of_100000_entries() {
     assert_eq!(fields[4], "5", "{}", entries[n / 2]);
     assert!(entries.iter().any(|l| l.ends_with("huge/f099999")));
 }
+
+/// Reads `len` bytes of `h` with 16 READs of 255 KiB in flight at a time.
+fn read_all(raw: &mut RawSftp, h: &[u8], len: usize) -> Vec<u8> {
+    const PIECE: usize = 261_120;
+    let mut out = vec![0u8; len];
+    let offsets: Vec<usize> = (0..len).step_by(PIECE).collect();
+    for round in offsets.chunks(16) {
+        let mut sent = std::collections::HashMap::new();
+        for &offset in round {
+            let req = Req::new(FXP_READ)
+                .string(h)
+                .u64(offset as u64)
+                .u32(PIECE as u32);
+            sent.insert(raw.send(req), offset);
+        }
+        for _ in round {
+            let reply = raw.recv();
+            assert_eq!(reply.kind, FXP_DATA, "{:?}", reply.status());
+            let offset = sent[&reply.id];
+            let data = Fields::new(&reply.body).string();
+            out[offset..offset + data.len()].copy_from_slice(&data);
+        }
+    }
+    out
+}
+
+/// A channel whose client stopped reading holds at most its own share of
+/// the connection's in-flight budget for replies: the connection's other
+/// channels still download (and upload).
+#[test]
+fn a_stalled_download_does_not_hold_up_the_other_channels() {
+    let srv = Server::start();
+    let data = random_bytes(4 << 20, fresh_seed());
+    std::fs::write(srv.local_path("big.bin"), &data).unwrap();
+    srv.run(&mut srv.sftp("alice", "put big.bin\n"));
+    let master = srv.ssh_master("alice");
+    // 16 MiB of READs whose replies this test never reads: the client's
+    // window for the channel fills, and its DATA replies wait.
+    let mut stalled = master.raw_sftp();
+    let h = stalled.open("/big.bin", SSH_FXF_READ).unwrap();
+    for i in 0..64u64 {
+        stalled.send(Req::new(FXP_READ).string(&h).u64(i * 65536).u32(261_120));
+    }
+    let mut other = master.raw_sftp();
+    // A hang here is the failure: a watchdog says so instead of waiting
+    // forever.
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let up = other.open("/copy.bin", UPLOAD).unwrap();
+        for (i, piece) in data.chunks(261_120).enumerate() {
+            other.write(&up, (i * 261_120) as u64, piece).unwrap();
+        }
+        other.close(&up).unwrap();
+        let down = other.open("/copy.bin", SSH_FXF_READ).unwrap();
+        let back = read_all(&mut other, &down, data.len());
+        let _ = done.send(back == data);
+    });
+    let same = finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the other channel's transfers were held up by the stalled one");
+    assert!(same, "the file came back different");
+    worker.join().unwrap();
+    drop(stalled);
+}
