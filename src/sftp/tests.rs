@@ -467,8 +467,9 @@ async fn readdir_reads_a_large_directory_in_bounded_batches() {
     let mut want: Vec<String> = (0..count).map(name).collect();
     want.sort();
     assert_eq!(names, want);
-    // About 100 entries of this size fit in a reply.
-    assert!(replies >= count / READDIR_BATCH + 1, "{replies} replies");
+    // About 100 entries of this size fit in a reply: the byte bound, not
+    // the entry bound, ends most replies.
+    assert!(replies > count / READDIR_BATCH + 1, "{replies} replies");
 }
 
 /// The handle cap is the connection's, over all its channels; a closed
