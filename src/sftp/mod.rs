@@ -899,6 +899,12 @@ impl Session {
                 let _ = self.notices.try_send(format!(
                     "dropzone: too many open files for {scope}: close some before opening more\n"
                 ));
+                // The server's own cap is the operator's business: the
+                // open-files limit is too low for the load (once per
+                // channel, as the notice).
+                if scope == budget::Scope::Server {
+                    warn!(user = %self.user, "handle refused: the server's open handles are at the cap the open-files limit allows");
+                }
             }
             SftpError::TooManyHandles(scope)
         })
