@@ -366,10 +366,8 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             &config.host_keys_dir,
             &config.ssh.host_key_algorithms,
         )?;
-        let descriptors = ssh::descriptors::plan(
-            ssh::descriptors::raise_open_files_limit(),
-            &config.limits,
-        );
+        let descriptors =
+            ssh::descriptors::plan(ssh::descriptors::raise_open_files_limit(), &config.limits);
         if descriptors.short {
             tracing::warn!(
                 open_files_limit = descriptors.limit,

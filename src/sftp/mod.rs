@@ -410,11 +410,7 @@ impl Session {
                     StatusCode::OpUnsupported
                 };
                 return self
-                    .send(status(
-                        id.unwrap_or(0),
-                        code,
-                        status::openssh_message(code),
-                    ))
+                    .send(status(id.unwrap_or(0), code, status::openssh_message(code)))
                     .await;
             }
         };

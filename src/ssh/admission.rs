@@ -99,9 +99,7 @@ impl Refusal {
             Refusal::SessionsPerUser => {
                 "login refused: too many sessions for this user; close one and try again"
             }
-            Refusal::QueueFull => {
-                "too many connections are waiting to log in; try again later"
-            }
+            Refusal::QueueFull => "too many connections are waiting to log in; try again later",
             Refusal::WaitedTooLong => {
                 "the server was too busy to take this connection in time; try again later"
             }
@@ -328,7 +326,10 @@ mod tests {
             tokio::spawn(async move { a.wait_startup(ip("10.0.0.1"), deadline).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "took a place beyond the per-source cap");
+        assert!(
+            !waiter.is_finished(),
+            "took a place beyond the per-source cap"
+        );
         assert_eq!(a.lock().waiting, 1);
         drop(first);
         let slot = tokio::time::timeout(Duration::from_secs(5), waiter)

@@ -5,7 +5,7 @@
 //! SETSTAT size, a copy-data) can ask for gigabytes of disk writes and
 //! encryption. Two bounds keep that in check:
 //!
-//! - a largest file size per store ([`Bounds::max_size`], from `[sftp]
+//! - a largest file size per store (`Bounds::max_size`, from `[sftp]
 //!   max_file_size`), checked before any work starts;
 //! - a [`StopSignal`], checked at every chunk of work that has no fixed
 //!   bound (the zero records of a gap, the steps of a copy), raised when the

@@ -44,7 +44,7 @@ use crate::store::StoreError;
 /// a gap written past its end, is stored encrypted (there are no sparse
 /// files), so a write at an absurd offset must fail instead of filling the
 /// disk; the cap also keeps every record offset far from overflow. A store
-/// may set a lower limit ([`Bounds::max_size`], `[sftp] max_file_size`).
+/// may set a lower limit (`UserStore::with_max_file_size`, `[sftp] max_file_size`).
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// Full chunks encrypted and written together by one pool job: as many as
