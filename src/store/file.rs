@@ -1030,6 +1030,54 @@ impl FileState {
         }
     }
 
+    /// Whether letting go of an idle writer's buffers needs a wait: chunks
+    /// gathered or being written behind it (see `trim_idle`).
+    pub(crate) fn writes_behind(&self) -> bool {
+        !self.behind.is_empty() || !self.gathered.is_empty()
+    }
+
+    /// Lets go of what an idle writer holds beyond its cached chunk (the
+    /// partial chunk it must keep) and the record scratch buffer: sends off
+    /// and waits for the chunks written behind it, then drops their buffers
+    /// and the spares. Without this, a handle written a few MiB and left
+    /// open keeps up to [`WRITE_BEHIND`] finished batches until its next
+    /// write or close, and a session may hold `sftp.max_handles` of them.
+    /// A write failure meanwhile is sticky (see `note`): the next flush or
+    /// close reports it.
+    pub(crate) fn trim_idle(&mut self) {
+        let _ = self.drain();
+        self.drop_spares();
+    }
+
+    /// Drops the spare buffers of a writer (see `trim_idle`); a reader's
+    /// stay while it is read ahead.
+    pub(crate) fn drop_spares(&mut self) {
+        self.spare_records = Vec::new();
+        if self.ahead.is_empty() && self.ready.is_empty() {
+            self.spare_data = Vec::new();
+            self.spare_batch_records = None;
+        }
+    }
+
+    /// Bytes of chunk buffers this file holds for writing: the cached
+    /// chunk, the record scratch buffer, gathered chunks, batches in flight
+    /// (counted full) and spares. What the tests check an idle writer holds.
+    #[cfg(test)]
+    pub(crate) fn held_write_bytes(&self) -> usize {
+        let batch = BATCH * (CHUNK_SIZE + format::FULL_RECORD_LEN);
+        self.cache.as_ref().map_or(0, |c| c.data.capacity())
+            + self.record.capacity()
+            + self
+                .gathered
+                .iter()
+                .map(|c| c.data.capacity())
+                .sum::<usize>()
+            + self.behind.len() * batch
+            + self.spare_data.iter().map(Vec::capacity).sum::<usize>()
+            + self.spare_records.iter().map(Vec::capacity).sum::<usize>()
+            + self.spare_batch_records.as_ref().map_or(0, Vec::capacity)
+    }
+
     /// Read-ahead jobs in flight, spare plaintext buffers and spare
     /// read-ahead record buffers: what the tests check a reader holds.
     #[cfg(test)]

@@ -869,6 +869,38 @@ impl EncryptedFile {
         lock(&self.state).sync()
     }
 
+    /// For a handle left idle: lets go of the buffers it holds beyond the
+    /// chunk it must keep, without waiting. Returns `false` when that needs
+    /// a wait for writes behind the writer ([`EncryptedFile::trim_idle`],
+    /// on a thread that may block). Does nothing for a handle that cannot
+    /// write, or while another handle is busy with the file (that one
+    /// trims when it goes idle).
+    pub fn trim_idle_now(&self) -> bool {
+        if !self.opts.write {
+            return true;
+        }
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        };
+        if state.writes_behind() {
+            return false;
+        }
+        state.drop_spares();
+        true
+    }
+
+    /// As [`EncryptedFile::trim_idle_now`], waiting for the writes behind
+    /// the writer first: an idle upload handle then holds about one chunk
+    /// (its partial last chunk) whatever was written before. A write that
+    /// fails meanwhile is reported by the next sync or close.
+    pub fn trim_idle(&self) {
+        if self.opts.write {
+            lock(&self.state).trim_idle();
+        }
+    }
+
     /// Finishes the file: writes cached data, and for a staged file syncs it,
     /// has the upload gate check it, and moves it over its target. If this
     /// fails (or the gate rejects the file), a staged file is discarded and

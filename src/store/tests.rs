@@ -419,6 +419,40 @@ fn scattered_reads_are_not_read_ahead_in_batches() {
     f.close().unwrap();
 }
 
+/// An upload handle written 2 MiB and a bit, then left open, lets go of
+/// its write-behind batches and spare buffers when trimmed: it holds its
+/// partial last chunk and a record buffer, whatever was written before (a
+/// session may hold hundreds of such handles). The file is whole at close.
+#[test]
+fn an_idle_upload_trimmed_holds_about_one_chunk() {
+    let fx = Fixture::new();
+    let plain = bytes(32 * CHUNK_SIZE + 1000, 17);
+    let f = fx.store.open(&p("t"), create_trunc()).unwrap();
+    let piece = 32 * 1024;
+    for (i, part) in plain.chunks(piece).enumerate() {
+        f.write_at((i * piece) as u64, part).unwrap();
+    }
+    let one_chunk = CHUNK_SIZE + FULL_RECORD_LEN;
+    let before = super::lock(&f.state).held_write_bytes();
+    assert!(
+        before > 2 * one_chunk,
+        "held before the trim: {before} bytes"
+    );
+    f.trim_idle();
+    let after = super::lock(&f.state).held_write_bytes();
+    assert!(
+        after <= one_chunk,
+        "held after the trim: {after} bytes (one chunk and its record: {one_chunk})"
+    );
+    assert!(f.trim_idle_now(), "nothing left to wait for");
+    // Writing goes on as before, and the file reads back whole.
+    f.write_at(plain.len() as u64, &plain[..5000]).unwrap();
+    f.close().unwrap();
+    let mut want = plain.clone();
+    want.extend_from_slice(&plain[..5000]);
+    assert_bytes(&get(&fx.store, "t").unwrap(), &want, "read back");
+}
+
 #[test]
 fn same_plaintext_encrypts_differently() {
     let fx = Fixture::new();
