@@ -354,7 +354,29 @@ pub(super) async fn run_worker(
             // still done, in order: a CLOSE it sent still commits.
             let _ = session.replies.send(reply).await;
         }
+        if queued.is_empty() && jobs.is_empty() && !trim_idle(&file).await {
+            return;
+        }
     }
+}
+
+/// For a handle whose worker is about to wait for the next request: an
+/// upload left open lets go of its write-behind batches and spare buffers
+/// (about 2 MiB after a fast write, held until the next write or close
+/// otherwise), keeping only its partial chunk, so that a client cannot pin
+/// megabytes per handle under `sftp.max_handles` by writing and stopping.
+/// Done without leaving the session's thread unless writes are still in
+/// flight. A streaming upload goes idle only between bursts, where this
+/// costs a few buffer allocations and one wait for its last batches.
+/// `false` if the blocking thread failed (the worker then ends).
+async fn trim_idle(file: &Arc<EncryptedFile>) -> bool {
+    if file.trim_idle_now() {
+        return true;
+    }
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || f.trim_idle())
+        .await
+        .is_ok()
 }
 
 /// Most file data a run of jobs moves and still runs on the session's own

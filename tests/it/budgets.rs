@@ -296,3 +296,72 @@ fn a_stalled_download_does_not_hold_up_the_other_channels() {
     worker.join().unwrap();
     drop(stalled);
 }
+
+/// Most the server's memory may grow by while 40 uploads written 2 MiB each
+/// are left open on one connection: each keeps its partial last chunk and
+/// a record buffer (about 128 KiB; 256 KiB allowed), and the rest is room
+/// for the connection and the allocator. Before idle handles were trimmed,
+/// each kept its last write-behind batches and spares, 1-3.5 MiB: 40-140 MiB.
+const IDLE_UPLOADS_GROWTH_KIB: u64 = 40 * 256 + 16 * 1024;
+
+/// Writes `data` to `h` in 32 KiB WRITEs, 16 in flight at a time (as
+/// OpenSSH's sftp does), so that the server's write-behind fills.
+fn write_pipelined(raw: &mut RawSftp, h: &[u8], data: &[u8]) {
+    const PIECE: usize = 32 * 1024;
+    let pieces: Vec<(usize, &[u8])> = data.chunks(PIECE).enumerate().collect();
+    for round in pieces.chunks(16) {
+        for &(i, piece) in round {
+            raw.send(
+                Req::new(FXP_WRITE)
+                    .string(h)
+                    .u64((i * PIECE) as u64)
+                    .string(piece),
+            );
+        }
+        for _ in round {
+            raw.recv().ok().expect("a WRITE succeeds");
+        }
+    }
+}
+
+/// A client that writes a few MiB to each of many uploads and leaves them
+/// open pins about one chunk per handle, not its write-behind batches:
+/// the handle caps then bound memory too.
+#[test]
+fn idle_upload_handles_hold_about_one_chunk_each() {
+    let srv = Server::start();
+    let master = srv.ssh_master("alice");
+    let mut raw = master.raw_sftp();
+    let before = rss_kib(srv.pid());
+    let seed = fresh_seed();
+    let len = (2 << 20) + 1000;
+    let mut handles = Vec::new();
+    for i in 0..40u64 {
+        let h = raw.open(&format!("/idle{i}"), UPLOAD).unwrap();
+        write_pipelined(&mut raw, &h, &random_bytes(len, seed + i));
+        handles.push(h);
+    }
+    // A handle's worker trims before it waits for its next request, so
+    // the reply to an FSTAT comes after the last handle's trim.
+    let last = handles.last().unwrap();
+    let attrs = raw.request(Req::new(FXP_FSTAT).string(last));
+    assert_eq!(attrs.kind, FXP_ATTRS, "{attrs:?}");
+    let after = rss_kib(srv.pid());
+    let grown = after.saturating_sub(before);
+    eprintln!("server RSS {before} KiB -> {after} KiB with 40 idle uploads of 2 MiB");
+    assert!(
+        grown < IDLE_UPLOADS_GROWTH_KIB,
+        "the server grew by {grown} KiB ({before} -> {after}) for 40 idle uploads"
+    );
+    // Nothing was lost: each upload is whole once closed.
+    for (i, h) in handles.iter().enumerate() {
+        raw.close(h).unwrap();
+        let r = raw.open(&format!("/idle{i}"), SSH_FXF_READ).unwrap();
+        let back = read_all(&mut raw, &r, len);
+        assert!(
+            back == random_bytes(len, seed + i as u64),
+            "upload {i} came back different"
+        );
+        raw.close(&r).unwrap();
+    }
+}
