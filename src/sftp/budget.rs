@@ -103,6 +103,10 @@ impl Counter {
 #[derive(Debug)]
 pub struct Budgets {
     server: Arc<Counter>,
+    /// The most one user may hold, whatever `max_handles_per_user` says:
+    /// half the server's handles, so one user's share never leaves the
+    /// others without.
+    user_share: usize,
     /// Each logged-in user's count, held by their connections: an entry
     /// goes with the user's last connection (dead entries are swept at the
     /// next login).
@@ -116,6 +120,7 @@ impl Budgets {
     pub fn new(server_max_handles: usize) -> Self {
         Budgets {
             server: Arc::new(Counter::new(server_max_handles)),
+            user_share: (server_max_handles / 2).max(1),
             users: Mutex::new(HashMap::new()),
         }
     }
@@ -127,7 +132,8 @@ impl Budgets {
         let user_count = match users.get(user).and_then(Weak::upgrade) {
             Some(counter) => counter,
             None => {
-                let counter = Arc::new(Counter::new(config.max_handles_per_user));
+                let cap = config.max_handles_per_user.min(self.user_share);
+                let counter = Arc::new(Counter::new(cap));
                 users.insert(user.to_owned(), Arc::downgrade(&counter));
                 counter
             }
@@ -324,16 +330,19 @@ mod tests {
 
     #[test]
     fn the_server_cap_holds_over_all_users() {
-        let budgets = Budgets::new(3);
+        // 5 in all: each user may hold at most 2 (half), whatever their cap.
+        let budgets = Budgets::new(5);
         let alice = budgets.connection("alice", &config(10, 10));
         let bob = budgets.connection("bob", &config(10, 10));
+        let carol = budgets.connection("carol", &config(10, 10));
         let _a: Vec<_> = (0..2).map(|_| alice.charge_handle().unwrap()).collect();
-        let b = bob.charge_handle().unwrap();
-        assert_eq!(bob.charge_handle().unwrap_err(), Scope::Server);
-        assert_eq!(alice.charge_handle().unwrap_err(), Scope::Server);
-        assert_eq!((bob.handles(), bob.user_handles()), (1, 1));
-        drop(b);
-        assert!(alice.charge_handle().is_ok());
+        assert_eq!(alice.charge_handle().unwrap_err(), Scope::User);
+        let _b: Vec<_> = (0..2).map(|_| bob.charge_handle().unwrap()).collect();
+        let c = carol.charge_handle().unwrap();
+        assert_eq!(carol.charge_handle().unwrap_err(), Scope::Server);
+        assert_eq!((carol.handles(), carol.user_handles()), (1, 1));
+        drop(c);
+        assert!(carol.charge_handle().is_ok());
     }
 
     #[test]

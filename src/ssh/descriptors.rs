@@ -18,8 +18,13 @@ use crate::config::LimitsConfig;
 /// key files being read, scan commands' pipes, the metrics endpoint.
 const RESERVED: u64 = 128;
 
-/// Descriptors one connection holds besides its SFTP handles.
+/// Descriptors one connection holds besides its SFTP handles (once it has
+/// a thread and runtime of its own).
 const PER_CONNECTION: u64 = 5;
+
+/// Descriptors a connection holds while it waits for a place before login:
+/// its socket.
+const PER_WAITING: u64 = 1;
 
 /// Descriptors one open SFTP handle may hold (a staged upload: the staged
 /// file and the file it replaces).
@@ -62,9 +67,9 @@ pub fn raise_open_files_limit() -> u64 {
 /// Shares `limit` descriptors between connections (logged in, logging in,
 /// and waiting for a place to) and handles under the caps of `limits`.
 pub fn plan(limit: u64, limits: &LimitsConfig) -> DescriptorPlan {
-    let waiting = super::admission::waiting_caps(limits).0;
-    let connections = (limits.max_startups + limits.max_sessions + waiting) as u64;
-    let for_connections = RESERVED + PER_CONNECTION * connections;
+    let waiting = super::admission::waiting_caps(limits).0 as u64;
+    let connections = (limits.max_startups + limits.max_sessions) as u64;
+    let for_connections = RESERVED + PER_CONNECTION * connections + PER_WAITING * waiting;
     let spare = limit.saturating_sub(for_connections);
     let handles = spare / PER_HANDLE;
     DescriptorPlan {
@@ -92,15 +97,15 @@ mod tests {
     #[test]
     fn handles_get_what_connections_and_the_reserve_leave() {
         let p = plan(20_000, &limits(1024));
-        // 128 + 5 * (64 + 1024 + 1024) = 10688 for connections; the rest
-        // in pairs.
-        assert_eq!(p.max_handles_total, (20_000 - 10_688) / 2);
+        // 128 + 5 * (64 + 1024) + 1024 waiting = 6592 for connections;
+        // the rest in pairs.
+        assert_eq!(p.max_handles_total, (20_000 - 6_592) / 2);
         assert!(!p.short);
     }
 
     #[test]
     fn a_low_limit_is_reported_and_still_leaves_a_few_handles() {
-        let p = plan(1024, &limits(1024));
+        let p = plan(4096, &limits(1024));
         assert!(p.short);
         assert_eq!(p.max_handles_total, MIN_HANDLES as usize);
     }

@@ -651,6 +651,20 @@ struct Commit {
     placeholder: Option<Placeholder>,
 }
 
+impl Commit {
+    /// Gives up the upload: the staged file goes, and so does the empty
+    /// placeholder a new file's OPEN put at the name (if the name still
+    /// holds it), so an upload that does not complete leaves the name as
+    /// it was before the OPEN. Only a crash can leave the placeholder
+    /// behind: an empty, valid file.
+    fn discard(self) {
+        self.storage.discard(self.token);
+        if let Some(p) = &self.placeholder {
+            p.remove(&*self.storage);
+        }
+    }
+}
+
 /// The empty file OPEN put at a new upload's target.
 struct Placeholder {
     path: ObjectPath,
@@ -667,7 +681,7 @@ impl Placeholder {
             .meta(&self.path, false)
             .is_ok_and(|m| m.kind == Kind::File && m.identity == self.identity);
         if ours && let Err(e) = storage.remove(&self.path) {
-            tracing::warn!(error = %e, "could not remove a rejected upload's empty placeholder");
+            tracing::warn!(error = %e, "could not remove a failed upload's empty placeholder");
         }
     }
 }
@@ -925,7 +939,7 @@ impl EncryptedFile {
             // An upload that lost a write to the size limit: storing the
             // rest would replace the previous version with a cut-off file.
             drop(state);
-            commit.storage.discard(commit.token);
+            commit.discard();
             return Err(StoreError::TooLarge { limit });
         }
         if commit.copy && !modified {
@@ -955,13 +969,7 @@ impl EncryptedFile {
             Ok(())
         };
         if let Err(e) = finish(&mut state).and_then(|()| self.check(&mut state)) {
-            commit.storage.discard(commit.token);
-            // A rejected new file leaves no trace; one that failed for
-            // another reason keeps its empty placeholder, as OpenSSH keeps
-            // a partial file.
-            if let (StoreError::Rejected { .. }, Some(p)) = (&e, &commit.placeholder) {
-                p.remove(&*commit.storage);
-            }
+            commit.discard();
             return Err(e);
         }
         commit.storage.commit(commit.token, commit.exclusive)?;
@@ -1011,7 +1019,7 @@ impl EncryptedFile {
     pub fn abort(&self) {
         let pending = std::mem::take(&mut *lock(&self.pending));
         match pending.commit {
-            Some(commit) => commit.storage.discard(commit.token),
+            Some(commit) => commit.discard(),
             None => {
                 let _ = lock(&self.state).flush();
             }
@@ -1026,7 +1034,7 @@ impl Drop for EncryptedFile {
         // previous version; in-place changes are flushed.
         let pending = std::mem::take(&mut *lock(&self.pending));
         match pending.commit {
-            Some(commit) => commit.storage.discard(commit.token),
+            Some(commit) => commit.discard(),
             None => {
                 if self.opts.write {
                     let _ = lock(&self.state).flush();

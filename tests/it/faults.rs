@@ -194,9 +194,9 @@ const PER_SESSION: usize = 256 * 1024;
 /// and throughput (recorded in docs/RELIABILITY.md).
 #[test]
 fn two_hundred_concurrent_sessions_upload_and_download_every_byte_checked() {
-    // All 200 come from 127.0.0.1 as two users at once: the default caps
-    // (10 unauthenticated connections per source, 16 sessions per user,
-    // docs/HARDENING.md) would rightly refuse most of them.
+    // All 200 come from 127.0.0.1 as two users at once: with the default
+    // caps (10 unauthenticated connections per source, docs/HARDENING.md)
+    // most would wait for a place; higher caps let them all start at once.
     let opts = ServerOptions {
         extra_config: "[limits]\nmax_startups = 256\nmax_startups_per_source = 256\n\
                        max_sessions = 256\nmax_sessions_per_user = 128\n"
