@@ -18,7 +18,7 @@ const EXIT_CONFIG: u8 = 2;
 /// dropzone-eaas: RSA keys per secret path and version behind the HTTP API
 /// of the original EaaS, encrypted at rest.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "dropzone-eaas", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
