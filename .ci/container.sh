@@ -33,6 +33,7 @@ health_deadline_s=120
 work=$(mktemp -d)
 created_env=false
 started=false
+probe=
 timings=()
 step_start=$SECONDS
 
@@ -123,6 +124,7 @@ cleanup() {
         done
     fi
     echo "container.sh: -- cleanup: down, remove the project's volumes"
+    [ -n "$probe" ] && podman rm -f "$probe" >/dev/null
     compose down -v >/dev/null 2>&1
     # Volumes down -v left (for instance after an interrupted `up`).
     podman volume ls -q --filter "label=io.podman.compose.project=$project" |
@@ -179,8 +181,9 @@ podman build --format docker -t "$DROPZONE_IMAGE" . >"$work/build.log" 2>&1 || {
 tail -n 3 "$work/build.log"
 
 step "image checks"
-podman image inspect --format '{{json .Config.Healthcheck}}' "$DROPZONE_IMAGE" | grep -q '"healthcheck"' ||
-    fail "the image has no HEALTHCHECK (built without --format docker?)"
+healthcheck=$(podman image inspect --format '{{json .Config.Healthcheck}}' "$DROPZONE_IMAGE")
+[[ $healthcheck == *'"healthcheck"'* ]] ||
+    fail "the image has no HEALTHCHECK ($healthcheck; built without --format docker?)"
 echo "container.sh: image size: $(podman image inspect --format '{{.Size}}' "$DROPZONE_IMAGE") bytes"
 for bin in dropzone dropzone-eaas; do
     version=$(podman run --rm --network none "$DROPZONE_IMAGE" "$bin" --version) ||
@@ -192,9 +195,12 @@ for bin in dropzone dropzone-eaas; do
     podman cp "$probe:/usr/local/bin/$bin" "$work/$bin" || fail "copying $bin out of the image"
 done
 podman rm "$probe" >/dev/null
+probe=
+command -v readelf >/dev/null || fail "readelf (binutils) is needed to check the binaries"
 for bin in dropzone dropzone-eaas; do
     echo "container.sh: /usr/local/bin/$bin: $(stat -c %s "$work/$bin") bytes"
-    if readelf -S --wide "$work/$bin" | grep -q '\.debug_'; then
+    readelf -S --wide "$work/$bin" >"$work/$bin.sections" || fail "readelf $bin"
+    if grep -q '\.debug_' "$work/$bin.sections"; then
         fail "/usr/local/bin/$bin in the image has debug sections (the Dockerfile strips them)"
     fi
 done
