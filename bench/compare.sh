@@ -451,13 +451,12 @@ ALGO_OS=$(algos openssh)
 say "== negotiated: dropzone: $ALGO_DZ"
 say "==             openssh:  $ALGO_OS"
 
-# Idle CPUs kept awake for the runs. On this project's benchmark machine
-# (a VM whose idle vCPUs halt at once: cpuidle haltpoll with polling off),
-# waking a halted vCPU takes from tens of microseconds to milliseconds,
-# and the small-file tests, one round trip after another through three or
-# four processes, spend most of their time in such wake-ups: their wall
-# time then varied 2-3x from run to run for both servers
-# (docs/PERFORMANCE.md, "Session 6"). A PM QoS request of 0 us on
+# Idle CPUs kept awake for the runs. On a VM whose idle vCPUs halt at once
+# (cpuidle haltpoll with polling off), waking a halted vCPU takes from tens
+# of microseconds to milliseconds, and the small-file tests, one round trip
+# after another through three or four processes, spend most of their time
+# in such wake-ups: their wall time then varies 2-3x from run to run for
+# both servers (docs/PERFORMANCE.md). A PM QoS request of 0 us on
 # /dev/cpu_dma_latency, the kernel's interface for latency-sensitive work
 # (tuned's latency-performance profile uses it too), makes idle CPUs poll
 # instead; it holds while the file stays open and applies to both servers
