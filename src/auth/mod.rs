@@ -17,8 +17,8 @@
 //!
 //! The SSH layer asks [`Authenticator`] (and [`SystemUsers`] for names the
 //! users file does not know) only yes/no questions; it never learns whether
-//! a user exists from a failed check (DESIGN.md, property 7). The SSH
-//! layer records failures in [`penalty::Penalties`].
+//! a user exists from a failed check (docs/HARDENING.md, "Unknown users").
+//! The SSH layer records failures in [`penalty::Penalties`].
 
 pub mod address_pattern;
 pub mod authorized_keys;

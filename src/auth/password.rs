@@ -3,7 +3,8 @@
 //! Verification is deliberately slow (tens of milliseconds) and blocking;
 //! callers on an async runtime use `spawn_blocking`. [`dummy_verify`] costs
 //! the same as a real check, so an unknown user, a user without a password
-//! and a wrong password all take the same time (DESIGN.md, property 7).
+//! and a wrong password all take the same time (docs/HARDENING.md, "Unknown
+//! users").
 
 use std::sync::LazyLock;
 

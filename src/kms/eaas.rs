@@ -1,6 +1,6 @@
 //! The EaaS backend: master keys held by an "Encryption as a Service" over
-//! HTTP, with the wire API of the original Dropzone EaaS (DESIGN.md, "The
-//! EaaS wire API").
+//! HTTP, with the wire API of the original Dropzone EaaS (docs/EAAS.md,
+//! "API").
 //!
 //! | operation | request | success reply |
 //! |---|---|---|

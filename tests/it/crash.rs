@@ -7,7 +7,7 @@
 //! server down, the offline tools judge what is on disk, and after a
 //! restart the server must list no leftovers and serve the file as judged.
 //!
-//! What must hold (DESIGN.md, property 6):
+//! What must hold (docs/RELIABILITY.md, "Guarantees"):
 //! - a new file (staged) is absent, empty (the placeholder its OPEN made)
 //!   or complete, an overwrite (truncating
 //!   open, staged) leaves the previous version or the complete new one;
