@@ -166,8 +166,10 @@ impl AuthorizedKey {
         self.expiry
     }
 
-    /// Whether the key carries a `from=` address restriction.
-    pub fn has_from_restriction(&self) -> bool {
+    /// Whether the key carries a `from=` address restriction (tests only:
+    /// the product asks [`AuthorizedKey::permits`] instead).
+    #[cfg(test)]
+    pub(crate) fn has_from_restriction(&self) -> bool {
         self.from.is_some()
     }
 }

@@ -193,8 +193,10 @@ impl Penalties {
             .map_or(Duration::ZERO, |e| e.until.saturating_duration_since(now))
     }
 
-    /// The number of sources remembered.
-    pub fn tracked(&self) -> usize {
+    /// The number of sources remembered (tests only: the product never
+    /// needs it).
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

@@ -54,7 +54,7 @@ use bounds::Bounds;
 pub use bounds::StopSignal;
 use file::FileState;
 use format::FormatError;
-use storage::{Access, Blob, Kind, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
+use storage::{Access, Kind, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
 pub use upload::{Rejection, Upload, UploadGate};
 
 /// What went wrong in the store.
@@ -1042,20 +1042,4 @@ impl Drop for EncryptedFile {
             }
         }
     }
-}
-
-/// Opens a blob for offline tools (verify/decrypt) and checks every chunk,
-/// returning the plaintext size.
-pub fn verify_blob(blob: Box<dyn Blob>, key: &DataKey) -> Result<u64, StoreError> {
-    let mut state = FileState::open(blob, key.expose(), false)?;
-    let size = state.size();
-    let mut offset = 0;
-    while offset < size {
-        let got = state.read_at(offset, format::CHUNK_SIZE)?;
-        if got.is_empty() {
-            break;
-        }
-        offset += got.len() as u64;
-    }
-    Ok(size)
 }

@@ -772,11 +772,11 @@ fn assert_rejected(fx: &Fixture, name: &str, what: &str) {
         "{what}: expected an integrity error, got {:?}",
         r.map(|v| v.len())
     );
-    // Also through verify_blob, as the offline `verify` does.
+    // Also through check_blob, as the offline `verify` does.
     let storage = LocalStorage::open_root(fx.dir.path()).unwrap();
     let blob = storage.open(&p(name), Access::Read).unwrap();
-    let r = super::verify_blob(blob, &key());
-    assert!(is_integrity(&r), "{what}: verify_blob accepted it");
+    let report = super::check::check_blob(&*blob, &key()).unwrap();
+    assert!(!report.is_ok(), "{what}: check_blob found nothing wrong");
 }
 
 #[test]
