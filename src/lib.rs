@@ -42,6 +42,7 @@
 //! writes a data key unwrapped, and never lets a client path reach the
 //! filesystem without going through [`jail`] and [`store::storage`].
 
+pub mod address_pattern;
 mod atomic_file;
 pub mod auth;
 pub mod config;

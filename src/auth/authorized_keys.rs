@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::Algorithm;
 
-use super::address_pattern::{AddressPatterns, PatternError};
+use crate::address_pattern::{AddressPatterns, PatternError};
 
 /// Options accepted without effect: each denies or grants something the
 /// server never provides (port forwarding, agent and X11 forwarding, a pty,

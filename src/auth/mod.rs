@@ -13,14 +13,14 @@
 //!   does ([`system_keys`]).
 //!
 //! - [`penalty`]: per-source penalties and bans for repeated failures.
-//! - [`address_pattern`]: address lists (`from=`, the penalty exemptions).
+//!
+//! `from=` address lists are parsed by [`crate::address_pattern`].
 //!
 //! The SSH layer asks [`Authenticator`] (and [`SystemUsers`] for names the
 //! users file does not know) only yes/no questions; it never learns whether
 //! a user exists from a failed check (docs/HARDENING.md, "Unknown users").
 //! The SSH layer records failures in [`penalty::Penalties`].
 
-pub mod address_pattern;
 pub mod authorized_keys;
 #[cfg(feature = "pam")]
 mod pam;

@@ -204,7 +204,7 @@ impl Penalties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::address_pattern::AddressPatterns;
+    use crate::address_pattern::AddressPatterns;
 
     fn config() -> PenaltyConfig {
         PenaltyConfig {

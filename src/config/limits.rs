@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::address_pattern::AddressPatterns;
+use crate::address_pattern::AddressPatterns;
 
 /// `[limits]` as written.
 #[derive(Deserialize, Default)]

@@ -1,4 +1,6 @@
-//! The address list of an authorized key's `from="..."` option.
+//! Address lists: an authorized key's `from="..."` option and the sources
+//! exempt from failure penalties (`[limits] penalty_exempt`), shared by
+//! [`crate::auth`] and [`crate::config`] from below both.
 //!
 //! OpenSSH matches `from=` against the client's host name and address; we
 //! have no trusted host name (reverse DNS is the client's to forge), so we
