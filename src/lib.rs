@@ -16,10 +16,13 @@
 //!   per-source failure penalties; Linux users through PAM and their
 //!   `~/.ssh/authorized_keys` (feature `pam`).
 //! - [`sftp`]: SFTP v3 request dispatch over the encrypted store, with the
-//!   one place that maps errors to SFTP status codes.
+//!   one place that turns errors into SFTP status replies.
 //! - [`scp`]: legacy `scp -t`/`scp -f` (OpenSSH `scp -O`) over exec.
 //! - [`upload`]: what happens around an upload's commit: the scan command
 //!   that must accept it, and the notification POSTed once it is stored.
+//! - [`outcome`]: what a failed file operation tells the client and the
+//!   audit log (store and jail errors described once, for [`sftp`] and
+//!   [`scp`]), and the blocking threads their store work runs on.
 //! - [`observe`]: the one path for what happened: events from `ssh`, `sftp`
 //!   and `scp` go to the audit log (JSON lines) and the Prometheus metrics;
 //!   key-service calls are timed by a wrapper around the [`kms`] backend.
@@ -53,6 +56,7 @@ pub mod keys;
 pub mod kms;
 pub mod legacy;
 pub mod observe;
+pub mod outcome;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;

@@ -19,8 +19,8 @@
 //! 64 KiB at a time; an upload replaces the previous version only once all
 //! its bytes and the client's final `\0` arrived, so an interrupted upload
 //! leaves the old file. Errors are worded as SFTP words them for its logs
-//! ([`crate::sftp::status::describe`]: scp has no status codes, its text
-//! is all the user sees) and name client paths only.
+//! ([`crate::outcome`]: scp has no status codes, its text is all the user
+//! sees) and name client paths only.
 
 use std::io;
 use std::sync::Arc;
@@ -30,9 +30,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::jail;
-use crate::observe::{EventKind, Outcome, Reporter, Transfer, escape};
-use crate::sftp::blocking;
-use crate::sftp::status::{SftpError, describe as sftp_describe};
+use crate::observe::{EventKind, Reporter, Transfer, escape};
+use crate::outcome::{self, Failure, OpError, blocking, error_outcome, is_integrity, joined};
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{Attributes, EncryptedFile, OpenOptions, StoreError, UserStore};
 
@@ -359,34 +358,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// The result of a store task spawned directly.
-fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result<T, SftpError> {
-    r.map_err(|_| SftpError::Internal)?.map_err(SftpError::from)
-}
-
-/// The client-facing wording of `err`, as SFTP would put it.
-fn describe(err: &SftpError) -> String {
-    if matches!(err, SftpError::Store(StoreError::Integrity(_))) {
+/// The client-facing wording of `err` (the detail SFTP logs), logged.
+fn client_text(err: &OpError) -> String {
+    if is_integrity(err) {
         warn!(error = %err, "integrity failure reported to scp client");
     } else {
         debug!(error = %err, "scp operation failed");
     }
-    sftp_describe(err).1
-}
-
-/// How an error is reported in events: the SFTP status name and wording.
-fn outcome_of(err: &SftpError) -> Outcome {
-    let (code, msg) = sftp_describe(err);
-    Err((crate::sftp::status::status_name(code), msg))
-}
-
-fn is_integrity(err: &SftpError) -> bool {
-    matches!(err, SftpError::Store(StoreError::Integrity(_)))
+    err.describe().1
 }
 
 /// `"<client path>: <what went wrong>"`.
-fn failed(path: &ObjectPath, err: &SftpError) -> String {
-    format!("{}: {}", path.to_client_string(), describe(err))
+fn failed(path: &ObjectPath, err: &OpError) -> String {
+    format!("{}: {}", path.to_client_string(), client_text(err))
 }
 
 /// Times from a `T` record, seconds since the epoch.
@@ -477,7 +461,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let target = jail::resolve(&cmd.path)
-        .map_err(|e| Stop::Fatal(format!("{}: {}", cmd.path, describe(&SftpError::Jail(e)))))?;
+        .map_err(|e| Stop::Fatal(format!("{}: {}", cmd.path, client_text(&OpError::Jail(e)))))?;
     let (s, t) = (store.clone(), target.clone());
     let target_is_dir = match blocking(move || Ok(s.stat(&t, true)?)).await {
         Ok(attrs) => attrs.kind == Kind::Dir,
@@ -600,8 +584,8 @@ fn entry_path(
     match parent {
         None => Ok(target.clone()),
         Some(dir) => dir.join(name).map_err(|e| {
-            let err = SftpError::Jail(e.into());
-            format!("{}: {}", shown, describe(&err))
+            let err = OpError::Jail(e.into());
+            format!("{}: {}", shown, client_text(&err))
         }),
     }
 }
@@ -626,7 +610,7 @@ where
     // `mkdir` event, reported whether or not that worked.
     let entered = blocking(move || {
         let mut creating = false;
-        let step = (|| -> Result<Option<u32>, SftpError> {
+        let step = (|| -> Result<Option<u32>, OpError> {
             match s.stat(&p, true) {
                 Ok(attrs) if attrs.kind == Kind::Dir => {
                     if preserve {
@@ -654,16 +638,12 @@ where
         Err(e) => (Err(e), false),
     };
     if creating {
-        let outcome = match &entered {
-            Ok(_) => Ok(()),
-            Err(e) => outcome_of(e),
-        };
         conn.events.operation(
             EventKind::Mkdir,
             &path.to_client_string(),
             None,
             started.elapsed(),
-            outcome,
+            outcome::outcome_of(&entered),
         );
     }
     match entered {
@@ -709,7 +689,7 @@ where
         Ok(file) => Arc::new(file),
         // The client skips the data of a refused file.
         Err(e) => {
-            transfer.finish(outcome_of(&e));
+            transfer.finish(error_outcome(&e));
             return conn.warn(&failed(&path, &e)).await;
         }
     };
@@ -729,7 +709,7 @@ where
     }
     if let Some(e) = write_failure {
         drop(file);
-        transfer.finish(outcome_of(&e));
+        transfer.finish(error_outcome(&e));
         return conn.warn(&failed(&path, &e)).await;
     }
     let closed = blocking(move || {
@@ -748,10 +728,10 @@ where
             conn.ok().await
         }
         Err(e) => {
-            if let SftpError::Store(StoreError::Rejected { reason }) = &e {
+            if let OpError::Store(StoreError::Rejected { reason }) = &e {
                 transfer.rejected(reason);
             }
-            transfer.finish(outcome_of(&e));
+            transfer.finish(error_outcome(&e));
             conn.warn(&failed(&path, &e)).await
         }
     }
@@ -766,11 +746,11 @@ async fn receive_data<S>(
     file: &Arc<EncryptedFile>,
     size: u64,
     transfer: &mut Transfer,
-) -> Result<Option<SftpError>, Stop>
+) -> Result<Option<OpError>, Stop>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut failure: Option<SftpError> = None;
+    let mut failure: Option<OpError> = None;
     let mut writing: Option<JoinHandle<Result<(), StoreError>>> = None;
     let mut offset = 0u64;
     while offset < size {
@@ -828,7 +808,7 @@ where
     let path = match jail::resolve(&cmd.path) {
         Ok(path) => path,
         Err(e) => {
-            let msg = format!("{}: {}", cmd.path, describe(&SftpError::Jail(e)));
+            let msg = format!("{}: {}", cmd.path, client_text(&OpError::Jail(e)));
             return conn.warn(&msg).await;
         }
     };
@@ -962,7 +942,7 @@ where
             if is_integrity(&e) {
                 conn.events.integrity_failure();
             }
-            transfer.finish(outcome_of(&e));
+            transfer.finish(error_outcome(&e));
             return conn.warn(&failed(path, &e)).await;
         }
     };
@@ -1031,7 +1011,7 @@ where
                     if is_integrity(&e) {
                         conn.events.integrity_failure();
                     }
-                    failure = Some(describe(&e));
+                    failure = Some(client_text(&e));
                     vec![0u8; len]
                 }
             },
