@@ -6,6 +6,7 @@ use super::status::SftpError;
 use super::wire::{Reader, Writer};
 use super::{MAX_PACKET_LEN, MAX_READ_WRITE_LEN, Session, ok};
 use crate::jail;
+use crate::observe::EventKind;
 use crate::store::storage::{ObjectPath, SpaceInfo};
 use crate::store::{EncryptedFile, StoreError};
 
@@ -87,7 +88,7 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
         "lsetstat@openssh.com" => {
             let raw = r.string()?;
             let attrs = r.attrs()?;
-            session.audited(super::EventKind::Setstat, &raw, |path| {
+            session.audited(EventKind::Setstat, &raw, |path| {
                 session.set_stat(path, &attrs, false)
             })?;
             Ok(ok(id))

@@ -11,7 +11,7 @@
 //!   own thread; larger runs, and the CLOSE of a larger written file (it
 //!   syncs the file) or of any written file when uploads are scanned, go to
 //!   a blocking thread, so that the transport's crypto and the store's work
-//!   overlap (`handles::runs_inline`);
+//!   overlap (`worker::runs_inline`);
 //! - requests on paths (open, stat, mkdir, remove, rename, ...) run in
 //!   arrival order on the session's thread, except those whose work has no
 //!   bound (SETSTAT, extensions, OPENDIR, an OPEN for writing without
@@ -35,40 +35,47 @@
 //! (`budget::IN_FLIGHT_KIB`), 8 MiB of each per connection. A directory
 //! handle reads its directory a batch at a time, so its cost does not grow
 //! with the directory.
+//!
+//! Where each part is: this file holds [`serve`] (the reader, the dispatch
+//! of each request, the reply writer) and the session's state; `paths`
+//! runs requests on paths; `handles` is the handle table; `worker` runs the
+//! jobs of a file handle; `notice` is what the user is told on stderr, for
+//! failures whose cause OpenSSH's client does not show (it prints only
+//! "Failure"); `extensions` are the SFTP extensions; [`status`] is the
+//! error map, [`budget`] the caps, [`wire`] and [`attrs`] the encoding.
 
 pub mod attrs;
 pub mod budget;
 mod buffers;
 mod extensions;
 mod handles;
+mod notice;
+mod paths;
 pub mod status;
 pub mod wire;
+mod worker;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use russh_sftp::protocol::{
-    Attrs, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status, StatusCode, Version,
-};
+use russh_sftp::protocol::{Packet, Status, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::jail;
-use crate::observe::{EventKind, Outcome, Reporter};
-use crate::outcome::{blocking, is_integrity, outcome_of, status_name};
-use crate::store::storage::{Kind, ObjectPath};
-use crate::store::{Attributes, EncryptedFile, OpenOptions, UserStore};
+use crate::observe::{Outcome, Reporter};
+use crate::store::UserStore;
 use crate::username::UserName;
 use budget::ConnectionBudget;
-use handles::{DirListing, FileJob, HandleTable, Held};
+use handles::HandleTable;
+use paths::work_has_no_bound;
 use status::{SftpError, to_status};
+use worker::{FileJob, Held};
 
 /// Largest request accepted, as OpenSSH's sftp-server (256 KiB).
 pub const MAX_PACKET_LEN: u32 = 256 * 1024;
@@ -78,13 +85,6 @@ pub const MAX_READ_WRITE_LEN: u32 = 261_120;
 /// Requests queued per file handle before the reader waits (OpenSSH's
 /// client keeps 64 in flight).
 const HANDLE_QUEUE: usize = 64;
-/// Most entries per READDIR reply (OpenSSH's sftp-server sends 100); each
-/// READDIR reads at most this many from the directory.
-const READDIR_BATCH: usize = 128;
-/// Most bytes of entries per READDIR reply: with 255-byte names (and a long
-/// name of about as much again) a reply stops near 100 entries, a quarter
-/// of the 256 KiB a client accepts.
-const READDIR_REPLY_BYTES: usize = 64 * 1024;
 // Each handle's queue is bounded in count, but a client with many handles
 // could otherwise pin `max_handles * 64 * 256 KiB`: the in-flight budgets
 // (`budget::IN_FLIGHT_KIB`, measured in docs/PERFORMANCE.md as enough to
@@ -323,7 +323,10 @@ fn ok(id: u32) -> Packet {
 
 fn error_reply(id: u32, err: &SftpError) -> Packet {
     let (code, msg) = to_status(err);
-    if is_integrity(err) {
+    if matches!(
+        err,
+        SftpError::Store(crate::store::StoreError::Integrity(_))
+    ) {
         warn!(error = %err, "integrity failure reported to client");
     } else {
         // The message may quote the client (an extension's name).
@@ -332,13 +335,27 @@ fn error_reply(id: u32, err: &SftpError) -> Packet {
     status(id, code, &msg)
 }
 
+/// How an operation's result is reported: ok, or the status name and the
+/// message the client was given.
+fn outcome_of<T>(result: &Result<T, SftpError>) -> Outcome {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // The detail, not the client's generic text: the audit log is
+            // where an operator learns what went wrong.
+            let (code, msg) = status::describe(e);
+            Err((status::status_name(code), msg))
+        }
+    }
+}
+
 /// The outcome a status reply carries (any other reply is a success).
 fn outcome_of_reply(reply: &Reply) -> Outcome {
     match reply {
         Reply::Packet(Packet::Status(s))
             if s.status_code != StatusCode::Ok && s.status_code != StatusCode::Eof =>
         {
-            Err((status_name(s.status_code), s.error_message.clone()))
+            Err((status::status_name(s.status_code), s.error_message.clone()))
         }
         _ => Ok(()),
     }
@@ -346,6 +363,17 @@ fn outcome_of_reply(reply: &Reply) -> Outcome {
 
 fn reply_of(id: u32, result: Result<Packet, SftpError>) -> Packet {
     result.unwrap_or_else(|e| error_reply(id, &e))
+}
+
+/// Runs blocking store work off the async threads (SFTP and scp share it).
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, SftpError>
+where
+    F: FnOnce() -> Result<T, SftpError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| SftpError::Internal)?
 }
 
 impl Session {
@@ -493,7 +521,7 @@ impl Session {
                 }
             }
             // Requests on paths are a few file-system calls: they run here
-            // (see `handles::runs_inline` for why that is fine), except
+            // (see `worker::runs_inline` for why that is fine), except
             // those whose work has no bound.
             other if work_has_no_bound(&other) => {
                 let id = other.get_request_id();
@@ -509,51 +537,6 @@ impl Session {
         }
     }
 
-    /// Tells the user on stderr that `path` failed its integrity check:
-    /// OpenSSH's client shows only "Failure" for the status reply.
-    fn integrity_notice(&self, path: &str) {
-        self.events.integrity_failure();
-        let _ = self.notices.try_send(format!(
-            "dropzone: {path}: the file failed its integrity check (it was modified or damaged on the server)\n"
-        ));
-    }
-
-    /// Tells the user on stderr why an upload was rejected, for the same
-    /// reason as [`Session::integrity_notice`].
-    fn rejection_notice(&self, path: &str, reason: &str) {
-        let _ = self
-            .notices
-            .try_send(format!("dropzone: {path}: upload rejected: {reason}\n"));
-    }
-
-    /// Tells the user on stderr that the server ran out of space, for the
-    /// same reason as [`Session::integrity_notice`].
-    fn no_space_notice(&self, path: &str) {
-        let _ = self.notices.try_send(format!(
-            "dropzone: {path}: no space left on the server; the write failed (an upload that does not complete keeps the previous version)\n"
-        ));
-    }
-
-    /// Tells the user on stderr that a write or extension of `path` was
-    /// refused by the size limit (`why` names it), for the same reason as
-    /// [`Session::integrity_notice`].
-    fn too_large_notice(&self, path: &str, why: &str) {
-        let _ = self.notices.try_send(format!("dropzone: {path}: {why}\n"));
-    }
-
-    /// Sends the stderr notice that `e`, an error about `path`, calls for.
-    fn notice_for(&self, path: &str, e: &crate::store::StoreError) {
-        match e {
-            crate::store::StoreError::Integrity(_) => self.integrity_notice(path),
-            crate::store::StoreError::Rejected { reason } => self.rejection_notice(path, reason),
-            e @ crate::store::StoreError::TooLarge { .. } => {
-                self.too_large_notice(path, &e.to_string())
-            }
-            e if is_no_space(e) => self.no_space_notice(path),
-            _ => {}
-        }
-    }
-
     async fn send(&self, packet: Packet) -> bool {
         self.replies.send(Reply::Packet(packet)).await.is_ok()
     }
@@ -565,7 +548,7 @@ impl Session {
                 // Waiting here stops reading from the client: russh's channel
                 // queue fills, russh stops reading the connection, and TCP
                 // pushes back on the client. Only requests that bring data
-                // wait: see `handles::take_runnable` for why a READ
+                // wait: see `worker::take_runnable` for why a READ
                 // must not.
                 let kib = job.request_kib();
                 let permit = if kib == 0 {
@@ -584,416 +567,6 @@ impl Session {
             None => self.send(error_reply(id, &SftpError::BadHandle)).await,
         }
     }
-
-    /// Requests that name paths (and OPEN/OPENDIR, which create handles).
-    fn path_request(self: &Arc<Self>, packet: Packet) -> Result<Packet, SftpError> {
-        let store = &self.store;
-        match packet {
-            Packet::Open(o) => self.open(o.id, &o.filename, o.pflags, &o.attrs),
-            Packet::OpenDir(o) => {
-                let path = jail::resolve(&o.path)?;
-                let listing = self.open_dir(path)?;
-                let handle = self.handles.add_dir(listing);
-                Ok(Packet::Handle(Handle { id: o.id, handle }))
-            }
-            Packet::Lstat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, false),
-            Packet::Stat(s) => self.stat_reply(s.id, &jail::resolve(&s.path)?, true),
-            Packet::SetStat(s) => {
-                self.audited(EventKind::Setstat, &s.path, |path| {
-                    self.set_stat(path, &s.attrs, true)
-                })?;
-                Ok(ok(s.id))
-            }
-            Packet::Remove(r) => {
-                self.audited(EventKind::Remove, &r.filename, |path| {
-                    Ok(store.remove(path)?)
-                })?;
-                Ok(ok(r.id))
-            }
-            Packet::MkDir(m) => {
-                self.audited(EventKind::Mkdir, &m.path, |path| {
-                    Ok(store.mkdir(path, m.attrs.permissions.map(client_mode))?)
-                })?;
-                Ok(ok(m.id))
-            }
-            Packet::RmDir(r) => {
-                self.audited(EventKind::Rmdir, &r.path, |path| {
-                    if path.is_root() {
-                        return Err(std::io::Error::from_raw_os_error(libc::EBUSY).into());
-                    }
-                    Ok(store.rmdir(path)?)
-                })?;
-                Ok(ok(r.id))
-            }
-            Packet::RealPath(r) => {
-                let path = jail::resolve(&r.path)?.to_client_string();
-                Ok(Packet::Name(Name {
-                    id: r.id,
-                    files: vec![File::dummy(path)],
-                }))
-            }
-            Packet::Rename(r) => {
-                // Like OpenSSH's sftp-server, plain RENAME never replaces an
-                // existing target; posix-rename@openssh.com does.
-                self.audited_rename(&r.oldpath, &r.newpath, false)?;
-                Ok(ok(r.id))
-            }
-            Packet::ReadLink(r) => {
-                let target = store.read_link(&jail::resolve(&r.path)?)?;
-                Ok(Packet::Name(Name {
-                    id: r.id,
-                    files: vec![File::dummy(target)],
-                }))
-            }
-            Packet::Symlink(s) => {
-                // OpenSSH sends the target first, contrary to the draft; every
-                // common client follows OpenSSH, so the fields are swapped.
-                let (target, link) = (s.linkpath, s.targetpath);
-                let link = jail::resolve(&link)?;
-                let made = jail::symlink_target(&target)
-                    .map_err(SftpError::from)
-                    .and_then(|target| Ok(store.symlink(&target, &link)?));
-                if let Err(e) = &made {
-                    self.refusal_notice(&link.to_client_string(), e);
-                }
-                made?;
-                Ok(ok(s.id))
-            }
-            Packet::Extended(e) => self.extended(e),
-            other => {
-                debug!(?other, "unexpected packet from client");
-                Err(SftpError::BadMessage)
-            }
-        }
-    }
-
-    /// Runs a request on one path and reports it as a `kind` event, with
-    /// the path as the user sees it (as given, if the jail refused it).
-    pub(super) fn audited(
-        &self,
-        kind: EventKind,
-        raw: &str,
-        op: impl FnOnce(&ObjectPath) -> Result<(), SftpError>,
-    ) -> Result<(), SftpError> {
-        let started = Instant::now();
-        let path = jail::resolve(raw);
-        let shown = shown_path(&path, raw);
-        let result = path.map_err(SftpError::from).and_then(|p| op(&p));
-        self.events
-            .operation(kind, &shown, None, started.elapsed(), outcome_of(&result));
-        result
-    }
-
-    /// A rename (posix-rename@openssh.com with `replace`), reported.
-    pub(super) fn audited_rename(
-        &self,
-        raw_from: &str,
-        raw_to: &str,
-        replace: bool,
-    ) -> Result<(), SftpError> {
-        let started = Instant::now();
-        let (from, to) = (jail::resolve(raw_from), jail::resolve(raw_to));
-        let (shown_from, shown_to) = (shown_path(&from, raw_from), shown_path(&to, raw_to));
-        let result = match (from, to) {
-            (Ok(from), Ok(to)) => self.store.rename(&from, &to, replace).map_err(Into::into),
-            (Err(e), _) | (_, Err(e)) => Err(e.into()),
-        };
-        if let Err(e) = &result {
-            self.refusal_notice(&shown_from, e);
-        }
-        self.events.operation(
-            EventKind::Rename,
-            &shown_from,
-            Some(&shown_to),
-            started.elapsed(),
-            outcome_of(&result),
-        );
-        result
-    }
-
-    /// OPEN: a handle for writing is an upload, for reading only a
-    /// download; one that cannot be opened is reported at once.
-    fn open(
-        self: &Arc<Self>,
-        id: u32,
-        filename: &str,
-        flags: OpenFlags,
-        attrs: &FileAttributes,
-    ) -> Result<Packet, SftpError> {
-        let kind = if flags.contains(OpenFlags::WRITE) {
-            EventKind::Upload
-        } else {
-            EventKind::Download
-        };
-        let started = Instant::now();
-        let opened = self.open_handle(id, filename, flags, attrs, kind);
-        if opened.is_err() {
-            let shown = shown_path(&jail::resolve(filename), filename);
-            self.events
-                .transfer(kind, &shown, 0, started, outcome_of(&opened));
-        }
-        opened
-    }
-
-    fn open_handle(
-        self: &Arc<Self>,
-        id: u32,
-        filename: &str,
-        flags: OpenFlags,
-        attrs: &FileAttributes,
-        kind: EventKind,
-    ) -> Result<Packet, SftpError> {
-        let path = jail::resolve(filename)?;
-        if path.is_root() {
-            return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
-        }
-        let client_path = path.to_client_string();
-        let opts = OpenOptions {
-            read: flags.contains(OpenFlags::READ),
-            write: flags.contains(OpenFlags::WRITE),
-            append: flags.contains(OpenFlags::APPEND),
-            create: flags.contains(OpenFlags::CREATE),
-            truncate: flags.contains(OpenFlags::TRUNCATE),
-            exclusive: flags.contains(OpenFlags::EXCLUDE),
-            mode: attrs.permissions.map(client_mode),
-        };
-        // The handle's place first: a refused one opens nothing.
-        let charge = Arc::new(self.charge_handle()?);
-        let file = match self.store.open(&path, opts) {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                self.notice_for(&client_path, &e);
-                return Err(e.into());
-            }
-        };
-        let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
-        let handle = self.handles.add_file(tx, file.clone(), charge.clone());
-        let transfer = self.events.transfer_started(kind, client_path.clone());
-        self.workers.spawn(handles::run_worker(
-            self.clone(),
-            file,
-            client_path,
-            rx,
-            transfer,
-            charge,
-        ));
-        Ok(Packet::Handle(Handle { id, handle }))
-    }
-
-    fn stat_reply(&self, id: u32, path: &ObjectPath, follow: bool) -> Result<Packet, SftpError> {
-        let a = self.store.stat(path, follow)?;
-        Ok(Packet::Attrs(Attrs {
-            id,
-            attrs: attrs::to_sftp(&a),
-        }))
-    }
-
-    /// SETSTAT (`follow`) or lsetstat@openssh.com.
-    fn set_stat(
-        &self,
-        path: &ObjectPath,
-        a: &FileAttributes,
-        follow: bool,
-    ) -> Result<(), SftpError> {
-        let result = self.apply_stat(path, a, follow);
-        if let Err(e) = &result {
-            self.refusal_notice(&path.to_client_string(), e);
-        }
-        result
-    }
-
-    /// Tells the user on stderr why a change was refused for containment
-    /// (a symlink that would lead outside the root, a change to the root
-    /// itself): the status carries only OpenSSH's "Permission denied".
-    pub(super) fn refusal_notice(&self, path: &str, e: &SftpError) {
-        let why = match e {
-            SftpError::Jail(j @ jail::JailError::DotDotAfterName) => j.to_string(),
-            SftpError::Store(crate::store::StoreError::Io(io)) => {
-                match io
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<crate::store::storage::Refused>())
-                {
-                    Some(refused) => refused.to_string(),
-                    None => return,
-                }
-            }
-            _ => return,
-        };
-        let _ = self.notices.try_send(format!("dropzone: {path}: {why}\n"));
-    }
-
-    fn apply_stat(
-        &self,
-        path: &ObjectPath,
-        a: &FileAttributes,
-        follow: bool,
-    ) -> Result<(), SftpError> {
-        refuse_root_change(path, a)?;
-        let current = self.store.stat(path, follow)?;
-        check_owner(a, &current)?;
-        if let Some(size) = a.size {
-            if current.kind != Kind::File {
-                return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
-            }
-            if let Err(e) = self.store.set_size(path, size) {
-                self.notice_for(&path.to_client_string(), &e);
-                return Err(e.into());
-            }
-        }
-        if let Some(p) = a.permissions {
-            if current.kind == Kind::Symlink {
-                return Err(SftpError::Unsupported("permissions of a symlink".into()));
-            }
-            self.store.set_permissions(path, client_mode(p))?;
-        }
-        if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
-            if current.kind == Kind::Symlink {
-                return Err(SftpError::Unsupported("times of a symlink".into()));
-            }
-            self.store.set_times(path, i64::from(at), i64::from(mt))?;
-        }
-        Ok(())
-    }
-
-    /// A place under the connection's, the user's and the server's handle
-    /// caps, or the refusal that names the cap reached.
-    fn charge_handle(&self) -> Result<budget::HandleCharge, SftpError> {
-        self.budget.charge_handle().map_err(|scope| {
-            debug!(user = %self.user, %scope, "handle refused: too many open files");
-            // OpenSSH's client shows only "Failure" for the status reply.
-            if !self
-                .told_handle_cap
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                let _ = self.notices.try_send(format!(
-                    "dropzone: too many open files for {scope}: close some before opening more\n"
-                ));
-                // The server's own cap is the operator's business: the
-                // open-files limit is too low for the load (once per
-                // channel, as the notice).
-                if scope == budget::Scope::Server {
-                    warn!(user = %self.user, "handle refused: the server's open handles are at the cap the open-files limit allows");
-                }
-            }
-            SftpError::TooManyHandles(scope)
-        })
-    }
-
-    /// OPENDIR: the directory opened for reading in batches, with `.` and
-    /// `..` to send first.
-    fn open_dir(&self, path: ObjectPath) -> Result<DirListing, SftpError> {
-        let charge = self.charge_handle()?;
-        // Opened first: a path that is not a directory fails here.
-        let stream = self.store.open_dir(&path)?;
-        let here = self.store.stat(&path, true)?;
-        let parent = self.store.stat(&path.parent(), true)?;
-        let first = [(".", &here), ("..", &parent)]
-            .into_iter()
-            .map(|(name, a)| self.dir_entry(name.to_owned(), a))
-            .collect();
-        Ok(DirListing::new(path, stream, first, charge))
-    }
-
-    /// One entry of a NAME reply to READDIR.
-    fn dir_entry(&self, name: String, a: &Attributes) -> File {
-        let now = crate::store::storage::unix_seconds(std::time::SystemTime::now());
-        File {
-            longname: attrs::long_name(&name, a, self.user.as_str(), now),
-            attrs: attrs::to_sftp(a),
-            filename: name,
-        }
-    }
-
-    /// READDIR: the next entries, at most [`READDIR_BATCH`] of them and
-    /// [`READDIR_REPLY_BYTES`] of names, read from the directory now.
-    fn readdir_reply(&self, id: u32, dir: &DirListing) -> Result<Packet, SftpError> {
-        let mut state = dir.state();
-        let wanted = READDIR_BATCH.saturating_sub(state.pending.len());
-        if wanted > 0 {
-            let batch = state.stream.next_batch(wanted)?;
-            for (name, a) in batch {
-                let entry = self.dir_entry(name, &a);
-                state.pending.push_back(entry);
-            }
-        }
-        let mut files = Vec::new();
-        let mut bytes = 0;
-        while let Some(entry) = state.pending.front() {
-            // The entry as encoded: two strings and at most 32 bytes of
-            // attributes (no extended ones are sent).
-            let size = 8 + entry.filename.len() + entry.longname.len() + 32;
-            if !files.is_empty() && bytes + size > READDIR_REPLY_BYTES {
-                break;
-            }
-            bytes += size;
-            files.extend(state.pending.pop_front());
-        }
-        Ok(if files.is_empty() {
-            status(id, StatusCode::Eof, "End of file")
-        } else {
-            Packet::Name(Name { id, files })
-        })
-    }
-
-    fn extended(self: &Arc<Self>, e: russh_sftp::protocol::Extended) -> Result<Packet, SftpError> {
-        extensions::path_extension(self, e)
-    }
-}
-
-/// Whether a path request's work has no fixed bound, so that it runs on a
-/// blocking thread: SETSTAT may extend a file by gigabytes, an extension
-/// may copy one, an OPEN for writing without TRUNC may copy one (when
-/// uploads are scanned, the copy is what the scanner sees at close). An
-/// OPENDIR reads no entry yet (each READDIR reads a bounded batch, on a
-/// blocking thread of its own).
-fn work_has_no_bound(packet: &Packet) -> bool {
-    match packet {
-        // RENAME and SYMLINK check symlinks against the real tree, and a
-        // directory's rename walks its subtree (a bounded walk, but a walk).
-        Packet::SetStat(_) | Packet::Extended(_) | Packet::Rename(_) | Packet::Symlink(_) => true,
-        Packet::Open(o) => {
-            o.pflags.contains(OpenFlags::WRITE) && !o.pflags.contains(OpenFlags::TRUNCATE)
-        }
-        _ => false,
-    }
-}
-
-/// A path for events: as the jail normalised it, or as the client sent it.
-fn shown_path(resolved: &Result<ObjectPath, jail::JailError>, raw: &str) -> String {
-    match resolved {
-        Ok(p) => p.to_client_string(),
-        Err(_) => raw.to_owned(),
-    }
-}
-
-/// The permission bits a client may set: setuid, setgid and sticky are
-/// dropped, so that no client-made file carries them on the host.
-fn client_mode(mode: u32) -> u32 {
-    mode & 0o777
-}
-
-/// The user's root is the server's, not the user's, to change: a client
-/// that could chmod it (to 0 or 0777) or set its times or size could lock
-/// itself out or open its files to other host users. A link to the root is
-/// caught by the store, which compares what it resolved with the root.
-fn refuse_root_change(path: &ObjectPath, a: &FileAttributes) -> Result<(), SftpError> {
-    let changes = a.size.is_some() || a.permissions.is_some() || a.atime.is_some();
-    if path.is_root() && changes {
-        return Err(SftpError::Store(crate::store::StoreError::Io(
-            crate::store::storage::refused("the root of your directory cannot be changed"),
-        )));
-    }
-    Ok(())
-}
-
-/// A request to change owner or group is refused unless it changes nothing.
-fn check_owner(a: &FileAttributes, current: &Attributes) -> Result<(), SftpError> {
-    let uid_change = a.uid.is_some_and(|u| u != current.uid);
-    let gid_change = a.gid.is_some_and(|g| g != current.gid);
-    if uid_change || gid_change {
-        return Err(std::io::Error::from_raw_os_error(libc::EPERM).into());
-    }
-    Ok(())
 }
 
 /// The VERSION reply: protocol 3 and the extensions OpenSSH's sftp-server
@@ -1007,136 +580,4 @@ fn version_reply() -> Version {
         version: 3,
         extensions,
     }
-}
-
-/// What the user must be told on stderr after a file job.
-pub(super) enum FileNotice {
-    /// The file failed an integrity check.
-    Integrity,
-    /// The upload was rejected at close, for this reason.
-    Rejected(String),
-    /// The server's disk (or the user's quota) is full.
-    NoSpace,
-    /// A write or extension was refused by the size limit, named here.
-    TooLarge(String),
-}
-
-/// Whether `e` means the disk or the quota is full.
-fn is_no_space(e: &crate::store::StoreError) -> bool {
-    matches!(e, crate::store::StoreError::Io(io)
-        if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
-}
-
-/// What a file job did, for the worker to answer, tell and report.
-struct Done {
-    reply: Reply,
-    /// What the user must be told on stderr about its failure.
-    notice: Option<FileNotice>,
-    /// File bytes written (from the client).
-    received: u64,
-    /// File bytes read (to the client).
-    sent: u64,
-    /// It was an FSETSTAT (reported as a `setstat` event).
-    setstat: bool,
-    /// How long it ran.
-    took: std::time::Duration,
-}
-
-/// Executes one job on an open file (on a blocking thread, or for a small
-/// run of jobs on the session's thread).
-fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
-    let started = Instant::now();
-    let mut notice = None;
-    let mut received = 0;
-    let setstat = matches!(job, FileJob::SetStat { .. });
-    let mut fail = |id: u32, e: crate::store::StoreError| {
-        match &e {
-            crate::store::StoreError::Integrity(_) => notice = Some(FileNotice::Integrity),
-            crate::store::StoreError::Rejected { reason } => {
-                notice = Some(FileNotice::Rejected(reason.clone()))
-            }
-            e if is_no_space(e) => notice = Some(FileNotice::NoSpace),
-            e @ crate::store::StoreError::TooLarge { .. } => {
-                notice = Some(FileNotice::TooLarge(e.to_string()))
-            }
-            _ => {}
-        }
-        error_reply(id, &e.into())
-    };
-    let reply = match job {
-        // At the end: answered without taking a reply buffer.
-        FileJob::Read { id, offset, .. } if file.readable() && offset >= file.size() => {
-            status(id, StatusCode::Eof, "End of file")
-        }
-        FileJob::Read { id, offset, len } => {
-            let len = len.min(MAX_READ_WRITE_LEN) as usize;
-            let mut sent = 0;
-            let filled = wire::data_reply(id, len, |buf| {
-                let n = file.read_into(offset, len, buf)?;
-                sent = n as u64;
-                Ok(n)
-            });
-            match filled {
-                Ok(Some(packet)) => {
-                    return Done {
-                        reply: Reply::Encoded(packet, None),
-                        notice: None,
-                        received: 0,
-                        sent,
-                        setstat: false,
-                        took: started.elapsed(),
-                    };
-                }
-                Ok(None) => status(id, StatusCode::Eof, "End of file"),
-                Err(e) => fail(id, e),
-            }
-        }
-        FileJob::Write { id, offset, data } => match file.write_at(offset, &data) {
-            Ok(()) => {
-                received = data.len() as u64;
-                ok(id)
-            }
-            Err(e) => fail(id, e),
-        },
-        FileJob::Fstat { id } => match file.attributes() {
-            Ok(a) => Packet::Attrs(Attrs {
-                id,
-                attrs: attrs::to_sftp(&a),
-            }),
-            Err(e) => fail(id, e),
-        },
-        FileJob::SetStat { id, attrs } => reply_of(id, fsetstat(file, &attrs).map(|()| ok(id))),
-        FileJob::Close { id } => match file.close() {
-            Ok(()) => ok(id),
-            Err(e) => fail(id, e),
-        },
-        FileJob::Extended { id, request, data } => reply_of(
-            id,
-            extensions::handle_extension(session, id, file, &request, &data)
-                .map(|p| p.unwrap_or_else(|| ok(id))),
-        ),
-    };
-    Done {
-        reply: Reply::Packet(reply),
-        notice,
-        received,
-        sent: 0,
-        setstat,
-        took: started.elapsed(),
-    }
-}
-
-fn fsetstat(file: &EncryptedFile, a: &FileAttributes) -> Result<(), SftpError> {
-    let current = file.attributes()?;
-    check_owner(a, &current)?;
-    if let Some(size) = a.size {
-        file.set_len(size)?;
-    }
-    if let Some(p) = a.permissions {
-        file.set_permissions(client_mode(p))?;
-    }
-    if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
-        file.set_times(i64::from(at), i64::from(mt))?;
-    }
-    Ok(())
 }

@@ -8,8 +8,9 @@ use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, WriteHalf};
 
 use super::budget::ConnectionBudget;
+use super::paths::{READDIR_BATCH, READDIR_REPLY_BYTES};
 use super::wire::Writer;
-use super::{READDIR_BATCH, READDIR_REPLY_BYTES, SftpConfig, StreamReplies, serve};
+use super::{SftpConfig, StreamReplies, serve};
 use crate::keys::DataKey;
 use crate::store::UserStore;
 use crate::store::storage::LocalStorage;
