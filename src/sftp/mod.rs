@@ -69,6 +69,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::observe::{Outcome, Reporter};
+// `outcome_of` is also for `paths`: how a request's result is reported.
+use crate::outcome::{blocking, is_integrity, outcome_of, status_name};
 use crate::store::UserStore;
 use crate::username::UserName;
 use budget::ConnectionBudget;
@@ -323,10 +325,7 @@ fn ok(id: u32) -> Packet {
 
 fn error_reply(id: u32, err: &SftpError) -> Packet {
     let (code, msg) = to_status(err);
-    if matches!(
-        err,
-        SftpError::Store(crate::store::StoreError::Integrity(_))
-    ) {
+    if is_integrity(err) {
         warn!(error = %err, "integrity failure reported to client");
     } else {
         // The message may quote the client (an extension's name).
@@ -335,27 +334,13 @@ fn error_reply(id: u32, err: &SftpError) -> Packet {
     status(id, code, &msg)
 }
 
-/// How an operation's result is reported: ok, or the status name and the
-/// message the client was given.
-fn outcome_of<T>(result: &Result<T, SftpError>) -> Outcome {
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            // The detail, not the client's generic text: the audit log is
-            // where an operator learns what went wrong.
-            let (code, msg) = status::describe(e);
-            Err((status::status_name(code), msg))
-        }
-    }
-}
-
 /// The outcome a status reply carries (any other reply is a success).
 fn outcome_of_reply(reply: &Reply) -> Outcome {
     match reply {
         Reply::Packet(Packet::Status(s))
             if s.status_code != StatusCode::Ok && s.status_code != StatusCode::Eof =>
         {
-            Err((status::status_name(s.status_code), s.error_message.clone()))
+            Err((status_name(s.status_code), s.error_message.clone()))
         }
         _ => Ok(()),
     }
@@ -363,17 +348,6 @@ fn outcome_of_reply(reply: &Reply) -> Outcome {
 
 fn reply_of(id: u32, result: Result<Packet, SftpError>) -> Packet {
     result.unwrap_or_else(|e| error_reply(id, &e))
-}
-
-/// Runs blocking store work off the async threads (SFTP and scp share it).
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T, SftpError>
-where
-    F: FnOnce() -> Result<T, SftpError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| SftpError::Internal)?
 }
 
 impl Session {
