@@ -41,6 +41,9 @@
 //! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
 //!   process; the HTTP API of the original EaaS).
 //!
+//! Below them all, `sync` holds the one poison-tolerant `lock` every module
+//! uses for its mutexes.
+//!
 //! What this crate does not do: it never decrypts a file to disk, never
 //! writes a data key unwrapped, and never lets a client path reach the
 //! filesystem without going through [`jail`] and [`store::storage`].
@@ -61,5 +64,6 @@ pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+mod sync;
 pub mod upload;
 pub mod username;

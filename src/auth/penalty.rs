@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::PenaltyConfig;
+use crate::sync::lock;
 
 /// The unit penalties and per-source caps count in: an IPv4 address or
 /// the /64 of an IPv6 address (an IPv4-mapped IPv6 address is its IPv4
@@ -121,7 +122,7 @@ impl Penalties {
         if self.is_exempt(ip) {
             return Admission::Allowed;
         }
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = lock(&self.sources);
         let Some(entry) = sources.get_mut(&Source::of(ip)) else {
             return Admission::Allowed;
         };
@@ -140,7 +141,7 @@ impl Penalties {
         if self.is_exempt(ip) {
             return false;
         }
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = lock(&self.sources);
         sources
             .get(&Source::of(ip))
             .and_then(|e| self.banned_for(e, now))
@@ -153,7 +154,7 @@ impl Penalties {
             return FailureOutcome::NotBanned;
         }
         let source = Source::of(ip);
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = lock(&self.sources);
         if !sources.contains_key(&source) && sources.len() >= self.config.max_sources {
             sources.retain(|_, e| e.until > now);
             if sources.len() >= self.config.max_sources {
@@ -187,7 +188,7 @@ impl Penalties {
         if self.is_exempt(ip) {
             return Duration::ZERO;
         }
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = lock(&self.sources);
         sources
             .get(&Source::of(ip))
             .map_or(Duration::ZERO, |e| e.until.saturating_duration_since(now))
@@ -197,7 +198,7 @@ impl Penalties {
     /// needs it).
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {
-        self.sources.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.sources).len()
     }
 }
 

@@ -9,10 +9,11 @@
 //! [`KeyCache::purge_expired`] periodically.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::DataKey;
+use crate::sync::lock;
 use crate::username::UserName;
 
 /// Longest TTL honoured; longer ones are cut to this. A year is far beyond
@@ -41,7 +42,7 @@ impl KeyCache {
     /// The user's key if some session (or the TTL) still holds it.
     pub(crate) fn get(&self, user: &UserName) -> Option<Arc<DataKey>> {
         let now = Instant::now();
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         sweep(&mut entries, now);
         let entry = entries.get_mut(user)?;
         let key = entry.key.upgrade()?;
@@ -53,7 +54,7 @@ impl KeyCache {
     /// is already cached, that one is returned and `key` is dropped.
     pub(crate) fn insert(&self, user: &UserName, key: DataKey) -> Arc<DataKey> {
         let now = Instant::now();
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         sweep(&mut entries, now);
         if let Some(entry) = entries.get_mut(user)
             && let Some(existing) = entry.key.upgrade()
@@ -73,13 +74,13 @@ impl KeyCache {
 
     /// Drops keys whose TTL has passed and that no session holds.
     pub(crate) fn purge_expired(&self) {
-        sweep(&mut self.lock(), Instant::now());
+        sweep(&mut lock(&self.entries), Instant::now());
     }
 
     /// Number of users whose key is in memory.
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
-        let mut entries = self.lock();
+        let mut entries = lock(&self.entries);
         sweep(&mut entries, Instant::now());
         entries.len()
     }
@@ -90,11 +91,6 @@ impl KeyCache {
             let until = now.checked_add(ttl).unwrap_or(now);
             entry.pinned = Some((Arc::clone(key), until));
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<UserName, Entry>> {
-        // The map stays consistent whatever panicked while holding it.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
@@ -27,6 +27,7 @@ pub use data_key::{DATA_KEY_LEN, DataKey};
 
 use crate::atomic_file;
 use crate::kms::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::sync::lock;
 use crate::username::UserName;
 use cache::KeyCache;
 use key_file::KeyRecord;
@@ -332,19 +333,19 @@ impl UserKeys {
 
     /// Runs `f` holding the user's lock.
     fn with_user_lock<T>(&self, user: &UserName, f: impl FnOnce() -> T) -> T {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let user_lock = {
+            let mut locks = lock(&self.locks);
             Arc::clone(locks.entry(user.clone()).or_default())
         };
         let result = {
             // The lock guards no data, so a poisoned one is as good as any.
-            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _guard = lock(&user_lock);
             f()
         };
-        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut locks = lock(&self.locks);
         // Clones are taken only under `locks`, so a count of 2 (the map's and
         // ours) means no other thread is using or waiting for this lock.
-        if Arc::strong_count(&lock) == 2 {
+        if Arc::strong_count(&user_lock) == 2 {
             locks.remove(user);
         }
         result

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Event, EventKind};
+use crate::sync::lock;
 
 /// Upper bounds (seconds) of the key-service latency buckets: a local RSA
 /// unwrap takes about a millisecond, an EaaS round trip tens of
@@ -73,10 +74,6 @@ impl HistogramVec {
         h.sum += seconds;
         h.count += 1;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every metric of the server.

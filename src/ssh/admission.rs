@@ -23,6 +23,7 @@ use tracing::warn;
 
 use crate::auth::penalty::Source;
 use crate::config::LimitsConfig;
+use crate::sync::lock;
 
 /// Refusals are logged at most this often (with a count of those in
 /// between), so a flood cannot flood the log too.
@@ -122,7 +123,7 @@ struct WaitingPlace {
 
 impl Drop for WaitingPlace {
     fn drop(&mut self) {
-        let mut state = self.admission.lock();
+        let mut state = lock(&self.admission.state);
         state.waiting = state.waiting.saturating_sub(1);
         if let Some(n) = state.waiting_per_source.get_mut(&self.source) {
             *n -= 1;
@@ -185,7 +186,7 @@ impl Admission {
     /// allow.
     fn enqueue(self: &Arc<Self>, source: Source) -> Result<WaitingPlace, Refusal> {
         let (overall, per_source) = self.waiting_caps();
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let from_source = state.waiting_per_source.get(&source).copied().unwrap_or(0);
         if state.waiting >= overall || from_source >= per_source {
             return Err(Refusal::QueueFull);
@@ -198,10 +199,6 @@ impl Admission {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// `limits.max_channels_per_connection`.
     pub(super) fn max_channels_per_connection(&self) -> usize {
         self.limits.max_channels_per_connection
@@ -210,7 +207,7 @@ impl Admission {
     /// A place for a new connection from `ip`, which has not logged in yet.
     pub(super) fn startup(self: &Arc<Self>, ip: IpAddr) -> Result<StartupSlot, Refusal> {
         let source = Source::of(ip);
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         if state.startups >= self.limits.max_startups {
             return Err(Refusal::Startups);
         }
@@ -228,7 +225,7 @@ impl Admission {
 
     /// A place for a session of `user`, who has just authenticated.
     pub(super) fn session(self: &Arc<Self>, user: &str) -> Result<SessionSlot, Refusal> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         if state.sessions >= self.limits.max_sessions {
             return Err(Refusal::Sessions);
         }
@@ -246,7 +243,7 @@ impl Admission {
 
     /// Logs a refused connection, at most once per [`LOG_EVERY`].
     pub(super) fn log_refusal(&self, refusal: Refusal, peer: std::net::SocketAddr) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let now = Instant::now();
         if state
             .last_log
@@ -263,14 +260,14 @@ impl Admission {
 
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
-        let s = self.lock();
+        let s = lock(&self.state);
         (s.startups, s.sessions)
     }
 }
 
 impl Drop for StartupSlot {
     fn drop(&mut self) {
-        let mut state = self.admission.lock();
+        let mut state = lock(&self.admission.state);
         state.startups = state.startups.saturating_sub(1);
         if let Some(n) = state.startups_per_source.get_mut(&self.source) {
             *n -= 1;
@@ -285,7 +282,7 @@ impl Drop for StartupSlot {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let mut state = self.admission.lock();
+        let mut state = lock(&self.admission.state);
         state.sessions = state.sessions.saturating_sub(1);
         if let Some(n) = state.sessions_per_user.get_mut(&self.user) {
             *n -= 1;
@@ -330,14 +327,18 @@ mod tests {
             !waiter.is_finished(),
             "took a place beyond the per-source cap"
         );
-        assert_eq!(a.lock().waiting, 1);
+        assert_eq!(lock(&a.state).waiting, 1);
         drop(first);
         let slot = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("the waiter was not woken")
             .unwrap();
         assert!(slot.is_ok());
-        assert_eq!(a.lock().waiting, 0, "the waiting place was not given back");
+        assert_eq!(
+            lock(&a.state).waiting,
+            0,
+            "the waiting place was not given back"
+        );
     }
 
     #[tokio::test]
@@ -361,7 +362,7 @@ mod tests {
             }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(a.lock().waiting, 12);
+        assert_eq!(lock(&a.state).waiting, 12);
         assert_eq!(
             a.wait_startup(ip("10.0.0.1"), later).await.err(),
             Some(Refusal::QueueFull)

@@ -86,7 +86,7 @@ fn poll_for<T>(spin: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T>
 /// Takes the next job: polls for a while (see [`SPIN_NANOS`]), then sleeps
 /// until one comes; `None` when the queue is closed.
 fn next_job(rx: &Mutex<Receiver<Job>>) -> Option<Job> {
-    let lock = || rx.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || crate::sync::lock(rx);
     let polled = poll_for(spin(), || match lock().try_recv() {
         Ok(job) => Some(Some(job)),
         Err(TryRecvError::Disconnected) => Some(None),

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
+use crate::sync::lock;
+
 /// The `PATH` a scanner runs with: the usual system directories, none
 /// writable by ordinary users.
 pub(crate) const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -466,15 +468,9 @@ impl Slots {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        // The state is counts only; a panic while holding it left them
-        // consistent (every change is a single statement).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Waits for a slot for `user` until `deadline`; `None` if none came.
     fn acquire(&self, user: &str, deadline: Instant) -> Option<Slot<'_>> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state
@@ -566,7 +562,7 @@ impl SlotState {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.slots.lock().release(&self.user);
+        lock(&self.slots.state).release(&self.user);
         self.slots.changed.notify_all();
     }
 }

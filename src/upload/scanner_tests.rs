@@ -267,7 +267,12 @@ fn a_freed_slot_goes_to_the_user_served_least_recently() {
     let far = Instant::now() + LONG;
     let first = slots.acquire("alice", far).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let waiting = |user: &str| slots.lock().users.get(user).map_or(0, |u| u.waiting.len());
+    let waiting = |user: &str| {
+        lock(&slots.state)
+            .users
+            .get(user)
+            .map_or(0, |u| u.waiting.len())
+    };
     let mut threads = Vec::new();
     // Alice queues first, then bob: bob still goes first.
     for user in ["alice", "bob"] {
@@ -291,7 +296,10 @@ fn a_freed_slot_goes_to_the_user_served_least_recently() {
     for t in threads {
         t.join().unwrap();
     }
-    assert!(slots.lock().users.is_empty(), "idle users are forgotten");
+    assert!(
+        lock(&slots.state).users.is_empty(),
+        "idle users are forgotten"
+    );
     assert_eq!(per_user_share(1), 1);
     assert_eq!(per_user_share(2), 1);
     assert_eq!(per_user_share(5), 2);

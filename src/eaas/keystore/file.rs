@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rsa::pkcs8::der::pem::PemLabel;
 use rsa::pkcs8::{
@@ -29,6 +29,7 @@ use super::{Generated, KeyBits, KeyStore, KeyStoreError, MIN_KEY_BITS, max_plain
 use crate::atomic_file;
 use crate::eaas::passphrase::Passphrase;
 use crate::eaas::secret::{KEY_FILE_SUFFIX, KeyId};
+use crate::sync::lock;
 
 /// An encrypted PEM of a 16384-bit key is about 13 KiB; anything bigger is
 /// not a key file.
@@ -111,10 +112,7 @@ impl FileKeyStore {
         if let Some(key) = self.cached(id) {
             return Ok(key);
         }
-        let _guard = self
-            .load_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = lock(&self.load_lock);
         if let Some(key) = self.cached(id) {
             return Ok(key);
         }
@@ -128,15 +126,11 @@ impl FileKeyStore {
     }
 
     fn cached(&self, id: &KeyId) -> Option<Arc<RsaPrivateKey>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+        lock(&self.cache).get(id).cloned()
     }
 
     fn remember(&self, id: &KeyId, key: Arc<RsaPrivateKey>) {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = lock(&self.cache);
         if cache.len() >= MAX_CACHED_KEYS
             && !cache.contains_key(id)
             && let Some(evict) = cache.keys().next().cloned()
@@ -152,10 +146,7 @@ impl KeyStore for FileKeyStore {
     /// create one key between them.
     fn generate(&self, id: &KeyId) -> Result<Generated, KeyStoreError> {
         let path = self.key_file(id);
-        let _guard = self
-            .generate_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = lock(&self.generate_lock);
         if exists(&path)? {
             return Ok(Generated::Existed);
         }

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -41,6 +41,7 @@ use zeroize::Zeroizing;
 use super::{Generated, KeyBits, KeyStore, KeyStoreError, MIN_KEY_BITS, max_plaintext_len};
 use crate::eaas::config::Pkcs11Settings;
 use crate::eaas::secret::KeyId;
+use crate::sync::lock;
 
 /// Idle sessions kept open for later requests; more may be open while
 /// requests run, and are closed when done.
@@ -246,12 +247,8 @@ impl Pkcs11KeyStore {
             }
             Err(e) => return Err(failed(e)),
         }
-        store.lock_idle().push(session);
+        lock(&store.idle).push(session);
         Ok(store)
-    }
-
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Session>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Logs `session` in as the user unless the application is logged in
@@ -268,7 +265,7 @@ impl Pkcs11KeyStore {
 
     /// A logged-in session: an idle one, or a new one.
     fn session(&self) -> Result<Lease<'_>, KeyStoreError> {
-        let idle = self.lock_idle().pop();
+        let idle = lock(&self.idle).pop();
         if let Some(session) = idle {
             match self.log_in(&session) {
                 Ok(()) => return Ok(Lease::new(self, session)),
@@ -357,10 +354,7 @@ impl Pkcs11KeyStore {
 
 impl KeyStore for Pkcs11KeyStore {
     fn generate(&self, id: &KeyId) -> Result<Generated, KeyStoreError> {
-        let _guard = self
-            .generate_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = lock(&self.generate_lock);
         let session = self.session()?;
         if self.find(&session, id, ObjectClass::PRIVATE_KEY)?.is_some() {
             session.keep();
@@ -504,7 +498,7 @@ impl Drop for Lease<'_> {
             return;
         };
         if self.keep.get() {
-            let mut idle = self.store.lock_idle();
+            let mut idle = lock(&self.store.idle);
             if idle.len() < MAX_IDLE_SESSIONS {
                 idle.push(session);
                 return;
@@ -857,7 +851,7 @@ mod tests {
 
             // With every session closed the token logs the application out;
             // the next request logs in again.
-            store.lock_idle().clear();
+            lock(&store.idle).clear();
             assert_eq!(&**store.decrypt(&key, &c1).unwrap(), dek.as_bytes());
             // A new store (as after a restart) uses the same key.
             assert_eq!(&**open().decrypt(&key, &c2).unwrap(), dek.as_bytes());

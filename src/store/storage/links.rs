@@ -34,6 +34,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use super::LocalStorage;
+use crate::sync::lock;
 
 /// Most entries looked at when a directory is renamed to a shallower
 /// depth: beyond it the rename is refused rather than walk on (a client's
@@ -166,7 +167,7 @@ static LINK_LOCKS: LazyLock<Mutex<LockTable>> = LazyLock::new(|| Mutex::new(Hash
 pub(super) fn link_lock(root: &OwnedFd) -> io::Result<Arc<Mutex<()>>> {
     let st = rustix::fs::fstat(root)?;
     let key = (st.st_dev, st.st_ino);
-    let mut table = LINK_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut table = lock(&LINK_LOCKS);
     if let Some(lock) = table.get(&key).and_then(Weak::upgrade) {
         return Ok(lock);
     }
@@ -185,7 +186,7 @@ impl LocalStorage {
     /// Holds the root's link lock (a panic elsewhere leaves nothing to
     /// repair: the lock guards no data).
     pub(super) fn link_guard(&self) -> MutexGuard<'_, ()> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.links)
     }
 
     /// Refuses to act on the root itself through `fd` (reached by its own
