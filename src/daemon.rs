@@ -1,6 +1,36 @@
 //! What both long-running binaries (`dropzone serve`, `dropzone-eaas serve`)
 //! do the same way: log to stderr and stop on SIGTERM or SIGINT; SIGHUP
-//! asks for log files to be reopened.
+//! asks for log files to be reopened; a configuration error exits with
+//! [`EXIT_CONFIG`], any other error with 1.
+
+/// Exit status for a configuration error, as documented for operators
+/// (both `dropzone` and `dropzone-eaas`).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// A configuration error: the binaries say "configuration error" and exit
+/// with [`EXIT_CONFIG`] (see [`exit_status`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFailure(pub String);
+
+/// The exit status of a command `program` ran, and its error on stderr:
+/// [`EXIT_CONFIG`] for a [`ConfigFailure`], 1 for any other error.
+pub fn exit_status(
+    program: &str,
+    result: anyhow::Result<std::process::ExitCode>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigFailure>() {
+                eprintln!("{program}: configuration error: {c}");
+                return std::process::ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Structured logs on stderr, filtered by `RUST_LOG` (default `info`),
 /// colored only on a terminal.

@@ -193,6 +193,16 @@ pub fn parse_file(text: &str) -> (Vec<AuthorizedKey>, Vec<(usize, KeyLineError)>
     (keys, errors)
 }
 
+/// The key lines of an `authorized_keys` (or `.pub`) file as
+/// `dropzone user add --authorized-key` copies them into the users file:
+/// trimmed, without blank lines and `#` comments. They are checked when
+/// added ([`crate::auth::users_file::UsersFile::add_user`]).
+pub fn key_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
 /// The enforceable options of one line.
 #[derive(Default)]
 struct Options {
@@ -707,5 +717,15 @@ mod tests {
         fn parse_never_panics_on_any_text(line in "\\PC{0,120}") {
             let _ = parse_file(&line);
         }
+    }
+
+    #[test]
+    fn key_lines_drop_blanks_and_comments_and_trim() {
+        let text = "# alice's keys\n\n  ssh-ed25519 AAAA a@b  \r\n\t\n#ssh-rsa B\nfrom=\"10.0.0.0/8\" ssh-ed25519 C\n";
+        assert_eq!(
+            key_lines(text).collect::<Vec<_>>(),
+            ["ssh-ed25519 AAAA a@b", "from=\"10.0.0.0/8\" ssh-ed25519 C"]
+        );
+        assert_eq!(key_lines("").count(), 0);
     }
 }

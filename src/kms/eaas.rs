@@ -29,7 +29,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::blocking::Client;
@@ -39,6 +39,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::sync::lock;
 
 pub mod reply;
 
@@ -293,20 +294,13 @@ impl KeyWrapper for EaasKms {
         let body = Self::body(under, None, None)?;
         let reply = self.call(Op::Generate, &body)?;
         tracing::info!(url = %self.base, master = %under, info = %reply.info(), "key service master key ready");
-        self.ensured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(under.clone());
+        lock(&self.ensured).insert(under.clone());
         Ok(())
     }
 
     fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
         check_secret(&under.secret_path, &under.secret_version)?;
-        let known = self
-            .ensured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(under);
+        let known = lock(&self.ensured).contains(under);
         if !known {
             self.ensure_master_key(under)?;
         }
@@ -371,12 +365,7 @@ fn check_secret(path: &str, version: &str) -> Result<(), KmsError> {
             path.chars().take(40).collect::<String>()
         )));
     }
-    let version_ok =
-        (1..=9).contains(&version.len()) && version.bytes().all(|b| b.is_ascii_digit());
-    if !version_ok {
-        return Err(KmsError::InvalidVersion(version.chars().take(32).collect()));
-    }
-    Ok(())
+    super::version::check(version)
 }
 
 /// Reads a bearer token: the file's first line, trimmed.

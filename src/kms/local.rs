@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use super::{KeyWrapper, KmsError, MasterKeyRef};
 use crate::atomic_file;
+use crate::sync::lock;
 
 /// The `secret_path` of every local master key.
 pub const SECRET_PATH: &str = "local";
@@ -32,9 +33,6 @@ pub const KEY_BITS: usize = 3072;
 const MIN_KEY_BITS: usize = 2048;
 /// A PEM of a 16384-bit key is about 13 KiB; anything bigger is not a key.
 const MAX_PEM_LEN: u64 = 64 * 1024;
-/// A version becomes part of a file name; nine digits keep it short and
-/// within `u32`.
-const MAX_VERSION_DIGITS: usize = 9;
 
 /// RSA-3072 master keys in `key_dir`, loaded lazily and cached in memory.
 ///
@@ -62,7 +60,7 @@ impl LocalKms {
     /// A local backend keeping its keys in `key_dir` (created with mode 0700
     /// if missing) that wraps new keys under version `secret_version`.
     pub fn new(key_dir: PathBuf, secret_version: String) -> Result<Self, KmsError> {
-        check_version(&secret_version)?;
+        super::version::check(&secret_version)?;
         atomic_file::create_private_dir(&key_dir).map_err(|e| io_error(&key_dir, e))?;
         atomic_file::remove_stale_temps(&key_dir, atomic_file::STALE_TEMP_AGE);
         Ok(LocalKms {
@@ -91,11 +89,11 @@ impl LocalKms {
             )));
         }
         let version = under.secret_version.as_str();
-        check_version(version)?;
+        super::version::check(version)?;
         if let Some(key) = self.cached(version) {
             return Ok(key);
         }
-        let _guard = self.load.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = lock(&self.load);
         if let Some(key) = self.cached(version) {
             return Ok(key);
         }
@@ -112,19 +110,12 @@ impl LocalKms {
             Err(LoadError::Failed(e)) => return Err(e),
         };
         let key = Arc::new(key);
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(version.to_owned(), Arc::clone(&key));
+        lock(&self.keys).insert(version.to_owned(), Arc::clone(&key));
         Ok(key)
     }
 
     fn cached(&self, version: &str) -> Option<Arc<RsaPrivateKey>> {
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(version)
-            .cloned()
+        lock(&self.keys).get(version).cloned()
     }
 
     /// Generates version `version` and stores it, unless another process
@@ -207,16 +198,6 @@ impl KeyWrapper for LocalKms {
 }
 
 /// Accepts 1 to 9 decimal digits, so the version is safe in a file name.
-fn check_version(version: &str) -> Result<(), KmsError> {
-    let ok = (1..=MAX_VERSION_DIGITS).contains(&version.len())
-        && version.bytes().all(|b| b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(KmsError::InvalidVersion(version.chars().take(32).collect()))
-    }
-}
-
 fn file_name(version: &str) -> String {
     format!("master-v{version}.pem")
 }

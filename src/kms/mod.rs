@@ -8,9 +8,16 @@
 //! - [`local::LocalKms`]: RSA-3072 keys in PEM files on this host (default).
 //! - [`eaas::EaasKms`]: RSA keys held by a key service over HTTP (the
 //!   original Dropzone's EaaS API; `dropzone-eaas` is the reference service).
+//!
+//! [`SecretVersion`] is the one rule for a master key version (1 to 9
+//! decimal digits), used by the configuration, the command line and both
+//! backends.
 
 pub mod eaas;
 pub mod local;
+mod version;
+
+pub use version::{InvalidSecretVersion, SecretVersion};
 
 /// Identifies one master key version at a backend.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

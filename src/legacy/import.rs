@@ -24,7 +24,7 @@ use super::walk::{self, PlannedFile};
 use crate::keys::{DataKey, KeyError, UserKeys};
 use crate::kms::{KeyWrapper, MasterKeyRef};
 use crate::store::format::CHUNK_SIZE;
-use crate::store::storage::{Kind, LocalStorage, ObjectPath};
+use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{OpenOptions, StoreError, UserStore};
 use crate::username::UserName;
 
@@ -327,11 +327,10 @@ impl Run<'_> {
                 Some(Err(e)) => return Err(format!("Dropzone key: {e}")),
             };
             match key {
-                Some(key) if root.is_dir() => {
-                    let storage = LocalStorage::open_root(&root)
-                        .map_err(|e| format!("{}: {e}", root.display()))?;
-                    Some(UserStore::new(Arc::new(storage), key))
-                }
+                Some(key) if root.is_dir() => Some(
+                    crate::store::open_user(&self.opts.data_dir, user, key)
+                        .map_err(|e| format!("{}: {e}", root.display()))?,
+                ),
                 _ => None,
             }
         } else {
@@ -347,9 +346,10 @@ impl Run<'_> {
                 user: name.clone(),
                 note: format!("{what} Dropzone key {}", keys.key_file_path(user).display()),
             });
-            let storage =
-                LocalStorage::open_root(&root).map_err(|e| format!("{}: {e}", root.display()))?;
-            Some(UserStore::new(Arc::new(storage), key))
+            Some(
+                crate::store::open_user(&self.opts.data_dir, user, key)
+                    .map_err(|e| format!("{}: {e}", root.display()))?,
+            )
         };
         Ok(UserContext { legacy_key, store })
     }

@@ -20,7 +20,6 @@ use crate::auth::penalty::FailureOutcome;
 use crate::keys::KeyError;
 use crate::observe::{self, UserSession};
 use crate::store::UserStore;
-use crate::store::storage::LocalStorage;
 use crate::username::UserName;
 
 /// A logged-in user's view of the store.
@@ -371,9 +370,8 @@ impl Connection {
             // The key first: the user's directory is created only once the
             // key is known to be available.
             let key = ctx.keys.get_or_create(&n).map_err(LoginFailure::Key)?;
-            let storage = LocalStorage::open_root(&ctx.data_dir.join(n.as_str()))
-                .map_err(LoginFailure::Root)?;
-            let store = UserStore::new(Arc::new(storage), key)
+            let store = crate::store::open_user(&ctx.data_dir, &n, key)
+                .map_err(LoginFailure::Root)?
                 .with_max_file_size(ctx.sftp.max_file_size)
                 .with_stop_signal(ctx.store_stop.child());
             Ok(match &ctx.uploads {

@@ -19,6 +19,7 @@ mod admission;
 mod connection;
 pub mod descriptors;
 pub mod host_keys;
+pub mod probe;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
 use crate::observe::Observer;
 use crate::sftp::SftpConfig;
+use crate::sync::lock;
 
 /// How long a graceful stop waits for open sessions to finish their files.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -148,7 +150,7 @@ impl ServerContext {
     /// `dropzone user add` takes effect without a restart). A file that no
     /// longer parses keeps the previous users and is logged.
     fn authenticator(&self) -> Arc<Authenticator> {
-        let mut cache = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = lock(&self.users);
         let now = modified_time(&self.users_file);
         if now != cache.modified {
             match Authenticator::load(&self.users_file) {
@@ -353,11 +355,7 @@ async fn serve_connection(
                 return;
             }
             info!(%peer, "login grace time exceeded");
-            let handle = handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&conn_id)
-                .cloned();
+            let handle = lock(&handles).get(&conn_id).cloned();
             if let Some(handle) = handle {
                 // Polite first; a session stuck in key exchange may never
                 // send it, hence the bound.
@@ -385,17 +383,11 @@ async fn serve_connection(
     let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, socket);
     match russh::server::run_stream(config, socket, handler).await {
         Ok(running) => {
-            handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(conn_id, running.handle());
+            lock(&handles).insert(conn_id, running.handle());
             if let Err(e) = running.await {
                 tracing::debug!(%peer, error = %e, "session ended with an error");
             }
-            handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&conn_id);
+            lock(&handles).remove(&conn_id);
         }
         Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
     }
@@ -537,12 +529,7 @@ pub async fn run(
     // Long store work would hold its session past the grace period: stop it.
     ctx.store_stop.raise();
     tokens.closing.cancel();
-    let open: Vec<_> = handles
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .map(|(_, h)| h)
-        .collect();
+    let open: Vec<_> = lock(&handles).drain().map(|(_, h)| h).collect();
     // Each disconnect is a message to the session's connection loop. A loop
     // that is stuck (its channel's queue full behind a client that stopped
     // reading) never takes it, and its queue may be full too: send them all

@@ -46,15 +46,20 @@ mod upload_tests;
 
 use std::collections::HashMap;
 use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use crate::keys::DataKey;
+use crate::sync::lock;
+use crate::username::UserName;
 use bounds::Bounds;
 pub use bounds::StopSignal;
 use file::FileState;
 use format::FormatError;
-use storage::{Access, Kind, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
+use storage::{
+    Access, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, StagedToken, Storage,
+};
 pub use upload::{Rejection, Upload, UploadGate};
 
 /// What went wrong in the store.
@@ -151,10 +156,14 @@ type OpenFileTable = HashMap<(u64, u64), Weak<Mutex<FileState>>>;
 /// concurrent writer).
 static OPEN_FILES: LazyLock<Mutex<OpenFileTable>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// Locks a mutex, recovering the data if a panic poisoned it: the state is
-/// only a cache over the on-disk file, whose MACs catch any inconsistency.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Opens the store of `user` under `data_dir` (their root is
+/// `data_dir/NAME`, created with mode 0700 if missing), encrypted under
+/// `key`: what a login, `dropzone verify`, `dropzone decrypt` and the
+/// legacy import all start from. The caller adds a size limit, a stop
+/// signal or an upload gate where it needs them.
+pub fn open_user(data_dir: &Path, user: &UserName, key: Arc<DataKey>) -> io::Result<UserStore> {
+    let storage = LocalStorage::open_root(&data_dir.join(user.as_str()))?;
+    Ok(UserStore::new(Arc::new(storage), key))
 }
 
 /// A user's tree of encrypted files.
