@@ -9,11 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
+use dropzone::daemon::ConfigFailure;
 use dropzone::eaas::config::{self, Config};
 use dropzone::eaas::server::{self, PASSPHRASE_ENV, StartError};
-
-/// Exit status for a configuration error, as for `dropzone`.
-const EXIT_CONFIG: u8 = 2;
 
 /// dropzone-eaas: RSA keys per secret path and version behind the HTTP API
 /// of the original EaaS, encrypted at rest.
@@ -38,27 +36,12 @@ enum Command {
     },
 }
 
-/// A configuration error: exit status [`EXIT_CONFIG`].
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct ConfigFailure(String);
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            if let Some(c) = e.downcast_ref::<ConfigFailure>() {
-                eprintln!("dropzone-eaas: configuration error: {c}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            eprintln!("dropzone-eaas: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    dropzone::daemon::exit_status("dropzone-eaas", result)
 }
 
 fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kms::SecretVersion;
+
 mod audit;
 mod limits;
 mod metrics;
@@ -195,7 +197,7 @@ pub struct KmsConfig {
     /// Directory of the local backend's master keys.
     pub local_key_dir: PathBuf,
     /// Master key version new user keys are wrapped under (local backend).
-    pub local_secret_version: String,
+    pub local_secret_version: SecretVersion,
     /// `[kms.eaas]`, if present.
     pub eaas: Option<EaasConfig>,
 }
@@ -209,7 +211,7 @@ pub struct EaasConfig {
     pub secret_path: String,
     /// Version of that key pair new user keys are wrapped under (1-9
     /// decimal digits; a TOML number is accepted too, as the original did).
-    pub secret_version: String,
+    pub secret_version: SecretVersion,
     /// A file whose first line is the bearer token sent to the service.
     pub token_file: Option<PathBuf>,
     /// PEM CA certificates for an `https` URL (default: the system's roots).
@@ -276,11 +278,8 @@ impl Config {
                         ));
                     }
                 };
-                if !is_version(&secret_version) {
-                    return Err(format!(
-                        "kms.eaas.secret_version = {secret_version:?}: expected 1-9 decimal digits"
-                    ));
-                }
+                let secret_version = SecretVersion::parse(&secret_version)
+                    .map_err(|e| format!("kms.eaas.secret_version = {secret_version:?}: {e}"))?;
                 let timeout = |name: &str, secs: Option<u64>, default: u64| match secs {
                     Some(0) => Err(format!("kms.eaas.{name} must be at least 1")),
                     Some(s) => Ok(Duration::from_secs(s)),
@@ -302,11 +301,8 @@ impl Config {
             return Err("kms.backend = \"eaas\" needs a [kms.eaas] table".into());
         }
         let local_secret_version = raw.kms.local.secret_version.unwrap_or_else(|| "1".into());
-        if !is_version(&local_secret_version) {
-            return Err(format!(
-                "kms.local.secret_version = {local_secret_version:?}: expected 1-9 decimal digits"
-            ));
-        }
+        let local_secret_version = SecretVersion::parse(&local_secret_version)
+            .map_err(|e| format!("kms.local.secret_version = {local_secret_version:?}: {e}"))?;
         let max_auth_attempts = raw.auth.max_auth_attempts.unwrap_or(6);
         if max_auth_attempts == 0 {
             return Err("auth.max_auth_attempts must be at least 1".into());
@@ -373,12 +369,6 @@ fn is_pam_service_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// A master key version: 1 to 9 decimal digits (safe in file names, fits
-/// in `u32`).
-pub fn is_version(v: &str) -> bool {
-    (1..=9).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -469,7 +459,7 @@ mod tests {
         )
         .unwrap();
         let e = c.kms.eaas.unwrap();
-        assert_eq!(e.secret_version, "2");
+        assert_eq!(e.secret_version.as_str(), "2");
         assert_eq!(e.connect_timeout, Duration::from_secs(5));
         assert_eq!(e.request_timeout, Duration::from_secs(15));
         assert_eq!(e.token_file, None);

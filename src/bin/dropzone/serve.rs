@@ -1,0 +1,195 @@
+//! `dropzone serve`: the SSH/SFTP server.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use dropzone::config::Config;
+use dropzone::daemon::ConfigFailure;
+use dropzone::kms::KeyWrapper;
+use dropzone::observe::kms::ObservedKeyWrapper;
+use dropzone::observe::{AuditLog, Metrics, Observer};
+use dropzone::sftp::SftpConfig;
+use dropzone::ssh;
+
+use crate::setup::{ConfigArg, key_wrapper, load_config, user_keys_with};
+
+/// Run the SSH/SFTP server.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    serve(&load_config(&args.config)?)
+}
+
+fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+    dropzone::daemon::init_logging();
+    let metrics = Arc::new(Metrics::new());
+    let audit = match &config.audit.log_file {
+        Some(path) => Some(
+            AuditLog::start(path.clone(), metrics.clone()).with_context(|| {
+                format!(
+                    "audit.log_file: cannot open {} for appending",
+                    path.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let observer = Observer::new(metrics.clone(), audit);
+    // The key service client is blocking and runs its own runtime thread:
+    // it is built (and, through `wrapper`, dropped) outside the async runtime.
+    // Its calls are timed for the metrics.
+    let wrapper: Arc<dyn KeyWrapper> = Arc::new(ObservedKeyWrapper::new(
+        key_wrapper(config)?,
+        metrics.clone(),
+    ));
+    let keys = user_keys_with(config, wrapper.clone())?;
+    prepare_master_key(wrapper.as_ref());
+    // The store's crypto workers poll briefly for work by default; in the
+    // server that time is better left to the transport and other sessions.
+    dropzone::store::set_crypto_polling(std::time::Duration::ZERO);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        {
+            let observer = observer.clone();
+            tokio::spawn(dropzone::daemon::on_hangup(move || observer.reopen_audit()));
+        }
+        // Bound before the SSH listener, so that the endpoint is up by the
+        // time the server says it is listening.
+        if let Some(address) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {address}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, "metrics served at http://{bound}/metrics");
+            tokio::spawn(dropzone::observe::http::serve(
+                listener,
+                metrics.clone(),
+                std::future::pending(),
+            ));
+        }
+        let host_keys = ssh::host_keys::load_or_generate(
+            &config.host_keys_dir,
+            &config.ssh.host_key_algorithms,
+        )?;
+        let descriptors =
+            ssh::descriptors::plan(ssh::descriptors::raise_open_files_limit(), &config.limits);
+        if descriptors.short {
+            tracing::warn!(
+                open_files_limit = descriptors.limit,
+                max_handles_total = descriptors.max_handles_total,
+                "the open files limit is low for limits.max_sessions and limits.max_startups: \
+                 raise it (ulimit -n, LimitNOFILE=, --ulimit nofile=) or lower those caps"
+            );
+        } else {
+            tracing::info!(
+                open_files_limit = descriptors.limit,
+                max_handles_total = descriptors.max_handles_total,
+                "open files limit"
+            );
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        sweep_abandoned_uploads(&config.data_dir);
+        let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
+            .map_err(|e| ConfigFailure(e.to_string()))?;
+        let parts = ssh::ServerParts {
+            users_file: config.auth.users_file.clone(),
+            data_dir: config.data_dir.clone(),
+            sftp: SftpConfig {
+                max_handles: config.sftp.max_handles,
+                max_handles_per_user: config.sftp.max_handles_per_user,
+                max_file_size: config.sftp.max_file_size,
+            },
+            system_users,
+            uploads: dropzone::upload::Uploads::from_config(&config.upload)
+                .map_err(ConfigFailure)?,
+            limits: config.limits.clone(),
+            observer: observer.clone(),
+            max_handles_total: descriptors.max_handles_total,
+        };
+        let (ctx, alive) =
+            ssh::ServerContext::new(keys, parts).map_err(|e| ConfigFailure(e.to_string()))?;
+        let ssh_config = Arc::new(ssh::ssh_config(
+            host_keys,
+            config.auth.max_auth_attempts,
+            &config.ssh,
+        ));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, "listening on {bound}");
+        ssh::run(
+            listener,
+            ssh_config,
+            ctx,
+            alive,
+            config.ssh.login_grace,
+            dropzone::daemon::shutdown_signal(),
+        )
+        .await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    });
+    drop(runtime);
+    drop(wrapper);
+    // The last reference: the audit writer finishes its queue (the
+    // logouts of the sessions closed at shutdown) before the process exits.
+    drop(observer);
+    result
+}
+
+/// Removes staged uploads a previous run left behind when it was killed and
+/// rolls back the in-place extensions it interrupted, before any session
+/// starts; a failure is logged, not fatal.
+fn sweep_abandoned_uploads(data_dir: &Path) {
+    let started = std::time::SystemTime::now();
+    match dropzone::store::journal::recover(data_dir, started) {
+        Ok(r) if r.swept != Default::default() || r.rolled_back > 0 => tracing::info!(
+            removed = r.swept.removed,
+            in_use = r.swept.in_use,
+            failed = r.swept.failed,
+            rolled_back = r.rolled_back,
+            "removed {} abandoned upload(s) left by an interrupted run, rolled back {} interrupted extension(s)",
+            r.swept.removed,
+            r.rolled_back
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot sweep abandoned uploads"),
+    }
+}
+
+/// Asks the backend to create the configured master key if it does not
+/// exist (for the EaaS, `/gen/key/rsa`, as the original did). A key service
+/// that is down is not fatal: logins fail closed until it is back.
+fn prepare_master_key(wrapper: &dyn KeyWrapper) {
+    let master = wrapper.current();
+    match wrapper.ensure_master_key(&master) {
+        Ok(()) => {
+            tracing::info!(backend = wrapper.backend(), master = %master, "master key ready");
+        }
+        Err(e) if e.is_transient() => tracing::warn!(
+            backend = wrapper.backend(),
+            master = %master,
+            error = %e,
+            "key service unavailable at start-up; logins are refused until it is back"
+        ),
+        Err(e) => tracing::error!(
+            backend = wrapper.backend(),
+            master = %master,
+            error = %e,
+            "the key service refused to provide the master key; logins will fail until this is fixed"
+        ),
+    }
+}

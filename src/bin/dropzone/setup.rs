@@ -1,0 +1,85 @@
+//! What the subcommands start from: the configuration (with its
+//! environment overrides) and the key service it names.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use dropzone::config::{self, Config, KmsBackend};
+use dropzone::daemon::ConfigFailure;
+use dropzone::keys::UserKeys;
+use dropzone::kms::KeyWrapper;
+use dropzone::kms::eaas::{EaasKms, EaasOptions};
+use dropzone::kms::local::LocalKms;
+
+/// `--config`, shared by every subcommand.
+#[derive(clap::Args, Clone)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, env = "DROPZONE_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+/// Loads the configuration `arg` names; `DROPZONE_LISTEN` overrides
+/// `listen`. Any failure is a [`ConfigFailure`].
+pub fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    let mut config = Config::load(&arg.config).map_err(|e| ConfigFailure(e.to_string()))?;
+    if let Ok(listen) = std::env::var("DROPZONE_LISTEN") {
+        config.listen = listen
+            .parse()
+            .map_err(|e| ConfigFailure(format!("DROPZONE_LISTEN={listen:?}: {e}")))?;
+    }
+    Ok(config)
+}
+
+/// The configured key service backend.
+pub fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
+    match config.kms.backend {
+        KmsBackend::Local => Ok(Arc::new(
+            LocalKms::new(
+                config.kms.local_key_dir.clone(),
+                config.kms.local_secret_version.to_string(),
+            )
+            .context("local key backend")?,
+        )),
+        KmsBackend::Eaas => {
+            let Some(e) = &config.kms.eaas else {
+                return Err(ConfigFailure(
+                    "kms.backend = \"eaas\" needs a [kms.eaas] table".into(),
+                )
+                .into());
+            };
+            let mut options = EaasOptions::new(
+                e.url.clone(),
+                e.secret_path.clone(),
+                e.secret_version.to_string(),
+            );
+            options.token_file = e.token_file.clone();
+            options.ca_file = e.ca_file.clone();
+            options.connect_timeout = e.connect_timeout;
+            options.request_timeout = e.request_timeout;
+            let kms =
+                EaasKms::new(options).map_err(|e| ConfigFailure(format!("[kms.eaas]: {e}")))?;
+            if kms.url().starts_with("http://") {
+                tracing::warn!(
+                    url = kms.url(),
+                    "the key service URL is plain HTTP: user keys cross the network unencrypted; \
+                     use https (with ca_file) outside a private network"
+                );
+            }
+            Ok(Arc::new(kms))
+        }
+    }
+}
+
+/// The user key directory, with keys wrapped by `wrapper`.
+pub fn user_keys_with(config: &Config, wrapper: Arc<dyn KeyWrapper>) -> anyhow::Result<UserKeys> {
+    UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl)
+        .context("user key directory")
+}
+
+/// The user key directory, with keys wrapped by the configured backend.
+pub fn user_keys(config: &Config) -> anyhow::Result<UserKeys> {
+    user_keys_with(config, key_wrapper(config)?)
+}
