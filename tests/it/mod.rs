@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod budgets;
 mod bursts;
+mod config_doc;
 mod container;
 mod crash;
 mod eaas_client;
