@@ -69,8 +69,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::observe::{Outcome, Reporter};
-// `outcome_of` is also for `paths`: how a request's result is reported.
-use crate::outcome::{blocking, is_integrity, outcome_of, status_name};
+use crate::outcome::{blocking, is_integrity, status_name};
 use crate::store::UserStore;
 use crate::username::UserName;
 use budget::ConnectionBudget;

@@ -20,9 +20,10 @@ use tracing::{debug, warn};
 
 use super::handles::DirListing;
 use super::status::SftpError;
-use super::{HANDLE_QUEUE, Session, attrs, budget, extensions, ok, outcome_of, status, worker};
+use super::{HANDLE_QUEUE, Session, attrs, budget, extensions, ok, status, worker};
 use crate::jail;
 use crate::observe::EventKind;
+use crate::outcome::outcome_of;
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{Attributes, OpenOptions};
 
