@@ -5,13 +5,14 @@
 //! key (AES-256-CBC, HMAC-SHA256 per 64 KiB chunk, see `docs/FORMAT.md`);
 //! data keys are stored only wrapped by a master key held in a key service.
 //!
-//! The crate is layered; each module uses only the ones below it:
+//! The crate is layered; each module uses only the ones listed below it
+//! (the binaries in `src/bin/` use any of them):
 //!
-//! - [`daemon`]: logging and signal handling shared by both servers.
-//! - [`config`]: the TOML configuration, parsed then validated.
 //! - [`ssh`]: the russh server: host keys, offered algorithms, login grace,
 //!   connection and session caps, authentication, session and channel
-//!   policy; hands the `sftp` subsystem to [`sftp`].
+//!   policy; hands the `sftp` subsystem to [`sftp`] and `scp` to [`scp`].
+//! - [`legacy`]: `dropzone import-legacy`: the original Dropzone's files and
+//!   keys, re-encrypted into the store (a tool above [`store`] and [`keys`]).
 //! - [`auth`]: the users file, authorized keys and password hashes, and
 //!   per-source failure penalties; Linux users through PAM and their
 //!   `~/.ssh/authorized_keys` (feature `pam`).
@@ -26,6 +27,8 @@
 //! - [`observe`]: the one path for what happened: events from `ssh`, `sftp`
 //!   and `scp` go to the audit log (JSON lines) and the Prometheus metrics;
 //!   key-service calls are timed by a wrapper around the [`kms`] backend.
+//! - [`config`]: the TOML configuration, parsed then validated into the
+//!   settings the layers above are given.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
@@ -33,16 +36,19 @@
 //!   that hides the filesystem.
 //! - [`keys`]: per-user data keys: creation, wrapped key files, the
 //!   in-memory cache that zeroizes keys after the last session.
-//! - [`username`]: the validated user name every layer shares.
 //! - [`kms`]: the [`kms::KeyWrapper`] trait and its backends (a local RSA
 //!   key file by default, or the EaaS HTTP client).
-//! - [`legacy`]: `dropzone import-legacy`: the original Dropzone's files and
-//!   keys, re-encrypted into the store (a tool above [`store`] and [`keys`]).
 //! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
 //!   process; the HTTP API of the original EaaS).
+//! - [`daemon`]: logging, signal handling and exit statuses shared by both
+//!   servers.
+//! - [`username`]: the validated user name every layer shares.
+//! - [`address_pattern`]: address lists (`from=`, `penalty_exempt`), shared
+//!   by [`auth`] and [`config`].
 //!
 //! Below them all, `sync` holds the one poison-tolerant `lock` every module
-//! uses for its mutexes.
+//! uses for its mutexes, and `atomic_file` the durable replacement of small
+//! secret files.
 //!
 //! What this crate does not do: it never decrypts a file to disk, never
 //! writes a data key unwrapped, and never lets a client path reach the

@@ -19,6 +19,7 @@ mod hardening;
 mod healthcheck;
 mod import_legacy;
 mod jail;
+mod layers;
 mod metrics;
 #[cfg(feature = "pam")]
 mod pam;
