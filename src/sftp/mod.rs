@@ -41,8 +41,9 @@
 //! runs requests on paths; `handles` is the handle table; `worker` runs the
 //! jobs of a file handle; `notice` is what the user is told on stderr, for
 //! failures whose cause OpenSSH's client does not show (it prints only
-//! "Failure"); `extensions` are the SFTP extensions; [`status`] is the
-//! error map, [`budget`] the caps, [`wire`] and [`attrs`] the encoding.
+//! "Failure"); `extensions` are the SFTP extensions;
+//! [`status`](mod@status) is the error map, [`budget`] the caps, [`wire`]
+//! and [`attrs`] the encoding.
 
 pub mod attrs;
 pub mod budget;
