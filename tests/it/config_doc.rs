@@ -277,3 +277,52 @@ fn the_doc_parser_reads_sections_and_rows() {
         BTreeSet::from(["cert_file".to_owned()])
     );
 }
+
+/// The algorithms `[ssh] KEY` accepts, from the error an unknown name gets.
+fn supported_algorithms(key: &str) -> BTreeSet<String> {
+    let error = dropzone::config::Config::parse(&format!("[ssh]\n{key} = [\"{PROBE}\"]\n"))
+        .err()
+        .unwrap_or_else(|| panic!("[ssh] {key}: an unknown algorithm was accepted"));
+    let (_, list) = error
+        .split_once("supported: ")
+        .unwrap_or_else(|| panic!("[ssh] {key}: no list of supported algorithms in {error:?}"));
+    list.lines()
+        .next()
+        .unwrap_or("")
+        .split(", ")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_supported_algorithms_in_config_md_are_those_the_server_accepts() {
+    let doc = config_doc();
+    let mut problems = Vec::new();
+    for key in ["kex", "ciphers", "macs", "host_key_algorithms"] {
+        let supported = supported_algorithms(key);
+        assert!(supported.len() > 1, "[ssh] {key}: {supported:?}");
+        // The row of the "supported" table: the key, then the names.
+        let row = doc
+            .lines()
+            .filter(|l| l.starts_with(&format!("| `{key}` |")))
+            .map(|l| backticked(l).into_iter().skip(1).collect::<BTreeSet<_>>())
+            .find(|names| names.intersection(&supported).count() == supported.len());
+        match row {
+            None => problems.push(format!(
+                "[ssh] {key}: no row lists every supported algorithm: {supported:?}"
+            )),
+            Some(names) => {
+                for extra in names.difference(&supported) {
+                    problems.push(format!(
+                        "[ssh] {key}: `{extra}` is listed but not supported"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "docs/CONFIG.md:\n  {}",
+        problems.join("\n  ")
+    );
+}
