@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-20}
-targets=(decode_file sftp_requests authorized_keys users_file eaas_reply)
+targets=(decode_file sftp_requests authorized_keys users_file eaas_reply scp_command)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz --version 0.13.2

@@ -202,4 +202,12 @@ write("eaas_reply", "decrypt", reply(2, 200, {"plaintext": "01" * 32}))
 write("eaas_reply", "error", reply(2, 200, {"Error": "Key type is not supported"}))
 write("eaas_reply", "http500", reply(1, 500, b"internal error\nat line 3", True))
 write("eaas_reply", "http503", reply(2, 503, b"busy", True))
+
+# --- scp_command: exec command lines -----------------------------------------
+
+write("scp_command", "upload", "scp -t -- /incoming")
+write("scp_command", "recursive", "scp -r -p -d -t -- ~/dir")
+write("scp_command", "download-quoted", "scp -p -f '/dir/file name'\\''s.bin'")
+write("scp_command", "double-quotes", 'scp -f "a \\"b\\" \\$c" ')
+write("scp_command", "injection", "scp -t x; rm -rf / | cat $(id) `id` > y")
 print("seeds written")
