@@ -80,7 +80,7 @@ impl serde_json::ser::Formatter for SafeJson {
     ) -> std::io::Result<()> {
         let mut rest = fragment;
         while let Some((at, c)) = rest.char_indices().find(|&(_, c)| is_dangerous(c)) {
-            writer.write_all(rest[..at].as_bytes())?;
+            writer.write_all(&rest.as_bytes()[..at])?;
             // Every dangerous character is in the Basic Multilingual Plane,
             // so one `\u` escape of four digits spells it.
             write!(writer, "\\u{:04x}", c as u32)?;

@@ -127,7 +127,7 @@ impl Budgets {
 
     /// The budget of a new connection of `user`, with the caps of `config`.
     pub fn connection(&self, user: &str, config: &SftpConfig) -> Arc<ConnectionBudget> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = crate::sync::lock(&self.users);
         users.retain(|_, counter| counter.strong_count() > 0);
         let user_count = match users.get(user).and_then(Weak::upgrade) {
             Some(counter) => counter,
@@ -154,7 +154,7 @@ impl Budgets {
 
     /// Users with at least one connection (live entries).
     pub fn users(&self) -> usize {
-        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let users = crate::sync::lock(&self.users);
         users.values().filter(|c| c.strong_count() > 0).count()
     }
 }

@@ -57,7 +57,7 @@ impl Pool {
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.idle)
     }
 
     fn take(&self, len: usize) -> Vec<u8> {

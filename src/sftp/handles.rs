@@ -17,6 +17,7 @@ use super::budget::HandleCharge;
 use super::worker::QueuedJob;
 use crate::store::storage::ObjectPath;
 use crate::store::{DirStream, EncryptedFile};
+use crate::sync::lock;
 
 /// An open directory, read a batch at a time as READDIRs come: what it
 /// holds is one directory descriptor, the reader's buffer and at most one
@@ -77,10 +78,6 @@ enum Entry {
 pub(super) struct HandleTable {
     entries: Mutex<HashMap<String, Entry>>,
     next: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl HandleTable {

@@ -38,7 +38,7 @@ fn mount(srv: &Server, point: &Path) -> Mount {
     std::fs::create_dir_all(point).unwrap();
     let mut cmd = Command::new("sshfs");
     cmd.env_remove("SSH_AUTH_SOCK")
-        .arg(format!("alice@127.0.0.1:/"))
+        .arg("alice@127.0.0.1:/")
         .arg(point)
         .args(["-p", &srv.port.to_string()])
         .arg("-o")
