@@ -57,9 +57,7 @@ use bounds::Bounds;
 pub use bounds::StopSignal;
 use file::FileState;
 use format::FormatError;
-use storage::{
-    Access, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, StagedToken, Storage,
-};
+use storage::{Access, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, StagedToken, Storage};
 pub use upload::{Rejection, Upload, UploadGate};
 
 /// What went wrong in the store.
