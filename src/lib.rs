@@ -45,6 +45,8 @@
 //! - [`username`]: the validated user name every layer shares.
 //! - [`address_pattern`]: address lists (`from=`, `penalty_exempt`), shared
 //!   by [`auth`] and [`config`].
+//! - [`access`]: per-user permissions (roles such as `upload-only`) and the
+//!   one check SFTP and scp requests pass before they touch the store.
 //!
 //! Below them all, `sync` holds the one poison-tolerant `lock` every module
 //! uses for its mutexes, and `atomic_file` the durable replacement of small
@@ -54,6 +56,7 @@
 //! writes a data key unwrapped, and never lets a client path reach the
 //! filesystem without going through [`jail`] and [`store::storage`].
 
+pub mod access;
 pub mod address_pattern;
 mod atomic_file;
 pub mod auth;

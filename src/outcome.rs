@@ -14,6 +14,7 @@ use std::io;
 
 use russh_sftp::protocol::StatusCode;
 
+use crate::access::Denied;
 use crate::jail::JailError;
 use crate::observe::Outcome;
 use crate::store::StoreError;
@@ -28,6 +29,9 @@ pub enum OpError {
     /// A client path refused by the jail.
     #[error(transparent)]
     Jail(#[from] JailError),
+    /// Refused by the user's permissions ([`crate::access`]).
+    #[error(transparent)]
+    Denied(#[from] Denied),
     /// A blocking task died (a bug); reported as a generic failure.
     #[error("internal error")]
     Internal,
@@ -54,6 +58,7 @@ impl Failure for OpError {
         match self {
             OpError::Store(e) => describe_store(e),
             OpError::Jail(e) => describe_jail(e),
+            OpError::Denied(e) => describe_denied(e),
             OpError::Internal => (StatusCode::Failure, "internal server error".into()),
         }
     }
@@ -92,6 +97,12 @@ pub fn describe_store(err: &StoreError) -> (StatusCode, String) {
             "operation interrupted: the session is ending".into(),
         ),
     }
+}
+
+/// The status code for an operation the user's permissions refuse, and
+/// the permission that was missing.
+pub fn describe_denied(err: &Denied) -> (StatusCode, String) {
+    (StatusCode::PermissionDenied, err.to_string())
 }
 
 /// The status code for a client path the jail refused, and its reason.

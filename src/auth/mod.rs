@@ -38,6 +38,7 @@ use std::time::SystemTime;
 
 use russh::keys::{HashAlg, PublicKey};
 
+use crate::access::Permissions;
 use authorized_keys::AuthorizedKey;
 pub use system_users::SystemUsers;
 use users_file::{UsersFile, UsersFileError};
@@ -52,6 +53,8 @@ pub struct Authenticator {
 struct Credentials {
     password_hash: Option<String>,
     keys: Vec<AuthorizedKey>,
+    /// What the user may do once logged in.
+    permissions: Permissions,
 }
 
 impl Authenticator {
@@ -63,6 +66,7 @@ impl Authenticator {
                 let credentials = Credentials {
                     password_hash: u.password_hash().map(str::to_owned),
                     keys: u.keys().to_vec(),
+                    permissions: u.permissions(),
                 };
                 (u.name().as_str().to_owned(), credentials)
             })
@@ -126,6 +130,12 @@ impl Authenticator {
     /// would reveal who exists.
     pub fn user_exists(&self, user: &str) -> bool {
         self.users.contains_key(user)
+    }
+
+    /// What `user` of the users file may do (`None` for a name the file
+    /// does not know, such as a Linux user, who may do everything).
+    pub fn permissions(&self, user: &str) -> Option<Permissions> {
+        self.users.get(user).map(|c| c.permissions)
     }
 
     /// The number of users (tests only: the product never needs it).

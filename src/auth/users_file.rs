@@ -6,6 +6,8 @@
 //! name = "alice"
 //! password = "$argon2id$v=19$..."                         # optional
 //! authorized_keys = ["ssh-ed25519 AAAA... alice@laptop"]  # optional
+//! role = "upload-only"           # optional: full (default), read-only, upload-only
+//! permissions = ["overwrite"]    # optional: added to the role's permissions
 //! ```
 //!
 //! Everything is checked at load: user names, duplicates, every key line
@@ -16,13 +18,14 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::authorized_keys::{AuthorizedKey, KeyLineError};
 use super::password::{self, InvalidHash};
+use crate::access::{Permission, Permissions, Role, UnknownName};
 use crate::username::{InvalidUserName, UserName};
 
 /// Written at the top of every saved file.
@@ -48,6 +51,10 @@ struct RawUser {
     password: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     authorized_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    permissions: Vec<String>,
 }
 
 /// One validated user of the users file.
@@ -57,6 +64,38 @@ pub struct UserEntry {
     password_hash: Option<String>,
     key_lines: Vec<String>,
     keys: Vec<AuthorizedKey>,
+    access: UserAccess,
+}
+
+/// A user's role and the permissions added to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserAccess {
+    /// The preset (`full` when the entry names none).
+    pub role: Role,
+    /// Whether the entry names its role (a `full` role written out is kept).
+    pub role_written: bool,
+    /// Permissions added to the role's (`permissions = [...]`).
+    pub extra: Permissions,
+}
+
+impl UserAccess {
+    /// What the user may do: the role's permissions and the extra ones.
+    pub fn permissions(&self) -> Permissions {
+        self.role.permissions().union(self.extra)
+    }
+
+    /// Parses the entry's `role` and `permissions`.
+    fn parse(role: Option<&str>, permissions: &[String]) -> Result<Self, UnknownName> {
+        let extra = permissions
+            .iter()
+            .map(|p| p.parse::<Permission>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UserAccess {
+            role: role.map(str::parse).transpose()?.unwrap_or_default(),
+            role_written: role.is_some(),
+            extra: Permissions::of(&extra),
+        })
+    }
 }
 
 impl UserEntry {
@@ -80,10 +119,21 @@ impl UserEntry {
         &self.keys
     }
 
+    /// The user's role and extra permissions.
+    pub fn access(&self) -> UserAccess {
+        self.access
+    }
+
+    /// What the user may do.
+    pub fn permissions(&self) -> Permissions {
+        self.access.permissions()
+    }
+
     fn new(
         name: &str,
         password_hash: Option<String>,
         key_lines: Vec<String>,
+        access: UserAccess,
     ) -> Result<Self, UserError> {
         let fail = |problem| UserError {
             user: name.chars().take(64).collect(),
@@ -110,6 +160,7 @@ impl UserEntry {
             password_hash,
             key_lines,
             keys,
+            access,
         })
     }
 }
@@ -121,6 +172,7 @@ impl fmt::Debug for UserEntry {
             .field("name", &self.name)
             .field("password", &self.password_hash.as_ref().map(|_| "<hash>"))
             .field("keys", &self.keys.len())
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -148,6 +200,12 @@ pub enum UserProblem {
     /// The password hash is not usable.
     #[error("password: {0}")]
     Password(InvalidHash),
+    /// `role` or `permissions` names something unknown.
+    #[error("{0}")]
+    Access(UnknownName),
+    /// [`UsersFile::set_access`] for a user that is not there.
+    #[error("no such user")]
+    Missing,
 }
 
 /// A refused user entry: the user's name (as written) and the problem.
@@ -242,7 +300,13 @@ impl UsersFile {
             .map_err(|e| ParseError::Syntax(e.to_string().trim_end().to_owned()))?;
         let mut file = UsersFile::default();
         for user in raw.users {
-            let entry = UserEntry::new(&user.name, user.password, user.authorized_keys)
+            let access = UserAccess::parse(user.role.as_deref(), &user.permissions).map_err(|e| {
+                ParseError::User(UserError {
+                    user: user.name.chars().take(64).collect(),
+                    problem: UserProblem::Access(e),
+                })
+            })?;
+            let entry = UserEntry::new(&user.name, user.password, user.authorized_keys, access)
                 .map_err(ParseError::User)?;
             if file.get(entry.name.as_str()).is_some() {
                 return Err(ParseError::User(UserError {
@@ -265,6 +329,9 @@ impl UsersFile {
                     name: u.name.as_str().to_owned(),
                     password: u.password_hash.clone(),
                     authorized_keys: u.key_lines.clone(),
+                    role: (u.access.role_written || u.access.role != Role::Full)
+                        .then(|| u.access.role.name().to_owned()),
+                    permissions: u.access.extra.iter().map(|p| p.name().to_owned()).collect(),
                 })
                 .collect(),
         };
@@ -297,8 +364,19 @@ impl UsersFile {
         password_hash: Option<String>,
         keys: Vec<String>,
     ) -> Result<(), UserError> {
+        self.add_user_with(name, password_hash, keys, UserAccess::default())
+    }
+
+    /// [`UsersFile::add_user`] with a role and extra permissions.
+    pub fn add_user_with(
+        &mut self,
+        name: &str,
+        password_hash: Option<String>,
+        keys: Vec<String>,
+        access: UserAccess,
+    ) -> Result<(), UserError> {
         let keys = keys.into_iter().map(|k| k.trim().to_owned()).collect();
-        let entry = UserEntry::new(name, password_hash, keys)?;
+        let entry = UserEntry::new(name, password_hash, keys, access)?;
         if self.get(name).is_some() {
             return Err(UserError {
                 user: name.to_owned(),
@@ -320,6 +398,30 @@ impl UsersFile {
         Ok(self.users.len() != before)
     }
 
+    /// Changes an existing user's role (if `role` is given) and extra
+    /// permissions (if `extra` is given: it replaces the previous extras).
+    pub fn set_access(
+        &mut self,
+        name: &str,
+        role: Option<Role>,
+        extra: Option<Permissions>,
+    ) -> Result<UserAccess, UserError> {
+        let Some(user) = self.users.iter_mut().find(|u| u.name.as_str() == name) else {
+            return Err(UserError {
+                user: name.chars().take(64).collect(),
+                problem: UserProblem::Missing,
+            });
+        };
+        if let Some(role) = role {
+            user.access.role = role;
+            user.access.role_written = true;
+        }
+        if let Some(extra) = extra {
+            user.access.extra = extra;
+        }
+        Ok(user.access)
+    }
+
     /// The users, in file order.
     pub fn users(&self) -> impl Iterator<Item = &UserEntry> {
         self.users.iter()
@@ -338,6 +440,42 @@ impl UsersFile {
     /// Whether there are no users.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+}
+
+/// An exclusive lock on the users file for a read-modify-write (`dropzone
+/// user add|set|remove`), held until dropped. Two commands run at once
+/// take turns, so neither loses the other's change.
+#[derive(Debug)]
+pub struct UsersFileLock {
+    _file: File,
+}
+
+impl UsersFileLock {
+    /// Takes the lock, waiting for another holder: an `flock` on
+    /// `<users file>.lock` beside the file (a lock on the file itself would
+    /// be lost when [`UsersFile::save`] renames a new file over it).
+    pub fn acquire(path: &Path) -> Result<Self, UsersFileError> {
+        let fail = |source| UsersFileError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let lock_path = PathBuf::from(name);
+        if let Some(dir) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::atomic_file::create_private_dir(dir).map_err(fail)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(fail)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| fail(e.into()))?;
+        Ok(UsersFileLock { _file: file })
     }
 }
 

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, warn};
 
+use crate::access::Access;
 use crate::observe::{Reporter, escape};
 use crate::outcome::{Failure, OpError, is_integrity};
 use crate::store::UserStore;
@@ -51,13 +52,23 @@ const PIECE: usize = 64 * 1024;
 
 /// Runs one legacy scp command (the exec request's command line) on
 /// `stream`; returns the exit status to report. Uploads, downloads and
-/// the directories it creates are reported to `events`.
+/// the directories it creates are reported to `events`. `access` says what
+/// the user may do: an upload needs `upload` (a new file) or `overwrite`
+/// (an existing one), a new directory `mkdir`, a download `download`, a
+/// directory sent with `-r` `list` (see [`crate::access`]); a refused item
+/// gets a warning naming the missing permission and touches nothing.
 ///
 /// The status is 0 when every item was transferred, 1 otherwise (a refused
 /// command, a warning sent to or received from the client, a protocol error
 /// or a lost connection). The stream is flushed but not shut down: closing
 /// the channel is the caller's business.
-pub async fn serve<S>(stream: S, store: Arc<UserStore>, command: &str, events: Reporter) -> u32
+pub async fn serve<S>(
+    stream: S,
+    store: Arc<UserStore>,
+    command: &str,
+    events: Reporter,
+    access: Access,
+) -> u32
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -65,6 +76,7 @@ where
         io: BufReader::new(stream),
         errors: 0,
         events,
+        access,
     };
     let result = match command::parse(command) {
         None => Err(Stop::Fatal("unsupported scp command".into())),

@@ -7,6 +7,7 @@ use std::io;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::debug;
 
+use crate::access::Access;
 use crate::observe::{Reporter, escape};
 
 /// Longest record or message line accepted from the client.
@@ -46,6 +47,8 @@ pub(super) struct Conn<S> {
     pub(super) errors: u32,
     /// Where uploads, downloads and new directories are reported.
     pub(super) events: Reporter,
+    /// What the user may do, asked before each item touches the store.
+    pub(super) access: Access,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {

@@ -13,6 +13,7 @@ use tracing::debug;
 use super::command::ScpCommand;
 use super::records::{Conn, Entry, Stop, Times, parse_entry, parse_times, protocol};
 use super::{PIECE, client_text, failed};
+use crate::access::Permission;
 use crate::jail;
 use crate::observe::{EventKind, Transfer, escape};
 use crate::outcome::{self, OpError, blocking, error_outcome, joined};
@@ -198,6 +199,7 @@ where
 {
     let final_mode = effective_mode(mode, preserve);
     let (s, p) = (store.clone(), path.clone());
+    let access = conn.access.clone();
     let started = std::time::Instant::now();
     // Besides the step's result, whether a directory was to be created: a
     // `mkdir` event, reported whether or not that worked.
@@ -216,6 +218,7 @@ where
                     // Created writable so its contents can be written; the
                     // final mode is set at its `E`.
                     creating = true;
+                    access.check(&[Permission::Mkdir])?;
                     let created = final_mode | 0o700;
                     s.mkdir(&p, Some(created))?;
                     Ok((created != final_mode).then_some(final_mode))
@@ -278,7 +281,21 @@ where
     let mut transfer = conn
         .events
         .transfer_started(EventKind::Upload, path.to_client_string());
-    let file = match blocking(move || Ok(s.open(&p, opts)?)).await {
+    let access = conn.access.clone();
+    let file = match blocking(move || {
+        let mut opts = opts;
+        // `upload` for a new file, `overwrite` for an existing one, checked
+        // before anything is opened.
+        let exists = || match s.stat(&p, true) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(OpError::from(e)),
+        };
+        opts.exclusive = access.check_write(exists)?;
+        Ok(s.open(&p, opts)?)
+    })
+    .await
+    {
         Ok(file) => Arc::new(file),
         // The client skips the data of a refused file.
         Err(e) => {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::command::ScpCommand;
 use super::records::{Conn, Response, Stop};
 use super::{PIECE, client_text, failed};
+use crate::access::Permission;
 use crate::jail;
 use crate::observe::{EventKind, Transfer};
 use crate::outcome::{OpError, blocking, error_outcome, is_integrity, joined};
@@ -76,6 +77,10 @@ where
                 conn.warn(&msg).await?;
             }
             Kind::Dir if cmd.recursive => {
+                if let Err(denied) = conn.access.check(&[Permission::List]) {
+                    conn.warn(&failed(&path, &denied.into())).await?;
+                    continue;
+                }
                 let (s, p) = (store.clone(), path.clone());
                 let mut entries = match blocking(move || Ok(s.read_dir(&p)?)).await {
                     Ok(entries) => entries,
@@ -159,7 +164,9 @@ where
     let mut transfer = conn
         .events
         .transfer_started(EventKind::Download, path.to_client_string());
+    let access = conn.access.clone();
     let opened = blocking(move || {
+        access.check(&[Permission::Download])?;
         let opts = OpenOptions {
             read: true,
             ..OpenOptions::default()

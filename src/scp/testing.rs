@@ -142,11 +142,27 @@ impl Client {
 }
 
 pub(super) fn start(store: &Arc<UserStore>, command: &str) -> (Client, JoinHandle<u32>) {
+    start_with(store, command, Access::full())
+}
+
+/// [`start`] for a user with `access`.
+pub(super) fn start_with(
+    store: &Arc<UserStore>,
+    command: &str,
+    access: Access,
+) -> (Client, JoinHandle<u32>) {
     let (client, server) = tokio::io::duplex(16 * 1024);
     let store = store.clone();
     let command = command.to_owned();
     let task = tokio::spawn(async move {
-        serve(server, store, &command, crate::observe::Reporter::discard()).await
+        serve(
+            server,
+            store,
+            &command,
+            crate::observe::Reporter::discard(),
+            access,
+        )
+        .await
     });
     (
         Client {

@@ -5,6 +5,7 @@ use russh_sftp::protocol::{Extended, ExtendedReply, File, Name, Packet};
 use super::status::SftpError;
 use super::wire::{Reader, Writer};
 use super::{MAX_PACKET_LEN, MAX_READ_WRITE_LEN, Session, ok};
+use crate::access::Permission;
 use crate::jail;
 use crate::observe::EventKind;
 use crate::store::storage::{ObjectPath, SpaceInfo};
@@ -72,7 +73,10 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
         "hardlink@openssh.com" => {
             let existing = jail::resolve(&r.string()?)?;
             let link = jail::resolve(&r.string()?)?;
-            let linked = store.hard_link(&existing, &link).map_err(SftpError::from);
+            // A hard link is a link: it needs `symlink`, as SYMLINK does.
+            let linked = session
+                .check(&[Permission::Symlink])
+                .and_then(|()| store.hard_link(&existing, &link).map_err(SftpError::from));
             if let Err(e) = &linked {
                 // A hard link to a symlink that would climb out is refused.
                 session.refusal_notice(&existing.to_client_string(), e);
@@ -162,6 +166,9 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
                 .handles
                 .file(&write_handle)
                 .ok_or(SftpError::BadHandle)?;
+            // Both handles were allowed when opened; reading is checked
+            // again, as a READ would be if it were a path request.
+            session.check(&[Permission::Download])?;
             copy_data(&src, read_offset, read_len, &dst, write_offset)?;
             Ok(ok(id))
         }

@@ -69,6 +69,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::access::Access;
 use crate::observe::{Outcome, Reporter};
 use crate::outcome::{blocking, is_integrity, status_name};
 use crate::store::UserStore;
@@ -144,6 +145,8 @@ struct Session {
     notices: mpsc::Sender<String>,
     /// Where transfers and path operations are reported.
     events: Reporter,
+    /// The user's permissions, asked before each request touches the store.
+    access: Access,
     /// The file handles' workers, waited for when the session ends.
     workers: TaskTracker,
     /// Whether the user was told on stderr that a handle was refused (once
@@ -175,7 +178,11 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ReplySink for StreamReplies<W> {
 /// the caller decides when the channel closes. `notices` receives
 /// human-readable lines for the user (the channel's stderr); uploads,
 /// downloads and path operations are reported to `events`. `budget` is the
-/// connection's: every SFTP channel of one connection shares it.
+/// connection's: every SFTP channel of one connection shares it. `access`
+/// says what the user may do (see [`crate::access`] for which request needs
+/// which permission); a refused request answers SSH_FX_PERMISSION_DENIED,
+/// changes nothing, and names the missing permission on stderr and in the
+/// audit log.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<R, O, N>(
     mut requests: R,
@@ -186,6 +193,7 @@ pub async fn serve<R, O, N>(
     config: SftpConfig,
     budget: Arc<ConnectionBudget>,
     events: Reporter,
+    access: Access,
 ) -> O
 where
     R: AsyncRead + Unpin + Send,
@@ -250,6 +258,7 @@ where
         budget,
         notices: notice_tx,
         events,
+        access,
         workers: TaskTracker::new(),
         told_handle_cap: std::sync::atomic::AtomicBool::new(false),
     });

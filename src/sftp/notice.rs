@@ -78,10 +78,14 @@ impl Session {
 
     /// Tells the user on stderr why a change was refused for containment
     /// (a symlink that would lead outside the root, a change to the root
-    /// itself): the status carries only OpenSSH's "Permission denied".
+    /// itself) or by the user's permissions: the status carries only
+    /// OpenSSH's "Permission denied".
     pub(super) fn refusal_notice(&self, path: &str, e: &SftpError) {
         let why = match e {
             SftpError::Jail(j @ jail::JailError::DotDotAfterName) => j.to_string(),
+            // Which permission was missing: the status says only
+            // "Permission denied".
+            SftpError::Denied(denied) => denied.to_string(),
             SftpError::Store(StoreError::Io(io)) => {
                 match io
                     .get_ref()

@@ -7,7 +7,9 @@
 //! ([`work_has_no_bound`]); changes are reported as events with the path as
 //! the user sees it ([`Session::audited`]). A handle takes its place under
 //! the caps before anything is opened ([`Session::charge_handle`]); an open
-//! file is then run by a worker of its own (`super::worker`).
+//! file is then run by a worker of its own (`super::worker`). Before any of
+//! that, each request passes the user's permissions ([`Session::permit`];
+//! the map from requests to permissions is in [`crate::access`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +23,7 @@ use tracing::{debug, warn};
 use super::handles::DirListing;
 use super::status::SftpError;
 use super::{HANDLE_QUEUE, Session, attrs, budget, extensions, ok, status, worker};
+use crate::access::Permission;
 use crate::jail;
 use crate::observe::EventKind;
 use crate::outcome::outcome_of;
@@ -43,6 +46,7 @@ impl Session {
             Packet::Open(o) => self.open(o.id, &o.filename, o.pflags, &o.attrs),
             Packet::OpenDir(o) => {
                 let path = jail::resolve(&o.path)?;
+                self.permit(&path, &[Permission::List])?;
                 let listing = self.open_dir(path)?;
                 let handle = self.handles.add_dir(listing);
                 Ok(Packet::Handle(Handle { id: o.id, handle }))
@@ -57,12 +61,14 @@ impl Session {
             }
             Packet::Remove(r) => {
                 self.audited(EventKind::Remove, &r.filename, |path| {
+                    self.permit(path, &[Permission::Delete])?;
                     Ok(store.remove(path)?)
                 })?;
                 Ok(ok(r.id))
             }
             Packet::MkDir(m) => {
                 self.audited(EventKind::Mkdir, &m.path, |path| {
+                    self.permit(path, &[Permission::Mkdir])?;
                     Ok(store.mkdir(path, m.attrs.permissions.map(client_mode))?)
                 })?;
                 Ok(ok(m.id))
@@ -72,6 +78,7 @@ impl Session {
                     if path.is_root() {
                         return Err(std::io::Error::from_raw_os_error(libc::EBUSY).into());
                     }
+                    self.permit(path, &[Permission::Rmdir])?;
                     Ok(store.rmdir(path)?)
                 })?;
                 Ok(ok(r.id))
@@ -101,8 +108,9 @@ impl Session {
                 // common client follows OpenSSH, so the fields are swapped.
                 let (target, link) = (s.linkpath, s.targetpath);
                 let link = jail::resolve(&link)?;
-                let made = jail::symlink_target(&target)
-                    .map_err(SftpError::from)
+                let made = self
+                    .check(&[Permission::Symlink])
+                    .and_then(|()| jail::symlink_target(&target).map_err(SftpError::from))
                     .and_then(|target| Ok(store.symlink(&target, &link)?));
                 if let Err(e) = &made {
                     self.refusal_notice(&link.to_client_string(), e);
@@ -146,7 +154,9 @@ impl Session {
         let (from, to) = (jail::resolve(raw_from), jail::resolve(raw_to));
         let (shown_from, shown_to) = (shown_path(&from, raw_from), shown_path(&to, raw_to));
         let result = match (from, to) {
-            (Ok(from), Ok(to)) => self.store.rename(&from, &to, replace).map_err(Into::into),
+            (Ok(from), Ok(to)) => self.rename_permitted(&to, replace).and_then(|replace| {
+                self.store.rename(&from, &to, replace).map_err(Into::into)
+            }),
             (Err(e), _) | (_, Err(e)) => Err(e.into()),
         };
         if let Err(e) = &result {
@@ -160,6 +170,66 @@ impl Session {
             outcome_of(&result),
         );
         result
+    }
+
+    /// Checks that the user has every permission in `needed` now; a refusal
+    /// is told on stderr with the permission that was missing.
+    pub(super) fn permit(&self, path: &ObjectPath, needed: &[Permission]) -> Result<(), SftpError> {
+        let checked = self.check(needed);
+        if let Err(e) = &checked {
+            self.refusal_notice(&path.to_client_string(), e);
+        }
+        checked
+    }
+
+    /// [`Session::permit`] without the notice, for requests that tell
+    /// every refusal themselves.
+    pub(super) fn check(&self, needed: &[Permission]) -> Result<(), SftpError> {
+        Ok(self.access.check(needed)?)
+    }
+
+    /// Whether a rename onto `to` is allowed, and whether it may then
+    /// replace an existing `to` (`replace`, posix-rename): that needs
+    /// `overwrite` as well, and without it the rename never replaces, so a
+    /// target made meanwhile is not lost either.
+    fn rename_permitted(&self, to: &ObjectPath, replace: bool) -> Result<bool, SftpError> {
+        self.check(&[Permission::Rename])?;
+        if !replace || self.access.allows(Permission::Overwrite) {
+            return Ok(replace);
+        }
+        if self.store.stat(to, false).is_ok() {
+            self.check(&[Permission::Overwrite])?;
+        }
+        Ok(false)
+    }
+
+    /// The permissions an OPEN needs: `download` to read; to write,
+    /// `overwrite` if the file exists, else `upload`. The existence check
+    /// is skipped when both are granted; when `overwrite` is not, a file
+    /// to be created is created exclusively, so that one made meanwhile
+    /// (another session) is not replaced.
+    fn permit_open(&self, path: &ObjectPath, opts: &mut OpenOptions) -> Result<(), SftpError> {
+        if opts.read || !opts.write {
+            self.permit(path, &[Permission::Download])?;
+        }
+        if !opts.write {
+            return Ok(());
+        }
+        let exists = || match self.store.stat(path, true) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(SftpError::from(e)),
+        };
+        match self.access.check_write(exists) {
+            Ok(create_only) => {
+                opts.exclusive |= create_only && opts.create;
+                Ok(())
+            }
+            Err(e) => {
+                self.refusal_notice(&path.to_client_string(), &e);
+                Err(e)
+            }
+        }
     }
 
     /// OPEN: a handle for writing is an upload, for reading only a
@@ -201,7 +271,7 @@ impl Session {
             return Err(std::io::Error::from_raw_os_error(libc::EISDIR).into());
         }
         let client_path = path.to_client_string();
-        let opts = OpenOptions {
+        let mut opts = OpenOptions {
             read: flags.contains(OpenFlags::READ),
             write: flags.contains(OpenFlags::WRITE),
             append: flags.contains(OpenFlags::APPEND),
@@ -210,6 +280,7 @@ impl Session {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
             mode: attrs.permissions.map(client_mode),
         };
+        self.permit_open(&path, &mut opts)?;
         // The handle's place first: a refused one opens nothing.
         let charge = Arc::new(self.charge_handle()?);
         let file = match self.store.open(&path, opts) {
@@ -255,6 +326,7 @@ impl Session {
         a: &FileAttributes,
         follow: bool,
     ) -> Result<(), SftpError> {
+        self.permit(path, &setstat_needs(a))?;
         let result = self.apply_stat(path, a, follow);
         if let Err(e) = &result {
             self.refusal_notice(&path.to_client_string(), e);
@@ -348,6 +420,7 @@ impl Session {
     /// READDIR: the next entries, at most [`READDIR_BATCH`] of them and
     /// [`READDIR_REPLY_BYTES`] of names, read from the directory now.
     pub(super) fn readdir_reply(&self, id: u32, dir: &DirListing) -> Result<Packet, SftpError> {
+        self.permit(&dir.path, &[Permission::List])?;
         let mut state = dir.state();
         let wanted = READDIR_BATCH.saturating_sub(state.pending.len());
         if wanted > 0 {
@@ -401,6 +474,24 @@ pub(super) fn work_has_no_bound(packet: &Packet) -> bool {
         }
         _ => false,
     }
+}
+
+/// The permissions a SETSTAT (or FSETSTAT) needs: `overwrite` to change
+/// the size, `chmod` to change the mode, times or owner.
+pub(super) fn setstat_needs(a: &FileAttributes) -> Vec<Permission> {
+    let mut needed = Vec::new();
+    if a.size.is_some() {
+        needed.push(Permission::Overwrite);
+    }
+    let other = a.permissions.is_some()
+        || a.atime.is_some()
+        || a.mtime.is_some()
+        || a.uid.is_some()
+        || a.gid.is_some();
+    if other {
+        needed.push(Permission::Chmod);
+    }
+    needed
 }
 
 /// A path for events: as the jail normalised it, or as the client sent it.

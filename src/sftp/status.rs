@@ -13,6 +13,7 @@ use std::io;
 
 use russh_sftp::protocol::StatusCode;
 
+use crate::access::Denied;
 use crate::jail::JailError;
 use crate::outcome::{self, Failure, OpError};
 use crate::store::StoreError;
@@ -26,6 +27,9 @@ pub enum SftpError {
     /// A client path refused by the jail.
     #[error(transparent)]
     Jail(#[from] JailError),
+    /// Refused by the user's permissions ([`crate::access`]).
+    #[error(transparent)]
+    Denied(#[from] Denied),
     /// The handle string names no open handle of this session.
     #[error("invalid handle")]
     BadHandle,
@@ -61,6 +65,7 @@ impl From<OpError> for SftpError {
         match e {
             OpError::Store(e) => SftpError::Store(e),
             OpError::Jail(e) => SftpError::Jail(e),
+            OpError::Denied(e) => SftpError::Denied(e),
             OpError::Internal => SftpError::Internal,
         }
     }
@@ -109,6 +114,7 @@ pub fn describe(err: &SftpError) -> (StatusCode, String) {
     match err {
         SftpError::Store(e) => outcome::describe_store(e),
         SftpError::Jail(e) => outcome::describe_jail(e),
+        SftpError::Denied(e) => outcome::describe_denied(e),
         SftpError::BadHandle => (C::Failure, "invalid handle".into()),
         SftpError::BadMessage => (C::BadMessage, "malformed request".into()),
         SftpError::Unsupported(what) => {
@@ -156,6 +162,13 @@ mod tests {
                 "Permission denied",
             ),
             (SftpError::BadMessage, StatusCode::BadMessage, "Bad message"),
+            (
+                SftpError::Denied(crate::access::Denied {
+                    missing: crate::access::Permission::Download,
+                }),
+                StatusCode::PermissionDenied,
+                "Permission denied",
+            ),
             (
                 SftpError::Unsupported("x".into()),
                 StatusCode::OpUnsupported,

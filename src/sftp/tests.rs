@@ -76,6 +76,7 @@ impl Client {
             config.clone(),
             budget.clone(),
             crate::observe::Reporter::discard(),
+            crate::access::Access::full(),
         ));
         let mut c = Client {
             io: client,

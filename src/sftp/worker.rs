@@ -18,7 +18,7 @@ use tokio::sync::{TryAcquireError, mpsc};
 
 use super::budget::{HandleCharge, Share};
 use super::notice::Notice;
-use super::paths::{check_owner, client_mode};
+use super::paths::{check_owner, client_mode, setstat_needs};
 use super::status::SftpError;
 use super::{
     MAX_READ_WRITE_LEN, Reply, Session, attrs, error_reply, extensions, ok, outcome_of_reply,
@@ -422,7 +422,13 @@ fn file_job(session: &Session, file: &EncryptedFile, job: FileJob) -> Done {
             }),
             Err(e) => fail(id, e),
         },
-        FileJob::SetStat { id, attrs } => reply_of(id, fsetstat(file, &attrs).map(|()| ok(id))),
+        FileJob::SetStat { id, attrs } => reply_of(
+            id,
+            session
+                .check(&setstat_needs(&attrs))
+                .and_then(|()| fsetstat(file, &attrs))
+                .map(|()| ok(id)),
+        ),
         FileJob::Close { id } => match file.close() {
             Ok(()) => ok(id),
             Err(e) => fail(id, e),

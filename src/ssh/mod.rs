@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::penalty::{Admission as BanCheck, Penalties};
+use crate::access::{Access, Permissions};
 use crate::auth::{Authenticator, SystemUsers};
 use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
@@ -165,6 +166,24 @@ impl ServerContext {
             }
         }
         cache.auth.clone()
+    }
+
+    /// What `user` may do, asked again at each request of their sessions:
+    /// the users file's entry as it is now (reloaded when it changes, see
+    /// [`ServerContext::authenticator`]). A Linux user (not in the users
+    /// file at login) may do everything; a users-file user removed from
+    /// the file since may do nothing more.
+    pub(crate) fn access(self: &Arc<Self>, user: &crate::username::UserName) -> Access {
+        let user = user.as_str().to_owned();
+        if !self.authenticator().user_exists(&user) {
+            return Access::full();
+        }
+        let ctx = Arc::downgrade(self);
+        Access::new(Arc::new(move || {
+            ctx.upgrade()
+                .and_then(|ctx| ctx.authenticator().permissions(&user))
+                .unwrap_or(Permissions::NONE)
+        }))
     }
 }
 

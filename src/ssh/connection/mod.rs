@@ -290,6 +290,7 @@ impl russh::server::Handler for Connection {
         let (store, user, ctx) = (login.store.clone(), login.user.clone(), self.ctx.clone());
         let budget = login.budget.clone();
         let events = login.session.reporter("sftp");
+        let access = self.ctx.access(&login.user);
         let handle = session.handle();
         // Messages for the user that SFTP status replies cannot carry to
         // OpenSSH's client (it prints only the status code) go to stderr.
@@ -305,6 +306,7 @@ impl russh::server::Handler for Connection {
                 ctx.sftp.clone(),
                 budget,
                 events,
+                access,
             )
             .await;
             finish_channel(&handle, id, 0).await;
@@ -335,10 +337,11 @@ impl russh::server::Handler for Connection {
         session.channel_success(id)?;
         let (store, ctx) = (login.store.clone(), self.ctx.clone());
         let events = login.session.reporter("scp");
+        let access = self.ctx.access(&login.user);
         let handle = session.handle();
         self.channel_tasks.spawn(async move {
             let mut stream = channel.into_stream();
-            let status = crate::scp::serve(&mut stream, store, &command, events).await;
+            let status = crate::scp::serve(&mut stream, store, &command, events, access).await;
             finish_channel(&handle, id, status).await;
             drop(stream);
             drop(ctx);
