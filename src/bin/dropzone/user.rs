@@ -1,4 +1,8 @@
-//! `dropzone user add|remove|list`: the users file.
+//! `dropzone user add|set|remove|list`: the users file.
+//!
+//! Each command that changes the file holds its lock
+//! ([`UsersFileLock`]) from reading it to saving it, so that two run at
+//! once (two operators, a script) do not lose either change.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -8,7 +12,9 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use dropzone::auth::authorized_keys::key_lines;
-use dropzone::auth::{password, users_file::UsersFile};
+use dropzone::access::{Permissions, Role};
+use dropzone::auth::password;
+use dropzone::auth::users_file::{UserAccess, UsersFile, UsersFileLock};
 
 use crate::setup::{ConfigArg, load_config};
 
@@ -24,6 +30,28 @@ pub enum UserCommand {
         /// An authorized_keys file (or a .pub file) whose keys may log in; repeatable.
         #[arg(long = "authorized-key", value_name = "FILE")]
         authorized_keys: Vec<PathBuf>,
+        /// What the user may do: full (the default), read-only or upload-only.
+        #[arg(long, value_name = "PRESET")]
+        role: Option<Role>,
+        /// Permissions added to the role's, comma-separated (list, download,
+        /// upload, overwrite, delete, rename, mkdir, rmdir, symlink, chmod).
+        #[arg(long, value_name = "LIST")]
+        permissions: Option<Permissions>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Change an existing user's role or extra permissions (running servers
+    /// apply it from each session's next request).
+    Set {
+        /// User name.
+        name: String,
+        /// The new role: full, read-only or upload-only.
+        #[arg(long, value_name = "PRESET")]
+        role: Option<Role>,
+        /// The permissions added to the role's, replacing the previous ones
+        /// ("" for none).
+        #[arg(long, value_name = "LIST")]
+        permissions: Option<Permissions>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -48,11 +76,12 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             name,
             password_stdin,
             authorized_keys,
+            role,
+            permissions,
             config,
         } => {
             let config = load_config(&config)?;
             let path = &config.auth.users_file;
-            let mut users = UsersFile::load(path)?;
             let hash = if password_stdin {
                 let mut line = zeroize::Zeroizing::new(String::new());
                 std::io::stdin()
@@ -76,14 +105,45 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             if hash.is_none() && keys.is_empty() {
                 bail!("give --password-stdin or --authorized-key FILE, or the user cannot log in");
             }
-            users.add_user(&name, hash, keys)?;
+            let access = UserAccess {
+                role: role.unwrap_or_default(),
+                role_written: role.is_some(),
+                extra: permissions.unwrap_or_default(),
+            };
+            // Locked only now: a password prompt must not hold up others.
+            let _lock = UsersFileLock::acquire(path)?;
+            let mut users = UsersFile::load(path)?;
+            users.add_user_with(&name, hash, keys, access)?;
             users.save(path)?;
-            println!("added user {name} to {}", path.display());
+            println!(
+                "added user {name} to {} ({})",
+                path.display(),
+                describe(&access)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Set {
+            name,
+            role,
+            permissions,
+            config,
+        } => {
+            if role.is_none() && permissions.is_none() {
+                bail!("give --role PRESET or --permissions LIST to change");
+            }
+            let config = load_config(&config)?;
+            let path = &config.auth.users_file;
+            let _lock = UsersFileLock::acquire(path)?;
+            let mut users = UsersFile::load(path)?;
+            let access = users.set_access(&name, role, permissions)?;
+            users.save(path)?;
+            println!("user {name}: {}", describe(&access));
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::Remove { name, config } => {
             let config = load_config(&config)?;
             let path = &config.auth.users_file;
+            let _lock = UsersFileLock::acquire(path)?;
             let mut users = UsersFile::load(path)?;
             if !users.remove_user(&name)? {
                 bail!("no user {name} in {}", path.display());
@@ -107,9 +167,23 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 if !u.key_lines().is_empty() {
                     methods.push(format!("{} key(s)", u.key_lines().len()));
                 }
-                println!("{}\t{}", u.name(), methods.join(", "));
+                println!(
+                    "{}\t{}\t{}",
+                    u.name(),
+                    methods.join(", "),
+                    describe(&u.access())
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `role R` and `+ extra` if the user has permissions beyond the role's.
+fn describe(access: &UserAccess) -> String {
+    if access.extra.is_empty() {
+        format!("role {}", access.role)
+    } else {
+        format!("role {} + {}", access.role, access.extra)
     }
 }
