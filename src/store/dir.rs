@@ -8,8 +8,8 @@ use super::storage::{self, Access, Kind, Meta, ObjectPath, Storage};
 use super::{Attributes, OPEN_FILES, StoreError, file, format};
 use crate::sync::lock;
 
-/// An open directory of a [`UserStore`], read in batches with plaintext
-/// sizes (see [`UserStore::open_dir`]).
+/// An open directory of a [`UserStore`](super::UserStore), read in batches
+/// with plaintext sizes (see [`UserStore::open_dir`](super::UserStore::open_dir)).
 pub struct DirStream {
     pub(super) reader: Box<dyn storage::DirReader>,
     pub(super) storage: Arc<dyn Storage>,

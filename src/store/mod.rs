@@ -31,8 +31,8 @@
 //! placeholder and copy-on-open paths, directory operations); the open
 //! handle, [`EncryptedFile`], and its close/commit logic are in `handle`;
 //! directory listings ([`DirStream`]) and plaintext attributes in `dir`;
-//! the chunked file state in [`file`]; the size limit and stop signal in
-//! [`bounds`]; the upload gate in [`upload`].
+//! the chunked file state in [`file`](mod@file); the size limit and stop
+//! signal in [`bounds`]; the upload gate in [`upload`].
 
 pub mod bounds;
 pub mod check;
