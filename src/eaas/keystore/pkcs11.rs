@@ -26,7 +26,7 @@
 //! This file finds and checks the token at start-up
 //! ([`Pkcs11KeyStore::open`]); the private submodules `session` (the pool
 //! of logged-in sessions) and `keys` (finding and making the key pairs,
-//! and the [`KeyStore`] operations) do the rest.
+//! and the [`KeyStore`](super::KeyStore) operations) do the rest.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use cryptoki::types::RawAuthPin;
 
-use super::{KeyBits, KeyStore, KeyStoreError};
+use super::{KeyBits, KeyStoreError};
 use crate::eaas::config::Pkcs11Settings;
 use crate::eaas::secret::KeyId;
 use crate::sync::lock;
@@ -231,6 +231,7 @@ impl Pkcs11KeyStore {
 mod tests {
     use super::*;
     use crate::eaas::config::FileSetting;
+    use crate::eaas::keystore::KeyStore;
     use crate::eaas::service::Service;
     use std::path::Path;
     use std::process::Command;
