@@ -161,7 +161,9 @@ impl Permissions {
 
     /// The permissions in the set, in [`Permission::ALL`] order.
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL.into_iter().filter(move |p| self.contains(*p))
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
     }
 
     /// The first of `needed` that the set lacks, if any.
@@ -394,7 +396,10 @@ mod tests {
         assert_eq!("".parse::<Permissions>(), Ok(Permissions::NONE));
         assert_eq!(
             " overwrite , delete,".parse::<Permissions>(),
-            Ok(Permissions::of(&[Permission::Overwrite, Permission::Delete]))
+            Ok(Permissions::of(&[
+                Permission::Overwrite,
+                Permission::Delete
+            ]))
         );
         let err = "upload,writ".parse::<Permissions>().unwrap_err();
         assert_eq!(err, UnknownName::Permission("writ".into()));

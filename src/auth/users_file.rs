@@ -300,12 +300,13 @@ impl UsersFile {
             .map_err(|e| ParseError::Syntax(e.to_string().trim_end().to_owned()))?;
         let mut file = UsersFile::default();
         for user in raw.users {
-            let access = UserAccess::parse(user.role.as_deref(), &user.permissions).map_err(|e| {
-                ParseError::User(UserError {
-                    user: user.name.chars().take(64).collect(),
-                    problem: UserProblem::Access(e),
-                })
-            })?;
+            let access =
+                UserAccess::parse(user.role.as_deref(), &user.permissions).map_err(|e| {
+                    ParseError::User(UserError {
+                        user: user.name.chars().take(64).collect(),
+                        problem: UserProblem::Access(e),
+                    })
+                })?;
             let entry = UserEntry::new(&user.name, user.password, user.authorized_keys, access)
                 .map_err(ParseError::User)?;
             if file.get(entry.name.as_str()).is_some() {
@@ -709,6 +710,102 @@ mod tests {
         assert!(file.remove_user("../bob").is_err());
         let names: Vec<&str> = file.users().map(|u| u.name().as_str()).collect();
         assert_eq!(names, ["bob"]);
+    }
+
+    #[test]
+    fn roles_and_permissions() {
+        use crate::access::Permission as P;
+        let text = "[[user]]\nname = \"full\"\n\
+                    [[user]]\nname = \"partner\"\nrole = \"upload-only\"\npermissions = [\"overwrite\"]\n\
+                    [[user]]\nname = \"reader\"\nrole = \"read-only\"\n";
+        let file = load_text(text).unwrap();
+        assert_eq!(file.get("full").unwrap().permissions(), Permissions::all());
+        let partner = file.get("partner").unwrap();
+        assert_eq!(partner.access().role, Role::UploadOnly);
+        assert_eq!(
+            partner.permissions().to_string(),
+            "list,upload,overwrite,mkdir"
+        );
+        assert!(!partner.permissions().contains(P::Download));
+        assert_eq!(
+            file.get("reader").unwrap().permissions(),
+            Role::ReadOnly.permissions()
+        );
+
+        // Saved as written: no role for a user who had none.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        file.save(&path).unwrap();
+        let saved = fs::read_to_string(&path).unwrap();
+        assert_eq!(saved.matches("role = ").count(), 2, "{saved}");
+        let back = UsersFile::load(&path).unwrap();
+        for name in ["full", "partner", "reader"] {
+            assert_eq!(
+                back.get(name).unwrap().access(),
+                file.get(name).unwrap().access(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_role_or_permission_names_user_and_word() {
+        let msg = load_text("[[user]]\nname = \"bob\"\nrole = \"admin\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("user \"bob\": unknown role \"admin\""),
+            "{msg}"
+        );
+        let msg = load_text("[[user]]\nname = \"bob\"\npermissions = [\"list\", \"writ\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("user \"bob\": unknown permission \"writ\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn set_access_changes_role_and_replaces_extras() {
+        use crate::access::Permission as P;
+        let mut file = UsersFile::default();
+        let access = UserAccess {
+            role: Role::UploadOnly,
+            role_written: true,
+            extra: Permissions::of(&[P::Overwrite]),
+        };
+        file.add_user_with("partner", None, vec![], access).unwrap();
+        // The role alone keeps the extras.
+        let changed = file
+            .set_access("partner", Some(Role::ReadOnly), None)
+            .unwrap();
+        assert_eq!(changed.extra, Permissions::of(&[P::Overwrite]));
+        // Extras alone replace the extras and keep the role.
+        let changed = file
+            .set_access("partner", None, Some(Permissions::NONE))
+            .unwrap();
+        assert_eq!(changed.role, Role::ReadOnly);
+        assert_eq!(
+            file.get("partner").unwrap().permissions(),
+            Role::ReadOnly.permissions()
+        );
+        let err = file.set_access("nobody", None, None).unwrap_err();
+        assert_eq!(err.problem, UserProblem::Missing);
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/users.toml");
+        let held = UsersFileLock::acquire(&path).unwrap();
+        assert!(dir.path().join("sub/users.toml.lock").is_file());
+        let file = File::open(dir.path().join("sub/users.toml.lock")).unwrap();
+        let busy = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        assert!(busy.is_err(), "a second holder got the lock");
+        drop(held);
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .expect("free once dropped");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexS
 use tokio::task::JoinHandle;
 
 use super::serve;
+use crate::access::Access;
 use crate::jail;
 use crate::keys::DataKey;
 use crate::store::storage::{LocalStorage, ObjectPath};

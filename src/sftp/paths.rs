@@ -154,9 +154,9 @@ impl Session {
         let (from, to) = (jail::resolve(raw_from), jail::resolve(raw_to));
         let (shown_from, shown_to) = (shown_path(&from, raw_from), shown_path(&to, raw_to));
         let result = match (from, to) {
-            (Ok(from), Ok(to)) => self.rename_permitted(&to, replace).and_then(|replace| {
-                self.store.rename(&from, &to, replace).map_err(Into::into)
-            }),
+            (Ok(from), Ok(to)) => self
+                .rename_permitted(&to, replace)
+                .and_then(|replace| self.store.rename(&from, &to, replace).map_err(Into::into)),
             (Err(e), _) | (_, Err(e)) => Err(e.into()),
         };
         if let Err(e) = &result {

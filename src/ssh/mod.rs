@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::access::{Access, Permissions};
+use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::auth::{Authenticator, SystemUsers};
 use crate::config::LimitsConfig;
 use crate::keys::UserKeys;

@@ -2,6 +2,7 @@
 
 pub mod harness;
 
+mod access;
 mod audit;
 mod auth;
 mod budgets;

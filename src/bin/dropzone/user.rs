@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use dropzone::auth::authorized_keys::key_lines;
 use dropzone::access::{Permissions, Role};
+use dropzone::auth::authorized_keys::key_lines;
 use dropzone::auth::password;
 use dropzone::auth::users_file::{UserAccess, UsersFile, UsersFileLock};
 
