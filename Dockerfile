@@ -19,7 +19,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # No debug info in the image's binaries: Cargo.toml's release profile keeps
-# line tables (for local profiling), which would add about 134 MB here.
+# line tables (for local profiling), which would add about 115 MB here.
 # Symbols stay, so a backtrace still names its functions.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo
