@@ -130,7 +130,55 @@ fn failed(path: &ObjectPath, err: &OpError) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{env, finish, start};
+    use super::testing::{env, finish, get, put, start, start_with};
+    use crate::access::{Access, Role};
+
+    #[tokio::test]
+    async fn permissions_are_checked_before_the_store() {
+        let env = env();
+        put(&env.store, "/old.txt", b"old");
+        let drop_box = || Access::fixed(Role::UploadOnly.permissions());
+
+        // Upload-only: a new file goes in, an existing one is not replaced.
+        let (mut c, task) = start_with(&env.store, "scp -t /", drop_box());
+        c.expect_ok().await;
+        c.upload("new.txt", b"new").await;
+        c.send(b"C0644 3 old.txt\n").await;
+        let msg = c.expect_error(1).await;
+        assert_eq!(
+            msg,
+            "scp: /old.txt: permission denied: this account may not replace or modify \
+             existing files (it lacks the `overwrite` permission)"
+        );
+        assert_eq!(finish(c, task).await, 1);
+        assert_eq!(get(&env.store, "/old.txt"), b"old");
+        assert_eq!(get(&env.store, "/new.txt"), b"new");
+
+        // ... and nothing comes out.
+        let (mut c, task) = start_with(&env.store, "scp -f /old.txt", drop_box());
+        c.send(b"\0").await;
+        let msg = c.expect_error(1).await;
+        assert!(msg.contains("lacks the `download` permission"), "{msg}");
+        assert_eq!(finish(c, task).await, 1);
+
+        // Read-only: no new directory, no directory listing without `list`.
+        let read_only = Access::fixed(Role::ReadOnly.permissions());
+        let (mut c, task) = start_with(&env.store, "scp -r -t /", read_only);
+        c.expect_ok().await;
+        c.send(b"D0755 0 dir\n").await;
+        let msg = c.expect_error(1).await;
+        assert!(msg.contains("lacks the `mkdir` permission"), "{msg}");
+        assert_eq!(finish(c, task).await, 1);
+        assert!(env.store.stat(&super::testing::p("/dir"), true).is_err());
+        let download_only = Access::fixed(crate::access::Permissions::of(&[
+            crate::access::Permission::Download,
+        ]));
+        let (mut c, task) = start_with(&env.store, "scp -r -f /", download_only);
+        c.send(b"\0").await;
+        let msg = c.expect_error(1).await;
+        assert!(msg.contains("lacks the `list` permission"), "{msg}");
+        assert_eq!(finish(c, task).await, 1);
+    }
 
     #[tokio::test]
     async fn refused_commands_get_an_error() {

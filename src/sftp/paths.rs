@@ -531,3 +531,31 @@ pub(super) fn check_owner(a: &FileAttributes, current: &Attributes) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Permission as P;
+
+    #[test]
+    fn setstat_needs_overwrite_for_size_and_chmod_for_the_rest() {
+        let size = FileAttributes {
+            size: Some(0),
+            ..FileAttributes::empty()
+        };
+        assert_eq!(setstat_needs(&size), [P::Overwrite]);
+        let mode = FileAttributes {
+            permissions: Some(0o600),
+            ..FileAttributes::empty()
+        };
+        assert_eq!(setstat_needs(&mode), [P::Chmod]);
+        let times = FileAttributes {
+            atime: Some(1),
+            mtime: Some(2),
+            size: Some(3),
+            ..FileAttributes::empty()
+        };
+        assert_eq!(setstat_needs(&times), [P::Overwrite, P::Chmod]);
+        assert!(setstat_needs(&FileAttributes::empty()).is_empty());
+    }
+}
