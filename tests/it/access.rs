@@ -329,3 +329,74 @@ fn concurrent_user_commands_lose_no_update() {
         );
     }
 }
+
+/// Each request of the raw protocol needs its permission: an upload-only
+/// user with `rename` added.
+#[test]
+fn raw_requests_need_their_permission() {
+    let srv = server();
+    user_set(
+        &srv,
+        "partner",
+        &["--role", "upload-only", "--permissions", "rename"],
+    );
+    let mut raw = srv.raw_sftp("partner");
+    let new = SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_TRUNC;
+    for name in ["/a", "/b"] {
+        let h = raw.open(name, new).expect("a new file is an upload");
+        raw.write(&h, 0, name.as_bytes()).unwrap();
+        raw.close(&h).unwrap();
+    }
+    let denied = |r: Result<(), Status>, what: &str| match r {
+        Err(s) => assert_eq!(s.code, FX_PERMISSION_DENIED, "{what}: {s:?}"),
+        Ok(()) => panic!("{what} was allowed"),
+    };
+    let opened = |r: Result<Vec<u8>, Status>| r.map(|_| ());
+
+    // Writing to an existing file, in any form, is overwriting.
+    denied(
+        opened(raw.open("/a", SSH_FXF_WRITE | SSH_FXF_APPEND)),
+        "append",
+    );
+    denied(opened(raw.open("/a", new)), "truncate");
+    denied(opened(raw.open("/a", SSH_FXF_READ)), "read");
+    denied(
+        opened(raw.open("/n", SSH_FXF_READ | SSH_FXF_WRITE | SSH_FXF_CREAT)),
+        "read+write",
+    );
+    denied(raw.setstat_size("/a", 0), "setstat size");
+    denied(raw.setstat_perms("/a", 0o600), "setstat mode");
+    denied(raw.symlink("/a", "/l"), "symlink");
+    let hardlink = Req::new(0).string("/a").string("/h").into_fields();
+    denied(
+        raw.extended("hardlink@openssh.com", &hardlink).ok(),
+        "hardlink",
+    );
+    // posix-rename over an existing file replaces it: that is overwriting.
+    let over = Req::new(0).string("/a").string("/b").into_fields();
+    denied(
+        raw.extended("posix-rename@openssh.com", &over).ok(),
+        "posix-rename over b",
+    );
+    for path in ["/n", "/l", "/h"] {
+        assert!(raw.lstat(path).is_err(), "{path} was made");
+    }
+    assert_eq!(raw.stat("/a").unwrap().size, Some(2));
+
+    // Allowed: a rename to a new name, a new file appended to, listing.
+    raw.rename("/a", "/c").expect("rename to a new name");
+    let onto_new = Req::new(0).string("/c").string("/d").into_fields();
+    raw.extended("posix-rename@openssh.com", &onto_new)
+        .ok()
+        .expect("posix-rename to a new name");
+    let h = raw
+        .open("/e", SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_APPEND)
+        .expect("append to a new file");
+    raw.close(&h).unwrap();
+    let dir = raw.opendir("/").expect("list");
+    let names = raw.readdir(&dir).unwrap();
+    for name in ["b", "d", "e"] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    audited_denial(&srv, "partner", "rename", "/a", "overwrite");
+}
