@@ -169,3 +169,24 @@ fn the_compose_health_check_works_with_the_container_config() {
         &out,
     );
 }
+
+/// Each binary names itself in `--version` (the image's checks and
+/// operators tell the two apart by it).
+#[test]
+fn each_binary_names_itself_in_its_version() {
+    for (bin, name) in [
+        (BIN, "dropzone"),
+        (super::eaas_service::EAAS_BIN, "dropzone-eaas"),
+    ] {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--version");
+        let out = output_with_timeout(&mut cmd, None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin} --version failed: {out:?}");
+        assert_eq!(
+            text.split_whitespace().next(),
+            Some(name),
+            "{bin} --version printed {text:?}"
+        );
+    }
+}
