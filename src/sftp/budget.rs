@@ -148,12 +148,14 @@ impl Budgets {
     }
 
     /// Handles open over the whole server.
-    pub fn server_handles(&self) -> usize {
+    #[cfg(test)]
+    fn server_handles(&self) -> usize {
         self.server.used()
     }
 
     /// Users with at least one connection (live entries).
-    pub fn users(&self) -> usize {
+    #[cfg(test)]
+    fn users(&self) -> usize {
         let users = crate::sync::lock(&self.users);
         users.values().filter(|c| c.strong_count() > 0).count()
     }
