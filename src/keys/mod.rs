@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 pub use data_key::{DATA_KEY_LEN, DataKey};
 
 use crate::atomic_file;
-use crate::kms::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::kms::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::sync::lock;
 use crate::username::UserName;
 use cache::KeyCache;
@@ -188,8 +188,10 @@ impl UserKeys {
     /// (for a rotation of the master key). A key already wrapped under `to`
     /// is left alone, so a rotation can be run again to finish or check one.
     ///
-    /// The new wrapping is unwrapped and compared before it replaces the old
-    /// one, so a failure at any point leaves the user's key readable.
+    /// The backend re-wraps ([`KeyWrapper::rewrap`]: Vault does it without
+    /// the key leaving it). The new wrapping is then unwrapped and compared
+    /// with the old one's key before it replaces the file, so a failure at
+    /// any point leaves the user's key readable.
     pub fn rewrap(&self, user: &UserName, to: &MasterKeyRef) -> Result<Rewrapped, KeyError> {
         self.with_user_lock(user, || {
             let path = self.key_file_path(user);
@@ -200,8 +202,11 @@ impl UserKeys {
                 return Ok(Rewrapped::Already);
             }
             let key = self.unwrap_record(&path, &record)?;
-            let wrapped = self.wrapper.wrap(key.expose(), to)?;
-            let check = self.wrapper.unwrap(&wrapped, to)?;
+            let ctx = WrapContext::for_user(user);
+            let wrapped = self
+                .wrapper
+                .rewrap(&record.wrapped, &record.master, to, &ctx)?;
+            let check = self.wrapper.unwrap(&wrapped, to, &ctx)?;
             if !bool::from(check.ct_eq(key.expose())) {
                 return Err(KeyError::Kms(KmsError::Refused(format!(
                     "re-wrapping under {to} did not give back the same key"
@@ -251,7 +256,9 @@ impl UserKeys {
     fn create(&self, user: &UserName) -> Result<DataKey, KeyError> {
         let key = DataKey::random().map_err(|e| KeyError::Random(e.to_string()))?;
         let master = self.wrapper.current();
-        let wrapped = self.wrapper.wrap(key.expose(), &master)?;
+        let wrapped = self
+            .wrapper
+            .wrap(key.expose(), &master, &WrapContext::for_user(user))?;
         let record = KeyRecord::new(user.clone(), self.wrapper.backend(), master, wrapped);
         if self.write(user, &record, Write::CreateNew)? {
             tracing::info!(user = %user, master = %record.master, "created data key");
@@ -304,7 +311,11 @@ impl UserKeys {
         }
         let bytes = self
             .wrapper
-            .unwrap(&record.wrapped, &record.master)
+            .unwrap(
+                &record.wrapped,
+                &record.master,
+                &WrapContext::for_user(&record.user),
+            )
             .inspect_err(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "cannot unwrap data key");
             })?;

@@ -8,6 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::kms::local::LocalKms;
 
+/// The context every test wraps under (these backends ignore it).
+fn ctx() -> WrapContext {
+    WrapContext::for_user(&UserName::parse("alice").unwrap())
+}
+
 /// RSA-3072 generation is slow, so every test shares one master key
 /// directory (versions 1 and 2 are generated once each). The directory lives
 /// as long as the test process.
@@ -27,7 +32,7 @@ fn kms() -> Arc<dyn KeyWrapper> {
 /// would have.
 fn other_kms() -> Arc<dyn KeyWrapper> {
     // Make sure version 1 exists so that instances do not generate their own.
-    kms().wrap(&[0; 32], &kms().current()).unwrap();
+    kms().wrap(&[0; 32], &kms().current(), &ctx()).unwrap();
     Arc::new(LocalKms::new(kms_dir().to_owned(), "1".into()).unwrap())
 }
 

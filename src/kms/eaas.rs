@@ -38,7 +38,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{KeyWrapper, KmsError, MasterKeyRef};
+use super::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::sync::lock;
 
 pub mod reply;
@@ -298,7 +298,14 @@ impl KeyWrapper for EaasKms {
         Ok(())
     }
 
-    fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
+    /// The EaaS API has no field for `_ctx`; key files carry their user
+    /// instead.
+    fn wrap(
+        &self,
+        key: &[u8; 32],
+        under: &MasterKeyRef,
+        _ctx: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError> {
         check_secret(&under.secret_path, &under.secret_version)?;
         let known = lock(&self.ensured).contains(under);
         if !known {
@@ -314,6 +321,7 @@ impl KeyWrapper for EaasKms {
         &self,
         wrapped: &[u8],
         under: &MasterKeyRef,
+        _ctx: &WrapContext,
     ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
         check_secret(&under.secret_path, &under.secret_version)?;
         let ciphertext = hex::encode(wrapped);

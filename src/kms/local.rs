@@ -18,7 +18,7 @@ use rsa::{Oaep, RsaPrivateKey};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{KeyWrapper, KmsError, MasterKeyRef};
+use super::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::atomic_file;
 use crate::sync::lock;
 
@@ -160,7 +160,14 @@ impl KeyWrapper for LocalKms {
         self.key(under, true).map(drop)
     }
 
-    fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
+    /// RSA-OAEP has no room for `_ctx` here (a label would break the files
+    /// written so far); key files carry their user instead.
+    fn wrap(
+        &self,
+        key: &[u8; 32],
+        under: &MasterKeyRef,
+        _ctx: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError> {
         let private = self.key(under, true)?;
         private
             .as_public_key()
@@ -172,6 +179,7 @@ impl KeyWrapper for LocalKms {
         &self,
         wrapped: &[u8],
         under: &MasterKeyRef,
+        _ctx: &WrapContext,
     ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
         let private = self.key(under, false)?;
         let refused = || {
@@ -241,6 +249,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The context every test wraps under (these backends ignore it).
+    fn ctx() -> WrapContext {
+        WrapContext::for_user(&crate::username::UserName::parse("alice").unwrap())
+    }
+
     fn version(v: &str) -> MasterKeyRef {
         MasterKeyRef {
             secret_path: SECRET_PATH.into(),
@@ -269,12 +282,12 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
 
         let dek = [7u8; 32];
-        let wrapped = kms.wrap(&dek, &kms.current()).unwrap();
+        let wrapped = kms.wrap(&dek, &kms.current(), &ctx()).unwrap();
         assert_eq!(wrapped.len(), KEY_BITS / 8);
         assert_ne!(&wrapped[..32], &dek[..]);
-        assert_eq!(*kms.unwrap(&wrapped, &version("1")).unwrap(), dek);
+        assert_eq!(*kms.unwrap(&wrapped, &version("1"), &ctx()).unwrap(), dek);
         // OAEP is randomised.
-        assert_ne!(kms.wrap(&dek, &version("1")).unwrap(), wrapped);
+        assert_ne!(kms.wrap(&dek, &version("1"), &ctx()).unwrap(), wrapped);
 
         let file = kms.key_file_path("1");
         assert_eq!(file, key_dir.join("master-v1.pem"));
@@ -289,23 +302,23 @@ mod tests {
 
         // A second instance (a restart) loads the same key from disk.
         let again = LocalKms::new(key_dir.clone(), "1".into()).unwrap();
-        assert_eq!(*again.unwrap(&wrapped, &version("1")).unwrap(), dek);
+        assert_eq!(*again.unwrap(&wrapped, &version("1"), &ctx()).unwrap(), dek);
 
         // Every flipped bit is refused, never a panic or a wrong key.
         for i in [0, 1, wrapped.len() / 2, wrapped.len() - 1] {
             let mut bad = wrapped.clone();
             bad[i] ^= 0x01;
             assert!(matches!(
-                kms.unwrap(&bad, &version("1")),
+                kms.unwrap(&bad, &version("1"), &ctx()),
                 Err(KmsError::Refused(_))
             ));
         }
         assert!(matches!(
-            kms.unwrap(&wrapped[1..], &version("1")),
+            kms.unwrap(&wrapped[1..], &version("1"), &ctx()),
             Err(KmsError::Refused(_))
         ));
         assert!(matches!(
-            kms.unwrap(&[], &version("1")),
+            kms.unwrap(&[], &version("1"), &ctx()),
             Err(KmsError::Refused(_))
         ));
 
@@ -315,13 +328,13 @@ mod tests {
             secret_version: "1".into(),
         };
         assert!(matches!(
-            kms.unwrap(&wrapped, &other),
+            kms.unwrap(&wrapped, &other, &ctx()),
             Err(KmsError::Refused(_))
         ));
         for v in ["", "x", "1.0", "../1", "1234567890", "-1"] {
             assert!(
                 matches!(
-                    kms.wrap(&dek, &version(v)),
+                    kms.wrap(&dek, &version(v), &ctx()),
                     Err(KmsError::InvalidVersion(_))
                 ),
                 "{v}"
@@ -334,7 +347,7 @@ mod tests {
     fn unwrap_under_a_missing_version_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let kms = LocalKms::new(dir.path().to_owned(), "1".into()).unwrap();
-        match kms.unwrap(&[0u8; 384], &version("5")) {
+        match kms.unwrap(&[0u8; 384], &version("5"), &ctx()) {
             Err(KmsError::Refused(msg)) => assert!(msg.contains("master-v5.pem"), "{msg}"),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("unwrapped under a missing key"),
@@ -352,7 +365,7 @@ mod tests {
         ));
         std::fs::write(dir.path().join("master-v3.pem"), "not a key").unwrap();
         let kms = LocalKms::new(dir.path().to_owned(), "3".into()).unwrap();
-        match kms.wrap(&[0; 32], &version("3")) {
+        match kms.wrap(&[0; 32], &version("3"), &ctx()) {
             Err(KmsError::Refused(msg)) => assert!(msg.contains("master-v3.pem"), "{msg}"),
             other => panic!("unexpected {:?}", other.map(|_| ())),
         }
@@ -375,7 +388,7 @@ mod tests {
                     let barrier = &barrier;
                     s.spawn(move || {
                         barrier.wait();
-                        kms.wrap(&[i as u8; 32], &version("1")).unwrap()
+                        kms.wrap(&[i as u8; 32], &version("1"), &ctx()).unwrap()
                     })
                 })
                 .collect();
@@ -383,7 +396,10 @@ mod tests {
         });
         for kms in &instances {
             for (i, w) in wrapped.iter().enumerate() {
-                assert_eq!(*kms.unwrap(w, &version("1")).unwrap(), [i as u8; 32]);
+                assert_eq!(
+                    *kms.unwrap(w, &version("1"), &ctx()).unwrap(),
+                    [i as u8; 32]
+                );
             }
         }
         assert_eq!(dir_entries(dir.path()), ["master-v1.pem"]);

@@ -17,6 +17,8 @@ pub mod eaas;
 pub mod local;
 mod version;
 
+use crate::username::UserName;
+
 pub use version::{InvalidSecretVersion, SecretVersion};
 
 /// Identifies one master key version at a backend.
@@ -68,13 +70,46 @@ impl KmsError {
     }
 }
 
+/// What a wrapped key is bound to: the user it belongs to.
+///
+/// A backend that can bind a wrapping to a context (Vault/OpenBao Transit's
+/// derived keys, AWS KMS's encryption context) gives it with every wrap and
+/// unwrap, so a wrapped key copied into another user's key file does not
+/// unwrap there. Backends whose wire format has no room for it (the local
+/// RSA-OAEP files, the EaaS API) ignore it; their key files are still bound
+/// to their user by the `user` field that [`crate::keys`] checks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WrapContext {
+    user: String,
+}
+
+impl WrapContext {
+    /// The context of `user`'s data key.
+    pub fn for_user(user: &UserName) -> Self {
+        WrapContext {
+            user: user.as_str().to_owned(),
+        }
+    }
+
+    /// The user name, as text (AWS KMS's encryption context takes strings).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The user name as bytes (Vault's derived-key context).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.user.as_bytes()
+    }
+}
+
 /// Wraps and unwraps 32-byte data keys under a master key.
 ///
 /// Calls block (key generation, disk or network I/O): async callers use
 /// `spawn_blocking`. The trait is object safe and used as
 /// `Arc<dyn KeyWrapper>`.
 pub trait KeyWrapper: Send + Sync {
-    /// The backend's name as recorded in key files: `"local"` or `"eaas"`.
+    /// The backend's name as recorded in key files: `"local"`, `"eaas"`,
+    /// `"vault"`.
     fn backend(&self) -> &'static str;
     /// The master key version new keys are wrapped under.
     fn current(&self) -> MasterKeyRef;
@@ -82,12 +117,46 @@ pub trait KeyWrapper: Send + Sync {
     /// (idempotent). Called at server start for [`KeyWrapper::current`] and
     /// before a rotation for the new version.
     fn ensure_master_key(&self, under: &MasterKeyRef) -> Result<(), KmsError>;
-    /// Wraps `key` under the master key `under`.
-    fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError>;
-    /// Unwraps a key that [`KeyWrapper::wrap`] produced under `under`.
+    /// Wraps `key` under the master key `under`, bound to `ctx` where the
+    /// backend can bind it.
+    fn wrap(
+        &self,
+        key: &[u8; 32],
+        under: &MasterKeyRef,
+        ctx: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError>;
+    /// Unwraps a key that [`KeyWrapper::wrap`] produced under `under` with
+    /// the same `ctx`.
     fn unwrap(
         &self,
         wrapped: &[u8],
         under: &MasterKeyRef,
+        ctx: &WrapContext,
     ) -> Result<zeroize::Zeroizing<[u8; 32]>, KmsError>;
+    /// Re-wraps a key wrapped under `from` so that it is wrapped under `to`
+    /// (a rotation). The default unwraps here and wraps again; a backend
+    /// that can re-wrap by itself (Vault's `rewrap`) overrides it so that the
+    /// key never leaves the key service.
+    fn rewrap(
+        &self,
+        wrapped: &[u8],
+        from: &MasterKeyRef,
+        to: &MasterKeyRef,
+        ctx: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        let key = self.unwrap(wrapped, from, ctx)?;
+        self.wrap(&key, to, ctx)
+    }
+    /// Makes a new master key version at the backend and returns it; it is
+    /// [`KeyWrapper::current`] from then on. Only backends that number their
+    /// versions themselves (Vault) do; for the others the operator names the
+    /// new version (`dropzone keys rotate --secret-version V`), and the
+    /// default says so.
+    fn rotate_master_key(&self) -> Result<MasterKeyRef, KmsError> {
+        Err(KmsError::Misconfigured(format!(
+            "the {} backend does not choose master key versions itself: \
+             name the new one with --secret-version V",
+            self.backend()
+        )))
+    }
 }

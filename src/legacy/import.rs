@@ -22,7 +22,7 @@ use super::report::{Event, FileOutcome, Summary};
 use super::source::{self, SourceError, SourceKind, SourceReader};
 use super::walk::{self, PlannedFile};
 use crate::keys::{DataKey, KeyError, UserKeys};
-use crate::kms::{KeyWrapper, MasterKeyRef};
+use crate::kms::{KeyWrapper, MasterKeyRef, WrapContext};
 use crate::store::format::CHUNK_SIZE;
 use crate::store::storage::{Kind, ObjectPath};
 use crate::store::{OpenOptions, StoreError, UserStore};
@@ -292,7 +292,8 @@ impl Run<'_> {
         let legacy_key = if std::fs::symlink_metadata(&kek).is_ok() {
             let wrapped =
                 source::read_kek(&kek).map_err(|e| format!("key file {}: {e}", kek.display()))?;
-            let key = self.wrapper.unwrap(&wrapped, master).map_err(|e| {
+            let ctx = WrapContext::for_user(user);
+            let key = self.wrapper.unwrap(&wrapped, master, &ctx).map_err(|e| {
                 format!(
                     "key file {}: the key service did not give back an AES key under {master}: {e}",
                     kek.display()

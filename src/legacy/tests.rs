@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::keys::UserKeys;
-use crate::kms::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::kms::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::store::storage::{LocalStorage, ObjectPath};
 use crate::store::{OpenOptions, UserStore};
 use crate::username::UserName;
@@ -54,7 +54,12 @@ impl KeyWrapper for FakeEaas {
     fn ensure_master_key(&self, _: &MasterKeyRef) -> Result<(), KmsError> {
         Ok(())
     }
-    fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
+    fn wrap(
+        &self,
+        key: &[u8; 32],
+        under: &MasterKeyRef,
+        _: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError> {
         assert_eq!(under.secret_path, MASTER);
         Ok(wrapped(key))
     }
@@ -62,6 +67,7 @@ impl KeyWrapper for FakeEaas {
         &self,
         wrapped: &[u8],
         under: &MasterKeyRef,
+        _: &WrapContext,
     ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
         if under.secret_path != MASTER {
             return Err(KmsError::Refused(format!("no key {under}")));

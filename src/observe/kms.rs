@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::kms::{KeyWrapper, KmsError, MasterKeyRef};
+use crate::kms::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 
 use super::Metrics;
 
@@ -59,16 +59,38 @@ impl KeyWrapper for ObservedKeyWrapper {
         self.timed("ensure_master_key", || self.inner.ensure_master_key(under))
     }
 
-    fn wrap(&self, key: &[u8; 32], under: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
-        self.timed("wrap", || self.inner.wrap(key, under))
+    fn wrap(
+        &self,
+        key: &[u8; 32],
+        under: &MasterKeyRef,
+        ctx: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        self.timed("wrap", || self.inner.wrap(key, under, ctx))
     }
 
     fn unwrap(
         &self,
         wrapped: &[u8],
         under: &MasterKeyRef,
+        ctx: &WrapContext,
     ) -> Result<zeroize::Zeroizing<[u8; 32]>, KmsError> {
-        self.timed("unwrap", || self.inner.unwrap(wrapped, under))
+        self.timed("unwrap", || self.inner.unwrap(wrapped, under, ctx))
+    }
+
+    // Forwarded, not left to the defaults: the inner backend may do these
+    // itself (Vault re-wraps without the key leaving it).
+    fn rewrap(
+        &self,
+        wrapped: &[u8],
+        from: &MasterKeyRef,
+        to: &MasterKeyRef,
+        ctx: &WrapContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        self.timed("rewrap", || self.inner.rewrap(wrapped, from, to, ctx))
+    }
+
+    fn rotate_master_key(&self) -> Result<MasterKeyRef, KmsError> {
+        self.timed("rotate_master_key", || self.inner.rotate_master_key())
     }
 }
 
@@ -92,13 +114,19 @@ mod tests {
         fn ensure_master_key(&self, _: &MasterKeyRef) -> Result<(), KmsError> {
             Err(KmsError::Unavailable("down".into()))
         }
-        fn wrap(&self, key: &[u8; 32], _: &MasterKeyRef) -> Result<Vec<u8>, KmsError> {
+        fn wrap(
+            &self,
+            key: &[u8; 32],
+            _: &MasterKeyRef,
+            _: &WrapContext,
+        ) -> Result<Vec<u8>, KmsError> {
             Ok(key.to_vec())
         }
         fn unwrap(
             &self,
             _: &[u8],
             _: &MasterKeyRef,
+            _: &WrapContext,
         ) -> Result<zeroize::Zeroizing<[u8; 32]>, KmsError> {
             Err(KmsError::Refused("no".into()))
         }
@@ -109,16 +137,25 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let w = ObservedKeyWrapper::new(Arc::new(Fake), metrics.clone());
         let under = w.current();
+        let ctx = WrapContext::for_user(&crate::username::UserName::parse("alice").unwrap());
         assert_eq!(w.backend(), "fake");
-        assert_eq!(w.wrap(&[1; 32], &under).unwrap(), vec![1; 32]);
-        assert!(w.unwrap(&[], &under).is_err());
+        assert_eq!(w.wrap(&[1; 32], &under, &ctx).unwrap(), vec![1; 32]);
+        assert!(w.unwrap(&[], &under, &ctx).is_err());
         assert!(w.ensure_master_key(&under).is_err());
+        // The default re-wrap unwraps first, so the fake's refusal shows.
+        assert!(w.rewrap(&[], &under, &under, &ctx).is_err());
+        assert!(matches!(
+            w.rotate_master_key(),
+            Err(KmsError::Misconfigured(m)) if m.contains("--secret-version")
+        ));
         let text = metrics.render();
         for want in [
             "dropzone_kms_request_duration_seconds_count{op=\"wrap\"} 1\n",
             "dropzone_kms_request_duration_seconds_count{op=\"unwrap\"} 1\n",
             "dropzone_kms_errors_total{op=\"unwrap\",kind=\"refused\"} 1\n",
             "dropzone_kms_errors_total{op=\"ensure_master_key\",kind=\"unavailable\"} 1\n",
+            "dropzone_kms_errors_total{op=\"rewrap\",kind=\"refused\"} 1\n",
+            "dropzone_kms_errors_total{op=\"rotate_master_key\",kind=\"misconfigured\"} 1\n",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

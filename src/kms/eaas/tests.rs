@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// The context every test wraps under (these backends ignore it).
+fn ctx() -> WrapContext {
+    WrapContext::for_user(&crate::username::UserName::parse("alice").unwrap())
+}
+
 /// A request as the test server saw it.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -247,11 +252,11 @@ fn wire_format_round_trip_and_token() {
     assert_eq!(current.secret_version, "1");
 
     kms.ensure_master_key(&current).unwrap();
-    let wrapped = kms.wrap(&DEK, &current).unwrap();
+    let wrapped = kms.wrap(&DEK, &current, &ctx()).unwrap();
     // The wrapped bytes are the hex-decoded ciphertext: here, the 64 hex
     // characters XOR 0x5a.
     assert_eq!(wrapped.len(), 64);
-    let key = kms.unwrap(&wrapped, &current).unwrap();
+    let key = kms.unwrap(&wrapped, &current, &ctx()).unwrap();
     assert_eq!(*key, DEK);
 
     let seen = server.seen();
@@ -283,7 +288,7 @@ fn wire_format_round_trip_and_token() {
         secret_path: "other/path".into(),
         secret_version: "7".into(),
     };
-    kms.unwrap(&wrapped, &v7).unwrap();
+    kms.unwrap(&wrapped, &v7, &ctx()).unwrap();
     let last = server.seen().pop().unwrap();
     assert_eq!(last.body["secret_path"], "other/path");
     assert_eq!(last.body["secret_version"], "7");
@@ -312,7 +317,7 @@ fn http_500_plain_text_is_refused_with_status_and_excerpt_and_not_retried() {
         )
     });
     let kms = client(server.url());
-    let m = refused(kms.unwrap(&[1, 2, 3], &kms.current()));
+    let m = refused(kms.unwrap(&[1, 2, 3], &kms.current(), &ctx()));
     assert!(m.contains("HTTP 500 Internal Server Error"), "{m}");
     assert!(m.contains("/key/decrypt/rsa"), "{m}");
     assert!(m.contains("CKR_KEY_HANDLE_INVALID"), "{m}");
@@ -327,14 +332,14 @@ fn statuses_that_mean_later_are_unavailable() {
     for status in [502, 503, 504, 429] {
         let server = TestServer::start(move |_| answer(status, "text/plain", "busy"));
         let kms = client(server.url());
-        let m = unavailable(kms.wrap(&DEK, &kms.current()));
+        let m = unavailable(kms.wrap(&DEK, &kms.current(), &ctx()));
         assert!(m.contains(&status.to_string()) && m.contains("busy"), "{m}");
         assert_eq!(server.seen().len(), 1);
     }
     for status in [400, 401, 403, 404] {
         let server = TestServer::start(move |_| answer(status, "text/plain", "no"));
         let kms = client(server.url());
-        refused(kms.wrap(&DEK, &kms.current()));
+        refused(kms.wrap(&DEK, &kms.current(), &ctx()));
     }
 }
 
@@ -349,8 +354,8 @@ fn a_200_with_an_error_field_is_refused() {
     let kms = client(server.url());
     let current = kms.current();
     for m in [
-        refused(kms.wrap(&DEK, &current)),
-        refused(kms.unwrap(&[1; 256], &current)),
+        refused(kms.wrap(&DEK, &current, &ctx())),
+        refused(kms.unwrap(&[1; 256], &current, &ctx())),
         refused(kms.ensure_master_key(&current)),
     ] {
         assert!(
@@ -364,11 +369,11 @@ fn a_200_with_an_error_field_is_refused() {
 fn a_200_without_the_field_is_refused() {
     let server = TestServer::start(|_| json(200, serde_json::json!({"Info": "hello"})));
     let kms = client(server.url());
-    let m = refused(kms.wrap(&DEK, &kms.current()));
+    let m = refused(kms.wrap(&DEK, &kms.current(), &ctx()));
     assert!(m.contains("/key/encrypt/rsa"), "{m}");
     assert!(m.contains("\"ciphertext\""), "{m}");
     assert!(m.contains("hello"), "encrypt replies may be quoted: {m}");
-    let m = refused(kms.unwrap(&[1; 256], &kms.current()));
+    let m = refused(kms.unwrap(&[1; 256], &kms.current(), &ctx()));
     assert!(m.contains("\"plaintext\""), "{m}");
     assert!(
         !m.contains("hello"),
@@ -380,15 +385,15 @@ fn a_200_without_the_field_is_refused() {
 fn a_200_that_is_not_json_is_refused() {
     let server = TestServer::start(|_| answer(200, "text/html", "<html>proxy says hi</html>"));
     let kms = client(server.url());
-    let m = refused(kms.wrap(&DEK, &kms.current()));
+    let m = refused(kms.wrap(&DEK, &kms.current(), &ctx()));
     assert!(m.contains("not JSON") && m.contains("proxy says hi"), "{m}");
-    let m = refused(kms.unwrap(&[1; 256], &kms.current()));
+    let m = refused(kms.unwrap(&[1; 256], &kms.current(), &ctx()));
     assert!(m.contains("not JSON") && !m.contains("proxy"), "{m}");
 
     // JSON, but not an object.
     let server = TestServer::start(|_| json(200, serde_json::json!(["ciphertext", "00"])));
     let kms = client(server.url());
-    let m = refused(kms.wrap(&DEK, &kms.current()));
+    let m = refused(kms.wrap(&DEK, &kms.current(), &ctx()));
     assert!(m.contains("expected shape"), "{m}");
 }
 
@@ -404,7 +409,7 @@ fn unusable_plaintexts_are_refused_without_being_shown() {
     ] {
         let server = TestServer::start(move |_| json(200, serde_json::json!({ "plaintext": bad })));
         let kms = client(server.url());
-        let m = match kms.unwrap(&[1; 256], &kms.current()) {
+        let m = match kms.unwrap(&[1; 256], &kms.current(), &ctx()) {
             Err(KmsError::Refused(m)) => m,
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("accepted a bad plaintext"),
@@ -416,7 +421,7 @@ fn unusable_plaintexts_are_refused_without_being_shown() {
     let upper = hex::encode_upper(DEK);
     let server = TestServer::start(move |_| json(200, serde_json::json!({ "plaintext": upper })));
     let kms = client(server.url());
-    assert_eq!(*kms.unwrap(&[1; 256], &kms.current()).unwrap(), DEK);
+    assert_eq!(*kms.unwrap(&[1; 256], &kms.current(), &ctx()).unwrap(), DEK);
 }
 
 #[test]
@@ -432,7 +437,7 @@ fn unusable_ciphertexts_are_refused() {
             json(200, serde_json::json!({ "ciphertext": bad }))
         }));
         let kms = client(server.url());
-        let m = refused(kms.wrap(&DEK, &kms.current()));
+        let m = refused(kms.wrap(&DEK, &kms.current(), &ctx()));
         assert!(m.contains("unusable ciphertext"), "{m}");
     }
 }
@@ -441,7 +446,7 @@ fn unusable_ciphertexts_are_refused() {
 fn long_bodies_are_cut_to_a_short_excerpt() {
     let server = TestServer::start(with_gen(|_| answer(500, "text/plain", "x".repeat(100_000))));
     let kms = client(server.url());
-    let m = refused(kms.wrap(&DEK, &kms.current()));
+    let m = refused(kms.wrap(&DEK, &kms.current(), &ctx()));
     assert!(m.len() < 400, "{} bytes: {m}", m.len());
     assert!(
         m.contains(&format!("{}...", "x".repeat(EXCERPT_CHARS - 3))),
@@ -473,7 +478,7 @@ fn connection_refused_is_retried_then_unavailable() {
     o.retry_delays = DEFAULT_RETRY_DELAYS.to_vec();
     let kms = EaasKms::new(o).unwrap();
     let started = Instant::now();
-    let m = unavailable(kms.wrap(&DEK, &kms.current()));
+    let m = unavailable(kms.wrap(&DEK, &kms.current(), &ctx()));
     let took = started.elapsed();
     assert!(
         m.contains("cannot connect") && m.contains("3 attempts"),
@@ -500,11 +505,11 @@ fn a_service_that_comes_back_during_the_retries_is_used() {
         thread::sleep(Duration::from_millis(100));
         TestServer::on(TcpListener::bind(addr).unwrap(), Arc::new(original))
     });
-    let wrapped = kms.wrap(&DEK, &kms.current()).unwrap();
+    let wrapped = kms.wrap(&DEK, &kms.current(), &ctx()).unwrap();
     let server = starter.join().unwrap();
     let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(paths, ["/gen/key/rsa", "/key/encrypt/rsa"]);
-    assert_eq!(*kms.unwrap(&wrapped, &kms.current()).unwrap(), DEK);
+    assert_eq!(*kms.unwrap(&wrapped, &kms.current(), &ctx()).unwrap(), DEK);
 }
 
 #[test]
@@ -518,7 +523,7 @@ fn a_slow_reply_times_out_and_is_not_retried() {
     o.request_timeout = Duration::from_millis(300);
     let kms = EaasKms::new(o).unwrap();
     let started = Instant::now();
-    let m = unavailable(kms.unwrap(&[1; 64], &kms.current()));
+    let m = unavailable(kms.unwrap(&[1; 64], &kms.current(), &ctx()));
     let took = started.elapsed();
     assert!(m.contains("did not answer within 300ms"), "{m}");
     assert!(took < Duration::from_secs(2), "{took:?}");
@@ -580,14 +585,14 @@ fn the_first_wrap_under_a_key_asks_for_it_once() {
     let server = TestServer::start(original);
     let kms = client(server.url());
     let current = kms.current();
-    kms.wrap(&DEK, &current).unwrap();
-    kms.wrap(&DEK, &current).unwrap();
+    kms.wrap(&DEK, &current, &ctx()).unwrap();
+    kms.wrap(&DEK, &current, &ctx()).unwrap();
     let v2 = MasterKeyRef {
         secret_path: current.secret_path.clone(),
         secret_version: "2".into(),
     };
-    let wrapped = kms.wrap(&DEK, &v2).unwrap();
-    kms.unwrap(&wrapped, &v2).unwrap();
+    let wrapped = kms.wrap(&DEK, &v2, &ctx()).unwrap();
+    kms.unwrap(&wrapped, &v2, &ctx()).unwrap();
     let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(
         paths,
@@ -605,8 +610,8 @@ fn the_first_wrap_under_a_key_asks_for_it_once() {
     // A failed request for the key is asked again next time.
     let server = TestServer::start(|_| answer(503, "text/plain", "starting"));
     let kms = client(server.url());
-    unavailable(kms.wrap(&DEK, &kms.current()));
-    unavailable(kms.wrap(&DEK, &kms.current()));
+    unavailable(kms.wrap(&DEK, &kms.current(), &ctx()));
+    unavailable(kms.wrap(&DEK, &kms.current(), &ctx()));
     let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(paths, ["/gen/key/rsa", "/gen/key/rsa"]);
 }
