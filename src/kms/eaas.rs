@@ -29,15 +29,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::blocking::Client;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::http::{self, EXCERPT_CHARS, chain, check_url, excerpt, read_limited};
 use super::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::sync::lock;
 
@@ -60,12 +59,8 @@ pub const DEFAULT_RETRY_DELAYS: [Duration; 2] =
     [Duration::from_millis(100), Duration::from_millis(400)];
 /// Largest wrapped key accepted (the key file format's own limit).
 const MAX_WRAPPED_LEN: usize = 8 * 1024;
-/// Longest body excerpt in an error message, in characters.
-const EXCERPT_CHARS: usize = 200;
 /// Largest token file read.
 const MAX_TOKEN_FILE_LEN: u64 = 4096;
-/// Largest CA file read.
-const MAX_CA_FILE_LEN: u64 = 1024 * 1024;
 
 /// How to reach the service; [`EaasOptions::new`] fills in the defaults.
 #[derive(Debug, Clone)]
@@ -162,20 +157,12 @@ impl EaasKms {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
-        let tls = tls_config(https, options.ca_file.as_deref())?;
-        let client = Client::builder()
-            .tls_backend_preconfigured(tls)
-            .https_only(https)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .http1_only()
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.request_timeout)
-            .user_agent(concat!("dropzone/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                KmsError::Misconfigured(format!("cannot build the HTTP client: {}", chain(&e)))
-            })?;
+        let client = http::client(
+            https,
+            options.ca_file.as_deref(),
+            options.connect_timeout,
+            options.request_timeout,
+        )?;
         Ok(EaasKms {
             client,
             base,
@@ -331,34 +318,6 @@ impl KeyWrapper for EaasKms {
     }
 }
 
-/// Checks the base URL and returns it without a trailing slash.
-fn check_url(url: &str) -> Result<String, KmsError> {
-    // A URL with credentials is not repeated: they would end up in logs.
-    let shown = if url.contains('@') {
-        "(not shown)"
-    } else {
-        url
-    };
-    let bad = |why: &str| KmsError::Misconfigured(format!("key service URL {shown:?}: {why}"));
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("use http:// or https://"));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(bad("no host"));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        // Credentials in a URL end up in logs and error messages.
-        return Err(bad(
-            "credentials in the URL are not supported; use token_file",
-        ));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(bad("no query or fragment allowed"));
-    }
-    Ok(parsed.as_str().trim_end_matches('/').to_owned())
-}
-
 /// The service accepts any text; we insist on something that is safe in
 /// logs, file names and key files.
 fn check_secret(path: &str, version: &str) -> Result<(), KmsError> {
@@ -389,111 +348,6 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, KmsError> {
         return Err(bad("the token must be printable ASCII without spaces"));
     }
     Ok(Zeroizing::new(format!("Bearer {token}")))
-}
-
-fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, KmsError> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        KmsError::Misconfigured(format!("cannot read the {what} {}: {e}", path.display()))
-    })?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| {
-        KmsError::Misconfigured(format!("cannot read the {what} {}: {e}", path.display()))
-    })?;
-    if bytes.len() as u64 > limit {
-        return Err(KmsError::Misconfigured(format!(
-            "the {what} {} is larger than {limit} bytes",
-            path.display()
-        )));
-    }
-    Ok(bytes)
-}
-
-/// The TLS settings: ring as the provider; the CA file's certificates, or
-/// the system's roots, as trust anchors. For a plain `http` URL TLS is never
-/// used, and no roots are loaded.
-fn tls_config(https: bool, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, KmsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KmsError::Misconfigured(format!("TLS: {e}")))?;
-    let config = match (https, ca_file) {
-        (true, Some(path)) => {
-            let pem = read_limited(path, MAX_CA_FILE_LEN, "CA file")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| {
-                    KmsError::Misconfigured(format!("CA file {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    KmsError::Misconfigured(format!("CA file {}: {e}", path.display()))
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(KmsError::Misconfigured(format!(
-                    "CA file {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        (true, None) => {
-            let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(|e| {
-                KmsError::Misconfigured(format!("TLS: the system's certificate roots: {e}"))
-            })?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
-        }
-        (false, _) => builder
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    Ok(config)
-}
-
-/// At most [`EXCERPT_CHARS`] characters of `body`, as text, with control
-/// characters removed (line breaks and tabs become single spaces).
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut cleaned = String::new();
-    for c in text.chars() {
-        match c {
-            '\n' | '\r' | '\t' | ' ' => {
-                if !cleaned.is_empty() && !cleaned.ends_with(' ') {
-                    cleaned.push(' ');
-                }
-            }
-            c if c.is_control() => {}
-            c => cleaned.push(c),
-        }
-    }
-    let cleaned = cleaned.trim_end();
-    if cleaned.is_empty() {
-        return "(empty body)".to_owned();
-    }
-    if cleaned.chars().count() <= EXCERPT_CHARS {
-        return cleaned.to_owned();
-    }
-    let mut short: String = cleaned.chars().take(EXCERPT_CHARS - 3).collect();
-    short.push_str("...");
-    short
-}
-
-/// An error and its causes, as "a: b: c" (reqwest's own message alone is
-/// "error sending request").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    excerpt(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! backends.
 
 pub mod eaas;
+mod http;
 pub mod local;
 mod version;
 
