@@ -8,11 +8,14 @@
 //! - [`local::LocalKms`]: RSA-3072 keys in PEM files on this host (default).
 //! - [`eaas::EaasKms`]: RSA keys held by a key service over HTTP (the
 //!   original Dropzone's EaaS API; `dropzone-eaas` is the reference service).
+//! - [`aws_kms::AwsKms`]: a symmetric AWS KMS key (or a compatible service),
+//!   with the user name as encryption context.
 //!
 //! [`SecretVersion`] is the one rule for a master key version (1 to 9
 //! decimal digits), used by the configuration, the command line and both
 //! backends.
 
+pub mod aws_kms;
 pub mod eaas;
 mod http;
 pub mod local;
