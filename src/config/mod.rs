@@ -14,12 +14,14 @@ use serde::Deserialize;
 use crate::kms::SecretVersion;
 
 mod audit;
+mod aws_kms;
 mod limits;
 mod metrics;
 mod ssh;
 mod upload;
 
 pub use audit::AuditConfig;
+pub use aws_kms::AwsKmsConfig;
 pub use limits::{LimitsConfig, PenaltyConfig};
 pub use metrics::MetricsConfig;
 pub use ssh::SshConfig;
@@ -44,6 +46,7 @@ pub struct ConfigError {
 struct RawConfig {
     listen: Option<SocketAddr>,
     host_keys_dir: Option<PathBuf>,
+    host_certificates: Option<Vec<PathBuf>>,
     data_dir: Option<PathBuf>,
     keks_dir: Option<PathBuf>,
     #[serde(default)]
@@ -73,6 +76,8 @@ struct RawAuth {
     pam_allow_root: Option<bool>,
     pam_timeout_secs: Option<u64>,
     max_auth_attempts: Option<u32>,
+    trusted_user_ca_keys: Option<PathBuf>,
+    revoked_keys: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -83,6 +88,7 @@ struct RawKms {
     #[serde(default)]
     local: RawLocal,
     eaas: Option<RawEaas>,
+    aws_kms: Option<aws_kms::RawAwsKms>,
 }
 
 #[derive(Deserialize, Default)]
@@ -119,6 +125,8 @@ pub enum KmsBackend {
     Local,
     /// The EaaS HTTP API.
     Eaas,
+    /// AWS KMS (or a compatible service).
+    AwsKms,
 }
 
 /// The validated configuration.
@@ -128,6 +136,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Host keys; generated there on first start.
     pub host_keys_dir: PathBuf,
+    /// OpenSSH host certificates of those keys, presented to clients that
+    /// trust their CA (`@cert-authority` in `known_hosts`); none by default.
+    pub host_certificates: Vec<PathBuf>,
     /// User NAME's files live under `data_dir/NAME/`.
     pub data_dir: PathBuf,
     /// Wrapped user keys.
@@ -185,6 +196,11 @@ pub struct AuthConfig {
     pub pam_timeout: Duration,
     /// Authentication attempts per connection.
     pub max_auth_attempts: u32,
+    /// OpenSSH CA public keys whose user certificates may log in (none:
+    /// certificate logins are off).
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    /// A KRL or list of public keys refused for key and certificate logins.
+    pub revoked_keys: Option<PathBuf>,
 }
 
 /// `[kms]`.
@@ -200,6 +216,8 @@ pub struct KmsConfig {
     pub local_secret_version: SecretVersion,
     /// `[kms.eaas]`, if present.
     pub eaas: Option<EaasConfig>,
+    /// `[kms.aws_kms]`, if present.
+    pub aws_kms: Option<AwsKmsConfig>,
 }
 
 /// `[kms.eaas]`.
@@ -260,9 +278,10 @@ impl Config {
         let backend = match raw.kms.backend.as_deref().unwrap_or("local") {
             "local" => KmsBackend::Local,
             "eaas" => KmsBackend::Eaas,
+            "aws-kms" => KmsBackend::AwsKms,
             other => {
                 return Err(format!(
-                    "kms.backend = {other:?}: expected \"local\" or \"eaas\""
+                    "kms.backend = {other:?}: expected \"local\", \"eaas\" or \"aws-kms\""
                 ));
             }
         };
@@ -300,6 +319,10 @@ impl Config {
         if backend == KmsBackend::Eaas && eaas.is_none() {
             return Err("kms.backend = \"eaas\" needs a [kms.eaas] table".into());
         }
+        let aws_kms = raw.kms.aws_kms.map(aws_kms::RawAwsKms::validate).transpose()?;
+        if backend == KmsBackend::AwsKms && aws_kms.is_none() {
+            return Err("kms.backend = \"aws-kms\" needs a [kms.aws_kms] table".into());
+        }
         let local_secret_version = raw.kms.local.secret_version.unwrap_or_else(|| "1".into());
         let local_secret_version = SecretVersion::parse(&local_secret_version)
             .map_err(|e| format!("kms.local.secret_version = {local_secret_version:?}: {e}"))?;
@@ -324,6 +347,7 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 2022))),
             host_keys_dir: raw.host_keys_dir.unwrap_or_else(|| "host_keys".into()),
+            host_certificates: raw.host_certificates.unwrap_or_default(),
             data_dir: raw.data_dir.unwrap_or_else(|| "data".into()),
             keks_dir: raw.keks_dir.unwrap_or_else(|| "keks".into()),
             auth: AuthConfig {
@@ -336,6 +360,8 @@ impl Config {
                 pam_allow_root: raw.auth.pam_allow_root.unwrap_or(false),
                 pam_timeout,
                 max_auth_attempts,
+                trusted_user_ca_keys: raw.auth.trusted_user_ca_keys,
+                revoked_keys: raw.auth.revoked_keys,
             },
             kms: KmsConfig {
                 backend,
@@ -347,6 +373,7 @@ impl Config {
                 local_key_dir: raw.kms.local.key_dir.unwrap_or_else(|| "master_key".into()),
                 local_secret_version,
                 eaas,
+                aws_kms,
             },
             sftp: SftpLimits {
                 max_handles,

@@ -10,6 +10,7 @@ use dropzone::config::{self, Config, KmsBackend};
 use dropzone::daemon::ConfigFailure;
 use dropzone::keys::UserKeys;
 use dropzone::kms::KeyWrapper;
+use dropzone::kms::aws_kms::{AwsKms, AwsKmsOptions, credentials::Provider};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::local::LocalKms;
 
@@ -70,7 +71,45 @@ pub fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
             }
             Ok(Arc::new(kms))
         }
+        KmsBackend::AwsKms => aws_kms(config),
     }
+}
+
+/// The AWS KMS backend, its key checked with `DescribeKey`: a missing,
+/// disabled or unsuitable key (or no credentials) is a configuration error;
+/// KMS being unreachable is not (logins fail closed until it is back).
+fn aws_kms(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
+    let Some(a) = &config.kms.aws_kms else {
+        return Err(
+            ConfigFailure("kms.backend = \"aws-kms\" needs a [kms.aws_kms] table".into()).into(),
+        );
+    };
+    let failure = |e: dropzone::kms::KmsError| ConfigFailure(format!("[kms.aws_kms]: {e}"));
+    let credentials =
+        Provider::from_env(&|name| std::env::var(name).ok(), &a.region).map_err(failure)?;
+    let mut options = AwsKmsOptions::new(a.key_id.clone(), a.region.clone());
+    options.endpoint = a.endpoint.clone();
+    options.connect_timeout = a.connect_timeout;
+    options.request_timeout = a.request_timeout;
+    let kms = AwsKms::new(options, credentials).map_err(failure)?;
+    if kms.endpoint().starts_with("http://") {
+        tracing::warn!(
+            endpoint = kms.endpoint(),
+            "the AWS KMS endpoint is plain HTTP: user keys cross the network unencrypted"
+        );
+    }
+    match kms.check_key() {
+        Ok(arn) => {
+            tracing::info!(key = %arn, credentials = %kms.credentials_source(), "AWS KMS key ready")
+        }
+        Err(e) if e.is_transient() => tracing::warn!(
+            key_id = %a.key_id,
+            error = %e,
+            "AWS KMS unavailable at start-up; logins are refused until it is back"
+        ),
+        Err(e) => return Err(failure(e).into()),
+    }
+    Ok(Arc::new(kms))
 }
 
 /// The user key directory, with keys wrapped by `wrapper`.
