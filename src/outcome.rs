@@ -92,6 +92,8 @@ pub fn describe_store(err: &StoreError) -> (StatusCode, String) {
         StoreError::Internal(_) => (C::Failure, "internal server error".into()),
         // The limit, in human terms, is what the client needs to know.
         e @ StoreError::TooLarge { .. } => (C::Failure, e.to_string()),
+        // "quota exceeded" and the limit: OpenSSH shows the status text.
+        e @ StoreError::Quota(_) => (C::Failure, e.to_string()),
         StoreError::Interrupted => (
             C::Failure,
             "operation interrupted: the session is ending".into(),

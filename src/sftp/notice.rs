@@ -22,7 +22,8 @@ pub(super) enum Notice {
     Rejected(String),
     /// The server's disk (or the user's quota) is full.
     NoSpace,
-    /// A write or extension was refused by the size limit, named here.
+    /// A write or extension was refused by the size limit or the quota,
+    /// named here.
     TooLarge(String),
 }
 
@@ -32,7 +33,9 @@ impl Notice {
         match e {
             StoreError::Integrity(_) => Some(Notice::Integrity),
             StoreError::Rejected { reason } => Some(Notice::Rejected(reason.clone())),
-            StoreError::TooLarge { .. } => Some(Notice::TooLarge(e.to_string())),
+            StoreError::TooLarge { .. } | StoreError::Quota(_) => {
+                Some(Notice::TooLarge(e.to_string()))
+            }
             e if is_no_space(e) => Some(Notice::NoSpace),
             _ => None,
         }

@@ -1,16 +1,113 @@
 //! An open encrypted file, [`EncryptedFile`] (one SFTP handle), and what
 //! it still has to do at close: commit a staged upload over its target,
 //! have the upload gate check it, or discard it and the empty placeholder
-//! that held a new file's name.
+//! that held a new file's name; and how its growth is counted against the
+//! user's quota ([`Charge`], see [`super::quota`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::bounds::Bounds;
+use super::dir::attributes_in;
 use super::file::FileState;
+use super::quota::{QuotaAccount, QuotaExceeded};
 use super::storage::{Kind, ObjectPath, StagedToken, Storage};
 use super::{Attributes, OpenOptions, StoreError, Upload, UploadGate, upload};
 use crate::sync::lock;
+
+/// How one handle's growth is counted against its user's quota.
+pub(super) struct Charge {
+    pub(super) account: Arc<QuotaAccount>,
+    /// For a staged file: the size its target already counts for (the
+    /// replaced file's at open, 0 for a new file); growth beyond it is
+    /// reserved until the commit. `None` for a file changed in place,
+    /// whose growth is stored, and so counted, at once.
+    pub(super) baseline: Option<u64>,
+    /// For a staged file: the bytes it has reserved (its size beyond the
+    /// baseline). Changed under the file's lock.
+    pub(super) reserved: AtomicU64,
+}
+
+impl Charge {
+    /// A charge on `account` for a file staged over a target of `baseline`
+    /// bytes (`Some`) or changed in place (`None`).
+    pub(super) fn new(account: Arc<QuotaAccount>, baseline: Option<u64>) -> Self {
+        Charge {
+            account,
+            baseline,
+            reserved: AtomicU64::new(0),
+        }
+    }
+
+    /// What a file of `size` bytes adds to the books.
+    fn counted(&self, size: u64) -> u64 {
+        match self.baseline {
+            Some(base) => size.saturating_sub(base),
+            None => size,
+        }
+    }
+
+    /// What growing the file from `size` to `end` bytes would add.
+    fn cost(&self, size: u64, end: u64) -> u64 {
+        self.counted(end.max(size)) - self.counted(size)
+    }
+
+    /// Claims the cost of growing from `size` to `end` (reserved for a
+    /// staged file, stored for one changed in place), or fails with nothing
+    /// claimed. Returns what was claimed, for [`Charge::settle`].
+    fn claim(&self, size: u64, end: u64) -> Result<u64, QuotaExceeded> {
+        let cost = self.cost(size, end);
+        match self.baseline {
+            Some(_) => self.account.reserve(cost)?,
+            None => self.account.charge(cost)?,
+        }
+        Ok(cost)
+    }
+
+    /// Brings the books in line with what an operation that claimed
+    /// `claimed` did: the file went from `before` to `after` bytes (less
+    /// than claimed if it failed, less than before if it shrank).
+    fn settle(&self, before: u64, after: u64, claimed: u64) {
+        let (was, now) = (self.counted(before), self.counted(after));
+        // The books hold `was + claimed` for this file; they should hold `now`.
+        let held = was.saturating_add(claimed);
+        let staged = self.baseline.is_some();
+        match now.cmp(&held) {
+            std::cmp::Ordering::Less if staged => self.account.unreserve(held - now),
+            std::cmp::Ordering::Less => self.account.credit(held - now),
+            std::cmp::Ordering::Greater if staged => self.account.add_reserved(now - held),
+            std::cmp::Ordering::Greater => self.account.add_used(now - held),
+            std::cmp::Ordering::Equal => {}
+        }
+        if staged {
+            self.reserved.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives back what a staged file reserved (it is discarded, or its
+    /// reservation has been settled).
+    fn release(&self) -> u64 {
+        let n = self.reserved.swap(0, Ordering::Relaxed);
+        self.account.unreserve(n);
+        n
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// What committing over `path` replaces, for the quota: the plaintext
+/// bytes that go and the files that come (1 where no file goes: a free
+/// name, a link, or a file that stays under another hard link).
+fn replaced_at(storage: &dyn Storage, path: &ObjectPath) -> (u64, u64) {
+    match storage.meta(path, false) {
+        Ok(m) if m.kind == Kind::File && m.nlink <= 1 => (attributes_in(storage, path, m).size, 0),
+        _ => (0, 1),
+    }
+}
 
 pub(super) struct Commit {
     pub(super) token: StagedToken,
@@ -29,7 +126,7 @@ impl Commit {
     /// placeholder a new file's OPEN put at the name (if the name still
     /// holds it), so an upload that does not complete leaves the name as
     /// it was before the OPEN. Only a crash can leave the placeholder
-    /// behind: an empty, valid file.
+    /// behind: an empty, valid file (counted by a quota scan).
     fn discard(self) {
         self.storage.discard(self.token);
         if let Some(p) = &self.placeholder {
@@ -44,6 +141,8 @@ pub(super) struct Placeholder {
     /// Its storage identity: it is removed (for a rejected upload) only if
     /// the name still holds this very file.
     pub(super) identity: (u64, u64),
+    /// The quota account its file is counted in, if any.
+    pub(super) quota: Option<Arc<QuotaAccount>>,
 }
 
 impl Placeholder {
@@ -53,8 +152,18 @@ impl Placeholder {
         let ours = storage
             .meta(&self.path, false)
             .is_ok_and(|m| m.kind == Kind::File && m.identity == self.identity);
-        if ours && let Err(e) = storage.remove(&self.path) {
-            tracing::warn!(error = %e, "could not remove a failed upload's empty placeholder");
+        if !ours {
+            return;
+        }
+        match storage.remove(&self.path) {
+            Ok(()) => {
+                if let Some(account) = &self.quota {
+                    account.removed(0, 1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove a failed upload's empty placeholder")
+            }
         }
     }
 }
@@ -78,11 +187,39 @@ pub(super) struct Pending {
     /// Applied at close, after the last data is written, so that a client's
     /// "preserve times" survives the final flush.
     pub(super) times: Option<(i64, i64)>,
-    /// The size limit a write or extension through this handle ran into.
-    /// An upload (a staged file that is not a copy-on-open) that lost a
-    /// write to it is incomplete: close discards it, and the previous
-    /// version stays.
-    pub(super) refused: Option<u64>,
+    /// The size limit or quota a write or extension through this handle
+    /// ran into. An upload (a staged file that is not a copy-on-open) that
+    /// lost a write to it is incomplete: close discards it, and the
+    /// previous version stays.
+    pub(super) refused: Option<Refusal>,
+}
+
+/// A limit that refused a write (see `Pending::refused`).
+#[derive(Clone, Copy)]
+pub(super) enum Refusal {
+    /// The size limit, in bytes.
+    TooLarge(u64),
+    /// The user's quota.
+    Quota(QuotaExceeded),
+}
+
+impl Refusal {
+    /// The refusal of `e`, if it is one.
+    fn of(e: &StoreError) -> Option<Refusal> {
+        match e {
+            StoreError::TooLarge { limit } => Some(Refusal::TooLarge(*limit)),
+            StoreError::Quota(q) => Some(Refusal::Quota(*q)),
+            _ => None,
+        }
+    }
+
+    /// The error that close reports for it.
+    fn error(self) -> StoreError {
+        match self {
+            Refusal::TooLarge(limit) => StoreError::TooLarge { limit },
+            Refusal::Quota(q) => StoreError::Quota(q),
+        }
+    }
 }
 
 /// An open encrypted file (one SFTP handle).
@@ -96,6 +233,8 @@ pub struct EncryptedFile {
     pub(super) modified: AtomicBool,
     /// The store's size limit and stop signal.
     pub(super) bounds: Bounds,
+    /// Set for a writable file of a store with a quota.
+    pub(super) charge: Option<Charge>,
 }
 
 impl EncryptedFile {
@@ -134,25 +273,55 @@ impl EncryptedFile {
             offset
         };
         self.modified.store(true, Ordering::Relaxed);
-        let written = state.write_at(offset, data, &self.bounds);
+        let end = offset.checked_add(data.len() as u64);
+        let written =
+            self.within_quota(&mut state, end, |s| s.write_at(offset, data, &self.bounds));
         drop(state);
         self.note_refusal(written)
     }
 
-    /// Remembers a refusal by the size limit for `close` (see
+    /// Runs `op`, which changes the file's size to at most `end` (`None`:
+    /// past `u64::MAX`), with its growth claimed from the quota first: a
+    /// growth the quota refuses fails before anything is written.
+    fn within_quota(
+        &self,
+        state: &mut FileState,
+        end: Option<u64>,
+        op: impl FnOnce(&mut FileState) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some(charge) = &self.charge else {
+            return op(state);
+        };
+        let before = state.size();
+        // The size limit's refusal comes first: it says more.
+        self.bounds.check_growth(before, end)?;
+        let claimed = charge.claim(before, end.unwrap_or(u64::MAX))?;
+        let result = op(state);
+        charge.settle(before, state.size(), claimed);
+        result
+    }
+
+    /// Remembers a refusal by the size limit or the quota for `close` (see
     /// `Pending::refused`).
     fn note_refusal(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
-        if let Err(StoreError::TooLarge { limit }) = &result {
-            lock(&self.pending).refused.get_or_insert(*limit);
+        if let Some(refusal) = result.as_ref().err().and_then(Refusal::of) {
+            lock(&self.pending).refused.get_or_insert(refusal);
         }
         result
     }
 
     /// Fails with [`StoreError::TooLarge`] if growing this file to `end`
-    /// bytes would pass the store's limit, as a write ending there would:
+    /// bytes would pass the store's limit, or [`StoreError::Quota`] if the
+    /// user's quota has no room for it now, as a write ending there would:
     /// for work that checks before it starts (a copy).
     pub fn check_growth(&self, end: Option<u64>) -> Result<(), StoreError> {
-        self.bounds.check_growth(self.size(), end)
+        let size = self.size();
+        self.bounds.check_growth(size, end)?;
+        if let Some(charge) = &self.charge {
+            let cost = charge.cost(size, end.unwrap_or(u64::MAX));
+            charge.account.check_room(cost)?;
+        }
+        Ok(())
     }
 
     /// Fails with [`StoreError::Interrupted`] once the store's stop signal
@@ -226,7 +395,9 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("writing"));
         }
         self.modified.store(true, Ordering::Relaxed);
-        let result = lock(&self.state).set_len(size, &self.bounds);
+        let mut state = lock(&self.state);
+        let result = self.within_quota(&mut state, Some(size), |s| s.set_len(size, &self.bounds));
+        drop(state);
         self.note_refusal(result)
     }
 
@@ -303,23 +474,31 @@ impl EncryptedFile {
                     state.blob().set_times(atime, mtime)?;
                 }
                 if modified {
+                    if let Some(charge) = &self.charge {
+                        // Growth in place is counted already; the record
+                        // hears of it now.
+                        charge.account.changed();
+                    }
                     self.announce(state.size());
                 }
             }
             return Ok(());
         };
-        if let (Some(limit), false) = (pending.refused, commit.copy) {
-            // An upload that lost a write to the size limit: storing the
-            // rest would replace the previous version with a cut-off file.
+        if let (Some(refusal), false) = (pending.refused, commit.copy) {
+            // An upload that lost a write to the size limit or the quota:
+            // storing the rest would replace the previous version with a
+            // cut-off file.
             drop(state);
             commit.discard();
-            return Err(StoreError::TooLarge { limit });
+            self.release_charge();
+            return Err(refusal.error());
         }
         if commit.copy && !modified {
             // Opened for writing but unchanged: the stored file stays, with
             // the mode and times asked for through this handle.
             drop(state);
             commit.storage.discard(commit.token);
+            self.release_charge();
             if let Some(up) = &self.upload {
                 if let Some(mode) = pending.permissions {
                     commit.storage.set_permissions(&up.path, mode)?;
@@ -343,11 +522,34 @@ impl EncryptedFile {
         };
         if let Err(e) = finish(&mut state).and_then(|()| self.check(&mut state)) {
             commit.discard();
+            self.release_charge();
             return Err(e);
         }
-        commit.storage.commit(commit.token, commit.exclusive)?;
-        self.announce(state.size());
+        let replaced = match (&self.charge, &self.upload) {
+            (Some(_), Some(up)) => replaced_at(&*commit.storage, &up.path),
+            _ => (0, 0),
+        };
+        if let Err(e) = commit.storage.commit(commit.token, commit.exclusive) {
+            self.release_charge();
+            return Err(e.into());
+        }
+        let size = state.size();
+        if let Some(charge) = &self.charge {
+            let reserved = charge.reserved.swap(0, Ordering::Relaxed);
+            charge
+                .account
+                .committed(reserved, size, replaced.0, replaced.1);
+        }
+        self.announce(size);
         Ok(())
+    }
+
+    /// Gives back what this handle reserved from the quota (its upload is
+    /// not stored).
+    fn release_charge(&self) {
+        if let Some(charge) = &self.charge {
+            charge.release();
+        }
     }
 
     /// Has the upload gate (if it checks uploads) read the finished file.
@@ -392,7 +594,10 @@ impl EncryptedFile {
     pub fn abort(&self) {
         let pending = std::mem::take(&mut *lock(&self.pending));
         match pending.commit {
-            Some(commit) => commit.discard(),
+            Some(commit) => {
+                commit.discard();
+                self.release_charge();
+            }
             None => {
                 let _ = lock(&self.state).flush();
             }

@@ -32,7 +32,8 @@
 //! handle, [`EncryptedFile`], and its close/commit logic are in `handle`;
 //! directory listings ([`DirStream`]) and plaintext attributes in `dir`;
 //! the chunked file state in [`file`](mod@file); the size limit and stop
-//! signal in [`bounds`]; the upload gate in [`upload`].
+//! signal in [`bounds`]; the upload gate in [`upload`]; the user's quota
+//! account in [`quota`].
 
 pub mod bounds;
 pub mod check;
@@ -45,6 +46,7 @@ pub use handle::EncryptedFile;
 pub mod journal;
 mod pool;
 pub use pool::set_polling as set_crypto_polling;
+pub mod quota;
 pub mod storage;
 pub mod upload;
 
@@ -69,7 +71,8 @@ pub use bounds::StopSignal;
 use dir::attributes_in;
 use file::FileState;
 use format::FormatError;
-use handle::{ClosingUpload, Commit, Pending, Placeholder};
+use handle::{Charge, ClosingUpload, Commit, Pending, Placeholder};
+use quota::{QuotaAccount, QuotaExceeded};
 use storage::{Access, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, Storage};
 pub use upload::{Rejection, Upload, UploadGate};
 
@@ -110,6 +113,11 @@ pub enum StoreError {
         /// One line saying why, safe to show to the client.
         reason: String,
     },
+    /// The user's quota has no room for the growth or the new file;
+    /// nothing of it was written (an upload that lost a write to it is
+    /// not stored; the previous version stays).
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
 }
 
 impl StoreError {
@@ -184,6 +192,8 @@ pub struct UserStore {
     gate: Option<Arc<dyn UploadGate>>,
     /// The size limit and stop signal every file opened here works within.
     bounds: Bounds,
+    /// The user's quota account, shared with their other sessions.
+    quota: Option<Arc<QuotaAccount>>,
 }
 
 impl UserStore {
@@ -194,6 +204,43 @@ impl UserStore {
             key,
             gate: None,
             bounds: Bounds::default(),
+            quota: None,
+        }
+    }
+
+    /// This store with its files counted in `account` (the user's quota,
+    /// shared by all their sessions): growth past the limit fails with
+    /// [`StoreError::Quota`] before anything is written.
+    pub fn with_quota(mut self, account: Arc<QuotaAccount>) -> Self {
+        self.quota = Some(account);
+        self
+    }
+
+    /// The user's quota account, if this store counts its files.
+    pub fn quota(&self) -> Option<&Arc<QuotaAccount>> {
+        self.quota.as_ref()
+    }
+
+    /// Recomputes the user's usage from what this store holds (see
+    /// [`quota::scan_usage`]).
+    pub fn scan_usage(&self) -> io::Result<quota::Usage> {
+        quota::scan_usage(&*self.storage)
+    }
+
+    /// A quota charge for a file opened for writing: staged over a target
+    /// counted as `baseline` bytes, or changed in place (`None`).
+    fn charge(&self, write: bool, baseline: Option<u64>) -> Option<Charge> {
+        let account = self.quota.as_ref().filter(|_| write)?;
+        Some(Charge::new(account.clone(), baseline))
+    }
+
+    /// What the stored file described by `meta` counts for in the quota
+    /// (its plaintext size; 0 if it stays under another hard link).
+    fn counted_size(&self, path: &ObjectPath, meta: &Meta) -> u64 {
+        if meta.kind == Kind::File && meta.nlink <= 1 {
+            self.attributes(path, meta.clone()).size
+        } else {
+            0
         }
     }
 
@@ -263,9 +310,15 @@ impl UserStore {
             gate: self.gate.clone(),
             path: path.clone(),
         });
+        // What the file being replaced already counts for in the quota.
+        let baseline = match (&existing, &self.quota) {
+            (Some(m), Some(_)) => self.counted_size(path, m),
+            _ => 0,
+        };
         if copied {
             let mode = existing.as_ref().map_or(0o644, |m| m.permissions);
-            return self.open_copy(path, opts, mode, upload);
+            let charge = self.charge(true, Some(baseline));
+            return self.open_copy(path, opts, mode, upload, charge);
         }
         if staged {
             if !opts.write {
@@ -282,8 +335,9 @@ impl UserStore {
             // open(2) does; sshfs stats a file right after creating it).
             let placeholder = match existing {
                 Some(_) => None,
-                None => self.place_empty(path, mode, opts.exclusive)?,
+                None => self.place_new(path, mode, opts.exclusive)?,
             };
+            let charge = self.charge(true, Some(baseline));
             let s = self.storage.stage(path)?;
             let state = match FileState::create(s.blob, self.key.expose()) {
                 Ok(state) => state,
@@ -313,6 +367,7 @@ impl UserStore {
                 upload,
                 modified: AtomicBool::new(false),
                 bounds: self.bounds.clone(),
+                charge,
             });
         }
         let state = self.open_shared(path, opts.write)?;
@@ -323,7 +378,35 @@ impl UserStore {
             upload,
             modified: AtomicBool::new(false),
             bounds: self.bounds.clone(),
+            charge: self.charge(opts.write, None),
         })
+    }
+
+    /// [`UserStore::place_empty`] with the new file counted in the quota
+    /// first (refused with [`StoreError::Quota`] if the user has no file
+    /// left), and given back if no file was placed.
+    fn place_new(
+        &self,
+        path: &ObjectPath,
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<Option<Placeholder>, StoreError> {
+        let Some(account) = &self.quota else {
+            return self.place_empty(path, mode, exclusive);
+        };
+        account.charge_file()?;
+        match self.place_empty(path, mode, exclusive) {
+            Ok(Some(mut placeholder)) => {
+                placeholder.quota = Some(account.clone());
+                Ok(Some(placeholder))
+            }
+            other => {
+                // Another client's file holds the name (the upload replaces
+                // it, counted at commit), or nothing was placed.
+                account.uncharge_file();
+                other
+            }
+        }
     }
 
     /// Puts a valid empty encrypted file with permissions `mode` at `path`,
@@ -356,6 +439,7 @@ impl UserStore {
             Ok(()) => Ok(Some(Placeholder {
                 path: path.clone(),
                 identity,
+                quota: None,
             })),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !exclusive => Ok(None),
             Err(e) => Err(e.into()),
@@ -374,6 +458,7 @@ impl UserStore {
         opts: OpenOptions,
         mode: u32,
         upload: Option<ClosingUpload>,
+        charge: Option<Charge>,
     ) -> Result<EncryptedFile, StoreError> {
         let mut source = FileState::open(
             self.storage.open(path, Access::Read)?,
@@ -411,6 +496,7 @@ impl UserStore {
             upload,
             modified: AtomicBool::new(false),
             bounds: self.bounds.clone(),
+            charge,
         })
     }
 
@@ -507,10 +593,14 @@ impl UserStore {
 
     /// Removes a file or symlink.
     pub fn remove(&self, path: &ObjectPath) -> Result<(), StoreError> {
-        if self.storage.meta(path, false)?.kind == Kind::Dir {
+        let meta = self.storage.meta(path, false)?;
+        if meta.kind == Kind::Dir {
             return Err(io::Error::from_raw_os_error(libc::EISDIR).into());
         }
-        Ok(self.storage.remove(path)?)
+        let gone = self.quota_of(path, &meta);
+        self.storage.remove(path)?;
+        self.quota_removed(gone);
+        Ok(())
     }
 
     /// Renames; without `replace`, an existing target is an error.
@@ -520,7 +610,38 @@ impl UserStore {
         to: &ObjectPath,
         replace: bool,
     ) -> Result<(), StoreError> {
-        Ok(self.storage.rename(from, to, replace)?)
+        // A file the rename replaces is gone from the quota, unless it is
+        // the source itself under another link.
+        let gone = match (&self.quota, replace) {
+            (Some(_), true) => match (self.storage.meta(to, false), self.storage.meta(from, false))
+            {
+                (Ok(target), Ok(source)) if target.identity != source.identity => {
+                    self.quota_of(to, &target)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        self.storage.rename(from, to, replace)?;
+        self.quota_removed(gone);
+        Ok(())
+    }
+
+    /// What removing the object `meta` at `path` takes off the quota
+    /// (bytes, files), if this store has one and the object is a file.
+    fn quota_of(&self, path: &ObjectPath, meta: &Meta) -> Option<(u64, u64)> {
+        self.quota.as_ref()?;
+        match meta.kind {
+            Kind::File if meta.nlink <= 1 => Some((self.counted_size(path, meta), 1)),
+            _ => None,
+        }
+    }
+
+    /// Takes a removed file off the quota.
+    fn quota_removed(&self, gone: Option<(u64, u64)>) {
+        if let (Some(account), Some((bytes, files))) = (&self.quota, gone) {
+            account.removed(bytes, files);
+        }
     }
 
     /// Creates a hard link.
@@ -563,9 +684,14 @@ impl UserStore {
         file.close()
     }
 
-    /// Filesystem space figures.
+    /// Filesystem space figures; with a quota, its limits are the size and
+    /// the user's usage the used part (see [`QuotaAccount::apply_to`]).
     pub fn space(&self, path: &ObjectPath) -> Result<SpaceInfo, StoreError> {
-        Ok(self.storage.space(path)?)
+        let space = self.storage.space(path)?;
+        Ok(match &self.quota {
+            Some(account) => account.apply_to(space),
+            None => space,
+        })
     }
 }
 
