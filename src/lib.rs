@@ -31,6 +31,9 @@
 //!   settings the layers above are given.
 //! - [`jail`]: turns a client's path into a normalised path inside the
 //!   user's root; the storage backend resolves it without following links out.
+//! - [`quota`]: each user's quota usage kept across restarts (records
+//!   beside the wrapped keys), the server's one account per user, and
+//!   `dropzone quota scan`.
 //! - [`store`]: encrypted files: the pure on-disk [`store::format`], the
 //!   random-access [`store::EncryptedFile`], and the [`store::storage`] trait
 //!   that hides the filesystem.
@@ -69,6 +72,7 @@ pub mod kms;
 pub mod legacy;
 pub mod observe;
 pub mod outcome;
+pub mod quota;
 pub mod scp;
 pub mod sftp;
 pub mod ssh;
