@@ -162,16 +162,6 @@ impl KeyRecord {
         }
     }
 
-    /// The same key wrapped anew under `master` by the primary's backend;
-    /// `created_at` and other backends' wrappings are kept.
-    pub(crate) fn rewrapped(&self, master: MasterKeyRef, wrapped: Vec<u8>) -> Self {
-        self.with_wrapping(Wrapping {
-            backend: self.backend.clone(),
-            master,
-            wrapped,
-        })
-    }
-
     /// Parses the file of `expected` user. A file naming another user is
     /// refused: key files must not be swappable between users.
     pub(crate) fn parse(text: &str, expected: &UserName) -> Result<Self, String> {
@@ -353,13 +343,14 @@ mod tests {
         newer.wrapped = vec![8];
         let r2 = r.with_wrapping(newer.clone());
         assert_eq!(r2.others, vec![newer.clone()]);
-        let rotated = r2.rewrapped(
-            MasterKeyRef {
+        let rotated = r2.with_wrapping(Wrapping {
+            backend: "local".into(),
+            master: MasterKeyRef {
                 secret_path: "local".into(),
                 secret_version: "2".into(),
             },
-            vec![5],
-        );
+            wrapped: vec![5],
+        });
         assert_eq!(rotated.master.secret_version, "2");
         assert_eq!(
             rotated.others,

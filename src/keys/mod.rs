@@ -13,6 +13,7 @@
 mod cache;
 mod data_key;
 pub mod key_file;
+pub mod migrate;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,13 +25,14 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub use data_key::{DATA_KEY_LEN, DataKey};
+pub use migrate::Migrated;
 
 use crate::atomic_file;
 use crate::kms::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::sync::lock;
 use crate::username::UserName;
 use cache::KeyCache;
-use key_file::KeyRecord;
+use key_file::{KeyRecord, Wrapping};
 
 /// Why a user's data key could not be provided.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,7 @@ pub enum KeyError {
     WrongBackend {
         /// The key file.
         path: PathBuf,
-        /// The backend recorded in the file.
+        /// The backends the file has wrappings by.
         file_backend: String,
         /// The configured backend.
         configured: &'static str,
@@ -198,25 +200,36 @@ impl UserKeys {
             let record = self
                 .read_record(user)?
                 .ok_or_else(|| KeyError::NotFound(user.clone()))?;
-            if record.backend == self.wrapper.backend() && record.master == *to {
+            // The configured backend's wrapping, primary or not (during a
+            // migration between backends); the others are kept as they are.
+            let backend = self.wrapper.backend();
+            let current = record.wrapping_for(backend);
+            if current.as_ref().is_some_and(|w| w.master == *to) {
                 return Ok(Rewrapped::Already);
             }
             let key = self.unwrap_record(&path, &record)?;
+            let Some(current) = current else {
+                return Err(self.wrong_backend(&path, &record));
+            };
             let ctx = WrapContext::for_user(user);
             let wrapped = self
                 .wrapper
-                .rewrap(&record.wrapped, &record.master, to, &ctx)?;
+                .rewrap(&current.wrapped, &current.master, to, &ctx)?;
             let check = self.wrapper.unwrap(&wrapped, to, &ctx)?;
             if !bool::from(check.ct_eq(key.expose())) {
                 return Err(KeyError::Kms(KmsError::Refused(format!(
                     "re-wrapping under {to} did not give back the same key"
                 ))));
             }
-            let new = record.rewrapped(to.clone(), wrapped);
+            let new = record.with_wrapping(Wrapping {
+                backend: backend.to_owned(),
+                master: to.clone(),
+                wrapped,
+            });
             self.write(user, &new, Write::Replace)?;
-            tracing::info!(user = %user, from = %record.master, to = %to, "re-wrapped data key");
+            tracing::info!(user = %user, from = %current.master, to = %to, "re-wrapped data key");
             Ok(Rewrapped::Done {
-                from: record.master,
+                from: current.master,
             })
         })
     }
@@ -300,26 +313,32 @@ impl UserKeys {
         KeyRecord::parse(&text, user).map(Some).map_err(corrupt)
     }
 
+    /// Unwraps the key with the configured backend's wrapping in the file
+    /// (the primary one, or another during a migration between backends).
     fn unwrap_record(&self, path: &Path, record: &KeyRecord) -> Result<DataKey, KeyError> {
-        let configured = self.wrapper.backend();
-        if record.backend != configured {
-            return Err(KeyError::WrongBackend {
-                path: path.to_owned(),
-                file_backend: record.backend.clone(),
-                configured,
-            });
-        }
+        let Some(wrapping) = record.wrapping_for(self.wrapper.backend()) else {
+            return Err(self.wrong_backend(path, record));
+        };
         let bytes = self
             .wrapper
             .unwrap(
-                &record.wrapped,
-                &record.master,
+                &wrapping.wrapped,
+                &wrapping.master,
                 &WrapContext::for_user(&record.user),
             )
             .inspect_err(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "cannot unwrap data key");
             })?;
         Ok(DataKey::copy_from(&bytes))
+    }
+
+    /// The file has no wrapping by the configured backend.
+    fn wrong_backend(&self, path: &Path, record: &KeyRecord) -> KeyError {
+        KeyError::WrongBackend {
+            path: path.to_owned(),
+            file_backend: record.backends().join(", "),
+            configured: self.wrapper.backend(),
+        }
     }
 
     /// Writes the user's key file; returns whether it was written (always

@@ -1,5 +1,7 @@
 //! `dropzone keys rotate`: re-wraps every user's key under a new master
-//! key version.
+//! key version; `dropzone keys migrate`: moves them to another backend.
+
+mod migrate;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 
-use dropzone::config::Config;
+use dropzone::config::{Config, KmsBackend};
+use dropzone::daemon::ConfigFailure;
 use dropzone::keys::Rewrapped;
 use dropzone::kms::{MasterKeyRef, SecretVersion};
 
@@ -21,10 +24,36 @@ pub enum KeysCommand {
     ///
     /// Afterwards, set the configured secret_version to V so that new users
     /// get it too; each login unwraps with the version in the user's key file.
+    ///
+    /// With the vault backend, --secret-version is optional: without it the
+    /// Transit key is rotated at Vault and every key re-wrapped (by Vault's
+    /// rewrap) under the new version, which new users get by themselves.
     Rotate {
-        /// The master key version to re-wrap under (decimal digits).
+        /// The master key version to re-wrap under (decimal digits;
+        /// required except with the vault backend).
         #[arg(long, value_name = "V")]
-        secret_version: SecretVersion,
+        secret_version: Option<SecretVersion>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Move every user's key to the backend that NEW.toml configures
+    /// (e.g. from local or eaas to aws-kms), without touching stored files.
+    ///
+    /// Without --finish: adds the new backend's wrapping to each key file,
+    /// keeping the old one, so servers on either configuration read every
+    /// user throughout; users already done are skipped (resumable,
+    /// idempotent). Then run every server with NEW.toml, run this again
+    /// (it catches users created meanwhile), and finally run it with
+    /// --finish, which keeps only the new backend's wrapping. Both
+    /// configurations must name the same keks_dir. Exit 1 if any user failed.
+    Migrate {
+        /// The configuration with the backend to move to.
+        #[arg(long, value_name = "NEW.toml")]
+        to_config: std::path::PathBuf,
+        /// Drop the wrappings of other backends (once every server runs
+        /// NEW.toml); each user's new wrapping is checked first.
+        #[arg(long)]
+        finish: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -36,20 +65,51 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Rotate {
             secret_version,
             config,
-        } => rotate(&load_config(&config)?, secret_version.as_str()),
+        } => rotate(&load_config(&config)?, secret_version.as_ref()),
+        KeysCommand::Migrate {
+            to_config,
+            finish,
+            config,
+        } => migrate::migrate(&load_config(&config)?, &to_config, finish),
     }
 }
 
-/// `dropzone keys rotate`: re-wraps every user's key under version `version`.
-fn rotate(config: &Config, version: &str) -> anyhow::Result<ExitCode> {
+/// `dropzone keys rotate`: re-wraps every user's key under version
+/// `version`, or (without one) under a new version the backend makes.
+fn rotate(config: &Config, version: Option<&SecretVersion>) -> anyhow::Result<ExitCode> {
+    if version.is_none() && config.kms.backend != KmsBackend::Vault {
+        // A usage error, as when clap required the option for every backend.
+        eprintln!(
+            "error: --secret-version V is required with this key backend \
+             (only vault makes new master key versions itself)"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let wrapper = key_wrapper(config)?;
-    let to = MasterKeyRef {
-        secret_path: wrapper.current().secret_path,
-        secret_version: version.to_owned(),
+    let to = match version {
+        Some(version) => {
+            let to = MasterKeyRef {
+                secret_path: wrapper.current().secret_path,
+                secret_version: version.as_str().to_owned(),
+            };
+            wrapper.ensure_master_key(&to).with_context(|| {
+                format!("creating master key {to} ({} backend)", wrapper.backend())
+            })?;
+            to
+        }
+        None => {
+            let to = wrapper
+                .rotate_master_key()
+                .map_err(|e| ConfigFailure(format!("dropzone keys rotate: {e}")))?;
+            println!(
+                "rotated the master key at the key service; if this run does not finish, \
+                 resume it with --secret-version {}",
+                to.secret_version
+            );
+            to
+        }
     };
-    wrapper
-        .ensure_master_key(&to)
-        .with_context(|| format!("creating master key {to} ({} backend)", wrapper.backend()))?;
+    let version = to.secret_version.as_str();
     println!("master key {to} is ready ({} backend)", wrapper.backend());
     let keys = user_keys_with(config, wrapper.clone())?;
     let users = keys.users()?;
