@@ -543,4 +543,223 @@ mod tests {
         let one = Usage { bytes: 5, files: 1 };
         assert_eq!(*lock(&log), vec![("changed", one), ("released", one)]);
     }
+
+    /// A store over a temporary directory with a quota whose limits the
+    /// test can change.
+    struct Fx {
+        _dir: tempfile::TempDir,
+        store: super::super::UserStore,
+        account: std::sync::Arc<QuotaAccount>,
+        limits: std::sync::Arc<Mutex<Limits>>,
+    }
+
+    impl Fx {
+        fn new(bytes: Option<u64>, files: Option<u64>) -> Fx {
+            use crate::keys::DataKey;
+            use crate::store::storage::LocalStorage;
+            use std::sync::Arc;
+            let dir = tempfile::tempdir().unwrap();
+            let limits = Arc::new(Mutex::new(Limits { bytes, files }));
+            let l = limits.clone();
+            let account = Arc::new(QuotaAccount::new(Usage::default(), move || *lock(&l)));
+            let storage = Arc::new(LocalStorage::open_root(dir.path()).unwrap());
+            let store =
+                super::super::UserStore::new(storage, Arc::new(DataKey::from_bytes([5; 32])))
+                    .with_quota(account.clone());
+            Fx {
+                _dir: dir,
+                store,
+                account,
+                limits,
+            }
+        }
+
+        fn path(name: &str) -> ObjectPath {
+            ObjectPath::from_components([name]).unwrap()
+        }
+
+        fn upload(&self, name: &str) -> super::super::EncryptedFile {
+            self.store
+                .open(
+                    &Self::path(name),
+                    super::super::OpenOptions {
+                        write: true,
+                        create: true,
+                        truncate: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+        }
+
+        fn in_place(&self, name: &str) -> super::super::EncryptedFile {
+            self.store
+                .open(
+                    &Self::path(name),
+                    super::super::OpenOptions {
+                        read: true,
+                        write: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+        }
+
+        fn put(&self, name: &str, data: &[u8]) {
+            let f = self.upload(name);
+            f.write_at(0, data).unwrap();
+            f.close().unwrap();
+        }
+
+        fn size(&self, name: &str) -> Option<u64> {
+            self.store
+                .stat(&Self::path(name), false)
+                .ok()
+                .map(|a| a.size)
+        }
+
+        /// The books agree with a scan of the tree, and nothing is reserved.
+        fn assert_books(&self, bytes: u64, files: u64) {
+            let usage = Usage { bytes, files };
+            assert_eq!(self.account.usage(), usage);
+            assert_eq!(self.account.reserved(), 0);
+            assert_eq!(self.store.scan_usage().unwrap(), usage);
+        }
+    }
+
+    fn is_quota(e: &super::super::StoreError) -> bool {
+        matches!(e, super::super::StoreError::Quota(_))
+    }
+
+    #[test]
+    fn an_upload_past_the_quota_stores_nothing_and_keeps_the_previous_version() {
+        let fx = Fx::new(Some(100), None);
+        fx.put("f", &[1; 60]);
+        fx.assert_books(60, 1);
+        // Replacing it: only the growth beyond its 60 bytes is reserved.
+        let f = fx.upload("f");
+        f.write_at(0, &[2; 100]).unwrap();
+        assert_eq!(fx.account.reserved(), 40);
+        let e = f.write_at(100, &[2; 1]).unwrap_err();
+        assert!(is_quota(&e), "{e}");
+        assert!(e.to_string().starts_with("quota exceeded"), "{e}");
+        // The handle is poisoned: close reports the quota, nothing stored.
+        assert!(is_quota(&f.close().unwrap_err()));
+        drop(f);
+        assert_eq!(fx.size("f"), Some(60));
+        fx.assert_books(60, 1);
+        // A new file past what is left: its placeholder goes too.
+        let g = fx.upload("g");
+        assert!(is_quota(&g.write_at(0, &[3; 41]).unwrap_err()));
+        assert!(g.close().is_err());
+        drop(g);
+        assert_eq!(fx.size("g"), None);
+        fx.assert_books(60, 1);
+        // Within the quota, a replacement settles at the difference.
+        let f = fx.upload("f");
+        f.write_at(0, &[4; 100]).unwrap();
+        f.close().unwrap();
+        fx.assert_books(100, 1);
+    }
+
+    #[test]
+    fn uploads_of_one_user_at_once_cannot_both_pass_the_quota() {
+        let fx = Fx::new(Some(100), None);
+        let (a, b) = (fx.upload("a"), fx.upload("b"));
+        a.write_at(0, &[1; 70]).unwrap();
+        assert!(is_quota(&b.write_at(0, &[1; 70]).unwrap_err()));
+        b.write_at(0, &[1; 30]).ok();
+        a.close().unwrap();
+        assert!(b.close().is_err(), "b lost a write: not stored");
+        drop((a, b));
+        fx.assert_books(70, 1);
+    }
+
+    #[test]
+    fn growth_in_place_is_charged_before_the_write_and_shrinking_credits() {
+        let fx = Fx::new(Some(100), None);
+        fx.put("f", &[1; 50]);
+        let f = fx.in_place("f");
+        // A write past the end that would pass the quota writes nothing.
+        assert!(is_quota(&f.write_at(90, &[2; 20]).unwrap_err()));
+        assert_eq!(f.size(), 50);
+        f.write_at(90, &[2; 10]).unwrap();
+        assert_eq!(fx.account.usage().bytes, 100);
+        assert!(is_quota(&f.set_len(101).unwrap_err()));
+        f.set_len(20).unwrap();
+        f.close().unwrap();
+        drop(f);
+        fx.assert_books(20, 1);
+        assert!(is_quota(
+            &fx.store.set_size(&Fx::path("f"), 101).unwrap_err()
+        ));
+        fx.store.set_size(&Fx::path("f"), 100).unwrap();
+        fx.assert_books(100, 1);
+    }
+
+    #[test]
+    fn the_file_quota_refuses_a_new_name_at_open() {
+        let fx = Fx::new(None, Some(2));
+        fx.put("a", b"1");
+        fx.put("b", b"2");
+        let opts = super::super::OpenOptions {
+            write: true,
+            create: true,
+            truncate: true,
+            ..Default::default()
+        };
+        let e = fx.store.open(&Fx::path("c"), opts).err().unwrap();
+        assert!(is_quota(&e), "{e}");
+        assert_eq!(fx.size("c"), None);
+        // Replacing an existing file needs no new file.
+        fx.put("a", b"11");
+        fx.assert_books(3, 2);
+        fx.store.remove(&Fx::path("b")).unwrap();
+        fx.put("c", b"3");
+        fx.assert_books(3, 2);
+    }
+
+    #[test]
+    fn removing_renaming_over_and_links_keep_the_books_right() {
+        let fx = Fx::new(Some(1000), None);
+        fx.put("a", &[1; 100]);
+        fx.put("b", &[1; 200]);
+        fx.store
+            .rename(&Fx::path("a"), &Fx::path("b"), true)
+            .unwrap();
+        fx.assert_books(100, 1);
+        fx.store.hard_link(&Fx::path("b"), &Fx::path("c")).unwrap();
+        fx.assert_books(100, 1);
+        fx.store.remove(&Fx::path("c")).unwrap();
+        fx.assert_books(100, 1);
+        fx.store.symlink("b", &Fx::path("l")).unwrap();
+        fx.store.mkdir(&Fx::path("d"), None).unwrap();
+        fx.assert_books(100, 1);
+        fx.store.remove(&Fx::path("b")).unwrap();
+        fx.assert_books(0, 0);
+    }
+
+    #[test]
+    fn a_dropped_upload_gives_back_its_reservation_and_its_name() {
+        let fx = Fx::new(Some(100), Some(5));
+        let f = fx.upload("f");
+        f.write_at(0, &[1; 80]).unwrap();
+        assert_eq!(fx.account.reserved(), 80);
+        assert_eq!(fx.account.usage().files, 1);
+        drop(f);
+        fx.assert_books(0, 0);
+    }
+
+    #[test]
+    fn a_lowered_limit_applies_to_the_next_write() {
+        let fx = Fx::new(Some(100), None);
+        let f = fx.upload("f");
+        f.write_at(0, &[1; 50]).unwrap();
+        lock(&fx.limits).bytes = Some(60);
+        assert!(is_quota(&f.write_at(50, &[1; 20]).unwrap_err()));
+        lock(&fx.limits).bytes = None;
+        f.write_at(50, &[1; 20]).unwrap();
+        // The earlier refusal poisoned the upload.
+        assert!(f.close().is_err());
+    }
 }
