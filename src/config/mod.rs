@@ -15,6 +15,7 @@ use crate::kms::SecretVersion;
 
 mod audit;
 mod aws_kms;
+mod vault;
 mod limits;
 mod metrics;
 mod ssh;
@@ -22,6 +23,7 @@ mod upload;
 
 pub use audit::AuditConfig;
 pub use aws_kms::AwsKmsConfig;
+pub use vault::{VaultAuth, VaultConfig};
 pub use limits::{LimitsConfig, PenaltyConfig};
 pub use metrics::MetricsConfig;
 pub use ssh::SshConfig;
@@ -89,6 +91,7 @@ struct RawKms {
     local: RawLocal,
     eaas: Option<RawEaas>,
     aws_kms: Option<aws_kms::RawAwsKms>,
+    vault: Option<vault::RawVault>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +130,8 @@ pub enum KmsBackend {
     Eaas,
     /// AWS KMS (or a compatible service).
     AwsKms,
+    /// A Vault/OpenBao Transit key.
+    Vault,
 }
 
 /// The validated configuration.
@@ -218,6 +223,8 @@ pub struct KmsConfig {
     pub eaas: Option<EaasConfig>,
     /// `[kms.aws_kms]`, if present.
     pub aws_kms: Option<AwsKmsConfig>,
+    /// `[kms.vault]`, if present.
+    pub vault: Option<VaultConfig>,
 }
 
 /// `[kms.eaas]`.
@@ -279,9 +286,10 @@ impl Config {
             "local" => KmsBackend::Local,
             "eaas" => KmsBackend::Eaas,
             "aws-kms" => KmsBackend::AwsKms,
+            "vault" => KmsBackend::Vault,
             other => {
                 return Err(format!(
-                    "kms.backend = {other:?}: expected \"local\", \"eaas\" or \"aws-kms\""
+                    "kms.backend = {other:?}: expected \"local\", \"eaas\", \"vault\" or \"aws-kms\""
                 ));
             }
         };
@@ -322,6 +330,10 @@ impl Config {
         let aws_kms = raw.kms.aws_kms.map(aws_kms::RawAwsKms::validate).transpose()?;
         if backend == KmsBackend::AwsKms && aws_kms.is_none() {
             return Err("kms.backend = \"aws-kms\" needs a [kms.aws_kms] table".into());
+        }
+        let vault = raw.kms.vault.map(vault::RawVault::validate).transpose()?;
+        if backend == KmsBackend::Vault && vault.is_none() {
+            return Err("kms.backend = \"vault\" needs a [kms.vault] table".into());
         }
         let local_secret_version = raw.kms.local.secret_version.unwrap_or_else(|| "1".into());
         let local_secret_version = SecretVersion::parse(&local_secret_version)
@@ -374,6 +386,7 @@ impl Config {
                 local_secret_version,
                 eaas,
                 aws_kms,
+                vault,
             },
             sftp: SftpLimits {
                 max_handles,

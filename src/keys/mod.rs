@@ -268,10 +268,9 @@ impl UserKeys {
     /// returns that one.
     fn create(&self, user: &UserName) -> Result<DataKey, KeyError> {
         let key = DataKey::random().map_err(|e| KeyError::Random(e.to_string()))?;
-        let master = self.wrapper.current();
-        let wrapped = self
+        let (wrapped, master) = self
             .wrapper
-            .wrap(key.expose(), &master, &WrapContext::for_user(user))?;
+            .wrap_new(key.expose(), &WrapContext::for_user(user))?;
         let record = KeyRecord::new(user.clone(), self.wrapper.backend(), master, wrapped);
         if self.write(user, &record, Write::CreateNew)? {
             tracing::info!(user = %user, master = %record.master, "created data key");

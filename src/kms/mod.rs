@@ -8,6 +8,8 @@
 //! - [`local::LocalKms`]: RSA-3072 keys in PEM files on this host (default).
 //! - [`eaas::EaasKms`]: RSA keys held by a key service over HTTP (the
 //!   original Dropzone's EaaS API; `dropzone-eaas` is the reference service).
+//! - [`vault::VaultKms`]: a derived AES-256-GCM key of the Transit engine of
+//!   HashiCorp Vault or OpenBao.
 //! - [`aws_kms::AwsKms`]: a symmetric AWS KMS key (or a compatible service),
 //!   with the user name as encryption context.
 //!
@@ -19,6 +21,7 @@ pub mod aws_kms;
 pub mod eaas;
 mod http;
 pub mod local;
+pub mod vault;
 mod version;
 
 use crate::username::UserName;
@@ -129,6 +132,20 @@ pub trait KeyWrapper: Send + Sync {
         under: &MasterKeyRef,
         ctx: &WrapContext,
     ) -> Result<Vec<u8>, KmsError>;
+    /// Wraps a new user's `key` under the current master key and says which
+    /// one that was (what the key file records). The default wraps under
+    /// [`KeyWrapper::current`]; a backend whose latest version can change
+    /// under a running process (Vault, rotated by another one) overrides it
+    /// to wrap under the latest and name it.
+    fn wrap_new(
+        &self,
+        key: &[u8; 32],
+        ctx: &WrapContext,
+    ) -> Result<(Vec<u8>, MasterKeyRef), KmsError> {
+        let master = self.current();
+        let wrapped = self.wrap(key, &master, ctx)?;
+        Ok((wrapped, master))
+    }
     /// Unwraps a key that [`KeyWrapper::wrap`] produced under `under` with
     /// the same `ctx`.
     fn unwrap(

@@ -68,6 +68,14 @@ impl KeyWrapper for ObservedKeyWrapper {
         self.timed("wrap", || self.inner.wrap(key, under, ctx))
     }
 
+    fn wrap_new(
+        &self,
+        key: &[u8; 32],
+        ctx: &WrapContext,
+    ) -> Result<(Vec<u8>, MasterKeyRef), KmsError> {
+        self.timed("wrap", || self.inner.wrap_new(key, ctx))
+    }
+
     fn unwrap(
         &self,
         wrapped: &[u8],
@@ -78,7 +86,8 @@ impl KeyWrapper for ObservedKeyWrapper {
     }
 
     // Forwarded, not left to the defaults: the inner backend may do these
-    // itself (Vault re-wraps without the key leaving it).
+    // itself (Vault re-wraps without the key leaving it, wraps new keys
+    // under its latest version).
     fn rewrap(
         &self,
         wrapped: &[u8],

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use dropzone::config::{self, Config, KmsBackend};
+use dropzone::config::{self, Config, KmsBackend, VaultAuth};
 use dropzone::daemon::ConfigFailure;
 use dropzone::keys::UserKeys;
 use dropzone::kms::KeyWrapper;
 use dropzone::kms::aws_kms::{AwsKms, AwsKmsOptions, credentials::Provider};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::local::LocalKms;
+use dropzone::kms::vault::{Credentials, VaultKms, VaultOptions};
 
 /// `--config`, shared by every subcommand.
 #[derive(clap::Args, Clone)]
@@ -72,7 +73,59 @@ pub fn key_wrapper(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
             Ok(Arc::new(kms))
         }
         KmsBackend::AwsKms => aws_kms(config),
+        KmsBackend::Vault => vault(config),
     }
+}
+
+/// The Vault backend, its Transit key checked (and created if missing):
+/// a key that cannot be made or used (not derived, no permission) is a
+/// configuration error; Vault being unreachable is not (logins fail closed
+/// until it is back).
+fn vault(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
+    let Some(v) = &config.kms.vault else {
+        return Err(
+            ConfigFailure("kms.backend = \"vault\" needs a [kms.vault] table".into()).into(),
+        );
+    };
+    let failure = |e: dropzone::kms::KmsError| ConfigFailure(format!("[kms.vault]: {e}"));
+    let credentials = match &v.auth {
+        VaultAuth::TokenFile(path) => Credentials::TokenFile(path.clone()),
+        VaultAuth::AppRole {
+            mount,
+            role_id_file,
+            secret_id_file,
+        } => Credentials::AppRole {
+            mount: mount.clone(),
+            role_id_file: role_id_file.clone(),
+            secret_id_file: secret_id_file.clone(),
+        },
+    };
+    let mut options = VaultOptions::new(v.address.clone(), v.key_name.clone(), credentials);
+    options.mount = v.mount.clone();
+    options.namespace = v.namespace.clone();
+    options.ca_file = v.ca_file.clone();
+    options.connect_timeout = v.connect_timeout;
+    options.request_timeout = v.request_timeout;
+    let kms = VaultKms::new(options).map_err(failure)?;
+    if kms.address().starts_with("http://") {
+        tracing::warn!(
+            address = kms.address(),
+            "the Vault address is plain HTTP: user keys and the token cross the network \
+             unencrypted; use https (with ca_file) outside a private network"
+        );
+    }
+    match kms.ensure_master_key(&kms.current()) {
+        Ok(()) => {
+            tracing::info!(address = kms.address(), master = %kms.current(), "Vault Transit key ready")
+        }
+        Err(e) if e.is_transient() => tracing::warn!(
+            address = kms.address(),
+            error = %e,
+            "Vault unavailable at start-up; logins are refused until it is back"
+        ),
+        Err(e) => return Err(failure(e).into()),
+    }
+    Ok(Arc::new(kms))
 }
 
 /// The AWS KMS backend, its key checked with `DescribeKey`: a missing,
