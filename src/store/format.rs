@@ -303,8 +303,9 @@ pub struct ChunkToEncode<'a> {
 /// before it, so one chunk keeps the AES unit busy only a fraction of the
 /// time (AES-NI rounds have a latency of several cycles but start one per
 /// cycle). Chunks are independent of each other, so block `i` of eight
-/// chunks goes through the cipher together: about three times the speed of
-/// one chunk at a time on this machine (docs/PERFORMANCE.md), whose AES-NI
+/// chunks goes through the cipher together: a little over twice the speed of
+/// one chunk at a time on the 2-core machine (1046 against 462 MiB/s,
+/// docs/PERFORMANCE.md "Store throughput"), whose AES-NI
 /// backend takes 8 blocks at a time. (On CPUs where the `aes` crate picks
 /// a VAES backend, which takes 30 or 64, the other slots are wasted work;
 /// not measured.) Encryption
