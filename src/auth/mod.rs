@@ -55,6 +55,8 @@ struct Credentials {
     keys: Vec<AuthorizedKey>,
     /// What the user may do once logged in.
     permissions: Permissions,
+    /// The user's quota.
+    quota: crate::store::quota::Limits,
 }
 
 impl Authenticator {
@@ -67,6 +69,7 @@ impl Authenticator {
                     password_hash: u.password_hash().map(str::to_owned),
                     keys: u.keys().to_vec(),
                     permissions: u.permissions(),
+                    quota: u.quota(),
                 };
                 (u.name().as_str().to_owned(), credentials)
             })
@@ -136,6 +139,12 @@ impl Authenticator {
     /// does not know, such as a Linux user, who may do everything).
     pub fn permissions(&self, user: &str) -> Option<Permissions> {
         self.users.get(user).map(|c| c.permissions)
+    }
+
+    /// The quota of `user` of the users file; `None` for a name the file
+    /// does not know.
+    pub fn quota(&self, user: &str) -> Option<crate::store::quota::Limits> {
+        self.users.get(user).map(|c| c.quota)
     }
 
     /// The number of users (tests only: the product never needs it).

@@ -8,6 +8,8 @@
 //! authorized_keys = ["ssh-ed25519 AAAA... alice@laptop"]  # optional
 //! role = "upload-only"           # optional: full (default), read-only, upload-only
 //! permissions = ["overwrite"]    # optional: added to the role's permissions
+//! quota_bytes = 10737418240     # optional: most plaintext bytes stored
+//! quota_files = 100000          # optional: most regular files stored
 //! ```
 //!
 //! Everything is checked at load: user names, duplicates, every key line
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::authorized_keys::{AuthorizedKey, KeyLineError};
 use super::password::{self, InvalidHash};
 use crate::access::{Permission, Permissions, Role, UnknownName};
+use crate::store::quota::Limits;
 use crate::username::{InvalidUserName, UserName};
 
 /// Written at the top of every saved file.
@@ -55,6 +58,10 @@ struct RawUser {
     role: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     permissions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota_files: Option<u64>,
 }
 
 /// One validated user of the users file.
@@ -65,6 +72,8 @@ pub struct UserEntry {
     key_lines: Vec<String>,
     keys: Vec<AuthorizedKey>,
     access: UserAccess,
+    /// The user's quota (`quota_bytes`, `quota_files`).
+    quota: Limits,
 }
 
 /// A user's role and the permissions added to it.
@@ -129,6 +138,11 @@ impl UserEntry {
         self.access.permissions()
     }
 
+    /// The user's quota (no limit where the entry names none).
+    pub fn quota(&self) -> Limits {
+        self.quota
+    }
+
     fn new(
         name: &str,
         password_hash: Option<String>,
@@ -161,6 +175,7 @@ impl UserEntry {
             key_lines,
             keys,
             access,
+            quota: Limits::default(),
         })
     }
 }
@@ -309,6 +324,13 @@ impl UsersFile {
                 })?;
             let entry = UserEntry::new(&user.name, user.password, user.authorized_keys, access)
                 .map_err(ParseError::User)?;
+            let entry = UserEntry {
+                quota: Limits {
+                    bytes: user.quota_bytes,
+                    files: user.quota_files,
+                },
+                ..entry
+            };
             if file.get(entry.name.as_str()).is_some() {
                 return Err(ParseError::User(UserError {
                     user: user.name,
@@ -333,6 +355,8 @@ impl UsersFile {
                     role: (u.access.role_written || u.access.role != Role::Full)
                         .then(|| u.access.role.name().to_owned()),
                     permissions: u.access.extra.iter().map(|p| p.name().to_owned()).collect(),
+                    quota_bytes: u.quota.bytes,
+                    quota_files: u.quota.files,
                 })
                 .collect(),
         };
@@ -421,6 +445,29 @@ impl UsersFile {
             user.access.extra = extra;
         }
         Ok(user.access)
+    }
+
+    /// Changes an existing user's quota: each given limit replaces the
+    /// previous one (`Some(None)` removes it). Returns the new quota.
+    pub fn set_quota(
+        &mut self,
+        name: &str,
+        bytes: Option<Option<u64>>,
+        files: Option<Option<u64>>,
+    ) -> Result<Limits, UserError> {
+        let Some(user) = self.users.iter_mut().find(|u| u.name.as_str() == name) else {
+            return Err(UserError {
+                user: name.chars().take(64).collect(),
+                problem: UserProblem::Missing,
+            });
+        };
+        if let Some(bytes) = bytes {
+            user.quota.bytes = bytes;
+        }
+        if let Some(files) = files {
+            user.quota.files = files;
+        }
+        Ok(user.quota)
     }
 
     /// The users, in file order.
