@@ -13,6 +13,8 @@
 //!   does ([`system_keys`]).
 //!
 //! - [`penalty`]: per-source penalties and bans for repeated failures.
+//! - [`certificate`]: OpenSSH user certificates signed by trusted CAs, and
+//!   the revoked keys file ([`krl`]: a KRL or a list of public keys).
 //!
 //! `from=` address lists are parsed by [`crate::address_pattern`].
 //!
@@ -22,6 +24,8 @@
 //! The SSH layer records failures in [`penalty::Penalties`].
 
 pub mod authorized_keys;
+pub mod certificate;
+pub mod krl;
 #[cfg(feature = "pam")]
 mod pam;
 pub mod password;
@@ -57,6 +61,8 @@ struct Credentials {
     permissions: Permissions,
     /// The user's quota.
     quota: crate::store::quota::Limits,
+    /// Certificate principals accepted (empty: the user's name).
+    principals: Vec<String>,
 }
 
 impl Authenticator {
@@ -70,6 +76,7 @@ impl Authenticator {
                     keys: u.keys().to_vec(),
                     permissions: u.permissions(),
                     quota: u.quota(),
+                    principals: u.principals().to_vec(),
                 };
                 (u.name().as_str().to_owned(), credentials)
             })
@@ -145,6 +152,13 @@ impl Authenticator {
     /// does not know.
     pub fn quota(&self, user: &str) -> Option<crate::store::quota::Limits> {
         self.users.get(user).map(|c| c.quota)
+    }
+
+    /// The certificate principals `user` of the users file accepts (empty:
+    /// a certificate must name the user); `None` for a name the file does
+    /// not know.
+    pub fn principals(&self, user: &str) -> Option<&[String]> {
+        self.users.get(user).map(|c| c.principals.as_slice())
     }
 
     /// The number of users (tests only: the product never needs it).

@@ -10,6 +10,7 @@
 //! permissions = ["overwrite"]    # optional: added to the role's permissions
 //! quota_bytes = 10737418240     # optional: most plaintext bytes stored
 //! quota_files = 100000          # optional: most regular files stored
+//! principals = ["alice", "ops"]  # optional: certificate principals accepted
 //! ```
 //!
 //! Everything is checked at load: user names, duplicates, every key line
@@ -62,6 +63,8 @@ struct RawUser {
     quota_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     quota_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    principals: Vec<String>,
 }
 
 /// One validated user of the users file.
@@ -74,6 +77,8 @@ pub struct UserEntry {
     access: UserAccess,
     /// The user's quota (`quota_bytes`, `quota_files`).
     quota: Limits,
+    /// Certificate principals accepted for this user (empty: the name).
+    principals: Vec<String>,
 }
 
 /// A user's role and the permissions added to it.
@@ -143,6 +148,12 @@ impl UserEntry {
         self.quota
     }
 
+    /// The certificate principals accepted for this user: a certificate
+    /// must name one of them (empty: it must name the user).
+    pub fn principals(&self) -> &[String] {
+        &self.principals
+    }
+
     fn new(
         name: &str,
         password_hash: Option<String>,
@@ -176,6 +187,7 @@ impl UserEntry {
             keys,
             access,
             quota: Limits::default(),
+            principals: Vec::new(),
         })
     }
 }
@@ -221,6 +233,10 @@ pub enum UserProblem {
     /// [`UsersFile::set_access`] for a user that is not there.
     #[error("no such user")]
     Missing,
+    /// A certificate principal is empty, too long, or has a comma, space
+    /// or control character.
+    #[error("principal {0:?}: expected 1-256 printable characters without commas or spaces")]
+    Principal(String),
 }
 
 /// A refused user entry: the user's name (as written) and the problem.
@@ -322,8 +338,10 @@ impl UsersFile {
                         problem: UserProblem::Access(e),
                     })
                 })?;
-            let entry = UserEntry::new(&user.name, user.password, user.authorized_keys, access)
+            let mut entry = UserEntry::new(&user.name, user.password, user.authorized_keys, access)
                 .map_err(ParseError::User)?;
+            entry.principals =
+                check_principals(&user.name, user.principals).map_err(ParseError::User)?;
             let entry = UserEntry {
                 quota: Limits {
                     bytes: user.quota_bytes,
@@ -357,6 +375,7 @@ impl UsersFile {
                     permissions: u.access.extra.iter().map(|p| p.name().to_owned()).collect(),
                     quota_bytes: u.quota.bytes,
                     quota_files: u.quota.files,
+                    principals: u.principals.clone(),
                 })
                 .collect(),
         };
@@ -447,6 +466,20 @@ impl UsersFile {
         Ok(user.access)
     }
 
+    /// Replaces an existing user's certificate principals (empty: the
+    /// certificate must name the user).
+    pub fn set_principals(&mut self, name: &str, principals: Vec<String>) -> Result<(), UserError> {
+        let principals = check_principals(name, principals)?;
+        let Some(user) = self.users.iter_mut().find(|u| u.name.as_str() == name) else {
+            return Err(UserError {
+                user: name.chars().take(64).collect(),
+                problem: UserProblem::Missing,
+            });
+        };
+        user.principals = principals;
+        Ok(())
+    }
+
     /// Changes an existing user's quota: each given limit replaces the
     /// previous one (`Some(None)` removes it). Returns the new quota.
     pub fn set_quota(
@@ -525,6 +558,28 @@ impl UsersFileLock {
             .map_err(|e| fail(e.into()))?;
         Ok(UsersFileLock { _file: file })
     }
+}
+
+/// Checks certificate principals: each 1-256 printable characters, no
+/// comma (OpenSSH's list separator) or whitespace; duplicates dropped.
+fn check_principals(user: &str, principals: Vec<String>) -> Result<Vec<String>, UserError> {
+    let mut out: Vec<String> = Vec::with_capacity(principals.len());
+    for p in principals {
+        let ok = (1..=256).contains(&p.chars().count())
+            && !p
+                .chars()
+                .any(|c| c == ',' || c.is_whitespace() || c.is_control());
+        if !ok {
+            return Err(UserError {
+                user: user.chars().take(64).collect(),
+                problem: UserProblem::Principal(p.chars().take(64).collect()),
+            });
+        }
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// A parse failure before the path is known.

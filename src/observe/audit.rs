@@ -38,8 +38,8 @@ const RETRY_OPEN: Duration = Duration::from_secs(1);
 
 /// The audit line of one event, fields in this order. `user`, `remote`,
 /// `path`, `bytes` and `duration_ms` are always present (null when they do
-/// not apply); `method`, `to`, `bytes_in`, `bytes_out` and `reason` only
-/// when they do.
+/// not apply); `method`, `to`, `bytes_in`, `bytes_out`, `reason` and
+/// `certificate` only when they do.
 #[derive(Serialize)]
 struct Line<'a> {
     ts: String,
@@ -62,6 +62,16 @@ struct Line<'a> {
     result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<CertificateLine<'a>>,
+}
+
+/// `certificate` of a certificate login's line: `{"key_id", "serial", "ca"}`.
+#[derive(Serialize)]
+struct CertificateLine<'a> {
+    key_id: &'a str,
+    serial: u64,
+    ca: &'a str,
 }
 
 /// The JSON line (with its newline) for `e`: timestamps in RFC 3339 UTC
@@ -85,6 +95,11 @@ pub fn format_line(e: &Event) -> String {
             .map(|d| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0),
         result: e.result,
         reason: e.reason.as_deref(),
+        certificate: e.certificate.as_ref().map(|c| CertificateLine {
+            key_id: &c.key_id,
+            serial: c.serial,
+            ca: &c.ca,
+        }),
     };
     // Serializing plain strings and numbers cannot fail; a NaN duration
     // (impossible from a Duration) would become null.
@@ -300,9 +315,32 @@ mod tests {
         assert_eq!(v["result"], "denied");
         assert!(v["path"].is_null() && v["bytes"].is_null() && v["duration_ms"].is_null());
         assert!(v.get("to").is_none() && v.get("reason").is_none());
+        assert!(v.get("certificate").is_none());
         let ts = v["ts"].as_str().unwrap();
         assert!(ts.ends_with('Z'), "{ts}");
         humantime::parse_rfc3339(ts).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_login_names_key_id_serial_and_ca() {
+        let mut e = Event::new(EventKind::Login, 4, "ssh");
+        e.method = Some("certificate");
+        e.certificate = Some(super::super::CertificateId {
+            key_id: "alice@laptop\u{1b}".into(),
+            serial: 42,
+            ca: "SHA256:abc".into(),
+        });
+        let line = format_line(&e);
+        assert!(!line.contains('\u{1b}'), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["certificate"]["serial"], 42);
+        assert_eq!(v["certificate"]["ca"], "SHA256:abc");
+        assert!(
+            v["certificate"]["key_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("alice@laptop")
+        );
     }
 
     #[test]

@@ -118,6 +118,19 @@ pub struct Event {
     pub result: &'static str,
     /// A human-readable detail for failures (the message the client got).
     pub reason: Option<String>,
+    /// The certificate of a certificate login (`login`, `login_failed`).
+    pub certificate: Option<CertificateId>,
+}
+
+/// What the audit trail names an OpenSSH certificate by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateId {
+    /// The key id the CA wrote into it (bounded in length).
+    pub key_id: String,
+    /// Its serial number.
+    pub serial: u64,
+    /// The SHA-256 fingerprint of the CA key that signed it.
+    pub ca: String,
 }
 
 impl Event {
@@ -139,6 +152,7 @@ impl Event {
             duration: None,
             result: OK,
             reason: None,
+            certificate: None,
         }
     }
 }
@@ -205,10 +219,24 @@ impl UserSession {
         remote: SocketAddr,
         method: &'static str,
     ) -> Arc<UserSession> {
+        Self::login_with(observer, session, user, remote, method, None)
+    }
+
+    /// [`UserSession::login`], naming the certificate the user logged in
+    /// with, if any.
+    pub fn login_with(
+        observer: Arc<Observer>,
+        session: u64,
+        user: &str,
+        remote: SocketAddr,
+        method: &'static str,
+        certificate: Option<CertificateId>,
+    ) -> Arc<UserSession> {
         let mut e = Event::new(EventKind::Login, session, "ssh");
         e.user = Some(user.to_owned());
         e.remote = Some(remote);
         e.method = Some(method);
+        e.certificate = certificate;
         observer.report(e);
         Arc::new(UserSession {
             observer,
@@ -258,6 +286,36 @@ pub fn login_failed(
     method: &'static str,
     result: &'static str,
 ) {
+    login_failed_with(
+        observer,
+        session,
+        user,
+        remote,
+        method,
+        result,
+        Refused::default(),
+    );
+}
+
+/// What a refused login reports beyond its result.
+#[derive(Debug, Default, Clone)]
+pub struct Refused {
+    /// Why, in words (a certificate's refusal).
+    pub reason: Option<String>,
+    /// The certificate that was refused.
+    pub certificate: Option<CertificateId>,
+}
+
+/// [`login_failed`] with a reason and the certificate refused.
+pub fn login_failed_with(
+    observer: &Observer,
+    session: u64,
+    user: &str,
+    remote: SocketAddr,
+    method: &'static str,
+    result: &'static str,
+    refused: Refused,
+) {
     // A client may send any string as its user name; the log keeps a
     // bounded prefix of it.
     let user: String = user.chars().take(MAX_USER_CHARS).collect();
@@ -266,6 +324,8 @@ pub fn login_failed(
     e.remote = Some(remote);
     e.method = Some(method);
     e.result = result;
+    e.reason = refused.reason;
+    e.certificate = refused.certificate;
     observer.report(e);
 }
 

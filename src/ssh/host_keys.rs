@@ -4,10 +4,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
 use russh::keys::ssh_key::{HashAlg, LineEnding};
-use russh::keys::{Algorithm, EcdsaCurve, PrivateKey};
+use russh::keys::{Algorithm, Certificate, EcdsaCurve, PrivateKey};
 use tracing::info;
 
 /// RSA host keys are 3072 bits, NIST's size for security beyond 2030.
@@ -123,6 +125,59 @@ pub fn load_or_generate(
         keys.push(key);
     }
     Ok(keys)
+}
+
+/// Reads the host certificates (`host_certificates`): each file holds one
+/// OpenSSH host certificate (`ssh-keygen -h -s CA key.pub`) of one of
+/// `keys`. A file that cannot be read, is not a host certificate, or
+/// certifies none of the keys in use is an error; one outside its validity
+/// window is loaded with a warning (clients will refuse it and fall back to
+/// the plain key if they know it).
+pub fn load_certificates(
+    paths: &[PathBuf],
+    keys: &[PrivateKey],
+) -> Result<Vec<Certificate>, HostKeyError> {
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        let invalid = |message: &str| HostKeyError::Invalid {
+            path: path.clone(),
+            message: message.to_owned(),
+        };
+        let text = fs::read_to_string(path).map_err(|source| HostKeyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let cert = Certificate::from_openssh(text.trim())
+            .map_err(|e| invalid(&format!("not an OpenSSH certificate: {e}")))?;
+        if cert.cert_type() != CertType::Host {
+            return Err(invalid(
+                "a user certificate, not a host certificate (ssh-keygen -h)",
+            ));
+        }
+        if !keys
+            .iter()
+            .any(|k| k.public_key().key_data() == cert.public_key())
+        {
+            return Err(invalid(
+                "certifies none of the host keys in use (host_keys_dir, ssh.host_key_algorithms)",
+            ));
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now < cert.valid_after() || now >= cert.valid_before() {
+            tracing::warn!(path = %path.display(), "host certificate is outside its validity window");
+        }
+        info!(
+            path = %path.display(),
+            key_id = %crate::observe::escape(cert.key_id()),
+            serial = cert.serial(),
+            ca = %cert.signature_key().fingerprint(HashAlg::Sha256),
+            "host certificate"
+        );
+        out.push(cert);
+    }
+    Ok(out)
 }
 
 /// Writes a new key file with mode 0600, never replacing an existing one.

@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::access::{Access, Permissions};
+use crate::auth::certificate::KeyTrust;
 use crate::auth::penalty::{Admission as BanCheck, Penalties};
 use crate::auth::{Authenticator, SystemUsers};
 use crate::config::LimitsConfig;
@@ -57,6 +58,8 @@ pub struct ServerContext {
     /// Linux users (`[auth] pam = true`), for names the users file does not
     /// know.
     system_users: Option<Arc<SystemUsers>>,
+    /// Trusted user CAs and revoked keys.
+    key_trust: KeyTrust,
     keys: UserKeys,
     data_dir: PathBuf,
     sftp: SftpConfig,
@@ -95,6 +98,8 @@ pub struct ServerParts {
     /// Linux users (by password, and by keyboard-interactive, which is
     /// offered only then), if on.
     pub system_users: Option<SystemUsers>,
+    /// Trusted user CAs (certificate logins) and revoked keys, if set.
+    pub key_trust: KeyTrust,
     /// Upload scanning and notifications (`[upload]`), if configured.
     pub uploads: Option<Arc<crate::upload::Uploads>>,
     /// Connection and session caps, failure penalties.
@@ -119,6 +124,7 @@ impl ServerContext {
             data_dir,
             sftp,
             system_users,
+            key_trust,
             uploads,
             limits,
             observer,
@@ -132,6 +138,7 @@ impl ServerContext {
                 users_file,
                 users: Mutex::new(UsersCache { modified, auth }),
                 system_users: system_users.map(Arc::new),
+                key_trust,
                 keys,
                 data_dir,
                 sftp,
@@ -209,13 +216,17 @@ fn preferred(algorithms: &crate::config::SshConfig) -> russh::Preferred {
     }
 }
 
-/// The russh configuration for the server.
+/// The russh configuration for the server. `host_certificates` (see
+/// [`host_keys::load_certificates`]) are offered ahead of the plain host
+/// keys to clients that accept certificates.
 pub fn ssh_config(
     host_keys: Vec<russh::keys::PrivateKey>,
+    host_certificates: Vec<russh::keys::Certificate>,
     max_auth_attempts: u32,
     ssh: &crate::config::SshConfig,
 ) -> SshConfig {
     SshConfig {
+        certificates: host_certificates,
         preferred: preferred(ssh),
         server_id: russh::SshId::Standard(
             format!("SSH-2.0-Dropzone_{}", env!("CARGO_PKG_VERSION")).into(),

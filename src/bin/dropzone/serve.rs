@@ -112,6 +112,8 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                 max_file_size: config.sftp.max_file_size,
             },
             system_users,
+            key_trust: dropzone::auth::certificate::KeyTrust::from_config(&config.auth)
+                .map_err(ConfigFailure)?,
             uploads: dropzone::upload::Uploads::from_config(&config.upload)
                 .map_err(ConfigFailure)?,
             limits: config.limits.clone(),
@@ -120,8 +122,12 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         };
         let (ctx, alive) =
             ssh::ServerContext::new(keys, parts).map_err(|e| ConfigFailure(e.to_string()))?;
+        let host_certificates =
+            ssh::host_keys::load_certificates(&config.host_certificates, &host_keys)
+                .map_err(|e| ConfigFailure(e.to_string()))?;
         let ssh_config = Arc::new(ssh::ssh_config(
             host_keys,
+            host_certificates,
             config.auth.max_auth_attempts,
             &config.ssh,
         ));

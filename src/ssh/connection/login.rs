@@ -1,23 +1,28 @@
-//! How a connection logs in: public keys, passwords and keyboard-
-//! interactive, checked against the users file or (with `pam`) the Linux
-//! users; penalties for failures; and the completion of a login, which
-//! fails closed when the user's key or root cannot be had.
+//! How a connection logs in: public keys, OpenSSH certificates, passwords
+//! and keyboard-interactive, checked against the users file or (with `pam`)
+//! the Linux users; penalties for failures; and the completion of a login,
+//! which fails closed when the user's key or root cannot be had.
+//!
+//! Revoked keys (`[auth] revoked_keys`) are refused for plain keys and
+//! certificates alike; when that file cannot be used, every key login is.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use russh::keys::PublicKey;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::{Certificate, PublicKey};
 use russh::server::Auth;
 use russh::{MethodKind, MethodSet};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::{Connection, LoggedIn};
+use crate::auth::certificate::{self, Expected};
 use crate::auth::penalty::FailureOutcome;
 use crate::keys::KeyError;
-use crate::observe::{self, UserSession};
+use crate::observe::{self, CertificateId, Refused, UserSession};
 use crate::store::UserStore;
 use crate::username::UserName;
 
@@ -144,6 +149,25 @@ impl Connection {
         observe::login_failed(&self.ctx.observer, self.id, user, self.peer, method, result);
     }
 
+    /// Reports a refused login attempt with its reason and certificate.
+    fn report_refused(
+        &self,
+        user: &str,
+        method: &'static str,
+        result: &'static str,
+        refused: Refused,
+    ) {
+        observe::login_failed_with(
+            &self.ctx.observer,
+            self.id,
+            user,
+            self.peer,
+            method,
+            result,
+            refused,
+        );
+    }
+
     /// Rejects a login attempt and reports it.
     pub(super) fn deny(&self, user: &str, method: &'static str) -> Auth {
         self.login_failed(user, method, "denied");
@@ -158,6 +182,148 @@ impl Connection {
         self.login_failed(user, method, "denied");
         self.record_failure(user).await;
         self.reject()
+    }
+
+    /// Why the revoked keys file refuses `key` (a plain key, or the key of
+    /// a certificate), if it does: revoked, or the file cannot be used.
+    fn revocation_refusal(&self, key: &KeyData) -> Option<String> {
+        match self.ctx.key_trust.key_revoked(key) {
+            Ok(false) => None,
+            Ok(true) => Some("key revoked".to_owned()),
+            Err(e) => Some(format!("revoked keys file unusable ({e})")),
+        }
+    }
+
+    /// Answers a public key offered without a signature (or before its
+    /// signature is checked). With certificate logins on, a key that is not
+    /// authorized is let on to the signed attempt too: russh shows a
+    /// certificate's offer as its bare key, and the certificate itself is
+    /// checked once the client has proved it holds the key
+    /// ([`Connection::certificate_login`]).
+    pub(super) async fn publickey_offered(&self, user: &str, key: &PublicKey) -> Auth {
+        if self.banned() {
+            self.login_failed(user, "publickey", "banned");
+            return self.reject();
+        }
+        if let Some(reason) = self.revocation_refusal(key.key_data()) {
+            info!(peer = %self.peer, user, reason, "public key refused");
+            let refused = Refused {
+                reason: Some(reason),
+                certificate: None,
+            };
+            self.report_refused(user, "publickey", "denied", refused);
+            return self.reject();
+        }
+        if self.key_allowed(user, key).await || self.ctx.key_trust.certificates_enabled() {
+            Auth::Accept
+        } else {
+            // Reported like a refused signature: a client trying several
+            // keys leaves one line per key it offered in vain.
+            self.deny(user, "publickey")
+        }
+    }
+
+    /// Logs in with a plain public key whose signature russh has verified.
+    pub(super) async fn publickey_login(&mut self, user: &str, key: &PublicKey) -> Auth {
+        if self.banned() {
+            info!(peer = %self.peer, user, "login refused: source banned");
+            self.login_failed(user, "publickey", "banned");
+            return self.reject();
+        }
+        if let Some(reason) = self.revocation_refusal(key.key_data()) {
+            info!(peer = %self.peer, user, reason, "public key refused");
+            let refused = Refused {
+                reason: Some(reason),
+                certificate: None,
+            };
+            self.report_refused(user, "publickey", "denied", refused);
+            self.record_failure(user).await;
+            return self.reject();
+        }
+        if !self.key_allowed(user, key).await {
+            info!(peer = %self.peer, user, "public key refused");
+            if self.ctx.key_trust.certificates_enabled() {
+                // Its offer was let through in case it was a certificate
+                // (see `publickey_offered`): a client trying its keys one
+                // after another is not penalised for that.
+                return self.deny(user, "publickey");
+            }
+            return self.deny_and_penalize(user, "publickey").await;
+        }
+        // A Linux user's account must also pass PAM's account management
+        // (expired, disabled, pam_access...), as with OpenSSH's UsePAM.
+        if let Owner::System(system) = self.owner(user)
+            && !system.account_ok(user, Some(self.peer.ip())).await
+        {
+            return self.deny(user, "publickey");
+        }
+        self.complete_login(user, "publickey").await
+    }
+
+    /// Logs in with an OpenSSH certificate. russh has verified the session
+    /// signature with the certified key (so the client holds its private
+    /// key) and the certificate's own signature and window; whether its CA
+    /// is trusted, it names an accepted principal, its options hold and
+    /// it is not revoked is checked here ([`certificate`]). A refusal is
+    /// counted against the source like a refused key signature.
+    pub(super) async fn certificate_login(&mut self, user: &str, cert: &Certificate) -> Auth {
+        const METHOD: &str = "certificate";
+        if self.banned() {
+            info!(peer = %self.peer, user, "login refused: source banned");
+            self.login_failed(user, METHOD, "banned");
+            return self.reject();
+        }
+        let id = certificate::identity(cert);
+        let owner = self.owner(user);
+        let principals = match &owner {
+            Owner::UsersFile => self
+                .ctx
+                .authenticator()
+                .principals(user)
+                .map(<[String]>::to_vec),
+            Owner::System(_) => Some(Vec::new()),
+        };
+        let checked = match &principals {
+            // The reply is the same rejection as for any refusal: the
+            // client does not learn that the name is unknown.
+            None => Err("no such user".to_owned()),
+            Some(principals) => {
+                let expected = Expected {
+                    user,
+                    principals,
+                    client: self.peer.ip(),
+                    now: unix_now(),
+                };
+                self.ctx
+                    .key_trust
+                    .check_certificate(cert, &expected)
+                    .map_err(|refusal| refusal.to_string())
+            }
+        };
+        if let Err(reason) = checked {
+            info!(
+                peer = %self.peer,
+                user,
+                key_id = %observe::escape(&id.key_id),
+                serial = id.serial,
+                ca = %id.ca,
+                reason,
+                "certificate refused"
+            );
+            let refused = Refused {
+                reason: Some(format!("certificate refused: {reason}")),
+                certificate: Some(id),
+            };
+            self.report_refused(user, METHOD, "denied", refused);
+            self.record_failure(user).await;
+            return self.reject();
+        }
+        if let Owner::System(system) = owner
+            && !system.account_ok(user, Some(self.peer.ip())).await
+        {
+            return self.deny(user, METHOD);
+        }
+        self.complete_login_with(user, METHOD, Some(id)).await
     }
 
     /// The users file decides for a name it knows; system users (if on) for
@@ -253,6 +419,17 @@ impl Connection {
     /// session never gets a store: `logged_in` stays empty, so no channel
     /// can open even before the disconnect lands.
     pub(super) async fn complete_login(&mut self, user: &str, method: &'static str) -> Auth {
+        self.complete_login_with(user, method, None).await
+    }
+
+    /// [`Connection::complete_login`] for a certificate login: its events
+    /// name the certificate.
+    async fn complete_login_with(
+        &mut self,
+        user: &str,
+        method: &'static str,
+        certificate: Option<CertificateId>,
+    ) -> Auth {
         let Ok(name) = UserName::parse(user) else {
             return self.deny(user, method);
         };
@@ -263,7 +440,11 @@ impl Connection {
             Err(refusal) => {
                 let told = refusal.message();
                 warn!(peer = %self.peer, user = %name, method, told, "login refused");
-                self.login_failed(name.as_str(), method, refusal.event_result());
+                let refused = Refused {
+                    reason: None,
+                    certificate,
+                };
+                self.report_refused(name.as_str(), method, refusal.event_result(), refused);
                 self.logged_in = None;
                 self.refusal = Some(told);
                 return Auth::Accept;
@@ -288,13 +469,25 @@ impl Connection {
         .await;
         match opened {
             Ok(Ok(store)) => {
-                info!(peer = %self.peer, user = %name, method, "login");
-                let session = UserSession::login(
+                match &certificate {
+                    Some(c) => info!(
+                        peer = %self.peer,
+                        user = %name,
+                        method,
+                        key_id = %observe::escape(&c.key_id),
+                        serial = c.serial,
+                        ca = %c.ca,
+                        "login"
+                    ),
+                    None => info!(peer = %self.peer, user = %name, method, "login"),
+                }
+                let session = UserSession::login_with(
                     self.ctx.observer.clone(),
                     self.id,
                     name.as_str(),
                     self.peer,
                     method,
+                    certificate,
                 );
                 let budget = self.ctx.budgets.connection(name.as_str(), &self.ctx.sftp);
                 self.logged_in = Some(LoggedIn {
@@ -311,7 +504,11 @@ impl Connection {
             Ok(Err(failure)) => {
                 let told = failure.client_message();
                 warn!(peer = %self.peer, user = %name, reason = %failure, told, "login refused: fails closed");
-                self.login_failed(name.as_str(), method, failure.event_result());
+                let refused = Refused {
+                    reason: None,
+                    certificate,
+                };
+                self.report_refused(name.as_str(), method, failure.event_result(), refused);
                 self.logged_in = None;
                 self.refusal = Some(told);
                 Auth::Accept
@@ -322,4 +519,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

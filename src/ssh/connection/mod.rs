@@ -4,7 +4,7 @@
 
 mod login;
 
-use login::{Owner, PASSWORD_PROMPT};
+use login::PASSWORD_PROMPT;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -167,17 +167,7 @@ impl russh::server::Handler for Connection {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        if self.banned() {
-            self.login_failed(user, "publickey", "banned");
-            return Ok(self.reject());
-        }
-        if self.key_allowed(user, offer.public_key).await {
-            Ok(Auth::Accept)
-        } else {
-            // Reported like a refused signature: a client trying several
-            // keys leaves one line per key it offered in vain.
-            Ok(self.deny(user, "publickey"))
-        }
+        Ok(self.publickey_offered(user, offer.public_key).await)
     }
 
     async fn auth_publickey(
@@ -186,23 +176,19 @@ impl russh::server::Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.note_user(user);
-        if self.banned() {
-            info!(peer = %self.peer, user, "login refused: source banned");
-            self.login_failed(user, "publickey", "banned");
-            return Ok(self.reject());
-        }
-        if !self.key_allowed(user, key.public_key).await {
-            info!(peer = %self.peer, user, "public key refused");
-            return Ok(self.deny_and_penalize(user, "publickey").await);
-        }
-        // A Linux user's account must also pass PAM's account management
-        // (expired, disabled, pam_access...), as with OpenSSH's UsePAM.
-        if let Owner::System(system) = self.owner(user)
-            && !system.account_ok(user, Some(self.peer.ip())).await
-        {
-            return Ok(self.deny(user, "publickey"));
-        }
-        Ok(self.complete_login(user, "publickey").await)
+        Ok(self.publickey_login(user, key.public_key).await)
+    }
+
+    /// Called by russh only after it has verified the session signature
+    /// with the certificate's key (and the certificate's own signature and
+    /// window): the client holds the certified key.
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        self.note_user(user);
+        Ok(self.certificate_login(user, certificate).await)
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
