@@ -160,6 +160,12 @@ impl UserKeys {
         self.fetch(user, false)
     }
 
+    /// The directory of the wrapped-key files (the quota usage records,
+    /// [`crate`]'s `quota` module, are kept there too).
+    pub fn keks_dir(&self) -> &Path {
+        &self.keks_dir
+    }
+
     /// Users that have a key file, sorted.
     pub fn users(&self) -> Result<Vec<UserName>, KeyError> {
         let io_err = |source| KeyError::Io {

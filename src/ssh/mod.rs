@@ -62,6 +62,8 @@ pub struct ServerContext {
     key_trust: KeyTrust,
     keys: UserKeys,
     data_dir: PathBuf,
+    /// Each user's quota account, shared by their sessions.
+    quotas: crate::quota::Quotas,
     sftp: SftpConfig,
     /// Open SFTP handles, counted per connection, per user and in all.
     budgets: crate::sftp::budget::Budgets,
@@ -139,6 +141,7 @@ impl ServerContext {
                 users: Mutex::new(UsersCache { modified, auth }),
                 system_users: system_users.map(Arc::new),
                 key_trust,
+                quotas: crate::quota::Quotas::new(keys.keks_dir().to_owned()),
                 keys,
                 data_dir,
                 sftp,
@@ -191,6 +194,24 @@ impl ServerContext {
                 .and_then(|ctx| ctx.authenticator().permissions(&user))
                 .unwrap_or(Permissions::NONE)
         }))
+    }
+}
+
+impl ServerContext {
+    /// The quota of `user` as the users file says now, asked at each growth
+    /// of their files (a `dropzone user set --quota-bytes` applies from the
+    /// next write). A Linux user not in the users file has no limit.
+    pub(crate) fn quota_source(
+        self: &Arc<Self>,
+        user: &crate::username::UserName,
+    ) -> impl Fn() -> crate::store::quota::Limits + Send + Sync + 'static {
+        let ctx = Arc::downgrade(self);
+        let user = user.as_str().to_owned();
+        move || {
+            ctx.upgrade()
+                .and_then(|ctx| ctx.authenticator().quota(&user))
+                .unwrap_or_default()
+        }
     }
 }
 
