@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::UserStore;
 use crate::store::quota::{Limits, QuotaAccount, Usage, UsageSink};
 use crate::store::storage::Storage;
 use crate::sync::lock;
@@ -242,14 +243,14 @@ impl Quotas {
     }
 
     /// The account of `user`, shared with their other sessions; loaded
-    /// from the record (or a scan of `storage`, the user's tree, when the
+    /// from the record (or a scan of `store`, the user's tree, when the
     /// record cannot be trusted) if this server has none for them now.
     /// `limits` gives the user's current limits at each check. Blocks
     /// (file I/O, perhaps a tree walk): call it on a blocking thread.
     pub fn account(
         &self,
         user: &UserName,
-        storage: &dyn Storage,
+        store: &UserStore,
         limits: impl Fn() -> Limits + Send + Sync + 'static,
     ) -> io::Result<Arc<QuotaAccount>> {
         let slot = {
@@ -265,7 +266,7 @@ impl Quotas {
         if let Some(account) = live.upgrade() {
             return Ok(account);
         }
-        let account = Arc::new(self.load(user, storage, limits)?);
+        let account = Arc::new(self.load(user, store, limits)?);
         *live = Arc::downgrade(&account);
         Ok(account)
     }
@@ -276,7 +277,7 @@ impl Quotas {
     fn load(
         &self,
         user: &UserName,
-        storage: &dyn Storage,
+        store: &UserStore,
         limits: impl Fn() -> Limits + Send + Sync + 'static,
     ) -> io::Result<QuotaAccount> {
         let held = RecordLock::take(&self.dir, user, true)?
@@ -287,7 +288,7 @@ impl Quotas {
                 files: r.files,
             },
             found => {
-                let usage = crate::store::quota::scan_usage(storage)?;
+                let usage = store.scan_usage()?;
                 tracing::info!(
                     user = %user,
                     bytes = usage.bytes,
@@ -358,11 +359,14 @@ mod tests {
         UserName::parse("alice").unwrap()
     }
 
-    fn put(root: &Path, name: &str, data: &[u8]) {
-        use crate::keys::DataKey;
-        use crate::store::{OpenOptions, UserStore};
+    fn store(root: &Path) -> UserStore {
         let storage = Arc::new(LocalStorage::open_root(root).unwrap());
-        let store = UserStore::new(storage, Arc::new(DataKey::from_bytes([3; 32])));
+        UserStore::new(storage, Arc::new(crate::keys::DataKey::from_bytes([3; 32])))
+    }
+
+    fn put(root: &Path, name: &str, data: &[u8]) {
+        use crate::store::OpenOptions;
+        let store = store(root);
         let f = store
             .open(
                 &ObjectPath::from_components([name]).unwrap(),
@@ -389,8 +393,9 @@ mod tests {
         put(data.path(), "a", &[1; 1000]);
         put(data.path(), "b", &[2; 24]);
         let storage = LocalStorage::open_root(data.path()).unwrap();
+        let user_store = store(data.path());
         let quotas = Quotas::new(keks.path().to_owned());
-        let account = quotas.account(&user(), &storage, no_limits).unwrap();
+        let account = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert_eq!(
             account.usage(),
             Usage {
@@ -399,7 +404,7 @@ mod tests {
             }
         );
         // The same account for a second session.
-        let again = quotas.account(&user(), &storage, no_limits).unwrap();
+        let again = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert!(Arc::ptr_eq(&account, &again));
         let view = recorded(keks.path(), &user()).unwrap().unwrap();
         assert_eq!(view.status, UsageStatus::Live);
@@ -413,7 +418,7 @@ mod tests {
         assert_eq!(view.status, UsageStatus::Clean);
         assert_eq!(view.usage.bytes, 1124);
         // Clean: trusted, not rescanned (the tree holds 1024).
-        let account = quotas.account(&user(), &storage, no_limits).unwrap();
+        let account = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert_eq!(account.usage().bytes, 1124);
     }
 
@@ -432,7 +437,7 @@ mod tests {
         let view = recorded(keks.path(), &user()).unwrap().unwrap();
         assert_eq!((view.usage, view.status), (wrong, UsageStatus::Stale));
         let quotas = Quotas::new(keks.path().to_owned());
-        let account = quotas.account(&user(), &storage, no_limits).unwrap();
+        let account = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert_eq!(
             account.usage(),
             Usage {
@@ -461,7 +466,7 @@ mod tests {
         let storage = LocalStorage::open_root(data.path()).unwrap();
         assert_eq!(recorded(keks.path(), &user()).unwrap(), None);
         let quotas = Quotas::new(keks.path().to_owned());
-        let account = quotas.account(&user(), &storage, no_limits).unwrap();
+        let account = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert_eq!(account.usage(), Usage::default());
     }
 }
