@@ -14,6 +14,7 @@ mod decrypt;
 mod healthcheck;
 mod import_legacy;
 mod keys;
+mod quota;
 mod serve;
 mod setup;
 mod user;
@@ -41,6 +42,9 @@ enum Command {
     /// Manage the users file.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Quota usage: recompute it from what is stored.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// Manage the master key that wraps user keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -70,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::User(cmd) => user::run(cmd),
+        Command::Quota(cmd) => quota::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Verify(args) => verify::run(args),
         Command::Decrypt(args) => decrypt::run(args),

@@ -3,6 +3,9 @@
 //! Each command that changes the file holds its lock
 //! ([`UsersFileLock`]) from reading it to saving it, so that two run at
 //! once (two operators, a script) do not lose either change.
+//!
+//! `user list` shows each user's role, quota and usage (from the usage
+//! record the server keeps, see [`dropzone::quota`]).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -15,6 +18,10 @@ use dropzone::access::{Permissions, Role};
 use dropzone::auth::authorized_keys::key_lines;
 use dropzone::auth::password;
 use dropzone::auth::users_file::{UserAccess, UsersFile, UsersFileLock};
+
+use dropzone::quota::{UsageStatus, UsageView};
+use dropzone::store::bounds::human_size;
+use dropzone::store::quota::{Limits, Usage};
 
 use crate::setup::{ConfigArg, load_config};
 
@@ -37,11 +44,18 @@ pub enum UserCommand {
         /// upload, overwrite, delete, rename, mkdir, rmdir, symlink, chmod).
         #[arg(long, value_name = "LIST")]
         permissions: Option<Permissions>,
+        /// Most plaintext bytes the user may store (e.g. 1073741824, 500M,
+        /// 10G; K, M, G, T are powers of 1024).
+        #[arg(long, value_name = "N")]
+        quota_bytes: Option<QuotaArg>,
+        /// Most regular files the user may store.
+        #[arg(long, value_name = "N")]
+        quota_files: Option<QuotaArg>,
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Change an existing user's role or extra permissions (running servers
-    /// apply it from each session's next request).
+    /// Change an existing user's role, extra permissions or quota (running
+    /// servers apply it from each session's next request).
     Set {
         /// User name.
         name: String,
@@ -52,6 +66,13 @@ pub enum UserCommand {
         /// ("" for none).
         #[arg(long, value_name = "LIST")]
         permissions: Option<Permissions>,
+        /// The most plaintext bytes the user may store (as for add), or
+        /// "none" to remove the limit.
+        #[arg(long, value_name = "N|none")]
+        quota_bytes: Option<QuotaArg>,
+        /// The most regular files the user may store, or "none".
+        #[arg(long, value_name = "N|none")]
+        quota_files: Option<QuotaArg>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -62,7 +83,7 @@ pub enum UserCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// List the users.
+    /// List the users with their role, quota and usage.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -78,6 +99,8 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             authorized_keys,
             role,
             permissions,
+            quota_bytes,
+            quota_files,
             config,
         } => {
             let config = load_config(&config)?;
@@ -114,11 +137,17 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             let _lock = UsersFileLock::acquire(path)?;
             let mut users = UsersFile::load(path)?;
             users.add_user_with(&name, hash, keys, access)?;
+            let quota = users.set_quota(
+                &name,
+                quota_bytes.map(QuotaArg::limit),
+                quota_files.map(QuotaArg::limit),
+            )?;
             users.save(path)?;
             println!(
-                "added user {name} to {} ({})",
+                "added user {name} to {} ({}, {})",
                 path.display(),
-                describe(&access)
+                describe(&access),
+                describe_quota(&quota)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -126,18 +155,35 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             name,
             role,
             permissions,
+            quota_bytes,
+            quota_files,
             config,
         } => {
-            if role.is_none() && permissions.is_none() {
-                bail!("give --role PRESET or --permissions LIST to change");
+            if role.is_none()
+                && permissions.is_none()
+                && quota_bytes.is_none()
+                && quota_files.is_none()
+            {
+                bail!(
+                    "give --role PRESET, --permissions LIST, --quota-bytes N|none or --quota-files N|none to change"
+                );
             }
             let config = load_config(&config)?;
             let path = &config.auth.users_file;
             let _lock = UsersFileLock::acquire(path)?;
             let mut users = UsersFile::load(path)?;
             let access = users.set_access(&name, role, permissions)?;
+            let quota = users.set_quota(
+                &name,
+                quota_bytes.map(QuotaArg::limit),
+                quota_files.map(QuotaArg::limit),
+            )?;
             users.save(path)?;
-            println!("user {name}: {}", describe(&access));
+            println!(
+                "user {name}: {}, {}",
+                describe(&access),
+                describe_quota(&quota)
+            );
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::Remove { name, config } => {
@@ -167,10 +213,14 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 if !u.key_lines().is_empty() {
                     methods.push(format!("{} key(s)", u.key_lines().len()));
                 }
+                let usage = dropzone::quota::recorded(&config.keks_dir, u.name())
+                    .with_context(|| format!("usage record of {}", u.name()))?;
                 println!(
-                    "{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     u.name(),
                     methods.join(", "),
+                    describe_quota(&u.quota()),
+                    describe_usage(usage.as_ref()),
                     describe(&u.access())
                 );
             }
@@ -186,4 +236,77 @@ fn describe(access: &UserAccess) -> String {
     } else {
         format!("role {} + {}", access.role, access.extra)
     }
+}
+
+/// A quota option's value: a number (with an optional K, M, G or T
+/// suffix, powers of 1024) or `none`.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaArg(Option<u64>);
+
+impl QuotaArg {
+    /// The limit it sets (`None`: no limit).
+    fn limit(self) -> Option<u64> {
+        self.0
+    }
+}
+
+impl std::str::FromStr for QuotaArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(QuotaArg(None));
+        }
+        let bad = || format!("{s:?}: expected a number (e.g. 1000, 500M, 10G) or none");
+        let (digits, shift) = match s.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let shift = match c.to_ascii_uppercase() {
+                    'K' => 10,
+                    'M' => 20,
+                    'G' => 30,
+                    'T' => 40,
+                    _ => return Err(bad()),
+                };
+                (&s[..i], shift)
+            }
+            _ => (s, 0),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1u64 << shift)
+            .map(|n| QuotaArg(Some(n)))
+            .ok_or_else(bad)
+    }
+}
+
+/// `quota 1 GiB, 100 files`, or `no quota`.
+fn describe_quota(quota: &Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(bytes) = quota.bytes {
+        parts.push(human_size(bytes));
+    }
+    if let Some(files) = quota.files {
+        parts.push(format!("{files} files"));
+    }
+    if parts.is_empty() {
+        "no quota".to_owned()
+    } else {
+        format!("quota {}", parts.join(", "))
+    }
+}
+
+/// `used 12 MiB (12582912 bytes), 3 files`, with how far to trust it.
+fn describe_usage(view: Option<&UsageView>) -> String {
+    let Some(view) = view else {
+        return "usage not recorded yet".to_owned();
+    };
+    let Usage { bytes, files } = view.usage;
+    let note = match view.status {
+        UsageStatus::Clean => "",
+        UsageStatus::Live => " (live)",
+        UsageStatus::Stale => " (stale: recomputed at the next login or by dropzone quota scan)",
+    };
+    format!(
+        "used {} ({bytes} bytes), {files} files{note}",
+        human_size(bytes)
+    )
 }
