@@ -282,6 +282,7 @@ where
         .events
         .transfer_started(EventKind::Upload, path.to_client_string());
     let access = conn.access.clone();
+    let size = entry.size;
     let file = match blocking(move || {
         let mut opts = opts;
         // `upload` for a new file, `overwrite` for an existing one, checked
@@ -292,7 +293,12 @@ where
             Err(e) => Err(OpError::from(e)),
         };
         opts.exclusive = access.check_write(exists)?;
-        Ok(s.open(&p, opts)?)
+        let file = s.open(&p, opts)?;
+        // The size is known before the data: a file the size limit or the
+        // quota has no room for is refused now (dropping it discards the
+        // upload), not after the client has sent it all.
+        file.check_growth(Some(size))?;
+        Ok(file)
     })
     .await
     {
