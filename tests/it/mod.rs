@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod budgets;
 mod bursts;
+mod certificates;
 mod config_doc;
 mod container;
 mod crash;
