@@ -66,6 +66,9 @@ pub struct ServerOptions {
     /// starts (needs root; unmounted when the server is dropped), to run
     /// out of space for real.
     pub data_tmpfs_bytes: Option<u64>,
+    /// Environment variables for every `dropzone` process of the server
+    /// (`serve`, `user add`, [`Server::dropzone`]), e.g. AWS credentials.
+    pub env: Vec<(String, String)>,
 }
 
 /// A user of the test server.
@@ -89,6 +92,8 @@ pub struct Server {
     users: HashMap<String, User>,
     /// Mount points to unmount on drop.
     mounts: Vec<PathBuf>,
+    /// [`ServerOptions::env`].
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -137,7 +142,7 @@ impl Server {
                 .arg(format!("{name}@dropzone-test"))
                 .arg("-f")
                 .arg(&key));
-            let mut cmd = dropzone_command(&root);
+            let mut cmd = dropzone_command(&root, &opts.env);
             cmd.args(["user", "add", name, "--authorized-key"])
                 .arg(key.with_extension("pub"))
                 .args(["--config", "config/dropzone.toml"]);
@@ -161,7 +166,7 @@ impl Server {
         }
 
         let log = Arc::new(Mutex::new(String::new()));
-        let (child, port) = spawn_serve(&root, &log);
+        let (child, port) = spawn_serve(&root, &log, &opts.env);
         Server {
             dir,
             port,
@@ -169,6 +174,7 @@ impl Server {
             log,
             users: added,
             mounts,
+            env: opts.env.clone(),
         }
     }
 
@@ -188,7 +194,7 @@ impl Server {
             .lock()
             .unwrap()
             .push_str("--- restarted by the test ---\n");
-        let (child, port) = spawn_serve(self.dir.path(), &self.log);
+        let (child, port) = spawn_serve(self.dir.path(), &self.log, &self.env);
         self.child = child;
         self.port = port;
     }
@@ -476,7 +482,7 @@ impl Server {
     /// `verify`, `decrypt`, ...); the caller adds `--config config/dropzone.toml`
     /// where needed (see [`Server::dropzone_tool`]).
     pub fn dropzone(&self) -> Command {
-        dropzone_command(self.dir.path())
+        dropzone_command(self.dir.path(), &self.env)
     }
 
     /// `dropzone ARGS... --config config/dropzone.toml` in the server's directory.
@@ -549,8 +555,8 @@ impl Drop for Server {
 
 /// Spawns `dropzone serve` in `root`, appending its stderr to `log`, and
 /// waits for its listening line.
-fn spawn_serve(root: &Path, log: &Arc<Mutex<String>>) -> (Child, u16) {
-    let mut cmd = dropzone_command(root);
+fn spawn_serve(root: &Path, log: &Arc<Mutex<String>>, env: &[(String, String)]) -> (Child, u16) {
+    let mut cmd = dropzone_command(root, env);
     cmd.args(["serve", "--config", "config/dropzone.toml"]);
     spawn_listening(&mut cmd, log).unwrap_or_else(|(status, log)| {
         panic!(
@@ -648,12 +654,13 @@ fn listening_port(line: &str) -> Option<u16> {
 }
 
 /// The `dropzone` binary in `dir`, with no inherited overrides.
-fn dropzone_command(dir: &Path) -> Command {
+fn dropzone_command(dir: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir)
         .env_remove("DROPZONE_CONFIG")
         .env_remove("DROPZONE_LISTEN")
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 

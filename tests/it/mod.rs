@@ -4,6 +4,7 @@ pub mod harness;
 
 mod access;
 mod audit;
+mod aws_kms;
 mod auth;
 mod budgets;
 mod bursts;
@@ -23,6 +24,7 @@ mod import_legacy;
 mod jail;
 mod layers;
 mod metrics;
+mod migrate;
 #[cfg(feature = "pam")]
 mod pam;
 mod paramiko;
