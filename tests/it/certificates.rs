@@ -339,16 +339,13 @@ fn users_file_principals_replace_the_login_name() {
         "ls\n",
     ));
     srv.run_fail(&mut sftp(&srv, "bob", &ops, Some(&cert_of(&ops)), "ls\n"));
-    // `principals` in bob's entry, picked up by the running server.
-    let path = srv.path("config/users.toml");
-    let users = std::fs::read_to_string(&path).unwrap();
-    let users = users.replacen(
-        "name = \"bob\"\n",
-        "name = \"bob\"\nprincipals = [\"ops\", \"admins\"]\n",
-        1,
+    // `dropzone user set --principals`, picked up by the running server.
+    srv.run(&mut srv.dropzone_tool(&["user", "set", "bob", "--principals", "ops,admins"]));
+    let users = std::fs::read_to_string(srv.path("config/users.toml")).unwrap();
+    assert!(
+        users.contains("principals = [\"ops\", \"admins\"]"),
+        "{users}"
     );
-    assert!(users.contains("principals"), "{users}");
-    std::fs::write(&path, users).unwrap();
     srv.run(&mut sftp(&srv, "bob", &ops, Some(&cert_of(&ops)), "ls\n"));
     // Now the name alone is not enough.
     srv.run_fail(&mut sftp(
@@ -358,6 +355,19 @@ fn users_file_principals_replace_the_login_name() {
         Some(&cert_of(&named)),
         "ls\n",
     ));
+    // A user added with principals only logs in by certificate.
+    srv.run(&mut srv.dropzone_tool(&["user", "add", "dave", "--principals", "ops"]));
+    srv.run(&mut sftp(&srv, "dave", &ops, Some(&cert_of(&ops)), "ls\n"));
+    // "" clears them: the name is needed again.
+    srv.run(&mut srv.dropzone_tool(&["user", "set", "bob", "--principals", ""]));
+    srv.run(&mut sftp(
+        &srv,
+        "bob",
+        &named,
+        Some(&cert_of(&named)),
+        "ls\n",
+    ));
+    srv.run_fail(&mut sftp(&srv, "bob", &ops, Some(&cert_of(&ops)), "ls\n"));
     // An unknown user cannot log in with any certificate.
     let stranger = ca.issue("ca", "stranger", 3, &["-n", "carol"]);
     srv.run_fail(&mut sftp(

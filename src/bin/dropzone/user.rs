@@ -51,6 +51,10 @@ pub enum UserCommand {
         /// Most regular files the user may store.
         #[arg(long, value_name = "N")]
         quota_files: Option<QuotaArg>,
+        /// Certificate principals accepted for this user, comma-separated
+        /// (by default a certificate must name the user).
+        #[arg(long, value_name = "LIST")]
+        principals: Option<PrincipalsArg>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -73,6 +77,10 @@ pub enum UserCommand {
         /// The most regular files the user may store, or "none".
         #[arg(long, value_name = "N|none")]
         quota_files: Option<QuotaArg>,
+        /// The certificate principals accepted, comma-separated, replacing
+        /// the previous ones ("" for none: a certificate must name the user).
+        #[arg(long, value_name = "LIST")]
+        principals: Option<PrincipalsArg>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -101,6 +109,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             permissions,
             quota_bytes,
             quota_files,
+            principals,
             config,
         } => {
             let config = load_config(&config)?;
@@ -125,8 +134,10 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("reading {}", file.display()))?;
                 keys.extend(key_lines(&text).map(str::to_owned));
             }
-            if hash.is_none() && keys.is_empty() {
-                bail!("give --password-stdin or --authorized-key FILE, or the user cannot log in");
+            if hash.is_none() && keys.is_empty() && principals.is_none() {
+                bail!(
+                    "give --password-stdin, --authorized-key FILE or --principals LIST, or the user cannot log in"
+                );
             }
             let access = UserAccess {
                 role: role.unwrap_or_default(),
@@ -137,6 +148,9 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             let _lock = UsersFileLock::acquire(path)?;
             let mut users = UsersFile::load(path)?;
             users.add_user_with(&name, hash, keys, access)?;
+            if let Some(PrincipalsArg(list)) = principals {
+                users.set_principals(&name, list)?;
+            }
             let quota = users.set_quota(
                 &name,
                 quota_bytes.map(QuotaArg::limit),
@@ -157,15 +171,17 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             permissions,
             quota_bytes,
             quota_files,
+            principals,
             config,
         } => {
             if role.is_none()
                 && permissions.is_none()
                 && quota_bytes.is_none()
                 && quota_files.is_none()
+                && principals.is_none()
             {
                 bail!(
-                    "give --role PRESET, --permissions LIST, --quota-bytes N|none or --quota-files N|none to change"
+                    "give --role PRESET, --permissions LIST, --quota-bytes N|none, --quota-files N|none or --principals LIST to change"
                 );
             }
             let config = load_config(&config)?;
@@ -173,6 +189,9 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             let _lock = UsersFileLock::acquire(path)?;
             let mut users = UsersFile::load(path)?;
             let access = users.set_access(&name, role, permissions)?;
+            if let Some(PrincipalsArg(list)) = principals {
+                users.set_principals(&name, list)?;
+            }
             let quota = users.set_quota(
                 &name,
                 quota_bytes.map(QuotaArg::limit),
@@ -235,6 +254,25 @@ fn describe(access: &UserAccess) -> String {
         format!("role {}", access.role)
     } else {
         format!("role {} + {}", access.role, access.extra)
+    }
+}
+
+/// `--principals`: a comma-separated list ("" for none), checked when set
+/// ([`UsersFile::set_principals`]).
+#[derive(Debug, Clone)]
+pub struct PrincipalsArg(Vec<String>);
+
+impl std::str::FromStr for PrincipalsArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(PrincipalsArg(
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
     }
 }
 
