@@ -2,7 +2,8 @@
 //!
 //! The message sent to the client is OpenSSH's sftp-server's text for the
 //! status code ("No such file", "Failure", ...), so that clients which
-//! match on it (paramiko's tests do) see what they see from OpenSSH. What
+//! match on it (paramiko's tests do) see what they see from OpenSSH (a
+//! quota refusal, which has no code of its own, says "quota exceeded"). What
 //! went wrong in detail ([`describe`]: store and jail errors in the words
 //! of [`crate::outcome`], which scp shares; never a host path or key
 //! material) goes to the server log and the audit log; the stderr notices
@@ -87,7 +88,13 @@ impl Failure for SftpError {
 /// The status code and the message the client is sent for `err`: OpenSSH's
 /// text for the code (see [`openssh_message`]); [`describe`] has the detail.
 pub fn to_status(err: &SftpError) -> (StatusCode, String) {
-    let (code, _) = describe(err);
+    let (code, detail) = describe(err);
+    // A quota refusal has no status code of its own: its text is the one
+    // thing that tells it from any other failure ("quota exceeded: ...",
+    // which paramiko raises and OpenSSH logs with -v).
+    if matches!(err, SftpError::Store(StoreError::Quota(_))) {
+        return (code, detail);
+    }
     (code, openssh_message(code).to_owned())
 }
 

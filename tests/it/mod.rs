@@ -30,6 +30,7 @@ mod pam;
 mod paramiko;
 mod paramiko_suite;
 pub mod raw_sftp;
+mod quota;
 mod scan;
 mod scp;
 mod sftp;
