@@ -358,6 +358,12 @@ fn users_file_principals_replace_the_login_name() {
     // A user added with principals only logs in by certificate.
     srv.run(&mut srv.dropzone_tool(&["user", "add", "dave", "--principals", "ops"]));
     srv.run(&mut sftp(&srv, "dave", &ops, Some(&cert_of(&ops)), "ls\n"));
+    let list = stdout(&srv.run(&mut srv.dropzone_tool(&["user", "list"])));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("bob\t") && l.contains("certificates for ops admins")),
+        "{list}"
+    );
     // "" clears them: the name is needed again.
     srv.run(&mut srv.dropzone_tool(&["user", "set", "bob", "--principals", ""]));
     srv.run(&mut sftp(

@@ -232,6 +232,9 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 if !u.key_lines().is_empty() {
                     methods.push(format!("{} key(s)", u.key_lines().len()));
                 }
+                if !u.principals().is_empty() {
+                    methods.push(format!("certificates for {}", u.principals().join(" ")));
+                }
                 let usage = dropzone::quota::recorded(&config.keks_dir, u.name())
                     .with_context(|| format!("usage record of {}", u.name()))?;
                 println!(
