@@ -393,8 +393,8 @@ mod tests {
         put(data.path(), "a", &[1; 1000]);
         put(data.path(), "b", &[2; 24]);
         let storage = LocalStorage::open_root(data.path()).unwrap();
-        let user_store = store(data.path());
         let quotas = Quotas::new(keks.path().to_owned());
+        let user_store = store(data.path());
         let account = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert_eq!(
             account.usage(),
@@ -437,6 +437,7 @@ mod tests {
         let view = recorded(keks.path(), &user()).unwrap().unwrap();
         assert_eq!((view.usage, view.status), (wrong, UsageStatus::Stale));
         let quotas = Quotas::new(keks.path().to_owned());
+        let user_store = store(data.path());
         let account = quotas.account(&user(), &user_store, no_limits).unwrap();
         assert_eq!(
             account.usage(),
@@ -463,7 +464,7 @@ mod tests {
         let keks = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         std::fs::write(keks.path().join("alice.usage"), "bytes = \"many\"").unwrap();
-        let storage = LocalStorage::open_root(data.path()).unwrap();
+        let user_store = store(data.path());
         assert_eq!(recorded(keks.path(), &user()).unwrap(), None);
         let quotas = Quotas::new(keks.path().to_owned());
         let account = quotas.account(&user(), &user_store, no_limits).unwrap();
