@@ -273,3 +273,36 @@ fn debug_hides_password_hash() {
     let debug = format!("{file:?}");
     assert!(!debug.contains("argon2"), "{debug}");
 }
+
+#[test]
+fn certificate_principals_are_checked_kept_and_set() {
+    let file = load_text(
+        "[[user]]\nname = \"bob\"\nprincipals = [\"ops\", \"bob@corp\", \"ops\"]\n\
+         [[user]]\nname = \"carol\"\n",
+    )
+    .unwrap();
+    assert_eq!(file.get("bob").unwrap().principals(), ["ops", "bob@corp"]);
+    assert!(file.get("carol").unwrap().principals().is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    let mut file = file;
+    file.set_principals("carol", vec!["dba".into()]).unwrap();
+    file.save(&path).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("principals = [\"dba\"]"), "{text}");
+    let again = UsersFile::load(&path).unwrap();
+    assert_eq!(again.get("carol").unwrap().principals(), ["dba"]);
+    assert_eq!(again.get("bob").unwrap().principals(), ["ops", "bob@corp"]);
+    for bad in ["", "a,b", "a b", "tab\there"] {
+        let text = format!("[[user]]\nname = \"bob\"\nprincipals = [{bad:?}]\n");
+        let e = load_text(&text).unwrap_err().to_string();
+        assert!(e.contains("bob") && e.contains("principal"), "{bad:?}: {e}");
+    }
+    let mut file = again;
+    assert!(matches!(
+        file.set_principals("nobody", vec![]),
+        Err(UserError { problem: UserProblem::Missing, .. })
+    ));
+    file.set_principals("carol", vec![]).unwrap();
+    assert!(file.get("carol").unwrap().principals().is_empty());
+}
