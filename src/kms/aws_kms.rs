@@ -1,6 +1,6 @@
 //! The AWS KMS backend: data keys wrapped by a symmetric KMS key with the
 //! JSON API (`POST /`, `X-Amz-Target: TrentService.<Op>`,
-//! `application/x-amz-json-1.1`), signed with SigV4 ([`sigv4`]) using
+//! `application/x-amz-json-1.1`), signed with SigV4 (`aws_kms/sigv4.rs`) using
 //! credentials from the standard chain ([`credentials`]).
 //!
 //! | operation | KMS call |
@@ -341,6 +341,27 @@ impl AwsKms {
         }
     }
 
+    /// `Encrypt` under `under` with `ctx`: the ciphertext, and the key ARN
+    /// KMS names in its reply (if it does).
+    fn encrypt(
+        &self,
+        key: &[u8; 32],
+        under: &MasterKeyRef,
+        ctx: &WrapContext,
+    ) -> Result<(Vec<u8>, Option<String>), KmsError> {
+        check_version(under)?;
+        // Built as text so that the copy holding the key is zeroized.
+        let body = Zeroizing::new(format!(
+            "{{\"KeyId\":{},\"Plaintext\":\"{}\",\"EncryptionContext\":{}}}",
+            Value::from(under.secret_path.as_str()),
+            Zeroizing::new(BASE64.encode(key)).as_str(),
+            context(ctx),
+        ));
+        let reply: CiphertextReply = self.call_as(Op::Encrypt, body.as_bytes())?;
+        let arn = reply.key_id.clone().filter(|id| id.starts_with("arn:"));
+        Ok((reply.decode(Op::Encrypt)?, arn))
+    }
+
     /// STS `AssumeRoleWithWebIdentity` (an unsigned call: the token is the
     /// proof) for the web identity credentials.
     fn assume_role(&self, w: &WebIdentity, token: &str) -> Result<Credentials, KmsError> {
@@ -417,16 +438,28 @@ impl KeyWrapper for AwsKms {
         under: &MasterKeyRef,
         ctx: &WrapContext,
     ) -> Result<Vec<u8>, KmsError> {
-        check_version(under)?;
-        // Built as text so that the copy holding the key is zeroized.
-        let body = Zeroizing::new(format!(
-            "{{\"KeyId\":{},\"Plaintext\":\"{}\",\"EncryptionContext\":{}}}",
-            Value::from(under.secret_path.as_str()),
-            Zeroizing::new(BASE64.encode(key)).as_str(),
-            context(ctx),
-        ));
-        let reply: CiphertextReply = self.call_as(Op::Encrypt, body.as_bytes())?;
-        reply.decode(Op::Encrypt)
+        self.encrypt(key, under, ctx).map(|(wrapped, _)| wrapped)
+    }
+
+    /// Wraps under the configured key and records the key ARN that KMS
+    /// names in its reply, even when KMS was unreachable at start-up (so
+    /// [`KeyWrapper::current`] still names an alias): a key file must not
+    /// depend on where an alias points later.
+    fn wrap_new(
+        &self,
+        key: &[u8; 32],
+        ctx: &WrapContext,
+    ) -> Result<(Vec<u8>, MasterKeyRef), KmsError> {
+        let under = self.current();
+        let (wrapped, arn) = self.encrypt(key, &under, ctx)?;
+        let master = match arn {
+            Some(arn) => MasterKeyRef {
+                secret_path: arn,
+                secret_version: SECRET_VERSION.to_owned(),
+            },
+            None => under,
+        };
+        Ok((wrapped, master))
     }
 
     fn unwrap(
@@ -514,6 +547,9 @@ struct DecryptReply {
 struct CiphertextReply {
     #[serde(rename = "CiphertextBlob")]
     ciphertext_blob: String,
+    /// The ARN of the key that encrypted.
+    #[serde(rename = "KeyId")]
+    key_id: Option<String>,
 }
 
 /// Only [`SECRET_VERSION`] is ever recorded; anything else is a key file

@@ -510,3 +510,76 @@ fn no_credentials_is_a_configuration_error() {
         stderr(&out)
     );
 }
+
+/// KMS unreachable when dropzone starts: it starts anyway (logins fail
+/// closed), and once KMS is back a new user's key file names the key's ARN
+/// from the Encrypt reply, not the configured alias.
+#[test]
+fn kms_down_at_start_up_then_back() {
+    let moto = Moto::start();
+    let arn = moto.create_key("dropzone");
+    let mut proxy = Proxy::start(moto.port);
+    proxy.cut();
+    let srv = start_dropzone(&["alice"], aws_kms_config(&proxy.url(), "alias/dropzone"));
+    let log = srv.log();
+    assert!(log.contains("AWS KMS unavailable at start-up"), "{log}");
+    assert_refused(&srv, "alice", UNAVAILABLE);
+    assert!(!srv.path("keks/alice.key").exists());
+    proxy.restore();
+    let mut cmd = srv.sftp("alice", "ls\n");
+    srv.run(&mut cmd);
+    assert_eq!(field(&key_file(&srv, "alice"), "secret_path"), arn);
+}
+
+/// Credentials from a web identity token: exchanged at STS (moto's) for
+/// temporary credentials, once while they are valid.
+#[test]
+fn web_identity_credentials() {
+    let moto = Moto::start();
+    moto.create_key("dropzone");
+    let work = tempfile::tempdir().unwrap();
+    let token = work.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl\n").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let none = work.path().join("none");
+    let env: Vec<(String, String)> = [
+        // Empty counts as unset, whatever the test's own environment holds.
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_PROFILE", ""),
+        ("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()),
+        ("AWS_CONFIG_FILE", none.to_str().unwrap()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/dropzone"),
+        ("AWS_ENDPOINT_URL_STS", &endpoint),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let srv = Server::start_opts(
+        &[("alice", None), ("bob", None)],
+        &ServerOptions {
+            kms_config: Some(aws_kms_config(&endpoint, "alias/dropzone")),
+            env,
+            ..ServerOptions::default()
+        },
+    );
+    std::fs::write(srv.local_path("f.txt"), b"via web identity\n").unwrap();
+    for user in ["alice", "bob"] {
+        let mut cmd = srv.sftp(user, "put f.txt\nget f.txt back.txt\n");
+        srv.run(&mut cmd);
+        assert_eq!(
+            std::fs::read(srv.local_path("back.txt")).unwrap(),
+            b"via web identity\n"
+        );
+    }
+    let log = srv.log();
+    assert!(
+        log.contains("credentials=web identity (role arn:aws:iam::123456789012:role/dropzone"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("assumed role with web identity").count(),
+        1,
+        "one STS call for the credentials' lifetime:\n{log}"
+    );
+}

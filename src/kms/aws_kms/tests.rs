@@ -102,11 +102,13 @@ fn context_names_the_user_and_versions_are_fixed() {
 fn ciphertext_replies_are_checked() {
     let ok = CiphertextReply {
         ciphertext_blob: BASE64.encode([7u8; 100]),
+        key_id: None,
     };
     assert_eq!(ok.decode(Op::Encrypt).unwrap(), vec![7u8; 100]);
     for bad in ["", "***", &BASE64.encode(vec![0u8; MAX_WRAPPED_LEN + 1])] {
         let reply = CiphertextReply {
             ciphertext_blob: bad.to_owned(),
+            key_id: None,
         };
         assert!(reply.decode(Op::Encrypt).is_err());
     }
