@@ -424,7 +424,13 @@ impl KeyWrapper for AwsKms {
     /// KMS keys are not created here: checks with `DescribeKey` that the
     /// key exists, is enabled and is a symmetric encryption key.
     fn ensure_master_key(&self, under: &MasterKeyRef) -> Result<(), KmsError> {
-        check_version(under)?;
+        if under.secret_version != SECRET_VERSION {
+            return Err(KmsError::Misconfigured(format!(
+                "AWS KMS keys have no versions of ours (only {SECRET_VERSION:?}); KMS rotates \
+                 a key's material itself; to move to another key, change kms.aws_kms.key_id \
+                 and run dropzone keys rotate"
+            )));
+        }
         if under.secret_path == self.key_id {
             self.check_key().map(drop)
         } else {

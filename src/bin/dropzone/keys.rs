@@ -28,9 +28,13 @@ pub enum KeysCommand {
     /// With the vault backend, --secret-version is optional: without it the
     /// Transit key is rotated at Vault and every key re-wrapped (by Vault's
     /// rewrap) under the new version, which new users get by themselves.
+    ///
+    /// With aws-kms, leave --secret-version out (or give 1): every key not
+    /// yet under the configured key_id is re-encrypted under it inside KMS
+    /// (ReEncrypt). To move to a new KMS key, change key_id, then rotate.
     Rotate {
         /// The master key version to re-wrap under (decimal digits;
-        /// required except with the vault backend).
+        /// required except with the vault and aws-kms backends).
         #[arg(long, value_name = "V")]
         secret_version: Option<SecretVersion>,
         #[command(flatten)]
@@ -77,11 +81,11 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
 /// `dropzone keys rotate`: re-wraps every user's key under version
 /// `version`, or (without one) under a new version the backend makes.
 fn rotate(config: &Config, version: Option<&SecretVersion>) -> anyhow::Result<ExitCode> {
-    if version.is_none() && config.kms.backend != KmsBackend::Vault {
+    if version.is_none() && !matches!(config.kms.backend, KmsBackend::Vault | KmsBackend::AwsKms) {
         // A usage error, as when clap required the option for every backend.
         eprintln!(
             "error: --secret-version V is required with this key backend \
-             (only vault makes new master key versions itself)"
+             (only vault and aws-kms choose master keys themselves)"
         );
         return Ok(ExitCode::from(2));
     }
@@ -101,11 +105,17 @@ fn rotate(config: &Config, version: Option<&SecretVersion>) -> anyhow::Result<Ex
             let to = wrapper
                 .rotate_master_key()
                 .map_err(|e| ConfigFailure(format!("dropzone keys rotate: {e}")))?;
-            println!(
-                "rotated the master key at the key service; if this run does not finish, \
-                 resume it with --secret-version {}",
-                to.secret_version
-            );
+            if config.kms.backend == KmsBackend::AwsKms {
+                // KMS rotates a key's backing material itself; what moves
+                // here is every key not yet under the configured key.
+                println!("re-encrypting under the configured KMS key");
+            } else {
+                println!(
+                    "rotated the master key at the key service; if this run does not finish, \
+                     resume it with --secret-version {}",
+                    to.secret_version
+                );
+            }
             to
         }
     };
