@@ -39,7 +39,7 @@ fn cert(dir: &Path, name: &str) -> Certificate {
 }
 
 fn public(dir: &Path, name: &str) -> KeyData {
-    PublicKey::read_openssh_file(&dir.join(name))
+    PublicKey::read_openssh_file(dir.join(name))
         .unwrap()
         .key_data()
         .clone()
@@ -147,7 +147,7 @@ fn a_revoked_key_revokes_its_certificates_and_a_revoked_ca_its_own() {
 #[test]
 fn sha1_sections_are_read() {
     let dir = setup();
-    let blob = PublicKey::read_openssh_file(&dir.path().join("u.pub"))
+    let blob = PublicKey::read_openssh_file(dir.path().join("u.pub"))
         .unwrap()
         .to_bytes()
         .unwrap();
