@@ -345,3 +345,34 @@ fn the_file_quota_counts_regular_files_only() {
     srv.run(&mut srv.sftp("alice", "rm x2\nput x x3\n"));
     assert_eq!(size_of(&mut raw, "/x3"), Some(9));
 }
+
+#[test]
+fn a_clean_stop_saves_the_usage_and_the_next_start_trusts_it() {
+    let mut srv = Server::start_with(&[("alice", Some(ALICE_PASSWORD))]);
+    set_alice(&srv, &["--quota-bytes", "1000000"]);
+    // A session still open when the server is told to stop.
+    let mut raw = srv.raw_sftp("alice");
+    put_raw(&mut raw, "/x", &random_bytes(300_000, 40)).unwrap();
+    srv.signal(rustix::process::Signal::TERM);
+    let started = std::time::Instant::now();
+    while srv.is_alive() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!srv.is_alive(), "the server still runs after SIGTERM");
+    drop(raw);
+    let record = alice_record(&srv);
+    assert_record_clean(&record);
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(text.contains("bytes = 300000"), "{text}");
+    // A clean record is what the next start goes by: the tree is not
+    // walked (the figures below, planted, are not the tree's).
+    std::fs::write(&record, "bytes = 500000\nfiles = 1\nstate = \"clean\"\n").unwrap();
+    srv.restart();
+    assert_eq!(df(&srv, "")[1], 500_000 / 1024);
+    let log = srv.log();
+    let since_restart = log
+        .split("--- restarted by the test ---")
+        .nth(1)
+        .unwrap_or("");
+    assert!(!since_restart.contains("usage recomputed"), "{log}");
+}
