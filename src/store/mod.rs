@@ -310,9 +310,14 @@ impl UserStore {
             gate: self.gate.clone(),
             path: path.clone(),
         });
-        // What the file being replaced already counts for in the quota.
+        // What the name already counts for in the quota: the file an upload
+        // replaces (nothing if the name is a link, which the commit
+        // replaces, or a file that stays under another link).
         let baseline = match (&existing, &self.quota) {
-            (Some(m), Some(_)) => self.counted_size(path, m),
+            (Some(_), Some(_)) => self
+                .storage
+                .meta(path, false)
+                .map_or(0, |m| self.counted_size(path, &m)),
             _ => 0,
         };
         if copied {
