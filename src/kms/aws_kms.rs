@@ -605,7 +605,18 @@ fn check_reply(op: Op, status: u16, body: &[u8]) -> Result<(), KmsError> {
                 .to_owned();
             (kind, message)
         }
-        None => (String::new(), excerpt(body)),
+        // Signature and credential errors come as XML from some
+        // front ends (and moto).
+        None => {
+            let text = String::from_utf8_lossy(body);
+            match credentials::xml_field(&text, "Code") {
+                Some(code) => (
+                    code,
+                    credentials::xml_field(&text, "Message").unwrap_or_default(),
+                ),
+                None => (String::new(), excerpt(body)),
+            }
+        }
     };
     let why = format!(
         "AWS KMS {}: {} (HTTP {status}){}{}",

@@ -36,9 +36,15 @@ pub(super) struct Moto {
 impl Moto {
     /// Starts moto and waits until it answers HTTP.
     pub(super) fn start() -> Moto {
+        Moto::start_with(&[])
+    }
+
+    /// [`Moto::start`] with environment variables for moto.
+    pub(super) fn start_with(env: &[(&str, &str)]) -> Moto {
         let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -405,7 +411,11 @@ fn rotation_to_a_new_kms_key() {
     // A version of ours means nothing to KMS.
     let mut cmd = srv.dropzone_tool(&["keys", "rotate", "--secret-version", "2"]);
     let out = srv.run_fail(&mut cmd);
-    assert!(stderr(&out).contains("change kms.aws_kms.key_id"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("change kms.aws_kms.key_id"),
+        "{}",
+        stderr(&out)
+    );
     let mut cmd = srv.dropzone_tool(&["keys", "rotate"]);
     let out = srv.run(&mut cmd);
     let said = stdout(&out);
@@ -585,5 +595,66 @@ fn web_identity_credentials() {
         log.matches("assumed role with web identity").count(),
         1,
         "one STS call for the credentials' lifetime:\n{log}"
+    );
+}
+
+/// moto checks signatures once its IAM is on (after
+/// `INITIAL_NO_AUTH_ACTION_COUNT` unchecked calls, spent here on the set-up):
+/// dropzone's SigV4 requests are accepted with an IAM user's access key and
+/// refused with a wrong secret.
+#[test]
+fn moto_checks_the_signatures() {
+    let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "5")]);
+    let created = moto.boto3(
+        "import json\n\
+         iam = boto3.client('iam', endpoint_url=kms.meta.endpoint_url, region_name='us-east-1', \
+           aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         iam.create_user(UserName='dropzone')\n\
+         k = iam.create_access_key(UserName='dropzone')['AccessKey']\n\
+         iam.put_user_policy(UserName='dropzone', PolicyName='kms', PolicyDocument=json.dumps(\
+           {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': 'kms:*', 'Resource': '*'}]}))\n\
+         key = kms.create_key()['KeyMetadata']['KeyId']\n\
+         kms.create_alias(AliasName='alias/dropzone', TargetKeyId=key)\n\
+         print(k['AccessKeyId'], k['SecretAccessKey'])",
+    );
+    let (id, secret) = created.split_once(' ').unwrap();
+    let env = |secret: &str| -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".to_owned(), id.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), secret.to_owned()),
+            ("AWS_SESSION_TOKEN".to_owned(), String::new()),
+        ]
+    };
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let srv = Server::start_opts(
+        &[("alice", None)],
+        &ServerOptions {
+            kms_config: Some(aws_kms_config(&endpoint, "alias/dropzone")),
+            env: env(secret),
+            ..ServerOptions::default()
+        },
+    );
+    std::fs::write(srv.local_path("f.txt"), b"signed\n").unwrap();
+    let mut cmd = srv.sftp("alice", "put f.txt\nget f.txt back.txt\n");
+    srv.run(&mut cmd);
+    assert_eq!(
+        std::fs::read(srv.local_path("back.txt")).unwrap(),
+        b"signed\n"
+    );
+    assert_eq!(field(&key_file(&srv, "alice"), "backend"), "aws-kms");
+
+    let mut cmd = srv.dropzone_tool(&["verify"]);
+    cmd.envs(env("not-the-secret"));
+    let out = srv.run_fail(&mut cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        describe("verify", &cmd, &out)
+    );
+    assert!(
+        stderr(&out).contains("SignatureDoesNotMatch"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -319,19 +319,21 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, KmsError> {
     Ok(token)
 }
 
+/// The text of the first `<name>...</name>` element in `xml`, unescaped.
+/// (STS and AWS error replies are flat enough for this; no XML parser
+/// is in the tree.)
+pub(crate) fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&close)?;
+    Some(xml_unescape(xml[start..start + len].trim()))
+}
+
 /// The credentials in an `AssumeRoleWithWebIdentity` XML reply.
 pub(crate) fn parse_sts_reply(xml: &str) -> Result<Credentials, String> {
     let field = |name: &str| -> Result<String, String> {
-        let open = format!("<{name}>");
-        let close = format!("</{name}>");
-        let start = xml
-            .find(&open)
-            .map(|i| i + open.len())
-            .ok_or_else(|| format!("no {name} in the reply"))?;
-        let len = xml[start..]
-            .find(&close)
-            .ok_or_else(|| format!("{name} is not closed"))?;
-        Ok(xml_unescape(xml[start..start + len].trim()))
+        xml_field(xml, name).ok_or_else(|| format!("no {name} in the reply"))
     };
     let expiration = field("Expiration")?;
     let expires = humantime::parse_rfc3339_weak(expiration.trim_end_matches('Z'))

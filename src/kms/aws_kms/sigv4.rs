@@ -303,6 +303,36 @@ mod tests {
         );
     }
 
+    /// A KMS JSON call as this backend makes it (host with a port, the
+    /// target and content type signed, a session token): the signature
+    /// botocore 1.43 computes for the same request and time.
+    #[test]
+    fn a_kms_call_signs_as_botocore_does() {
+        let body = br#"{"KeyId":"alias/dropzone","Plaintext":"AAAA","EncryptionContext":{"dropzone:user":"alice"}}"#;
+        let request = Request {
+            method: "POST",
+            path: "/",
+            query: &[],
+            headers: &[
+                ("content-type", "application/x-amz-json-1.1"),
+                ("host", "127.0.0.1:5000"),
+                ("x-amz-target", "TrentService.Encrypt"),
+            ],
+            body,
+        };
+        let scope = Scope {
+            region: "us-east-1",
+            service: "kms",
+        };
+        let added = sign(&example(Some("SESSIONTOKEN")), &scope, &request, when());
+        assert_eq!(
+            added[2].1,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/kms/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target, \
+             Signature=55da335caf870140bb3564a0b904efa977e46c13f7581af8353fcfda3f91a234"
+        );
+    }
+
     #[test]
     fn header_values_are_trimmed_and_query_encoded() {
         assert_eq!(canonical_value("  a   b  c "), "a b c");

@@ -37,6 +37,18 @@ fn errors_are_refusals_or_transient_by_type() {
     assert!(!e.is_transient());
     assert!(e.to_string().contains("Key 'x' does not exist"), "{e}");
     assert!(check_reply(Op::Encrypt, 200, b"{}").is_ok());
+    let e = check_reply(
+        Op::DescribeKey,
+        403,
+        b"<?xml version=\"1.0\"?><ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code>\
+          <Message>The request signature we calculated does not match</Message></Error></Errors></ErrorResponse>",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "key service refused: AWS KMS DescribeKey: SignatureDoesNotMatch (HTTP 403): \
+         The request signature we calculated does not match"
+    );
 }
 
 #[test]
