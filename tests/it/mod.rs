@@ -36,3 +36,4 @@ mod scp;
 mod sftp;
 mod sshfs;
 mod tamper;
+mod vault;

@@ -164,7 +164,7 @@ impl Auth {
         let path = "/v1/auth/token/renew-self";
         match self.session_from(transport, path, Some(&old.token), b"{}", "token renewal") {
             Ok(mut renewed) if renewed.first_lease >= old.first_lease / 2 => {
-                tracing::debug!(
+                tracing::info!(
                     lease_secs = renewed.first_lease.as_secs(),
                     "renewed the Vault token"
                 );
