@@ -7,7 +7,7 @@
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 
-use super::aws_kms::{Moto, aws_env, aws_kms_config, field, key_file, snapshot};
+use super::aws_kms::{Moto, Proxy, aws_env, aws_kms_config, field, key_file, snapshot};
 use super::harness::*;
 
 /// The `dropzone-eaas` binary.
@@ -276,6 +276,72 @@ fn migrate_refuses_a_different_keks_dir_or_the_same_backend() {
     let said = stdout(&out);
     assert!(
         said.contains("a rotation") && said.contains("1 failed"),
+        "{said}"
+    );
+}
+
+/// KMS unreachable during a migration: every user fails, no key file
+/// changes, and the run can simply be repeated; a user who first logs in
+/// on the old configuration afterwards is picked up by the next run.
+#[test]
+fn a_failed_migration_changes_nothing_and_resumes() {
+    let moto = Moto::start();
+    moto.create_key("dropzone");
+    let mut proxy = Proxy::start(moto.port);
+    let users: Vec<(&str, Option<&str>)> = ["alice", "bob", "dave"]
+        .iter()
+        .map(|u| (*u, None))
+        .collect();
+    let srv = Server::start_opts(
+        &users,
+        &ServerOptions {
+            env: aws_env(),
+            ..ServerOptions::default()
+        },
+    );
+    for user in ["alice", "bob"] {
+        srv.run(&mut srv.sftp(user, "ls\n"));
+    }
+    let config = std::fs::read_to_string(srv.path("config/dropzone.toml")).unwrap();
+    std::fs::write(
+        srv.path("config/new.toml"),
+        config.replace(
+            LOCAL_KMS_CONFIG,
+            &aws_kms_config(&proxy.url(), "alias/dropzone"),
+        ),
+    )
+    .unwrap();
+    let keks = snapshot(&srv.path("keks"));
+    proxy.cut();
+    let migrate = || srv.dropzone_tool(&["keys", "migrate", "--to-config", "config/new.toml"]);
+    let out = srv.run_fail(&mut migrate());
+    let said = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("FAILED alice") && said.contains("2 failed"),
+        "{said}"
+    );
+    assert!(
+        stderr(&out).contains("run the command again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        keks,
+        snapshot(&srv.path("keks")),
+        "a failed run changed key files"
+    );
+
+    proxy.restore();
+    let out = srv.run(&mut migrate());
+    assert!(stdout(&out).contains("2 migrated"), "{}", stdout(&out));
+    srv.run(&mut srv.sftp("dave", "ls\n"));
+    let out = srv.run(&mut migrate());
+    let said = stdout(&out);
+    assert!(
+        said.contains("migrated dave (3/3 users)")
+            && said.contains("1 migrated")
+            && said.contains("2 already done"),
         "{said}"
     );
 }
