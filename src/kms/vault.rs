@@ -21,7 +21,7 @@
 //! does not leave Vault for it.
 //!
 //! Tokens: see [`auth`]. Transport: the shared client of
-//! [`crate::kms::http`] (rustls on ring, no redirects, no proxies); failed
+//! `kms::http` (rustls on ring, no redirects, no proxies); failed
 //! connections are retried a bounded number of times. Errors name the URL,
 //! the HTTP status and Vault's `errors`, never a token or key material.
 
