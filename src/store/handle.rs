@@ -149,19 +149,19 @@ impl Placeholder {
     /// Removes the placeholder if `path` still names it (nobody replaced
     /// it meanwhile); best effort, as the upload has failed already.
     fn remove(&self, storage: &dyn Storage) {
+        let names = self.quota.as_ref().map(|a| a.hold_names());
         let ours = storage
             .meta(&self.path, false)
             .is_ok_and(|m| m.kind == Kind::File && m.identity == self.identity);
         if !ours {
             return;
         }
-        match storage.remove(&self.path) {
-            Ok(()) => {
-                if let Some(account) = &self.quota {
-                    account.removed(0, 1);
-                }
-            }
-            Err(e) => {
+        let removed = storage.remove(&self.path);
+        drop(names);
+        match (removed, &self.quota) {
+            (Ok(()), Some(account)) => account.removed(0, 1),
+            (Ok(()), None) => {}
+            (Err(e), _) => {
                 tracing::warn!(error = %e, "could not remove a failed upload's empty placeholder")
             }
         }
@@ -525,11 +525,14 @@ impl EncryptedFile {
             self.release_charge();
             return Err(e);
         }
+        let names = self.charge.as_ref().map(|c| c.account.hold_names());
         let replaced = match (&self.charge, &self.upload) {
             (Some(_), Some(up)) => replaced_at(&*commit.storage, &up.path),
             _ => (0, 0),
         };
-        if let Err(e) = commit.storage.commit(commit.token, commit.exclusive) {
+        let committed = commit.storage.commit(commit.token, commit.exclusive);
+        drop(names);
+        if let Err(e) = committed {
             self.release_charge();
             return Err(e.into());
         }

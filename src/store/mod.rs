@@ -598,12 +598,14 @@ impl UserStore {
 
     /// Removes a file or symlink.
     pub fn remove(&self, path: &ObjectPath) -> Result<(), StoreError> {
+        let names = self.quota.as_ref().map(|a| a.hold_names());
         let meta = self.storage.meta(path, false)?;
         if meta.kind == Kind::Dir {
             return Err(io::Error::from_raw_os_error(libc::EISDIR).into());
         }
         let gone = self.quota_of(path, &meta);
         self.storage.remove(path)?;
+        drop(names);
         self.quota_removed(gone);
         Ok(())
     }
@@ -617,6 +619,7 @@ impl UserStore {
     ) -> Result<(), StoreError> {
         // A file the rename replaces is gone from the quota, unless it is
         // the source itself under another link.
+        let names = self.quota.as_ref().map(|a| a.hold_names());
         let gone = match (&self.quota, replace) {
             (Some(_), true) => match (self.storage.meta(to, false), self.storage.meta(from, false))
             {
@@ -628,6 +631,7 @@ impl UserStore {
             _ => None,
         };
         self.storage.rename(from, to, replace)?;
+        drop(names);
         self.quota_removed(gone);
         Ok(())
     }

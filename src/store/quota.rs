@@ -124,6 +124,10 @@ pub struct QuotaAccount {
     /// Serialises the sink's `changed` calls, so that the last one written
     /// is the latest figure.
     record: Mutex<()>,
+    /// Held across "look at what a name holds, then change it" (a commit
+    /// over a file, a remove, a rename over a file), so that two sessions
+    /// of the user cannot both count the same file as gone.
+    names: Mutex<()>,
 }
 
 impl fmt::Debug for QuotaAccount {
@@ -143,6 +147,7 @@ impl QuotaAccount {
             limits: Box::new(limits),
             sink: None,
             record: Mutex::new(()),
+            names: Mutex::new(()),
         }
     }
 
@@ -150,6 +155,12 @@ impl QuotaAccount {
     pub fn with_sink(mut self, sink: Box<dyn UsageSink>) -> Self {
         self.sink = Some(sink);
         self
+    }
+
+    /// Holds the user's names still from a look at what a name holds to
+    /// the change that replaces or removes it (see `names`).
+    pub(crate) fn hold_names(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.names)
     }
 
     /// The user's limits now.
