@@ -530,6 +530,21 @@ impl EncryptedFile {
             (Some(_), Some(up)) => replaced_at(&*commit.storage, &up.path),
             _ => (0, 0),
         };
+        if let Some(charge) = &self.charge {
+            // The upload reserved only its growth beyond the file it was to
+            // replace; if that file is smaller now (removed meanwhile), the
+            // difference must fit too.
+            let reserved = charge.reserved.load(Ordering::Relaxed);
+            if let Err(e) = charge
+                .account
+                .check_commit(reserved, state.size(), replaced.0)
+            {
+                drop(names);
+                commit.discard();
+                self.release_charge();
+                return Err(e.into());
+            }
+        }
         let committed = commit.storage.commit(commit.token, commit.exclusive);
         drop(names);
         if let Err(e) = committed {

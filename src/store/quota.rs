@@ -189,6 +189,21 @@ impl QuotaAccount {
         fits(&books, n, limit)
     }
 
+    /// Fails if committing an upload that reserved `reserved` bytes, of
+    /// `new_size` bytes over a file of `replaced` bytes, would pass the
+    /// byte limit: when the upload grows the usage by more than it
+    /// reserved (the file it replaces shrank or went meanwhile), the rest
+    /// must fit now.
+    pub(crate) fn check_commit(
+        &self,
+        reserved: u64,
+        new_size: u64,
+        replaced: u64,
+    ) -> Result<(), QuotaExceeded> {
+        let unreserved = new_size.saturating_sub(replaced).saturating_sub(reserved);
+        self.check_room(unreserved)
+    }
+
     /// Claims `n` bytes for an upload in progress, or fails if that would
     /// pass the byte limit.
     pub(crate) fn reserve(&self, n: u64) -> Result<(), QuotaExceeded> {
@@ -772,5 +787,23 @@ mod tests {
         f.write_at(50, &[1; 20]).unwrap();
         // The earlier refusal poisoned the upload.
         assert!(f.close().is_err());
+    }
+
+    #[test]
+    fn an_upload_over_a_file_removed_meanwhile_must_fit_without_its_credit() {
+        let fx = Fx::new(Some(100), None);
+        fx.put("f", &[1; 60]);
+        let f = fx.upload("f");
+        // Within the 60 bytes it replaces: nothing reserved.
+        f.write_at(0, &[2; 60]).unwrap();
+        fx.store.remove(&Fx::path("f")).unwrap();
+        // Past them: 100 reserved, which the books allow (0 stored now)...
+        f.write_at(60, &[2; 100]).unwrap();
+        // ...but stored, the upload would count 160 bytes.
+        let e = f.close().unwrap_err();
+        assert!(is_quota(&e), "{e}");
+        drop(f);
+        assert_eq!(fx.size("f"), None);
+        fx.assert_books(0, 0);
     }
 }
