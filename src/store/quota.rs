@@ -338,7 +338,11 @@ impl QuotaAccount {
             out.blocks_avail = free;
         }
         if let Some(limit) = limits.files {
-            let free = limit.saturating_sub(used.files).min(space.files_avail);
+            let mut free = limit.saturating_sub(used.files);
+            // A filesystem without an inode count (btrfs) reports 0 files.
+            if space.files > 0 {
+                free = free.min(space.files_avail);
+            }
             out.files = limit;
             out.files_free = free;
             out.files_avail = free;
