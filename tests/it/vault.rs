@@ -109,10 +109,13 @@ impl Bao {
         cmd.env("HOME", self.dir.path())
             .env("VAULT_ADDR", self.address())
             .env("VAULT_TOKEN", ROOT_TOKEN)
-            .env("VAULT_CACERT", self.ca_file())
             .env("BAO_ADDR", self.address())
-            .env("BAO_TOKEN", ROOT_TOKEN)
-            .env("BAO_CACERT", self.ca_file());
+            .env("BAO_TOKEN", ROOT_TOKEN);
+        // Only with TLS: the CLI refuses a CA file that does not exist.
+        if self.tls {
+            cmd.env("VAULT_CACERT", self.ca_file())
+                .env("BAO_CACERT", self.ca_file());
+        }
     }
 
     fn log(&self) -> String {
