@@ -149,6 +149,11 @@ mod tests {
         let ctx = WrapContext::for_user(&crate::username::UserName::parse("alice").unwrap());
         assert_eq!(w.backend(), "fake");
         assert_eq!(w.wrap(&[1; 32], &under, &ctx).unwrap(), vec![1; 32]);
+        // Forwarded (to the default here), timed as a wrap.
+        assert_eq!(
+            w.wrap_new(&[2; 32], &ctx).unwrap(),
+            (vec![2; 32], under.clone())
+        );
         assert!(w.unwrap(&[], &under, &ctx).is_err());
         assert!(w.ensure_master_key(&under).is_err());
         // The default re-wrap unwraps first, so the fake's refusal shows.
@@ -159,7 +164,7 @@ mod tests {
         ));
         let text = metrics.render();
         for want in [
-            "dropzone_kms_request_duration_seconds_count{op=\"wrap\"} 1\n",
+            "dropzone_kms_request_duration_seconds_count{op=\"wrap\"} 2\n",
             "dropzone_kms_request_duration_seconds_count{op=\"unwrap\"} 1\n",
             "dropzone_kms_errors_total{op=\"unwrap\",kind=\"refused\"} 1\n",
             "dropzone_kms_errors_total{op=\"ensure_master_key\",kind=\"unavailable\"} 1\n",
