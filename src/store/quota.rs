@@ -810,4 +810,65 @@ mod tests {
         assert_eq!(fx.size("f"), None);
         fx.assert_books(0, 0);
     }
+
+    /// A gate that checks every upload and rejects content with a 0xFF
+    /// byte: writes to existing files go through a copy (copy-on-open).
+    struct Scanner;
+
+    impl super::super::UploadGate for Scanner {
+        fn checks(&self) -> bool {
+            true
+        }
+        fn check(
+            &self,
+            _upload: super::super::Upload<'_>,
+            content: &mut dyn std::io::Read,
+        ) -> Result<(), super::super::Rejection> {
+            let mut all = Vec::new();
+            content.read_to_end(&mut all).unwrap();
+            if all.contains(&0xFF) {
+                return Err(super::super::Rejection {
+                    reason: "bad byte".into(),
+                });
+            }
+            Ok(())
+        }
+        fn committed(&self, _upload: super::super::Upload<'_>) {}
+    }
+
+    #[test]
+    fn with_a_scanner_a_copy_counts_only_its_growth_and_a_rejection_gives_it_back() {
+        let mut fx = Fx::new(Some(100), None);
+        fx.put("f", &[1; 60]);
+        // The same store (and quota), now with the scanner.
+        let placeholder = super::super::UserStore::new(
+            std::sync::Arc::new(
+                crate::store::storage::LocalStorage::open_root(fx._dir.path()).unwrap(),
+            ),
+            std::sync::Arc::new(crate::keys::DataKey::from_bytes([5; 32])),
+        );
+        fx.store =
+            std::mem::replace(&mut fx.store, placeholder).with_gate(std::sync::Arc::new(Scanner));
+        // In place, as far as the client sees: a copy, whose first 60
+        // bytes are the file's own.
+        let f = fx.in_place("f");
+        assert_eq!(fx.account.reserved(), 0);
+        assert!(is_quota(&f.write_at(60, &[2; 41]).unwrap_err()));
+        f.write_at(60, &[2; 40]).unwrap();
+        assert_eq!(fx.account.reserved(), 40);
+        // As in place, a refused write is just refused: the others stay.
+        f.close().unwrap();
+        drop(f);
+        fx.assert_books(100, 1);
+        // A rejected copy gives its reservation back.
+        fx.store.set_size(&Fx::path("f"), 50).unwrap();
+        let f = fx.in_place("f");
+        f.write_at(50, &[0xFF; 10]).unwrap();
+        assert!(matches!(
+            f.close().unwrap_err(),
+            super::super::StoreError::Rejected { .. }
+        ));
+        drop(f);
+        fx.assert_books(50, 1);
+    }
 }
