@@ -299,6 +299,12 @@ impl VaultKms {
     /// The key name and version of `under`, checked.
     fn key_version(under: &MasterKeyRef) -> Result<(&str, u64), KmsError> {
         check_key_name(&under.secret_path)?;
+        if under.secret_version == LATEST {
+            return Err(KmsError::Unavailable(format!(
+                "the latest version of Transit key {:?} is not known: Vault has not answered yet",
+                under.secret_path
+            )));
+        }
         super::version::check(&under.secret_version)?;
         let version = under
             .secret_version
@@ -404,14 +410,22 @@ impl KeyWrapper for VaultKms {
         BACKEND
     }
 
-    /// The key and the latest version Vault has shown this process
-    /// (`latest` before it has shown any).
+    /// The key and the latest version Vault has shown this process. Before
+    /// it has shown any (it was down at start-up), asks it now; if it still
+    /// does not answer, the version is `latest`, which wrapping refuses as
+    /// unavailable.
     fn current(&self) -> MasterKeyRef {
+        let known = *lock(&self.latest);
+        let latest = known.or_else(|| match self.checked_key(&self.key_name, false) {
+            Ok(info) => Some(info.latest_version),
+            Err(e) => {
+                tracing::debug!(error = %e, "the latest Transit key version is not known yet");
+                None
+            }
+        });
         MasterKeyRef {
             secret_path: self.key_name.clone(),
-            secret_version: lock(&self.latest)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| LATEST.to_owned()),
+            secret_version: latest.map_or_else(|| LATEST.to_owned(), |v| v.to_string()),
         }
     }
 
@@ -450,12 +464,17 @@ impl KeyWrapper for VaultKms {
     }
 
     /// Wraps under Vault's latest version of the configured key and reports
-    /// which version that was.
+    /// which version that was. If Vault was down at start-up, the key is
+    /// checked (and created if missing) first, as it would have been then.
     fn wrap_new(
         &self,
         key: &[u8; 32],
         ctx: &WrapContext,
     ) -> Result<(Vec<u8>, MasterKeyRef), KmsError> {
+        let checked = lock(&self.latest).is_some();
+        if !checked {
+            self.checked_key(&self.key_name, true)?;
+        }
         let (wrapped, version) = self.encrypt(key, &self.key_name, None, ctx)?;
         self.saw_version(version);
         let master = MasterKeyRef {

@@ -44,11 +44,15 @@ impl Bao {
     /// With `tls`, dev mode makes a CA and serves HTTPS with a certificate
     /// it signed ([`Bao::ca_file`]).
     fn start_opts(tls: bool) -> Bao {
+        Bao::start_on(free_port(), tls)
+    }
+
+    /// A server on `port`.
+    fn start_on(port: u16, tls: bool) -> Bao {
         let dir = tempfile::Builder::new()
             .prefix("dropzone-bao-")
             .tempdir()
             .unwrap();
-        let port = free_port();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
         let mut args = vec![
             "server".to_owned(),
@@ -709,4 +713,37 @@ fn vault_over_tls_with_a_private_ca_in_a_namespace() {
         "true"
     );
     assert!(!bao.cli(&["read", "transit/keys/dropzone"]).status.success());
+}
+
+#[test]
+fn dropzone_starts_while_vault_is_down_and_uses_it_once_up() {
+    let port = free_port();
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secret_file(secrets.path(), "token", ROOT_TOKEN);
+    let kms = format!(
+        "[kms]\nbackend = \"vault\"\nkey_cache_ttl_secs = 0\n\n\
+         [kms.vault]\naddress = \"http://127.0.0.1:{port}\"\ntoken_file = {token:?}\n"
+    );
+    let srv = start_dropzone(&["alice"], kms);
+    assert!(
+        srv.log()
+            .contains("Vault unavailable at start-up; logins are refused until it is back"),
+        "{}",
+        srv.log()
+    );
+    assert_refused(&srv, "alice", UNAVAILABLE);
+    assert!(!srv.path("keks/alice.key").exists());
+
+    // Vault comes up (without the key): the first new user key creates it,
+    // derived, as the start-up would have.
+    let bao = Bao::start_on(port, false);
+    local_file(&srv, "x.bin", 70_000, fresh_seed());
+    round_trip(&srv, "alice", "x.bin");
+    assert!(srv.log().contains("created the Transit key"), "{}", srv.log());
+    assert_eq!(
+        bao.ok(&["read", "-field=derived", "transit/keys/dropzone"])
+            .trim(),
+        "true"
+    );
+    assert!(wrapped_text(&key_file(&srv, "alice")).starts_with("vault:v1:"));
 }

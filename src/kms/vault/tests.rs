@@ -107,7 +107,11 @@ fn versions_and_wrapped_keys_are_checked_before_any_request() {
         secret_path: "dropzone".into(),
         secret_version: v.into(),
     };
-    for v in ["0", "latest", "x", ""] {
+    assert!(matches!(
+        kms.wrap(&[0; 32], &under("latest"), &ctx),
+        Err(KmsError::Unavailable(m)) if m.contains("not known")
+    ));
+    for v in ["0", "x", ""] {
         assert!(
             matches!(
                 kms.wrap(&[0; 32], &under(v), &ctx),
