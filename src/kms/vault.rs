@@ -40,11 +40,14 @@ use super::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::sync::lock;
 
 pub mod auth;
+mod names;
 mod reply;
 mod transport;
 
 use auth::Auth;
 pub use auth::Credentials;
+use names::check_key_name;
+pub(crate) use names::check_path_segments;
 use transport::{Method, Raw, Transport};
 
 /// The backend name recorded in key files.
@@ -571,39 +574,6 @@ impl KeyWrapper for VaultKms {
             secret_version: info.latest_version.to_string(),
         })
     }
-}
-
-/// A mount path: segments of letters, digits, `_ - .`, separated by single
-/// slashes (no `..`, no leading or trailing slash).
-pub(crate) fn check_path_segments(what: &str, path: &str) -> Result<(), KmsError> {
-    let ok = !path.is_empty()
-        && path.len() <= 128
-        && path.split('/').all(|s| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(KmsError::Misconfigured(format!(
-            "{what} {:?}: use path segments of letters, digits, _ - . separated by /",
-            path.chars().take(40).collect::<String>()
-        )))
-    }
-}
-
-/// A Transit key name: one path segment.
-fn check_key_name(name: &str) -> Result<(), KmsError> {
-    if name.contains('/') {
-        return Err(KmsError::Misconfigured(format!(
-            "key name {:?}: no / allowed",
-            name.chars().take(40).collect::<String>()
-        )));
-    }
-    check_path_segments("key name", name)
 }
 
 #[cfg(test)]
