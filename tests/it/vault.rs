@@ -353,6 +353,7 @@ fn vault_backend_binds_keys_to_users_fails_closed_and_recovers() {
 
     // The offline tools unwrap through Vault too.
     srv.run(&mut srv.dropzone_tool(&["verify"]));
+    assert!(!srv.log().contains(ROOT_TOKEN), "the token is in the log");
 }
 
 #[test]
@@ -609,9 +610,9 @@ fn vault_approle_renews_and_logs_in_again_after_revocation_and_expiry() {
 }
 
 /// `dropzone serve` with this `[kms]` configuration must refuse to start
-/// with `message` on stderr.
+/// with `message` on stderr; returns its stderr.
 #[track_caller]
-fn assert_start_refused(kms_config: &str, message: &str) {
+fn assert_start_refused(kms_config: &str, message: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     std::fs::write(dir.path().join("config/users.toml"), "").unwrap();
@@ -637,6 +638,7 @@ fn assert_start_refused(kms_config: &str, message: &str) {
             &out
         )
     );
+    stderr(&out)
 }
 
 #[test]
@@ -674,10 +676,11 @@ fn vault_keys_that_cannot_be_used_stop_the_server_at_start() {
 
     // A token Vault does not know.
     let wrong = secret_file(secrets.path(), "wrong", "s.not-a-token");
-    assert_start_refused(
+    let err = assert_start_refused(
         &vault_kms(&bao, &format!("token_file = {wrong:?}\n")),
         "permission denied",
     );
+    assert!(!err.contains("s.not-a-token"), "the token is shown: {err}");
 }
 
 #[test]
@@ -739,7 +742,11 @@ fn dropzone_starts_while_vault_is_down_and_uses_it_once_up() {
     let bao = Bao::start_on(port, false);
     local_file(&srv, "x.bin", 70_000, fresh_seed());
     round_trip(&srv, "alice", "x.bin");
-    assert!(srv.log().contains("created the Transit key"), "{}", srv.log());
+    assert!(
+        srv.log().contains("created the Transit key"),
+        "{}",
+        srv.log()
+    );
     assert_eq!(
         bao.ok(&["read", "-field=derived", "transit/keys/dropzone"])
             .trim(),
