@@ -161,7 +161,8 @@ impl Metrics {
         self.integrity_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One key-service call (`op`: `wrap`, `unwrap`, `ensure_master_key`)
+    /// One key-service call (`op`: `wrap`, `unwrap`, `ensure_master_key`, `rewrap`,
+    /// `rotate_master_key`)
     /// took `took`; `error` names its failure kind (`unavailable`,
     /// `refused`, ...) if it failed.
     pub fn kms_call(&self, op: &'static str, took: Duration, error: Option<&'static str>) {
