@@ -15,19 +15,19 @@ use crate::kms::SecretVersion;
 
 mod audit;
 mod aws_kms;
-mod vault;
 mod limits;
 mod metrics;
 mod ssh;
 mod upload;
+mod vault;
 
 pub use audit::AuditConfig;
 pub use aws_kms::AwsKmsConfig;
-pub use vault::{VaultAuth, VaultConfig};
 pub use limits::{LimitsConfig, PenaltyConfig};
 pub use metrics::MetricsConfig;
 pub use ssh::SshConfig;
 pub use upload::UploadConfig;
+pub use vault::{VaultAuth, VaultConfig};
 
 /// Where `dropzone` looks for its configuration by default.
 pub const DEFAULT_PATH: &str = "config/dropzone.toml";
@@ -327,7 +327,11 @@ impl Config {
         if backend == KmsBackend::Eaas && eaas.is_none() {
             return Err("kms.backend = \"eaas\" needs a [kms.eaas] table".into());
         }
-        let aws_kms = raw.kms.aws_kms.map(aws_kms::RawAwsKms::validate).transpose()?;
+        let aws_kms = raw
+            .kms
+            .aws_kms
+            .map(aws_kms::RawAwsKms::validate)
+            .transpose()?;
         if backend == KmsBackend::AwsKms && aws_kms.is_none() {
             return Err("kms.backend = \"aws-kms\" needs a [kms.aws_kms] table".into());
         }

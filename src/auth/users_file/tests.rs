@@ -301,7 +301,10 @@ fn certificate_principals_are_checked_kept_and_set() {
     let mut file = again;
     assert!(matches!(
         file.set_principals("nobody", vec![]),
-        Err(UserError { problem: UserProblem::Missing, .. })
+        Err(UserError {
+            problem: UserProblem::Missing,
+            ..
+        })
     ));
     file.set_principals("carol", vec![]).unwrap();
     assert!(file.get("carol").unwrap().principals().is_empty());
