@@ -33,6 +33,17 @@
 //! One server per key and data directory: two servers on the same
 //! directories would each keep an account (the second waits for the
 //! first's lock at login).
+//!
+//! On a shared store (S3, several nodes: [`Quotas::per_node`]) no record
+//! is kept and no lock taken, since neither would hold across nodes: each
+//! node's account for a user starts from a walk of the user's tree (a
+//! listing of sizes, nothing decrypted) when the user's first session on
+//! that node begins, and counts what that node's sessions store. Quotas are
+//! therefore enforced per node: a user with sessions on N nodes at once can
+//! exceed the limit by what N - 1 of them let through, at most
+//! (N - 1) x (limit - usage when their sessions began); a login that starts
+//! after the others' uploads sees them. `dropzone quota scan` reports the
+//! figures of the walk.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -229,7 +240,9 @@ type Slot = Arc<Mutex<Weak<QuotaAccount>>>;
 /// sessions, loaded at their first login and saved when the last session
 /// and file are gone.
 pub struct Quotas {
-    dir: PathBuf,
+    /// The directory of the usage records; `None` on a shared store
+    /// (per-node accounts, see the module documentation).
+    dir: Option<PathBuf>,
     slots: Mutex<HashMap<UserName, Slot>>,
 }
 
@@ -237,7 +250,17 @@ impl Quotas {
     /// Accounts whose records live in `dir` (the key directory).
     pub fn new(dir: PathBuf) -> Self {
         Quotas {
-            dir,
+            dir: Some(dir),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Accounts for a store shared by several nodes: no records, each
+    /// account starts from a walk of the user's tree (see the module
+    /// documentation for what this bounds).
+    pub fn per_node() -> Self {
+        Quotas {
+            dir: None,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -280,9 +303,19 @@ impl Quotas {
         store: &UserStore,
         limits: impl Fn() -> Limits + Send + Sync + 'static,
     ) -> io::Result<QuotaAccount> {
-        let held = RecordLock::take(&self.dir, user, true)?
+        let Some(dir) = &self.dir else {
+            let usage = store.scan_usage()?;
+            tracing::info!(
+                user = %user,
+                bytes = usage.bytes,
+                files = usage.files,
+                "usage counted from the shared store for this node's account"
+            );
+            return Ok(QuotaAccount::new(usage, limits));
+        };
+        let held = RecordLock::take(dir, user, true)?
             .ok_or_else(|| io::Error::other("usage record lock not taken"))?;
-        let usage = match read_record(&self.dir, user) {
+        let usage = match read_record(dir, user) {
             Some(r) if r.state == RecordState::Clean => Usage {
                 bytes: r.bytes,
                 files: r.files,
@@ -299,9 +332,9 @@ impl Quotas {
                 usage
             }
         };
-        write_record(&self.dir, user, usage, RecordState::InUse, true)?;
+        write_record(dir, user, usage, RecordState::InUse, true)?;
         let sink = RecordSink {
-            dir: self.dir.clone(),
+            dir: dir.clone(),
             user: user.clone(),
             _lock: held,
         };

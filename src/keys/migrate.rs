@@ -52,7 +52,7 @@ impl UserKeys {
         }
         self.with_user_lock(user, || {
             let path = self.key_file_path(user);
-            let record = self
+            let (record, version) = self
                 .read_record(user)?
                 .ok_or_else(|| KeyError::NotFound(user.clone()))?;
             let to = target.current();
@@ -77,7 +77,7 @@ impl UserKeys {
                 master: to.clone(),
                 wrapped,
             });
-            self.write(user, &new, Write::Replace)?;
+            self.write(user, &new, Write::Replace(version))?;
             tracing::info!(user = %user, backend = target.backend(), master = %to, "added a wrapping of the data key");
             Ok(Migrated::Done)
         })
@@ -90,7 +90,7 @@ impl UserKeys {
     pub fn finish_migration(&self, user: &UserName) -> Result<Migrated, KeyError> {
         self.with_user_lock(user, || {
             let path = self.key_file_path(user);
-            let record = self
+            let (record, version) = self
                 .read_record(user)?
                 .ok_or_else(|| KeyError::NotFound(user.clone()))?;
             let backend = self.wrapper.backend();
@@ -103,7 +103,7 @@ impl UserKeys {
             // Proves the wrapping we keep works before the others go.
             drop(self.unwrap_record(&path, &record)?);
             let dropped = record.backends().len() - 1;
-            self.write(user, &record.only(wrapping), Write::Replace)?;
+            self.write(user, &record.only(wrapping), Write::Replace(version))?;
             tracing::info!(user = %user, backend, dropped, "kept only the configured backend's wrapping");
             Ok(Migrated::Done)
         })

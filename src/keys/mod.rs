@@ -2,17 +2,21 @@
 //!
 //! Each user has one 32-byte data key (DEK), created from the OS CSPRNG at
 //! the first login and stored only wrapped by a master key
-//! ([`crate::kms::KeyWrapper`]), in `<keks_dir>/<NAME>.key` (format in
-//! [`key_file`]). Unwrapped keys live only in memory, shared by the user's
+//! ([`crate::kms::KeyWrapper`]), in `<keks_dir>/<NAME>.key`, or the object
+//! `PREFIX/keks/NAME.key` of an S3 bucket (format in [`key_file`]; where, in
+//! [`key_store`]). Unwrapped keys live only in memory, shared by the user's
 //! sessions and zeroized after the last one ends.
 //!
-//! Creation is race-free across threads and processes: the new file is
-//! written under a temporary name and linked into place, which fails if the
-//! key already exists; the loser discards its key and uses the winner's.
+//! Creation is race-free across threads, processes and nodes: the new file
+//! is created only if none exists (a link into place locally, a PUT with
+//! `If-None-Match: *` on S3); the loser discards its key and uses the
+//! winner's. Replacements (rotation, migration) on S3 are conditional on the
+//! version read (`If-Match`).
 
 mod cache;
 mod data_key;
 pub mod key_file;
+pub mod key_store;
 pub mod migrate;
 
 use std::collections::HashMap;
@@ -27,12 +31,12 @@ use subtle::ConstantTimeEq;
 pub use data_key::{DATA_KEY_LEN, DataKey};
 pub use migrate::Migrated;
 
-use crate::atomic_file;
 use crate::kms::{KeyWrapper, KmsError, MasterKeyRef, WrapContext};
 use crate::sync::lock;
 use crate::username::UserName;
 use cache::KeyCache;
 use key_file::{KeyRecord, Wrapping};
+use key_store::{KeyFiles, LocalKeyFiles};
 
 /// Why a user's data key could not be provided.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +107,13 @@ pub enum Rewrapped {
     Already,
 }
 
-/// The wrapped-key files in `keks_dir` plus the in-memory cache of
-/// unwrapped keys.
+/// The wrapped-key files (in `keks_dir` or a bucket) plus the in-memory
+/// cache of unwrapped keys.
 ///
 /// All methods block (file I/O, key service calls): async callers use
 /// `spawn_blocking`.
 pub struct UserKeys {
-    keks_dir: PathBuf,
+    files: Arc<dyn KeyFiles>,
     wrapper: Arc<dyn KeyWrapper>,
     cache: KeyCache,
     /// One lock per user with an operation in progress, so that concurrent
@@ -120,7 +124,7 @@ pub struct UserKeys {
 impl fmt::Debug for UserKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserKeys")
-            .field("keks_dir", &self.keks_dir)
+            .field("files", &self.files)
             .field("backend", &self.wrapper.backend())
             .finish_non_exhaustive()
     }
@@ -135,17 +139,26 @@ impl UserKeys {
         wrapper: Arc<dyn KeyWrapper>,
         cache_ttl: Option<Duration>,
     ) -> Result<Self, KeyError> {
-        atomic_file::create_private_dir(&keks_dir).map_err(|source| KeyError::Io {
-            path: keks_dir.clone(),
+        let files = LocalKeyFiles::open(keks_dir.clone()).map_err(|source| KeyError::Io {
+            path: keks_dir,
             source,
         })?;
-        atomic_file::remove_stale_temps(&keks_dir, atomic_file::STALE_TEMP_AGE);
-        Ok(UserKeys {
-            keks_dir,
+        Ok(Self::with_files(Arc::new(files), wrapper, cache_ttl))
+    }
+
+    /// Key files kept in `files` (e.g. [`key_store::S3KeyFiles`]), wrapped
+    /// by `wrapper`; `cache_ttl` as for [`UserKeys::new`].
+    pub fn with_files(
+        files: Arc<dyn KeyFiles>,
+        wrapper: Arc<dyn KeyWrapper>,
+        cache_ttl: Option<Duration>,
+    ) -> Self {
+        UserKeys {
+            files,
             wrapper,
             cache: KeyCache::new(cache_ttl),
             locks: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// For a login: the user's key, created on first use (32 random bytes,
@@ -160,36 +173,31 @@ impl UserKeys {
         self.fetch(user, false)
     }
 
-    /// The directory of the wrapped-key files (the quota usage records,
-    /// [`crate`]'s `quota` module, are kept there too).
-    pub fn keks_dir(&self) -> &Path {
-        &self.keks_dir
+    /// The local directory of the wrapped-key files (the quota usage
+    /// records, [`crate`]'s `quota` module, are kept there too); `None`
+    /// when the key files are in a bucket.
+    pub fn keks_dir(&self) -> Option<&Path> {
+        self.files.local_dir()
     }
 
     /// Users that have a key file, sorted.
     pub fn users(&self) -> Result<Vec<UserName>, KeyError> {
-        let io_err = |source| KeyError::Io {
-            path: self.keks_dir.clone(),
+        let names = self.files.names().map_err(|source| KeyError::Io {
+            path: self.files.location(""),
             source,
-        };
-        let mut users = Vec::new();
-        for entry in std::fs::read_dir(&self.keks_dir).map_err(io_err)? {
-            let entry = entry.map_err(io_err)?;
-            if !entry.file_type().map_err(io_err)?.is_file() {
-                continue;
-            }
-            let name = entry.file_name();
-            let user = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(KEY_FILE_SUFFIX))
-                .and_then(|stem| UserName::parse(stem).ok());
-            // Temporary files start with a dot, which no user name does.
-            if let Some(user) = user {
-                users.push(user);
-            }
-        }
+        })?;
+        let mut users: Vec<UserName> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(KEY_FILE_SUFFIX))
+            .filter_map(|stem| UserName::parse(stem).ok())
+            .collect();
         users.sort();
         Ok(users)
+    }
+
+    /// Whether the user has a key file (an existing user, for imports).
+    pub fn has_key(&self, user: &UserName) -> Result<bool, KeyError> {
+        Ok(self.read_record(user)?.is_some())
     }
 
     /// Re-wraps the user's key under `to`, replacing the key file atomically
@@ -203,7 +211,7 @@ impl UserKeys {
     pub fn rewrap(&self, user: &UserName, to: &MasterKeyRef) -> Result<Rewrapped, KeyError> {
         self.with_user_lock(user, || {
             let path = self.key_file_path(user);
-            let record = self
+            let (record, version) = self
                 .read_record(user)?
                 .ok_or_else(|| KeyError::NotFound(user.clone()))?;
             // The configured backend's wrapping, primary or not (during a
@@ -232,7 +240,7 @@ impl UserKeys {
                 master: to.clone(),
                 wrapped,
             });
-            self.write(user, &new, Write::Replace)?;
+            self.write(user, &new, Write::Replace(version))?;
             tracing::info!(user = %user, from = %current.master, to = %to, "re-wrapped data key");
             Ok(Rewrapped::Done {
                 from: current.master,
@@ -247,9 +255,9 @@ impl UserKeys {
         self.cache.purge_expired();
     }
 
-    /// The user's key file: `<keks_dir>/<NAME>.key`.
+    /// The user's key file: `<keks_dir>/<NAME>.key` (or its `s3://` address).
     pub fn key_file_path(&self, user: &UserName) -> PathBuf {
-        self.keks_dir.join(key_file_name(user))
+        self.files.location(&key_file_name(user))
     }
 
     fn fetch(&self, user: &UserName, create: bool) -> Result<Arc<DataKey>, KeyError> {
@@ -262,7 +270,7 @@ impl UserKeys {
                 return Ok(key);
             }
             let key = match self.read_record(user)? {
-                Some(record) => self.unwrap_record(&self.key_file_path(user), &record)?,
+                Some((record, _)) => self.unwrap_record(&self.key_file_path(user), &record)?,
                 None if create => self.create(user)?,
                 None => return Err(KeyError::NotFound(user.clone())),
             };
@@ -285,7 +293,7 @@ impl UserKeys {
         drop(key);
         let path = self.key_file_path(user);
         match self.read_record(user)? {
-            Some(existing) => self.unwrap_record(&path, &existing),
+            Some((existing, _)) => self.unwrap_record(&path, &existing),
             None => Err(KeyError::Io {
                 path,
                 source: io::Error::new(
@@ -296,12 +304,19 @@ impl UserKeys {
         }
     }
 
-    /// Reads and parses the user's key file; `None` if there is none.
-    fn read_record(&self, user: &UserName) -> Result<Option<KeyRecord>, KeyError> {
+    /// Reads and parses the user's key file, with the version it was read
+    /// at (for a conditional replacement); `None` if there is none.
+    fn read_record(
+        &self,
+        user: &UserName,
+    ) -> Result<Option<(KeyRecord, Option<String>)>, KeyError> {
         let path = self.key_file_path(user);
-        let bytes = match atomic_file::read_small(&path, key_file::MAX_FILE_LEN) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let stored = match self
+            .files
+            .read(&key_file_name(user), key_file::MAX_FILE_LEN)
+        {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 return Err(KeyError::Corrupt {
                     path,
@@ -314,8 +329,9 @@ impl UserKeys {
             path: path.clone(),
             reason,
         };
-        let text = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
-        KeyRecord::parse(&text, user).map(Some).map_err(corrupt)
+        let text = String::from_utf8(stored.bytes).map_err(|_| corrupt("not UTF-8".into()))?;
+        let record = KeyRecord::parse(&text, user).map_err(corrupt)?;
+        Ok(Some((record, stored.version)))
     }
 
     /// Unwraps the key with the configured backend's wrapping in the file
@@ -348,6 +364,7 @@ impl UserKeys {
 
     /// Writes the user's key file; returns whether it was written (always
     /// true for `Replace`; false for `CreateNew` if the file already existed).
+    /// A `Replace` whose file changed since it was read (another node) fails.
     fn write(&self, user: &UserName, record: &KeyRecord, how: Write) -> Result<bool, KeyError> {
         let path = self.key_file_path(user);
         let io_err = |source| KeyError::Io {
@@ -357,10 +374,13 @@ impl UserKeys {
         let text = record.to_toml().map_err(|e| io_err(io::Error::other(e)))?;
         let name = key_file_name(user);
         match how {
-            Write::CreateNew => {
-                atomic_file::create_new(&self.keks_dir, &name, text.as_bytes()).map_err(io_err)
-            }
-            Write::Replace => atomic_file::replace(&self.keks_dir, &name, text.as_bytes())
+            Write::CreateNew => self
+                .files
+                .create_new(&name, text.as_bytes())
+                .map_err(io_err),
+            Write::Replace(version) => self
+                .files
+                .replace(&name, text.as_bytes(), version.as_deref())
                 .map(|()| true)
                 .map_err(io_err),
         }
@@ -394,9 +414,12 @@ fn key_file_name(user: &UserName) -> String {
     format!("{}{KEY_FILE_SUFFIX}", user.as_str())
 }
 
+/// How [`UserKeys::write`] writes a key file.
 enum Write {
+    /// Only if there is none yet.
     CreateNew,
-    Replace,
+    /// Over the file read at this version (`None`: whatever is there).
+    Replace(Option<String>),
 }
 
 #[cfg(test)]

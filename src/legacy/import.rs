@@ -329,8 +329,14 @@ impl Run<'_> {
             };
             match key {
                 Some(key) if root.is_dir() => Some(
-                    crate::store::open_user(&self.opts.data_dir, user, key)
-                        .map_err(|e| format!("{}: {e}", root.display()))?,
+                    crate::store::open_user(
+                        &crate::store::Backend::Local {
+                            data_dir: self.opts.data_dir.clone(),
+                        },
+                        user,
+                        key,
+                    )
+                    .map_err(|e| format!("{}: {e}", root.display()))?,
                 ),
                 _ => None,
             }
@@ -348,8 +354,14 @@ impl Run<'_> {
                 note: format!("{what} Dropzone key {}", keys.key_file_path(user).display()),
             });
             Some(
-                crate::store::open_user(&self.opts.data_dir, user, key)
-                    .map_err(|e| format!("{}: {e}", root.display()))?,
+                crate::store::open_user(
+                    &crate::store::Backend::Local {
+                        data_dir: self.opts.data_dir.clone(),
+                    },
+                    user,
+                    key,
+                )
+                .map_err(|e| format!("{}: {e}", root.display()))?,
             )
         };
         Ok(UserContext { legacy_key, store })

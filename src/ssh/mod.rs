@@ -61,7 +61,8 @@ pub struct ServerContext {
     /// Trusted user CAs and revoked keys.
     key_trust: KeyTrust,
     keys: UserKeys,
-    data_dir: PathBuf,
+    /// Where users' trees are (local `data_dir` or a bucket).
+    backend: crate::store::Backend,
     /// Each user's quota account, shared by their sessions.
     quotas: crate::quota::Quotas,
     sftp: SftpConfig,
@@ -93,8 +94,8 @@ struct UsersCache {
 pub struct ServerParts {
     /// The users file (reloaded whenever it changes on disk).
     pub users_file: PathBuf,
-    /// Where each user's store lives (`data_dir/NAME`).
-    pub data_dir: PathBuf,
+    /// Where each user's store lives (`data_dir/NAME`, or a bucket).
+    pub backend: crate::store::Backend,
     /// Session-wide SFTP settings.
     pub sftp: SftpConfig,
     /// Linux users (by password, and by keyboard-interactive, which is
@@ -123,7 +124,7 @@ impl ServerContext {
     ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
         let ServerParts {
             users_file,
-            data_dir,
+            backend,
             sftp,
             system_users,
             key_trust,
@@ -141,9 +142,9 @@ impl ServerContext {
                 users: Mutex::new(UsersCache { modified, auth }),
                 system_users: system_users.map(Arc::new),
                 key_trust,
-                quotas: crate::quota::Quotas::new(keys.keks_dir().to_owned()),
+                quotas: quotas_for(&backend, &keys),
                 keys,
-                data_dir,
+                backend,
                 sftp,
                 budgets: crate::sftp::budget::Budgets::new(max_handles_total),
                 uploads,
@@ -212,6 +213,15 @@ impl ServerContext {
                 .and_then(|ctx| ctx.authenticator().quota(&user))
                 .unwrap_or_default()
         }
+    }
+}
+
+/// The quota accounts: with records beside the local key files, or per
+/// node on a shared store (see [`crate::quota`]).
+fn quotas_for(backend: &crate::store::Backend, keys: &UserKeys) -> crate::quota::Quotas {
+    match keys.keks_dir() {
+        Some(dir) if !backend.is_shared() => crate::quota::Quotas::new(dir.to_owned()),
+        _ => crate::quota::Quotas::per_node(),
     }
 }
 

@@ -35,6 +35,8 @@
 //! signal in [`bounds`]; the upload gate in [`upload`]; the user's quota
 //! account in [`quota`].
 
+mod backend;
+pub use backend::Backend;
 pub mod bounds;
 pub mod check;
 mod dir;
@@ -59,7 +61,6 @@ mod upload_tests;
 
 use std::collections::HashMap;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
@@ -73,7 +74,7 @@ use file::FileState;
 use format::FormatError;
 use handle::{Charge, ClosingUpload, Commit, Pending, Placeholder};
 use quota::{QuotaAccount, QuotaExceeded};
-use storage::{Access, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, Storage};
+use storage::{Access, Kind, Meta, ObjectPath, SpaceInfo, Storage};
 pub use upload::{Rejection, Upload, UploadGate};
 
 /// What went wrong in the store.
@@ -175,14 +176,13 @@ type OpenFileTable = HashMap<(u64, u64), Weak<Mutex<FileState>>>;
 /// concurrent writer).
 static OPEN_FILES: LazyLock<Mutex<OpenFileTable>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// Opens the store of `user` under `data_dir` (their root is
+/// Opens the store of `user` in `backend` (locally, their root is
 /// `data_dir/NAME`, created with mode 0700 if missing), encrypted under
 /// `key`: what a login, `dropzone verify`, `dropzone decrypt` and the
 /// legacy import all start from. The caller adds a size limit, a stop
 /// signal or an upload gate where it needs them.
-pub fn open_user(data_dir: &Path, user: &UserName, key: Arc<DataKey>) -> io::Result<UserStore> {
-    let storage = LocalStorage::open_root(&data_dir.join(user.as_str()))?;
-    Ok(UserStore::new(Arc::new(storage), key))
+pub fn open_user(backend: &Backend, user: &UserName, key: Arc<DataKey>) -> io::Result<UserStore> {
+    Ok(UserStore::new(backend.user_storage(user)?, key))
 }
 
 /// A user's tree of encrypted files.

@@ -10,7 +10,7 @@ use dropzone::config::Config;
 use dropzone::store::OpenOptions;
 use dropzone::username::UserName;
 
-use crate::setup::{ConfigArg, load_config, user_keys};
+use crate::setup::{ConfigArg, load_config, storage_backend, user_keys};
 
 /// Decrypt one stored file (offline recovery), to OUT or standard output.
 #[derive(clap::Args)]
@@ -49,7 +49,9 @@ fn decrypt(
     let key = keys
         .get_existing(&user)
         .with_context(|| format!("key of user {user}"))?;
-    let store = dropzone::store::open_user(&config.data_dir, &user, key)?;
+    let backend = storage_backend(config)?;
+    let store = dropzone::store::open_user(&backend, &user, key)
+        .with_context(|| format!("opening {}", backend.describe_user(&user)))?;
     let object = dropzone::jail::resolve(path)?;
     let file = store.open(
         &object,

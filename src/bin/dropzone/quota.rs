@@ -16,10 +16,9 @@ use clap::Subcommand;
 use dropzone::config::Config;
 use dropzone::quota::{Rescan, rescan};
 use dropzone::store::bounds::human_size;
-use dropzone::store::storage::LocalStorage;
 use dropzone::username::UserName;
 
-use crate::setup::{ConfigArg, load_config};
+use crate::setup::{ConfigArg, load_config, storage_backend};
 
 #[derive(Subcommand)]
 pub enum QuotaCommand {
@@ -44,23 +43,34 @@ pub fn run(cmd: QuotaCommand) -> anyhow::Result<ExitCode> {
 
 /// One line per user: their new usage, or why they were skipped.
 fn scan(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let backend = storage_backend(config)?;
     let users = match only {
         Some(name) => vec![UserName::parse(name)?],
-        None => users_with_data(config)?,
+        None => backend
+            .users()
+            .context("listing the users with stored files")?,
     };
     let mut skipped = 0;
     for user in users {
-        let root = config.data_dir.join(user.as_str());
-        if !root.is_dir() {
+        if !backend
+            .has_user(&user)
+            .with_context(|| format!("looking for user {user}'s files"))?
+        {
             // Opening the root would create it; there is nothing to count.
             println!("{user}: nothing stored (no directory)");
             continue;
         }
-        let storage = LocalStorage::open_root(&root)
-            .with_context(|| format!("opening {}", root.display()))?;
-        match rescan(&config.keks_dir, &user, &storage)
-            .with_context(|| format!("scanning user {user}"))?
-        {
+        let storage = backend
+            .user_storage(&user)
+            .with_context(|| format!("opening {}", backend.describe_user(&user)))?;
+        let scanned = if backend.is_shared() {
+            // No records on a shared store: the walk is the figure each
+            // node's account starts from (see dropzone::quota).
+            dropzone::store::quota::scan_usage(&*storage).map(Rescan::Scanned)
+        } else {
+            rescan(&config.keks_dir, &user, &*storage)
+        };
+        match scanned.with_context(|| format!("scanning user {user}"))? {
             Rescan::Scanned(usage) => println!(
                 "{user}: {} ({} bytes), {} files",
                 human_size(usage.bytes),
@@ -80,29 +90,4 @@ fn scan(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// The users with a directory in `data_dir`, sorted.
-fn users_with_data(config: &Config) -> anyhow::Result<Vec<UserName>> {
-    let dir = &config.data_dir;
-    let mut users = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(users),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        // Names that are no user's (a leading dot, say) are not users.
-        let user = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| UserName::parse(n).ok());
-        if let (true, Some(user)) = (is_dir, user) {
-            users.push(user);
-        }
-    }
-    users.sort();
-    Ok(users)
 }

@@ -14,7 +14,7 @@ use dropzone::observe::{AuditLog, Metrics, Observer};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
 
-use crate::setup::{ConfigArg, key_wrapper, load_config, user_keys_with};
+use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend, user_keys_with};
 
 /// Run the SSH/SFTP server.
 #[derive(clap::Args)]
@@ -98,14 +98,17 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                 "open files limit"
             );
         }
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-        sweep_abandoned_uploads(&config.data_dir);
+        let backend = storage_backend(config)?;
+        if let dropzone::store::Backend::Local { data_dir } = &backend {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+            sweep_abandoned_uploads(data_dir);
+        }
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
         let parts = ssh::ServerParts {
             users_file: config.auth.users_file.clone(),
-            data_dir: config.data_dir.clone(),
+            backend,
             sftp: SftpConfig {
                 max_handles: config.sftp.max_handles,
                 max_handles_per_user: config.sftp.max_handles_per_user,

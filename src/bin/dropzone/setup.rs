@@ -14,6 +14,7 @@ use dropzone::kms::aws_kms::{AwsKms, AwsKmsOptions, credentials::Provider};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
 use dropzone::kms::local::LocalKms;
 use dropzone::kms::vault::{Credentials, VaultKms, VaultOptions};
+use dropzone::store::Backend;
 
 /// `--config`, shared by every subcommand.
 #[derive(clap::Args, Clone)]
@@ -138,8 +139,8 @@ fn aws_kms(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
         );
     };
     let failure = |e: dropzone::kms::KmsError| ConfigFailure(format!("[kms.aws_kms]: {e}"));
-    let credentials =
-        Provider::from_env(&|name| std::env::var(name).ok(), &a.region).map_err(failure)?;
+    let credentials = Provider::from_env(&|name| std::env::var(name).ok(), &a.region)
+        .map_err(|e| failure(e.into()))?;
     let mut options = AwsKmsOptions::new(a.key_id.clone(), a.region.clone());
     options.endpoint = a.endpoint.clone();
     options.connect_timeout = a.connect_timeout;
@@ -165,10 +166,18 @@ fn aws_kms(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
     Ok(Arc::new(kms))
 }
 
-/// The user key directory, with keys wrapped by `wrapper`.
+/// The user key files (in `keks_dir`, or the bucket with `[storage]
+/// backend = "s3"`), with keys wrapped by `wrapper`.
 pub fn user_keys_with(config: &Config, wrapper: Arc<dyn KeyWrapper>) -> anyhow::Result<UserKeys> {
     UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl)
         .context("user key directory")
+}
+
+/// The configured storage backend: where users' trees are.
+pub fn storage_backend(config: &Config) -> anyhow::Result<Backend> {
+    Ok(Backend::Local {
+        data_dir: config.data_dir.clone(),
+    })
 }
 
 /// The user key directory, with keys wrapped by the configured backend.

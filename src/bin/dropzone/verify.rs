@@ -8,7 +8,7 @@ use dropzone::config::Config;
 use dropzone::store::check::{Failure, FileReport, check_tree};
 use dropzone::username::UserName;
 
-use crate::setup::{ConfigArg, load_config, user_keys};
+use crate::setup::{ConfigArg, load_config, storage_backend, user_keys};
 
 /// Check that every stored file decrypts and authenticates, naming each damaged chunk; exit 1 if any fails.
 #[derive(clap::Args)]
@@ -28,6 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
     let keys = user_keys(config)?;
+    let backend = storage_backend(config)?;
     let users = match only {
         Some(u) => vec![UserName::parse(u)?],
         None => keys.users()?,
@@ -37,10 +38,14 @@ fn verify(config: &Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
         let key = keys
             .get_existing(&user)
             .with_context(|| format!("key of user {user}"))?;
-        if !config.data_dir.join(user.as_str()).is_dir() {
+        if !backend
+            .has_user(&user)
+            .with_context(|| format!("looking for user {user}'s files"))?
+        {
             continue;
         }
-        let store = dropzone::store::open_user(&config.data_dir, &user, key)?;
+        let store = dropzone::store::open_user(&backend, &user, key)
+            .with_context(|| format!("opening {}", backend.describe_user(&user)))?;
         checked += check_tree(&store, |failure| {
             failed += 1;
             print_failure(&user, &failure);

@@ -457,7 +457,7 @@ impl Connection {
             // The key first: the user's directory is created only once the
             // key is known to be available.
             let key = ctx.keys.get_or_create(&n).map_err(LoginFailure::Key)?;
-            let store = crate::store::open_user(&ctx.data_dir, &n, key)
+            let store = crate::store::open_user(&ctx.backend, &n, key)
                 .map_err(LoginFailure::Root)?
                 .with_max_file_size(ctx.sftp.max_file_size)
                 .with_stop_signal(ctx.store_stop.child());
