@@ -43,6 +43,9 @@
 //!   key file by default, or the EaaS HTTP client).
 //! - [`eaas`]: the reference key service run by `dropzone-eaas` (a separate
 //!   process; the HTTP API of the original EaaS).
+//! - [`aws`]: what AWS and AWS-compatible services take: the credential
+//!   chain, SigV4 signing, the HTTP client on rustls with ring, and the S3
+//!   client the object store backend uses.
 //! - [`daemon`]: logging, signal handling and exit statuses shared by both
 //!   servers.
 //! - [`username`]: the validated user name every layer shares.
@@ -63,6 +66,7 @@ pub mod access;
 pub mod address_pattern;
 mod atomic_file;
 pub mod auth;
+pub mod aws;
 pub mod config;
 pub mod daemon;
 pub mod eaas;

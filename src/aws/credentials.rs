@@ -21,13 +21,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use reqwest::blocking::Client;
 use zeroize::Zeroizing;
 
-use crate::kms::KmsError;
+use super::AwsError;
+use super::http::{chain, excerpt};
+use super::sigv4::uri_encode;
 use crate::sync::lock;
 
 /// Temporary credentials are fetched again this long before they expire.
@@ -127,11 +131,11 @@ impl Provider {
     pub fn from_env(
         var: &dyn Fn(&str) -> Option<String>,
         region: &str,
-    ) -> Result<Provider, KmsError> {
+    ) -> Result<Provider, AwsError> {
         let get = |name: &str| var(name).filter(|v| !v.is_empty());
         if let Some(id) = get("AWS_ACCESS_KEY_ID") {
             let secret = get("AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
-                KmsError::Misconfigured(
+                AwsError::Misconfigured(
                     "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into(),
                 )
             })?;
@@ -177,7 +181,7 @@ impl Provider {
                 cached: Mutex::new(None),
             }));
         }
-        Err(KmsError::Misconfigured(match profile_set {
+        Err(AwsError::Misconfigured(match profile_set {
             Some(p) => format!(
                 "AWS_PROFILE={p:?}: no such profile with aws_access_key_id and \
                  aws_secret_access_key in the shared credentials or config file"
@@ -205,10 +209,10 @@ impl Provider {
 
     /// Credentials to sign a request with now; for web identity, fetched
     /// from STS through `fetch` when none are cached or they expire soon.
-    pub(crate) fn get(
+    pub(crate) fn get<E: From<AwsError>>(
         &self,
-        fetch: &dyn Fn(&WebIdentity, &str) -> Result<Credentials, KmsError>,
-    ) -> Result<Credentials, KmsError> {
+        fetch: &dyn Fn(&WebIdentity, &str) -> Result<Credentials, E>,
+    ) -> Result<Credentials, E> {
         match self {
             Provider::Static { credentials, .. } => Ok(credentials.clone()),
             Provider::WebIdentity(w) => {
@@ -227,6 +231,53 @@ impl Provider {
     }
 }
 
+impl WebIdentity {
+    /// STS `AssumeRoleWithWebIdentity` (an unsigned call: the token is the
+    /// proof) on `client`: temporary credentials for the role.
+    pub(crate) fn assume_role(
+        &self,
+        client: &Client,
+        token: &str,
+    ) -> Result<Credentials, AwsError> {
+        let form = Zeroizing::new(format!(
+            "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn={}&RoleSessionName={}&WebIdentityToken={}",
+            uri_encode(&self.role_arn),
+            uri_encode(&self.session_name),
+            uri_encode(token)
+        ));
+        let url = format!("{}/", self.sts_url);
+        let response = client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.as_bytes().to_vec())
+            .send()
+            .map_err(|e| AwsError::Unavailable(format!("STS at {url}: {}", chain(&e))))?;
+        let status = response.status();
+        let mut reply = Zeroizing::new(String::new());
+        response
+            .take(MAX_FILE_LEN)
+            .read_to_string(&mut reply)
+            .map_err(|e| AwsError::Unavailable(format!("STS at {url}: {}", chain(&e))))?;
+        if !status.is_success() {
+            let why = format!(
+                "STS AssumeRoleWithWebIdentity for {} (HTTP {}): {}",
+                self.role_arn,
+                status.as_u16(),
+                excerpt(reply.as_bytes())
+            );
+            return Err(if status.is_server_error() {
+                AwsError::Unavailable(why)
+            } else {
+                AwsError::Refused(why)
+            });
+        }
+        let credentials = parse_sts_reply(&reply)
+            .map_err(|e| AwsError::Refused(format!("STS AssumeRoleWithWebIdentity: {e}")))?;
+        tracing::info!(role = %self.role_arn, access_key_id = credentials.access_key_id(), "assumed role with web identity");
+        Ok(credentials)
+    }
+}
+
 /// The section name of profile `profile` in the config file.
 fn config_section(profile: &str) -> String {
     if profile == "default" {
@@ -238,12 +289,12 @@ fn config_section(profile: &str) -> String {
 
 /// The static keys of `[section]` in an INI-style AWS file; `None` if the
 /// file or the section (or its keys) is missing.
-fn from_shared_file(path: &Path, section: &str) -> Result<Option<Credentials>, KmsError> {
+fn from_shared_file(path: &Path, section: &str) -> Result<Option<Credentials>, AwsError> {
     let text = match read_limited(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(KmsError::Misconfigured(format!(
+            return Err(AwsError::Misconfigured(format!(
                 "cannot read {}: {e}",
                 path.display()
             )));
@@ -259,7 +310,7 @@ fn from_shared_file(path: &Path, section: &str) -> Result<Option<Credentials>, K
             values.get("aws_session_token").map(|t| t.to_string()),
             None,
         ))),
-        (Some(_), None) => Err(KmsError::Misconfigured(format!(
+        (Some(_), None) => Err(AwsError::Misconfigured(format!(
             "{} [{section}]: aws_access_key_id without aws_secret_access_key",
             path.display()
         ))),
@@ -295,23 +346,22 @@ fn ini_section(text: &str, section: &str) -> HashMap<String, Zeroizing<String>> 
 }
 
 fn read_limited(path: &Path) -> std::io::Result<Zeroizing<String>> {
-    use std::io::Read;
     let file = std::fs::File::open(path)?;
     let mut text = Zeroizing::new(String::new());
     file.take(MAX_FILE_LEN).read_to_string(&mut text)?;
     Ok(text)
 }
 
-fn read_token(path: &Path) -> Result<Zeroizing<String>, KmsError> {
+fn read_token(path: &Path) -> Result<Zeroizing<String>, AwsError> {
     let text = read_limited(path).map_err(|e| {
-        KmsError::Unavailable(format!(
+        AwsError::Unavailable(format!(
             "cannot read the web identity token file {}: {e}",
             path.display()
         ))
     })?;
     let token = Zeroizing::new(text.trim().to_owned());
     if token.is_empty() {
-        return Err(KmsError::Unavailable(format!(
+        return Err(AwsError::Unavailable(format!(
             "the web identity token file {} is empty",
             path.display()
         )));
@@ -456,7 +506,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e =
             Provider::from_env(&env(&[("HOME", dir.path().to_str().unwrap())]), "r").unwrap_err();
-        assert!(matches!(e, KmsError::Misconfigured(_)));
+        assert!(matches!(e, AwsError::Misconfigured(_)));
         assert!(e.to_string().contains("AWS_ACCESS_KEY_ID"), "{e}");
     }
 
@@ -480,7 +530,7 @@ mod tests {
         let fetch = |w: &WebIdentity, t: &str| {
             calls.borrow_mut().push(t.to_owned());
             assert_eq!(w.role_arn, "arn:aws:iam::123456789012:role/dz");
-            Ok(Credentials::new(
+            Ok::<_, AwsError>(Credentials::new(
                 format!("ASIA{}", calls.borrow().len()),
                 "s".into(),
                 Some("t".into()),

@@ -1,9 +1,14 @@
 //! AWS Signature Version 4 for one HTTP request (the published algorithm:
 //! <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html>).
 //!
-//! Only what a JSON API call needs: the caller gives the method, an
-//! already URI-encoded path, the query pairs, the headers to sign (`host`
-//! among them) and the body; [`sign`] returns the headers to add. It is
+//! The caller gives the method, an already URI-encoded path, the query
+//! pairs, the headers to sign (`host` among them) and the body; [`sign`]
+//! returns the headers to add. For S3, [`sign_payload_hash`] takes the
+//! payload's hash instead of the body ([`UNSIGNED_PAYLOAD`], or the hex
+//! SHA-256 the caller also sends as `x-amz-content-sha256`, which it must
+//! sign), and [`uri_encode_path`] encodes an object key's path once: S3,
+//! unlike the other services, does not encode the path a second time in the
+//! canonical request. It is
 //! checked against AWS's published test suite vectors (`get-vanilla`,
 //! `get-vanilla-query-order-key-case`, `post-vanilla`,
 //! `post-x-www-form-urlencoded`, `post-sts-header-after`) in the tests below.
@@ -46,6 +51,10 @@ pub(crate) struct Scope<'a> {
     pub(crate) service: &'a str,
 }
 
+/// The payload hash S3 accepts in place of the body's SHA-256 (the body is
+/// then not covered by the signature; TLS protects it).
+pub(crate) const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
 /// Signs `request` at time `now`: the headers to add to it, in order:
 /// `x-amz-date`, then `x-amz-security-token` for temporary credentials
 /// (both signed), then `authorization`.
@@ -53,6 +62,19 @@ pub(crate) fn sign(
     credentials: &Credentials,
     scope: &Scope<'_>,
     request: &Request<'_>,
+    now: SystemTime,
+) -> Vec<(&'static str, String)> {
+    let payload_hash = hex::encode(Sha256::digest(request.body));
+    sign_payload_hash(credentials, scope, request, &payload_hash, now)
+}
+
+/// [`sign`] with the payload hash given (`request.body` is not read): the
+/// hex SHA-256 of the body or [`UNSIGNED_PAYLOAD`].
+pub(crate) fn sign_payload_hash(
+    credentials: &Credentials,
+    scope: &Scope<'_>,
+    request: &Request<'_>,
+    payload_hash: &str,
     now: SystemTime,
 ) -> Vec<(&'static str, String)> {
     let amz_date = amz_date(now);
@@ -80,7 +102,7 @@ pub(crate) fn sign(
         canonical_query(request.query),
         canonical_headers,
         signed_headers,
-        hex::encode(Sha256::digest(request.body)),
+        payload_hash,
     );
     let date = &amz_date[..8];
     let credential_scope = format!("{date}/{}/{}/aws4_request", scope.region, scope.service);
@@ -142,6 +164,16 @@ pub(crate) fn uri_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// An S3 object path (`/bucket/key` or `/key`) encoded as S3 wants it in
+/// the URL and, unchanged, in the canonical request: every byte but the
+/// unreserved characters and `/` percent-encoded.
+pub(crate) fn uri_encode_path(path: &str) -> String {
+    path.split('/')
+        .map(uri_encode)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The key for the day, region and service, derived from the secret key.
@@ -331,6 +363,72 @@ mod tests {
              SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target, \
              Signature=55da335caf870140bb3564a0b904efa977e46c13f7581af8353fcfda3f91a234"
         );
+    }
+
+    /// The S3 documentation's example "GET Object" (with `Range`), from
+    /// "Signature Calculations for the Authorization Header: Transferring
+    /// Payload in a Single Chunk".
+    #[test]
+    fn s3_get_object_example() {
+        let credentials = Credentials::new(
+            "AKIAIOSFODNN7EXAMPLE".into(),
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            None,
+            None,
+        );
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let request = Request {
+            method: "GET",
+            path: &uri_encode_path("/test.txt"),
+            query: &[],
+            headers: &[
+                ("host", "examplebucket.s3.amazonaws.com"),
+                ("range", "bytes=0-9"),
+                ("x-amz-content-sha256", empty),
+            ],
+            body: b"",
+        };
+        let scope = Scope {
+            region: "us-east-1",
+            service: "s3",
+        };
+        // 20130524T000000Z
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_369_353_600);
+        let added = sign_payload_hash(&credentials, &scope, &request, empty, when);
+        assert_eq!(
+            added[1].1,
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, \
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+        );
+        // ListObjects with a query: "GET /?max-keys=2&prefix=J HTTP/1.1".
+        let request = Request {
+            method: "GET",
+            path: "/",
+            query: &[("max-keys", "2"), ("prefix", "J")],
+            headers: &[
+                ("host", "examplebucket.s3.amazonaws.com"),
+                ("x-amz-content-sha256", empty),
+            ],
+            body: b"",
+        };
+        let added = sign_payload_hash(&credentials, &scope, &request, empty, when);
+        assert!(
+            added[1].1.ends_with(
+                "Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+            ),
+            "{}",
+            added[1].1
+        );
+    }
+
+    #[test]
+    fn s3_paths_are_encoded_once_keeping_slashes() {
+        assert_eq!(
+            uri_encode_path("/bucket/dir a/f+b~c=d"),
+            "/bucket/dir%20a/f%2Bb~c%3Dd"
+        );
+        assert_eq!(uri_encode_path("/b/\u{e9}"), "/b/%C3%A9");
     }
 
     #[test]

@@ -28,8 +28,10 @@
 //! retried a bounded number of times. Errors name the operation, the KMS
 //! error type and its message, never key material.
 
-pub mod credentials;
-mod sigv4;
+/// The credential chain, now shared with S3 in [`crate::aws`]; re-exported
+/// here for the paths that named it before.
+pub use crate::aws::credentials;
+use crate::aws::{AwsError, sigv4};
 
 use std::fmt;
 use std::io::Read;
@@ -362,46 +364,21 @@ impl AwsKms {
         Ok((reply.decode(Op::Encrypt)?, arn))
     }
 
-    /// STS `AssumeRoleWithWebIdentity` (an unsigned call: the token is the
-    /// proof) for the web identity credentials.
+    /// STS `AssumeRoleWithWebIdentity` for the web identity credentials
+    /// (on this client, so with its timeouts and TLS settings).
     fn assume_role(&self, w: &WebIdentity, token: &str) -> Result<Credentials, KmsError> {
-        let form = Zeroizing::new(format!(
-            "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn={}&RoleSessionName={}&WebIdentityToken={}",
-            sigv4::uri_encode(&w.role_arn),
-            sigv4::uri_encode(&w.session_name),
-            sigv4::uri_encode(token)
-        ));
-        let url = format!("{}/", w.sts_url);
-        let response = self
-            .client
-            .post(&url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.as_bytes().to_vec())
-            .send()
-            .map_err(|e| KmsError::Unavailable(format!("STS at {url}: {}", chain(&e))))?;
-        let status = response.status();
-        let mut reply = Zeroizing::new(String::new());
-        response
-            .take(MAX_REPLY_LEN)
-            .read_to_string(&mut reply)
-            .map_err(|e| KmsError::Unavailable(format!("STS at {url}: {}", chain(&e))))?;
-        if !status.is_success() {
-            let why = format!(
-                "STS AssumeRoleWithWebIdentity for {} (HTTP {}): {}",
-                w.role_arn,
-                status.as_u16(),
-                excerpt(reply.as_bytes())
-            );
-            return Err(if status.is_server_error() {
-                KmsError::Unavailable(why)
-            } else {
-                KmsError::Refused(why)
-            });
+        Ok(w.assume_role(&self.client, token)?)
+    }
+}
+
+impl From<AwsError> for KmsError {
+    /// The shared AWS layer's errors keep their kind and message.
+    fn from(e: AwsError) -> Self {
+        match e {
+            AwsError::Misconfigured(why) => KmsError::Misconfigured(why),
+            AwsError::Refused(why) => KmsError::Refused(why),
+            AwsError::Unavailable(why) => KmsError::Unavailable(why),
         }
-        let credentials = credentials::parse_sts_reply(&reply)
-            .map_err(|e| KmsError::Refused(format!("STS AssumeRoleWithWebIdentity: {e}")))?;
-        tracing::info!(role = %w.role_arn, access_key_id = credentials.access_key_id(), "assumed role with web identity");
-        Ok(credentials)
     }
 }
 

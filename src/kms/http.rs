@@ -1,51 +1,34 @@
-//! What the HTTP key service clients (EaaS, Vault) share: the URL rule,
-//! the blocking `reqwest` client on rustls with the `ring` provider, reading
+//! What the HTTP key service clients (EaaS, Vault, AWS KMS) share: the URL
+//! rule, and (from [`crate::aws::http`], where S3 shares them too) the
+//! blocking `reqwest` client on rustls with the `ring` provider, reading
 //! small secret files, and error texts that stay one short line.
 //!
 //! The client is HTTP/1.1 only, follows no redirects (a redirect could send
 //! a data key elsewhere) and takes no proxy from the environment.
 
-use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::blocking::Client;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use super::KmsError;
 
-/// Longest body excerpt in an error message, in characters.
-pub(crate) const EXCERPT_CHARS: usize = 200;
-/// Largest CA file read.
-const MAX_CA_FILE_LEN: u64 = 1024 * 1024;
+pub(crate) use crate::aws::http::{EXCERPT_CHARS, chain, excerpt};
 
-/// The blocking client: TLS from [`tls_config`], `https_only` for an
-/// `https` service, no redirects, no proxies, HTTP/1.1, the given timeouts.
-///
-/// Call it outside async code: the blocking client starts (and on drop,
-/// stops) its own runtime thread.
+/// The blocking client of [`crate::aws::http::client`], its errors as
+/// [`KmsError`].
 pub(crate) fn client(
     https: bool,
     ca_file: Option<&Path>,
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<Client, KmsError> {
-    let tls = tls_config(https, ca_file)?;
-    Client::builder()
-        .tls_backend_preconfigured(tls)
-        .https_only(https)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .http1_only()
-        .connect_timeout(connect_timeout)
-        .timeout(request_timeout)
-        .user_agent(concat!("dropzone/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| {
-            KmsError::Misconfigured(format!("cannot build the HTTP client: {}", chain(&e)))
-        })
+    Ok(crate::aws::http::client(
+        https,
+        ca_file,
+        connect_timeout,
+        request_timeout,
+    )?)
 }
 
 /// Checks the base URL and returns it without a trailing slash.
@@ -79,106 +62,5 @@ pub(crate) fn check_url(url: &str) -> Result<String, KmsError> {
 /// Reads a small file (a token, a CA bundle) of at most `limit` bytes;
 /// `what` names it in errors.
 pub(crate) fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, KmsError> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        KmsError::Misconfigured(format!("cannot read the {what} {}: {e}", path.display()))
-    })?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| {
-        KmsError::Misconfigured(format!("cannot read the {what} {}: {e}", path.display()))
-    })?;
-    if bytes.len() as u64 > limit {
-        return Err(KmsError::Misconfigured(format!(
-            "the {what} {} is larger than {limit} bytes",
-            path.display()
-        )));
-    }
-    Ok(bytes)
-}
-
-/// The TLS settings: ring as the provider; the CA file's certificates, or
-/// the system's roots, as trust anchors. For a plain `http` URL TLS is never
-/// used, and no roots are loaded.
-fn tls_config(https: bool, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, KmsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KmsError::Misconfigured(format!("TLS: {e}")))?;
-    let config = match (https, ca_file) {
-        (true, Some(path)) => {
-            let pem = read_limited(path, MAX_CA_FILE_LEN, "CA file")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| {
-                    KmsError::Misconfigured(format!("CA file {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    KmsError::Misconfigured(format!("CA file {}: {e}", path.display()))
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(KmsError::Misconfigured(format!(
-                    "CA file {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        (true, None) => {
-            let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(|e| {
-                KmsError::Misconfigured(format!("TLS: the system's certificate roots: {e}"))
-            })?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
-        }
-        (false, _) => builder
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    Ok(config)
-}
-
-/// At most [`EXCERPT_CHARS`] characters of `body`, as text, with control
-/// characters removed (line breaks and tabs become single spaces).
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut cleaned = String::new();
-    for c in text.chars() {
-        match c {
-            '\n' | '\r' | '\t' | ' ' => {
-                if !cleaned.is_empty() && !cleaned.ends_with(' ') {
-                    cleaned.push(' ');
-                }
-            }
-            c if c.is_control() => {}
-            c => cleaned.push(c),
-        }
-    }
-    let cleaned = cleaned.trim_end();
-    if cleaned.is_empty() {
-        return "(empty body)".to_owned();
-    }
-    if cleaned.chars().count() <= EXCERPT_CHARS {
-        return cleaned.to_owned();
-    }
-    let mut short: String = cleaned.chars().take(EXCERPT_CHARS - 3).collect();
-    short.push_str("...");
-    short
-}
-
-/// An error and its causes, as "a: b: c" (reqwest's own message alone is
-/// "error sending request").
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    excerpt(text.as_bytes())
+    Ok(crate::aws::http::read_limited(path, limit, what)?)
 }
