@@ -142,7 +142,9 @@ impl Metrics {
             | EventKind::Rename
             | EventKind::Mkdir
             | EventKind::Rmdir
-            | EventKind::Setstat => self.operations.inc([e.kind.name(), e.result]),
+            | EventKind::Setstat
+            | EventKind::Link
+            | EventKind::Copy => self.operations.inc([e.kind.name(), e.result]),
         }
     }
 

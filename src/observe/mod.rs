@@ -56,6 +56,10 @@ pub enum EventKind {
     Setstat,
     /// An upload was refused by the upload scanner.
     Rejected,
+    /// A symbolic or hard link was made (`to`: the link's target).
+    Link,
+    /// A server-side copy between two open files (copy-data).
+    Copy,
 }
 
 impl EventKind {
@@ -73,6 +77,8 @@ impl EventKind {
             EventKind::Rmdir => "rmdir",
             EventKind::Setstat => "setstat",
             EventKind::Rejected => "rejected",
+            EventKind::Link => "link",
+            EventKind::Copy => "copy",
         }
     }
 }

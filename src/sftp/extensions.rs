@@ -1,5 +1,7 @@
 //! OpenSSH's SFTP extensions and the other common ones.
 
+use std::time::Instant;
+
 use russh_sftp::protocol::{Extended, ExtendedReply, File, Name, Packet};
 
 use super::status::SftpError;
@@ -8,6 +10,7 @@ use super::{MAX_PACKET_LEN, MAX_READ_WRITE_LEN, Session, ok};
 use crate::access::Permission;
 use crate::jail;
 use crate::observe::EventKind;
+use crate::outcome::outcome_of;
 use crate::store::storage::{ObjectPath, SpaceInfo};
 use crate::store::{EncryptedFile, StoreError};
 
@@ -71,16 +74,25 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
             Ok(ok(id))
         }
         "hardlink@openssh.com" => {
+            let started = Instant::now();
             let existing = jail::resolve(&r.string()?)?;
             let link = jail::resolve(&r.string()?)?;
             // A hard link is a link: it needs `symlink`, as SYMLINK does.
             let linked = session
                 .check(&[Permission::Symlink])
                 .and_then(|()| store.hard_link(&existing, &link).map_err(SftpError::from));
+            let shown_existing = existing.to_client_string();
             if let Err(e) = &linked {
                 // A hard link to a symlink that would climb out is refused.
-                session.refusal_notice(&existing.to_client_string(), e);
+                session.refusal_notice(&shown_existing, e);
             }
+            session.events.operation(
+                EventKind::Link,
+                &link.to_client_string(),
+                Some(&shown_existing),
+                started.elapsed(),
+                outcome_of(&linked),
+            );
             linked?;
             Ok(ok(id))
         }
@@ -158,18 +170,29 @@ pub(super) fn path_extension(session: &Session, e: Extended) -> Result<Packet, S
             let read_len = r.u64()?;
             let write_handle = r.string()?;
             let write_offset = r.u64()?;
-            let src = session
+            let started = Instant::now();
+            let (src, src_path) = session
                 .handles
-                .file(&read_handle)
+                .file_and_path(&read_handle)
                 .ok_or(SftpError::BadHandle)?;
-            let dst = session
+            let (dst, dst_path) = session
                 .handles
-                .file(&write_handle)
+                .file_and_path(&write_handle)
                 .ok_or(SftpError::BadHandle)?;
             // Both handles were allowed when opened; reading is checked
             // again, as a READ would be if it were a path request.
-            session.check(&[Permission::Download])?;
-            copy_data(&src, read_offset, read_len, &dst, write_offset)?;
+            let copied = session
+                .check(&[Permission::Download])
+                .inspect_err(|e| session.refusal_notice(&src_path, e))
+                .and_then(|()| copy_data(&src, read_offset, read_len, &dst, write_offset));
+            session.events.operation(
+                EventKind::Copy,
+                &src_path,
+                Some(&dst_path),
+                started.elapsed(),
+                outcome_of(&copied),
+            );
+            copied?;
             Ok(ok(id))
         }
         other => Err(SftpError::Unsupported(other.to_owned())),

@@ -66,6 +66,8 @@ enum Entry {
     File {
         queue: mpsc::Sender<QueuedJob>,
         file: Arc<EncryptedFile>,
+        /// The path as the user sees it, for events about the handle.
+        path: Arc<str>,
         /// Shared with the handle's worker: the place is given back once
         /// the handle is closed and its worker has let go of the file.
         _charge: Arc<HandleCharge>,
@@ -98,11 +100,13 @@ impl HandleTable {
         &self,
         queue: mpsc::Sender<QueuedJob>,
         file: Arc<EncryptedFile>,
+        path: &str,
         charge: Arc<HandleCharge>,
     ) -> String {
         self.insert(Entry::File {
             queue,
             file,
+            path: path.into(),
             _charge: charge,
         })
     }
@@ -119,8 +123,13 @@ impl HandleTable {
     }
 
     pub(super) fn file(&self, handle: &str) -> Option<Arc<EncryptedFile>> {
+        self.file_and_path(handle).map(|(file, _)| file)
+    }
+
+    /// An open file and its path as the user sees it.
+    pub(super) fn file_and_path(&self, handle: &str) -> Option<(Arc<EncryptedFile>, Arc<str>)> {
         match lock(&self.entries).get(handle) {
-            Some(Entry::File { file, .. }) => Some(file.clone()),
+            Some(Entry::File { file, path, .. }) => Some((file.clone(), path.clone())),
             _ => None,
         }
     }

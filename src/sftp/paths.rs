@@ -107,14 +107,24 @@ impl Session {
                 // OpenSSH sends the target first, contrary to the draft; every
                 // common client follows OpenSSH, so the fields are swapped.
                 let (target, link) = (s.linkpath, s.targetpath);
+                let started = Instant::now();
                 let link = jail::resolve(&link)?;
+                let shown = link.to_client_string();
                 let made = self
                     .check(&[Permission::Symlink])
                     .and_then(|()| jail::symlink_target(&target).map_err(SftpError::from))
                     .and_then(|target| Ok(store.symlink(&target, &link)?));
                 if let Err(e) = &made {
-                    self.refusal_notice(&link.to_client_string(), e);
+                    self.refusal_notice(&shown, e);
                 }
+                let outcome = outcome_of(&made);
+                self.events.operation(
+                    EventKind::Link,
+                    &shown,
+                    Some(&target),
+                    started.elapsed(),
+                    outcome,
+                );
                 made?;
                 Ok(ok(s.id))
             }
@@ -291,7 +301,9 @@ impl Session {
             }
         };
         let (tx, rx) = mpsc::channel(HANDLE_QUEUE);
-        let handle = self.handles.add_file(tx, file.clone(), charge.clone());
+        let handle = self
+            .handles
+            .add_file(tx, file.clone(), &client_path, charge.clone());
         let transfer = self.events.transfer_started(kind, client_path.clone());
         self.workers.spawn(worker::run_worker(
             self.clone(),

@@ -399,4 +399,40 @@ fn raw_requests_need_their_permission() {
         assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
     }
     audited_denial(&srv, "partner", "rename", "/a", "overwrite");
+    audited_denial(&srv, "partner", "link", "/l", "symlink");
+    audited_denial(&srv, "partner", "link", "/h", "symlink");
+}
+
+#[test]
+fn copy_data_is_audited_and_needs_download_at_each_request() {
+    let srv = server();
+    let mut raw = srv.raw_sftp("partner");
+    let new = SSH_FXF_WRITE | SSH_FXF_CREAT | SSH_FXF_TRUNC;
+    let src = raw.open("/src", new).unwrap();
+    raw.write(&src, 0, b"0123456789").unwrap();
+    raw.close(&src).unwrap();
+    let src = raw.open("/src", SSH_FXF_READ).unwrap();
+    let dst = raw.open("/dst", new).unwrap();
+    let copy = |raw: &mut RawSftp| {
+        let fields = Req::new(0)
+            .string(&src)
+            .u64(0)
+            .u64(0)
+            .string(&dst)
+            .u64(0)
+            .into_fields();
+        raw.extended("copy-data", &fields).ok()
+    };
+    copy(&mut raw).expect("copy-data with download");
+    // The handles stay open; the permission is checked again at the request.
+    user_set(&srv, "partner", &["--role", "upload-only"]);
+    match copy(&mut raw) {
+        Err(s) => assert_eq!(s.code, FX_PERMISSION_DENIED, "{s:?}"),
+        Ok(()) => panic!("copy-data without download was allowed"),
+    }
+    let refused = audited_denial(&srv, "partner", "copy", "/src", "download");
+    assert_eq!(refused["to"], "/dst", "{refused}");
+    raw.close(&src).unwrap();
+    raw.close(&dst).unwrap();
+    assert_eq!(raw.stat("/dst").unwrap().size, Some(10));
 }
