@@ -11,6 +11,7 @@
 
 pub mod credentials;
 pub(crate) mod http;
+pub mod s3;
 pub(crate) mod sigv4;
 
 /// Why the credentials or the HTTP client could not be set up or used.
