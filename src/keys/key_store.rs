@@ -21,6 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::atomic_file;
+use crate::aws::s3::{Condition, S3Client, S3Error, join_key};
 
 /// A key file's bytes and the version they were read at.
 #[derive(Debug)]
@@ -113,5 +114,123 @@ impl KeyFiles for LocalKeyFiles {
 
     fn local_dir(&self) -> Option<&Path> {
         Some(&self.dir)
+    }
+}
+
+/// Key files as objects `PREFIX/keks/NAME` in an S3 bucket, shared by every
+/// node (see the module documentation).
+#[derive(Clone)]
+pub struct S3KeyFiles {
+    client: S3Client,
+    /// `PREFIX/keks/` (just `keks/` without a prefix).
+    dir: String,
+    /// `s3://BUCKET/` for messages.
+    address: String,
+}
+
+impl fmt::Debug for S3KeyFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3KeyFiles")
+            .field("at", &format_args!("{}{}", self.address, self.dir))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most keys asked for per listing page.
+const LIST_PAGE: u32 = 1000;
+
+impl S3KeyFiles {
+    /// Key files under `PREFIX/keks/` of `client`'s bucket.
+    pub fn new(client: S3Client, prefix: &str) -> Self {
+        let address = format!("s3://{}/", client.bucket());
+        S3KeyFiles {
+            dir: format!("{}/", join_key(prefix, &["keks"])),
+            client,
+            address,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.dir)
+    }
+}
+
+impl KeyFiles for S3KeyFiles {
+    fn location(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("{}{}", self.address, self.key(name)))
+    }
+
+    fn read(&self, name: &str, max_len: u64) -> io::Result<Option<StoredFile>> {
+        match self.client.get(&self.key(name)) {
+            Ok((bytes, info)) => {
+                if bytes.len() as u64 > max_len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "object is {} bytes, more than the {max_len} expected",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                Ok(Some(StoredFile {
+                    bytes: bytes.to_vec(),
+                    version: Some(info.etag),
+                }))
+            }
+            Err(S3Error::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn create_new(&self, name: &str, bytes: &[u8]) -> io::Result<bool> {
+        match self
+            .client
+            .put(&self.key(name), bytes, &[], Condition::IfNoneMatch)
+        {
+            Ok(_) => Ok(true),
+            // Another node created it first: the caller reads theirs.
+            Err(S3Error::PreconditionFailed) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8], read: Option<&str>) -> io::Result<()> {
+        let cond = match read {
+            Some(etag) => Condition::IfMatch(etag.to_owned()),
+            None => Condition::Always,
+        };
+        match self.client.put(&self.key(name), bytes, &[], cond) {
+            Ok(_) => Ok(()),
+            Err(S3Error::PreconditionFailed) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "changed by another node since it was read; nothing written: run the command again",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list(&self.dir, Some("/"), token.as_deref(), LIST_PAGE)
+                .map_err(io::Error::from)?;
+            names.extend(
+                page.objects
+                    .iter()
+                    .filter_map(|o| o.key.strip_prefix(&self.dir))
+                    .map(str::to_owned),
+            );
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(names),
+            }
+        }
+    }
+
+    fn local_dir(&self) -> Option<&Path> {
+        None
     }
 }
