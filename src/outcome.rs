@@ -125,6 +125,14 @@ fn io_status(e: &io::Error) -> (StatusCode, String) {
     {
         return (C::PermissionDenied, refused.to_string());
     }
+    // What this storage cannot do (an object store: links, rewriting the
+    // middle of a file) says so and why.
+    if let Some(unsupported) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::store::storage::Unsupported>())
+    {
+        return (C::OpUnsupported, unsupported.to_string());
+    }
     if let Some(code) = e.raw_os_error() {
         let mapped = match code {
             libc::ENOENT => Some((C::NoSuchFile, "no such file or directory")),
@@ -242,6 +250,23 @@ mod tests {
         let (code, msg) = describe_store(&e);
         assert_eq!(code, StatusCode::Failure);
         assert_eq!(msg, "the file would exceed the server's 64 MiB size limit");
+    }
+
+    #[test]
+    fn what_the_storage_cannot_do_is_unsupported_with_its_reason() {
+        let e = StoreError::Io(crate::store::storage::unsupported(
+            "symbolic links are not supported on S3 storage",
+        ));
+        assert_eq!(
+            describe_store(&e),
+            (
+                StatusCode::OpUnsupported,
+                "symbolic links are not supported on S3 storage".to_owned()
+            )
+        );
+        // A plain EOPNOTSUPP from the OS carries no message of ours.
+        let e = OpError::from(io::Error::from(io::ErrorKind::Unsupported)).describe();
+        assert_eq!(e.0, StatusCode::Failure);
     }
 
     #[test]

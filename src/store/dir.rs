@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Weak};
 
-use super::storage::{self, Access, Kind, Meta, ObjectPath, Storage};
-use super::{Attributes, OPEN_FILES, StoreError, file, format};
+use super::storage::{self, Kind, Meta, ObjectPath, Storage};
+use super::{Attributes, OPEN_FILES, StoreError, format};
 use crate::sync::lock;
 
 /// An open directory of a [`UserStore`](super::UserStore), read in batches
@@ -70,8 +70,10 @@ fn plaintext_size(storage: &dyn Storage, path: &ObjectPath, meta: &Meta) -> u64 
     let Ok(layout) = format::Layout::from_stored_len(meta.stored_len) else {
         return 0;
     };
-    match storage.open(path, Access::Read) {
-        Ok(blob) => file::read_plaintext_len(&*blob, &layout).unwrap_or(0),
+    let mut field = [0u8; format::LEN_FIELD];
+    let last = format::record_offset(layout.chunks - 1);
+    match storage.read_described(path, meta, &mut field, last) {
+        Ok(()) => layout.plaintext_len(field).unwrap_or(0),
         Err(_) => 0,
     }
 }

@@ -448,6 +448,14 @@ impl FileState {
             // As pwrite(2): writing nothing does not extend the file.
             return Ok(());
         }
+        // The first chunk whose record this rewrites: the one `offset`
+        // falls in, or the old last one, which an extension seals.
+        let first = (offset / CHUNK_SIZE as u64).min(if end > self.size {
+            last_index(self.size)
+        } else {
+            u64::MAX
+        });
+        self.check_floor(first, offset)?;
         self.forget_ahead();
         if end > self.size {
             // Chunks from the one `offset` falls in are about to be written
@@ -483,6 +491,12 @@ impl FileState {
     /// `write_at`.
     pub(crate) fn set_len(&mut self, new_size: u64, bounds: &Bounds) -> Result<(), StoreError> {
         bounds.check_growth(self.size, Some(new_size))?;
+        if new_size != self.size {
+            // The record rewritten first: the old last one for an
+            // extension, the new last one for a truncation.
+            let first = last_index(self.size.min(new_size));
+            self.check_floor(first, new_size)?;
+        }
         self.forget_ahead();
         if new_size > self.size {
             self.extend_to(new_size, u64::MAX, bounds)?;
@@ -507,6 +521,25 @@ impl FileState {
         self.size = new_size;
         // Write the new last record now, then cut the file after it.
         self.flush()
+    }
+
+    /// Refuses, before anything changes, a change at plaintext `offset`
+    /// that would rewrite chunk `first`'s record where the storage cannot
+    /// write any more (see [`Blob::write_floor`]).
+    fn check_floor(&self, first: u64, offset: u64) -> Result<(), StoreError> {
+        let Some(floor) = self.blob.write_floor() else {
+            return Ok(());
+        };
+        if format::record_offset(first) >= floor {
+            return Ok(());
+        }
+        Err(super::storage::unsupported(format!(
+            "this storage cannot change a stored file before its last part: \
+             bytes from offset {offset} lie in a part already stored \
+             (random writes below the end and truncation are refused on S3; \
+             write at or after the end, or upload the whole file again)"
+        ))
+        .into())
     }
 
     /// Writes the dirty cached chunk, if any.

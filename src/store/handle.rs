@@ -473,6 +473,9 @@ impl EncryptedFile {
                 if let Some((atime, mtime)) = pending.times {
                     state.blob().set_times(atime, mtime)?;
                 }
+                // An object store's rewrite becomes visible now (a local
+                // file's writes already are).
+                state.blob().publish()?;
                 if modified {
                     if let Some(charge) = &self.charge {
                         // Growth in place is counted already; the record

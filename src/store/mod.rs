@@ -338,9 +338,13 @@ impl UserStore {
             // A new name is taken at once, by an empty file, so that stat
             // and listings show it while the upload is staged (as OpenSSH's
             // open(2) does; sshfs stats a file right after creating it).
+            // An object store has no such file: the upload appears only
+            // when it completes at close.
             let placeholder = match existing {
-                Some(_) => None,
-                None => self.place_new(path, mode, opts.exclusive)?,
+                None if self.storage.takes_names_at_open() => {
+                    self.place_new(path, mode, opts.exclusive)?
+                }
+                _ => None,
             };
             let charge = self.charge(true, Some(baseline));
             let s = self.storage.stage(path)?;
@@ -528,25 +532,32 @@ impl UserStore {
                 // this writable one for the same file.
                 let mut guard = lock(&state);
                 guard.replace_blob_if_readonly(blob);
-                guard.set_journal_target(self.journal_target(path));
+                if let Some(target) = self.journal_target(path) {
+                    guard.set_journal_target(target);
+                }
             }
             return Ok(state);
         }
         table.retain(|_, w| w.strong_count() > 0);
         let mut state = FileState::open(blob, self.key.expose(), write)?;
-        if write {
-            state.set_journal_target(self.journal_target(path));
+        if write && let Some(target) = self.journal_target(path) {
+            state.set_journal_target(target);
         }
         let state = Arc::new(Mutex::new(state));
         table.insert(identity, Arc::downgrade(&state));
         Ok(state)
     }
 
-    fn journal_target(&self, path: &ObjectPath) -> journal::JournalTarget {
-        journal::JournalTarget {
-            storage: self.storage.clone(),
-            path: path.clone(),
-        }
+    /// Where extensions of the file at `path` are journaled; `None` for a
+    /// storage whose in-place changes need no journal (an object store's
+    /// rewrite is complete or not there at all).
+    fn journal_target(&self, path: &ObjectPath) -> Option<journal::JournalTarget> {
+        self.storage
+            .journals_extensions()
+            .then(|| journal::JournalTarget {
+                storage: self.storage.clone(),
+                path: path.clone(),
+            })
     }
 
     /// Attributes of `path`, following a final symlink or not.

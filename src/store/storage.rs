@@ -16,7 +16,8 @@
 //! Parts: [`LocalStorage`] and its blobs and directory readers in `local`,
 //! the symlink rules that keep every stored link inside the root in
 //! `links`, and the start-up removal of abandoned staged uploads
-//! ([`sweep_staged`]) in `sweep`.
+//! ([`sweep_staged`]) in `sweep`; [`S3Storage`], the same trait on an S3
+//! bucket, in [`s3`].
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -24,9 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod links;
 mod local;
+pub mod s3;
 mod sweep;
 pub use links::{Climb, MAX_LINK_CHECK_ENTRIES, Refused, climb, refused};
 pub use local::LocalStorage;
+pub use s3::{S3Storage, sweep_multipart};
 pub use sweep::{SweepReport, sweep_staged};
 
 /// Names starting with this are the store's own (staged uploads); they are
@@ -229,6 +232,22 @@ pub trait Blob: Send + Sync {
     /// Sets access and modification times (seconds since the epoch).
     fn set_times(&self, atime: i64, mtime: i64) -> io::Result<()>;
 
+    /// The lowest stored offset a write may start at, where the storage
+    /// cannot rewrite what lies before it (an object store's upload in
+    /// progress has sent it, or it is the unchanged part of a stored
+    /// object); `None`: anywhere (the default, local files). The
+    /// encrypted layer refuses a write below it before changing anything.
+    fn write_floor(&self) -> Option<u64> {
+        None
+    }
+
+    /// Makes the writes so far visible to other readers, at a handle's
+    /// close: an object store completes the rewrite it has in progress.
+    /// Local writes are visible at once (the default does nothing).
+    fn publish(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`, or fails with
     /// `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
@@ -262,20 +281,81 @@ pub struct Staged {
     pub token: StagedToken,
 }
 
-/// Identifies a staged object (where it lies and under which name).
-pub struct StagedToken {
+/// Identifies a staged object (where it lies and under which name), for
+/// the storage that staged it.
+pub struct StagedToken(TokenKind);
+
+/// What a [`StagedToken`] holds, per backend.
+enum TokenKind {
+    /// A local staged file: its directory, its name, the target's name.
+    Local(LocalToken),
+    /// A backend's own staged upload (an object store's multipart upload),
+    /// downcast by that backend.
+    Remote(Box<dyn std::any::Any + Send>),
+}
+
+/// A local staged file (see [`LocalStorage::stage`]).
+struct LocalToken {
     dir: OwnedFd,
     name: String,
     target: String,
 }
 
+impl StagedToken {
+    fn local(dir: OwnedFd, name: String, target: String) -> Self {
+        StagedToken(TokenKind::Local(LocalToken { dir, name, target }))
+    }
+
+    /// The local staged file, or an error for another backend's token.
+    fn into_local(self) -> io::Result<LocalToken> {
+        match self.0 {
+            TokenKind::Local(t) => Ok(t),
+            TokenKind::Remote(_) => Err(foreign_token()),
+        }
+    }
+
+    fn remote(upload: Box<dyn std::any::Any + Send>) -> Self {
+        StagedToken(TokenKind::Remote(upload))
+    }
+
+    /// A backend's own staged upload, or an error for a local token.
+    fn into_remote(self) -> io::Result<Box<dyn std::any::Any + Send>> {
+        match self.0 {
+            TokenKind::Remote(r) => Ok(r),
+            TokenKind::Local(_) => Err(foreign_token()),
+        }
+    }
+}
+
+/// A token given to a storage that did not stage it: a bug.
+fn foreign_token() -> io::Error {
+    io::Error::other("a staged object of another storage")
+}
+
 impl std::fmt::Debug for StagedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StagedToken")
-            .field("name", &self.name)
-            .field("target", &self.target)
-            .finish()
+        match &self.0 {
+            TokenKind::Local(t) => f
+                .debug_struct("StagedToken")
+                .field("name", &t.name)
+                .field("target", &t.target)
+                .finish(),
+            TokenKind::Remote(_) => f.debug_struct("StagedToken").finish_non_exhaustive(),
+        }
     }
+}
+
+/// An operation this storage cannot do (an object store has no links, and
+/// cannot rewrite the middle of an object): the client is told so, with
+/// this message, as "operation unsupported".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+/// An [`io::Error`] of kind `Unsupported` carrying [`Unsupported`] with
+/// `message`.
+pub fn unsupported(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, Unsupported(message.into()))
 }
 
 /// One user's tree of stored objects.
@@ -341,6 +421,35 @@ pub trait Storage: Send + Sync {
     fn set_times(&self, path: &ObjectPath, atime: i64, mtime: i64) -> io::Result<()>;
     /// Filesystem space figures.
     fn space(&self, path: &ObjectPath) -> io::Result<SpaceInfo>;
+
+    /// Whether a new upload takes its name at OPEN with an empty file (see
+    /// `UserStore::open`), as on a filesystem (the default). An object
+    /// store does not: its upload appears only when it completes at close.
+    fn takes_names_at_open(&self) -> bool {
+        true
+    }
+
+    /// Whether extending a file in place needs a journal beside it (see
+    /// `store::journal`), as on a filesystem (the default). An object
+    /// store's rewrite is complete or not there at all.
+    fn journals_extensions(&self) -> bool {
+        true
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` of the file at `path`,
+    /// which `meta` (from [`Storage::meta`] or a listing) describes: the few
+    /// bytes a plaintext size needs. The default opens the file; an object
+    /// store reads the range without looking the object up again.
+    fn read_described(
+        &self,
+        path: &ObjectPath,
+        meta: &Meta,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        let _ = meta;
+        self.open(path, Access::Read)?.read_exact_at(buf, offset)
+    }
 }
 
 /// Entries [`Storage::read_dir`] asks a [`DirReader`] for at a time.

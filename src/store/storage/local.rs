@@ -237,15 +237,12 @@ impl Storage for LocalStorage {
             blob: Box::new(LocalBlob {
                 file: File::from(fd),
             }),
-            token: StagedToken {
-                dir,
-                name,
-                target: target_name.to_owned(),
-            },
+            token: StagedToken::local(dir, name, target_name.to_owned()),
         })
     }
 
     fn commit(&self, token: StagedToken, exclusive: bool) -> io::Result<()> {
+        let token = token.into_local()?;
         let flags = if exclusive {
             RenameFlags::NOREPLACE
         } else {
@@ -275,6 +272,9 @@ impl Storage for LocalStorage {
     }
 
     fn discard(&self, token: StagedToken) {
+        let Ok(token) = token.into_local() else {
+            return;
+        };
         let _ = rustix::fs::unlinkat(&token.dir, token.name.as_str(), AtFlags::empty());
     }
 
