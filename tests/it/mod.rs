@@ -33,6 +33,7 @@ mod quota;
 pub mod raw_sftp;
 mod scan;
 mod scp;
+pub mod seaweed;
 mod sftp;
 mod sshfs;
 mod tamper;
