@@ -10,7 +10,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::storage::{LocalStorage, Storage};
+use super::storage::{LocalStorage, S3Storage, Storage};
+use crate::aws::s3::{S3Client, join_key};
 use crate::username::UserName;
 
 /// The configured storage backend (see the module documentation).
@@ -21,7 +22,18 @@ pub enum Backend {
         /// The data directory.
         data_dir: PathBuf,
     },
+    /// User NAME's files under `PREFIX/data/NAME/` in an S3 bucket, shared
+    /// by every node.
+    S3 {
+        /// The bucket's client.
+        client: S3Client,
+        /// The key prefix (may be empty).
+        prefix: String,
+    },
 }
+
+/// Most keys asked for per listing page.
+const LIST_PAGE: u32 = 1000;
 
 impl Backend {
     /// Prepares the backend for a server or command: creates the local
@@ -29,6 +41,8 @@ impl Backend {
     pub fn prepare(&self) -> io::Result<()> {
         match self {
             Backend::Local { data_dir } => std::fs::create_dir_all(data_dir),
+            // Nothing to create: the bucket is the operator's.
+            Backend::S3 { .. } => Ok(()),
         }
     }
 
@@ -38,6 +52,11 @@ impl Backend {
             Backend::Local { data_dir } => Ok(Arc::new(LocalStorage::open_root(
                 &data_dir.join(user.as_str()),
             )?)),
+            Backend::S3 { client, prefix } => Ok(Arc::new(S3Storage::open_user_root(
+                client.clone(),
+                prefix,
+                user,
+            )?)),
         }
     }
 
@@ -45,6 +64,11 @@ impl Backend {
     pub fn has_user(&self, user: &UserName) -> io::Result<bool> {
         match self {
             Backend::Local { data_dir } => Ok(data_dir.join(user.as_str()).is_dir()),
+            Backend::S3 { client, prefix } => {
+                let root = format!("{}/", join_key(prefix, &["data", user.as_str()]));
+                let page = client.list(&root, None, None, 1).map_err(io::Error::from)?;
+                Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
+            }
         }
     }
 
@@ -52,6 +76,7 @@ impl Backend {
     pub fn users(&self) -> io::Result<Vec<UserName>> {
         let mut users = match self {
             Backend::Local { data_dir } => local_users(data_dir)?,
+            Backend::S3 { client, prefix } => s3_users(client, prefix)?,
         };
         users.sort();
         Ok(users)
@@ -61,6 +86,11 @@ impl Backend {
     pub fn describe_user(&self, user: &UserName) -> String {
         match self {
             Backend::Local { data_dir } => data_dir.join(user.as_str()).display().to_string(),
+            Backend::S3 { client, prefix } => format!(
+                "s3://{}/{}/",
+                client.bucket(),
+                join_key(prefix, &["data", user.as_str()])
+            ),
         }
     }
 
@@ -69,6 +99,30 @@ impl Backend {
     pub fn is_shared(&self) -> bool {
         match self {
             Backend::Local { .. } => false,
+            Backend::S3 { .. } => true,
+        }
+    }
+}
+
+/// The names under `PREFIX/data/` that are user names.
+fn s3_users(client: &S3Client, prefix: &str) -> io::Result<Vec<UserName>> {
+    let data = format!("{}/", join_key(prefix, &["data"]));
+    let mut users = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .list(&data, Some("/"), token.as_deref(), LIST_PAGE)
+            .map_err(io::Error::from)?;
+        users.extend(
+            page.common_prefixes
+                .iter()
+                .filter_map(|p| p.strip_prefix(&data))
+                .map(|p| p.trim_end_matches('/'))
+                .filter_map(|n| UserName::parse(n).ok()),
+        );
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return Ok(users),
         }
     }
 }

@@ -31,6 +31,8 @@ mod paramiko;
 mod paramiko_suite;
 mod quota;
 pub mod raw_sftp;
+mod s3_client;
+mod s3_store;
 mod scan;
 mod scp;
 pub mod seaweed;

@@ -7,7 +7,8 @@
 //! directory too). A file's permission bits and a modification time set by
 //! a client are object metadata (`x-amz-meta-mode`, octal, and
 //! `x-amz-meta-mtime`, seconds); without the latter the time is the
-//! object's `Last-Modified`.
+//! object's `Last-Modified`. Stores that keep no metadata on keys ending
+//! in `/` (SeaweedFS) show every directory with mode 0755.
 //!
 //! What an object store changes for the layers above (see the `Storage`
 //! capability methods):
@@ -295,9 +296,15 @@ impl S3Storage {
         let key = self.dir_key(path);
         match self.client.head(&key) {
             Ok(info) => {
+                // A marker has no body: writing it again with the new
+                // metadata is a copy onto itself without the copy (which
+                // some stores refuse for keys ending in '/').
                 let (mode, mtime) = stored_mode_and_mtime(&info, DEFAULT_DIR_MODE);
                 let (mode, mtime) = change(mode, mtime);
-                self.rewrite_metadata(&info, mode, mtime)
+                let pairs = metadata_pairs(mode, mtime);
+                let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.client.put(&key, b"", &refs, Condition::Always)?;
+                Ok(())
             }
             Err(S3Error::NotFound) => {
                 // A directory without a marker gets one, with the change.
