@@ -18,6 +18,7 @@ mod aws_kms;
 mod limits;
 mod metrics;
 mod ssh;
+mod storage;
 mod upload;
 mod vault;
 
@@ -26,6 +27,7 @@ pub use aws_kms::AwsKmsConfig;
 pub use limits::{LimitsConfig, PenaltyConfig};
 pub use metrics::MetricsConfig;
 pub use ssh::SshConfig;
+pub use storage::{S3Config, StorageConfig};
 pub use upload::UploadConfig;
 pub use vault::{VaultAuth, VaultConfig};
 
@@ -67,6 +69,8 @@ struct RawConfig {
     audit: audit::RawAudit,
     #[serde(default)]
     metrics: metrics::RawMetrics,
+    #[serde(default)]
+    storage: storage::RawStorage,
 }
 
 #[derive(Deserialize, Default)]
@@ -164,6 +168,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[storage]`: the local directories or an S3 bucket.
+    pub storage: StorageConfig,
 }
 
 /// `[sftp]`: what one connection and one user may hold, and how large a
@@ -402,6 +408,7 @@ impl Config {
             upload: raw.upload.validate()?,
             audit: raw.audit.validate()?,
             metrics: raw.metrics.validate(),
+            storage: raw.storage.validate()?,
         })
     }
 }

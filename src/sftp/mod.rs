@@ -505,8 +505,9 @@ impl Session {
             }
             // Requests on paths are a few file-system calls: they run here
             // (see `worker::runs_inline` for why that is fine), except
-            // those whose work has no bound.
-            other if work_has_no_bound(&other) => {
+            // those whose work has no bound, and all of them on an object
+            // store (network calls).
+            other if work_has_no_bound(&other) || self.store.waits_on_network() => {
                 let id = other.get_request_id();
                 let session = self.clone();
                 let reply = reply_of(id, blocking(move || session.path_request(other)).await);

@@ -140,7 +140,8 @@ pub(super) async fn run_worker(
             return;
         };
         let closing = matches!(run.last(), Some((FileJob::Close { .. }, _)));
-        let done = if runs_inline(&file, &run) {
+        // An object store's calls wait on the network: never here.
+        let done = if !session.store.waits_on_network() && runs_inline(&file, &run) {
             run.into_iter()
                 .map(|(job, held)| (file_job(&session, &file, job), held))
                 .collect::<Vec<_>>()

@@ -29,6 +29,8 @@ pub enum Backend {
         client: S3Client,
         /// The key prefix (may be empty).
         prefix: String,
+        /// Size of an upload's parts, in bytes.
+        part_size: usize,
     },
 }
 
@@ -52,11 +54,14 @@ impl Backend {
             Backend::Local { data_dir } => Ok(Arc::new(LocalStorage::open_root(
                 &data_dir.join(user.as_str()),
             )?)),
-            Backend::S3 { client, prefix } => Ok(Arc::new(S3Storage::open_user_root(
-                client.clone(),
+            Backend::S3 {
+                client,
                 prefix,
-                user,
-            )?)),
+                part_size,
+            } => Ok(Arc::new(
+                S3Storage::open_user_root(client.clone(), prefix, user)?
+                    .with_part_size(*part_size)?,
+            )),
         }
     }
 
@@ -64,7 +69,7 @@ impl Backend {
     pub fn has_user(&self, user: &UserName) -> io::Result<bool> {
         match self {
             Backend::Local { data_dir } => Ok(data_dir.join(user.as_str()).is_dir()),
-            Backend::S3 { client, prefix } => {
+            Backend::S3 { client, prefix, .. } => {
                 let root = format!("{}/", join_key(prefix, &["data", user.as_str()]));
                 let page = client.list(&root, None, None, 1).map_err(io::Error::from)?;
                 Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
@@ -76,17 +81,28 @@ impl Backend {
     pub fn users(&self) -> io::Result<Vec<UserName>> {
         let mut users = match self {
             Backend::Local { data_dir } => local_users(data_dir)?,
-            Backend::S3 { client, prefix } => s3_users(client, prefix)?,
+            Backend::S3 { client, prefix, .. } => s3_users(client, prefix)?,
         };
         users.sort();
         Ok(users)
+    }
+
+    /// Where every user's tree is, for messages to the operator.
+    pub fn describe_root(&self) -> String {
+        match self {
+            Backend::Local { data_dir } => data_dir.display().to_string(),
+            Backend::S3 { client, prefix, .. } if prefix.is_empty() => {
+                format!("s3://{}/", client.bucket())
+            }
+            Backend::S3 { client, prefix, .. } => format!("s3://{}/{prefix}/", client.bucket()),
+        }
     }
 
     /// Where `user`'s tree is, for messages to the operator.
     pub fn describe_user(&self, user: &UserName) -> String {
         match self {
             Backend::Local { data_dir } => data_dir.join(user.as_str()).display().to_string(),
-            Backend::S3 { client, prefix } => format!(
+            Backend::S3 { client, prefix, .. } => format!(
                 "s3://{}/{}/",
                 client.bucket(),
                 join_key(prefix, &["data", user.as_str()])

@@ -216,6 +216,13 @@ impl UserStore {
         self
     }
 
+    /// Whether the store's calls wait on the network (see
+    /// [`Storage::waits_on_network`]): async callers then make every call
+    /// on a blocking thread.
+    pub fn waits_on_network(&self) -> bool {
+        self.storage.waits_on_network()
+    }
+
     /// The user's quota account, if this store counts its files.
     pub fn quota(&self) -> Option<&Arc<QuotaAccount>> {
         self.quota.as_ref()

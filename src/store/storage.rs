@@ -429,6 +429,15 @@ pub trait Storage: Send + Sync {
         true
     }
 
+    /// Whether its calls wait on the network (an object store) rather than
+    /// on a local disk (the default). Callers in async code run every call
+    /// of such a storage on a blocking thread: a request may take as long
+    /// as the store's timeout, and the blocking HTTP client must not wait
+    /// inside an async runtime.
+    fn waits_on_network(&self) -> bool {
+        false
+    }
+
     /// Whether extending a file in place needs a journal beside it (see
     /// `store::journal`), as on a filesystem (the default). An object
     /// store's rewrite is complete or not there at all.

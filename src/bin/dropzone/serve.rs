@@ -3,18 +3,22 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
-use dropzone::config::Config;
+use dropzone::aws::s3::{S3Client, S3Error};
+use dropzone::config::{Config, StorageConfig};
 use dropzone::daemon::ConfigFailure;
 use dropzone::kms::KeyWrapper;
 use dropzone::observe::kms::ObservedKeyWrapper;
 use dropzone::observe::{AuditLog, Metrics, Observer};
 use dropzone::sftp::SftpConfig;
 use dropzone::ssh;
+use dropzone::store::Backend;
+use dropzone::store::storage::sweep_multipart;
 
-use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend, user_keys_with};
+use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend, user_keys_in};
 
 /// Run the SSH/SFTP server.
 #[derive(clap::Args)]
@@ -50,7 +54,12 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         key_wrapper(config)?,
         metrics.clone(),
     ));
-    let keys = user_keys_with(config, wrapper.clone())?;
+    // The S3 client is blocking too: `storage` keeps one reference to it
+    // until after the runtime is gone.
+    let backend = storage_backend(config)?;
+    let storage = backend.clone();
+    prepare_storage(&backend)?;
+    let keys = user_keys_in(&backend, config, wrapper.clone())?;
     prepare_master_key(wrapper.as_ref());
     // The store's crypto workers poll briefly for work by default; in the
     // server that time is better left to the transport and other sessions.
@@ -98,11 +107,18 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                 "open files limit"
             );
         }
-        let backend = storage_backend(config)?;
-        if let dropzone::store::Backend::Local { data_dir } = &backend {
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
-            sweep_abandoned_uploads(data_dir);
+        match (&backend, &config.storage) {
+            (Backend::Local { data_dir }, _) => sweep_abandoned_uploads(data_dir),
+            (Backend::S3 { client, prefix, .. }, StorageConfig::S3(s3)) => {
+                tokio::spawn(sweep_multipart_uploads(
+                    client.clone(),
+                    prefix.clone(),
+                    s3.abandoned_upload_age,
+                ));
+            }
+            (Backend::S3 { .. }, StorageConfig::Local) => {
+                unreachable!("an S3 backend comes from [storage.s3]")
+            }
         }
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
@@ -152,12 +168,63 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     });
     drop(runtime);
+    drop(storage);
     drop(wrapper);
     // The last reference: the audit writer finishes its queue (the
     // logouts of the sessions closed at shutdown) before the process exits.
     drop(observer);
     result
 }
+
+/// Makes the local data directory, or checks that the bucket answers: a
+/// bucket that refuses (missing, access denied, bad credentials) is a
+/// configuration error; one that cannot be reached now is not fatal
+/// (sessions fail per request until it is back).
+fn prepare_storage(backend: &Backend) -> anyhow::Result<()> {
+    match backend {
+        Backend::Local { data_dir } => std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data_dir {}", data_dir.display())),
+        Backend::S3 { client, prefix, .. } => match client.list(prefix, Some("/"), None, 1) {
+            Ok(_) => {
+                tracing::info!(store = %backend.describe_root(), "S3 bucket ready");
+                Ok(())
+            }
+            Err(S3Error::Unavailable(why)) => {
+                tracing::warn!(
+                    store = %backend.describe_root(),
+                    error = %why,
+                    "S3 unavailable at start-up; requests fail until it is back"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                Err(ConfigFailure(format!("storage.s3: bucket {}: {e}", client.bucket())).into())
+            }
+        },
+    }
+}
+
+/// Aborts the multipart uploads that nodes killed mid-upload left in the
+/// bucket, now and then hourly (see `[storage.s3] abandoned_upload_hours`);
+/// failures are logged and retried at the next round.
+async fn sweep_multipart_uploads(client: S3Client, prefix: String, older_than: Duration) {
+    loop {
+        let (c, p) = (client.clone(), prefix.clone());
+        match tokio::task::spawn_blocking(move || sweep_multipart(&c, &p, older_than)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(aborted)) => tracing::info!(
+                aborted,
+                "aborted {aborted} abandoned S3 multipart upload(s) left by an interrupted node"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep abandoned S3 uploads"),
+            Err(e) => tracing::warn!(error = %e, "the S3 upload sweep failed"),
+        }
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+    }
+}
+
+/// Pause between two sweeps of abandoned S3 uploads.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Removes staged uploads a previous run left behind when it was killed and
 /// rolls back the in-place extensions it interrupted, before any session

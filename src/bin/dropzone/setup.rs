@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use dropzone::config::{self, Config, KmsBackend, VaultAuth};
+use dropzone::aws::s3::{CredentialSource, S3Client, S3Options};
+use dropzone::config::{self, Config, KmsBackend, S3Config, StorageConfig, VaultAuth};
 use dropzone::daemon::ConfigFailure;
 use dropzone::keys::UserKeys;
+use dropzone::keys::key_store::S3KeyFiles;
 use dropzone::kms::KeyWrapper;
 use dropzone::kms::aws_kms::{AwsKms, AwsKmsOptions, credentials::Provider};
 use dropzone::kms::eaas::{EaasKms, EaasOptions};
@@ -169,15 +171,58 @@ fn aws_kms(config: &Config) -> anyhow::Result<Arc<dyn KeyWrapper>> {
 /// The user key files (in `keks_dir`, or the bucket with `[storage]
 /// backend = "s3"`), with keys wrapped by `wrapper`.
 pub fn user_keys_with(config: &Config, wrapper: Arc<dyn KeyWrapper>) -> anyhow::Result<UserKeys> {
-    UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl)
-        .context("user key directory")
+    user_keys_in(&storage_backend(config)?, config, wrapper)
+}
+
+/// As [`user_keys_with`], on `backend`'s bucket (sharing its client) when
+/// it is S3.
+pub fn user_keys_in(
+    backend: &Backend,
+    config: &Config,
+    wrapper: Arc<dyn KeyWrapper>,
+) -> anyhow::Result<UserKeys> {
+    match backend {
+        Backend::Local { .. } => {
+            UserKeys::new(config.keks_dir.clone(), wrapper, config.kms.key_cache_ttl)
+                .context("user key directory")
+        }
+        Backend::S3 { client, prefix, .. } => Ok(UserKeys::with_files(
+            Arc::new(S3KeyFiles::new(client.clone(), prefix)),
+            wrapper,
+            config.kms.key_cache_ttl,
+        )),
+    }
 }
 
 /// The configured storage backend: where users' trees are.
 pub fn storage_backend(config: &Config) -> anyhow::Result<Backend> {
-    Ok(Backend::Local {
-        data_dir: config.data_dir.clone(),
-    })
+    match &config.storage {
+        StorageConfig::Local => Ok(Backend::Local {
+            data_dir: config.data_dir.clone(),
+        }),
+        StorageConfig::S3(s3) => Ok(Backend::S3 {
+            client: s3_client(s3)?,
+            prefix: s3.prefix.clone(),
+            part_size: s3.part_size,
+        }),
+    }
+}
+
+/// The client of the bucket `[storage.s3]` names.
+pub fn s3_client(s3: &S3Config) -> anyhow::Result<S3Client> {
+    let mut options = S3Options::new(s3.region.clone(), s3.bucket.clone());
+    options.endpoint = s3.endpoint.clone();
+    options.path_style = s3.path_style;
+    options.ca_file = s3.ca_file.clone();
+    options.connect_timeout = s3.connect_timeout;
+    options.request_timeout = s3.request_timeout;
+    if let Some((access_key_id, secret_access_key)) = &s3.credential_files {
+        options.credentials = CredentialSource::Files {
+            access_key_id: access_key_id.clone(),
+            secret_access_key: secret_access_key.clone(),
+        };
+    }
+    S3Client::new(options).map_err(|e| ConfigFailure(format!("storage.s3: {e}")).into())
 }
 
 /// The user key directory, with keys wrapped by the configured backend.

@@ -629,6 +629,10 @@ impl Storage for S3Storage {
         })
     }
 
+    fn waits_on_network(&self) -> bool {
+        true
+    }
+
     fn takes_names_at_open(&self) -> bool {
         false
     }
