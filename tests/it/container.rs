@@ -68,6 +68,45 @@ fn the_container_server_config_is_valid_and_on_volumes() {
 }
 
 #[test]
+fn the_scale_out_example_config_is_valid_and_shares_host_keys_and_users() {
+    let text = repo_file("config/scale-out/dropzone.toml");
+    let config = dropzone::config::Config::parse(&text)
+        .unwrap_or_else(|e| panic!("config/scale-out/dropzone.toml: {e}"));
+    let dropzone::config::StorageConfig::S3(s3) = &config.storage else {
+        panic!("the scale-out example keeps files in S3")
+    };
+    let compose = repo_file("config/scale-out/compose.yaml");
+    assert_eq!(s3.endpoint.as_deref(), Some("http://seaweedfs:8333"));
+    assert!(
+        compose.contains("  seaweedfs:\n"),
+        "the nodes' object store is a service of the compose file"
+    );
+    // What every node must share lives on volumes the node template mounts.
+    for (what, dir) in [
+        ("host_keys_dir", config.host_keys_dir.clone()),
+        (
+            "users_file's directory",
+            config.auth.users_file.parent().unwrap().to_path_buf(),
+        ),
+    ] {
+        let mount = format!(":{}\n", dir.display());
+        assert!(
+            compose.contains(&mount),
+            "{what} {} is not a shared volume in config/scale-out/compose.yaml",
+            dir.display()
+        );
+    }
+    let haproxy = repo_file("config/scale-out/haproxy.cfg");
+    for node in ["node1", "node2"] {
+        assert!(compose.contains(&format!("  {node}:\n")), "{node} in compose");
+        assert!(
+            haproxy.contains(&format!("server {node} {node}:{}", config.listen.port())),
+            "haproxy.cfg balances over {node} on the listen port"
+        );
+    }
+}
+
+#[test]
 fn the_container_key_service_config_is_valid_and_on_a_volume() {
     let text = repo_file("config/container/eaas.toml");
     let config = dropzone::eaas::config::Config::parse(&text)
