@@ -98,7 +98,10 @@ fn the_scale_out_example_config_is_valid_and_shares_host_keys_and_users() {
     }
     let haproxy = repo_file("config/scale-out/haproxy.cfg");
     for node in ["node1", "node2"] {
-        assert!(compose.contains(&format!("  {node}:\n")), "{node} in compose");
+        assert!(
+            compose.contains(&format!("  {node}:\n")),
+            "{node} in compose"
+        );
         assert!(
             haproxy.contains(&format!("server {node} {node}:{}", config.listen.port())),
             "haproxy.cfg balances over {node} on the listen port"
