@@ -1,5 +1,6 @@
 //! `dropzone keys migrate`: every user's key moved to AWS KMS (a real moto
 //! server) from the local backend and from EaaS (the real `dropzone-eaas`),
+//! and from the local backend to Vault (a real OpenBao),
 //! with a server on the old configuration serving every user while the
 //! move runs, a server on the new configuration serving every user after
 //! it, and no stored file changed.
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use super::aws_kms::{Moto, Proxy, aws_env, aws_kms_config, field, key_file, snapshot};
 use super::harness::*;
+use super::vault::{Bao, ROOT_TOKEN, secret_file, vault_kms};
 
 /// The `dropzone-eaas` binary.
 const EAAS_BIN: &str = env!("CARGO_BIN_EXE_dropzone-eaas");
@@ -102,10 +104,27 @@ fn everyone_reads(srv: &Server, client: &dyn Fn(&str, &str) -> Command, round: u
     }
 }
 
-/// The whole move, from the backend `srv` runs on (`old_kms`, recorded in
-/// key files as `old_backend`) to AWS KMS at `moto`.
-fn migrate_to_aws_kms(srv: &Server, old_kms: &str, old_backend: &str, moto: &Moto) {
+/// Where keys move to: the `[kms]` tables, the backend's name in key
+/// files, and the master key they must name (`secret_path`).
+struct Target {
+    kms: String,
+    backend: &'static str,
+    secret_path: String,
+}
+
+/// AWS KMS at `moto`, with a new key.
+fn aws_kms_target(moto: &Moto) -> Target {
     let arn = moto.create_key("dropzone");
+    Target {
+        kms: aws_kms_config(&format!("http://127.0.0.1:{}", moto.port), "alias/dropzone"),
+        backend: "aws-kms",
+        secret_path: arn,
+    }
+}
+
+/// The whole move, from the backend `srv` runs on (`old_kms`, recorded in
+/// key files as `old_backend`) to `target`.
+fn migrate_to(srv: &Server, old_kms: &str, old_backend: &str, target: &Target) {
     for (i, user) in USERS.iter().enumerate() {
         let data = random_bytes(100_000 + i * 1000, fresh_seed());
         std::fs::write(srv.local_path(&format!("{user}.bin")), &data).unwrap();
@@ -115,11 +134,11 @@ fn migrate_to_aws_kms(srv: &Server, old_kms: &str, old_backend: &str, moto: &Mot
     }
     let files = snapshot(&srv.path("data"));
     let config = std::fs::read_to_string(srv.path("config/dropzone.toml")).unwrap();
-    let new_kms = aws_kms_config(&format!("http://127.0.0.1:{}", moto.port), "alias/dropzone");
+    let new_kms = &target.kms;
     assert!(config.contains(old_kms));
     std::fs::write(
         srv.path("config/new.toml"),
-        config.replace(old_kms, &new_kms),
+        config.replace(old_kms, new_kms),
     )
     .unwrap();
     let old_client = |user: &str, batch: &str| srv.sftp(user, batch);
@@ -157,8 +176,8 @@ fn migrate_to_aws_kms(srv: &Server, old_kms: &str, old_backend: &str, moto: &Mot
         let others = k["other_wrapping"].as_array().unwrap();
         assert_eq!(others.len(), 1, "{k:?}");
         let other = others[0].as_table().unwrap();
-        assert_eq!(field(other, "backend"), "aws-kms");
-        assert_eq!(field(other, "secret_path"), arn);
+        assert_eq!(field(other, "backend"), target.backend);
+        assert_eq!(field(other, "secret_path"), target.secret_path);
     }
 
     // A server on the new configuration serves everyone; the old one too.
@@ -181,7 +200,7 @@ fn migrate_to_aws_kms(srv: &Server, old_kms: &str, old_backend: &str, moto: &Mot
         "{said}"
     );
 
-    // Finish: only the AWS KMS wrapping is left; the new server still
+    // Finish: only the new wrapping is left; the new server still
     // serves everyone, the old one no longer can.
     let out = srv.run(&mut srv.dropzone_tool(&[
         "keys",
@@ -197,8 +216,8 @@ fn migrate_to_aws_kms(srv: &Server, old_kms: &str, old_backend: &str, moto: &Mot
     );
     for user in USERS {
         let k = key_file(srv, user);
-        assert_eq!(field(&k, "backend"), "aws-kms");
-        assert_eq!(field(&k, "secret_path"), arn);
+        assert_eq!(field(&k, "backend"), target.backend);
+        assert_eq!(field(&k, "secret_path"), target.secret_path);
         assert!(!k.contains_key("other_wrapping"), "{k:?}");
     }
     everyone_reads(srv, &new_client, 200);
@@ -226,7 +245,29 @@ fn migrate_local_to_aws_kms_while_serving() {
             ..ServerOptions::default()
         },
     );
-    migrate_to_aws_kms(&srv, LOCAL_KMS_CONFIG, "local", &moto);
+    migrate_to(&srv, LOCAL_KMS_CONFIG, "local", &aws_kms_target(&moto));
+}
+
+#[test]
+fn migrate_local_to_vault_while_serving() {
+    let bao = Bao::start();
+    bao.ok(&[
+        "write",
+        "-f",
+        "transit/keys/dropzone",
+        "type=aes256-gcm96",
+        "derived=true",
+    ]);
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secret_file(secrets.path(), "token", ROOT_TOKEN);
+    let target = Target {
+        kms: vault_kms(&bao, &format!("token_file = {token:?}\n")),
+        backend: "vault",
+        secret_path: "dropzone".into(),
+    };
+    let users: Vec<(&str, Option<&str>)> = USERS.iter().map(|u| (*u, None)).collect();
+    let srv = Server::start_with(&users);
+    migrate_to(&srv, LOCAL_KMS_CONFIG, "local", &target);
 }
 
 #[test]
@@ -248,7 +289,7 @@ fn migrate_eaas_to_aws_kms_while_serving() {
             ..ServerOptions::default()
         },
     );
-    migrate_to_aws_kms(&srv, &old_kms, "eaas", &moto);
+    migrate_to(&srv, &old_kms, "eaas", &aws_kms_target(&moto));
 }
 
 /// Both configurations must share the key directory; a migration to the

