@@ -199,6 +199,48 @@ impl Server {
         self.port = port;
     }
 
+    /// Starts another node of this server's deployment (for a shared
+    /// store, see `s3_nodes`): in its own working directory, with copies of
+    /// what nodes share besides the store (the configuration file, the
+    /// users file, the host keys and the local master key, copied as an
+    /// operator would distribute them), the same users and environment.
+    /// Its data and key directories start empty. Later changes to this
+    /// server's users file do not reach it.
+    pub fn start_node(&self) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("dropzone-it-node-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir(root.join("local")).expect("creating the scratch directory");
+        for shared in ["config", "host_keys", "master_key"] {
+            let from = self.path(shared);
+            if !from.is_dir() {
+                continue;
+            }
+            std::fs::create_dir(root.join(shared)).expect("creating a shared directory");
+            for entry in std::fs::read_dir(&from).expect("listing a shared directory") {
+                let entry = entry.expect("listing a shared directory");
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    // fs::copy keeps the mode: host keys stay 0600.
+                    std::fs::copy(entry.path(), root.join(shared).join(entry.file_name()))
+                        .expect("copying a shared file");
+                }
+            }
+        }
+        let log = Arc::new(Mutex::new(String::new()));
+        let (child, port) = spawn_serve(&root, &log, &self.env);
+        Server {
+            dir,
+            port,
+            child,
+            log,
+            users: self.users.clone(),
+            mounts: Vec::new(),
+            env: self.env.clone(),
+        }
+    }
+
     /// The server process's id (for `/proc/PID/status` and `/proc/PID/fd`).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,0 +1,450 @@
+//! Several nodes on one S3 bucket: two real `dropzone serve` processes with
+//! the same configuration, users file, host keys and master key (copied
+//! from the first, as an operator distributes them: `Server::start_node`),
+//! each with its own empty local directories, against one SeaweedFS.
+//!
+//! What a client must not notice: which node it reaches (same host key,
+//! checked by OpenSSH with `StrictHostKeyChecking=yes`), where a file was
+//! uploaded, renamed or deleted; and a user's first logins on both nodes
+//! at once must end with one key in the bucket, under which both nodes'
+//! uploads decrypt.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use super::harness::*;
+use super::seaweed::SeaweedFs;
+
+/// The objects' prefix in the bucket.
+const PREFIX: &str = "nodes";
+
+/// The name both nodes are known by in the clients' known_hosts.
+const ALIAS: &str = "dropzone-nodes";
+
+/// Users that have never logged in, one per race round.
+const RACERS: [&str; 5] = ["race0", "race1", "race2", "race3", "race4"];
+
+/// How long [`SlowKeys`] holds each request for a key object.
+const KEY_DELAY: Duration = Duration::from_millis(500);
+
+/// A TCP proxy in front of the S3 endpoint that holds every request for a
+/// key object (`/keks/` in its request line) for [`KEY_DELAY`] and counts
+/// them by method and key, so that two nodes' first logins of a user
+/// overlap for sure: each reads "no key" before either has written one.
+struct SlowKeys {
+    /// `http://127.0.0.1:PORT`, to use as the endpoint.
+    endpoint: String,
+    /// `"PUT /dropzone/nodes/keks/NAME.key"` (up to the query) -> count.
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+    stop: Arc<AtomicBool>,
+    port: u16,
+}
+
+impl SlowKeys {
+    fn start(s3_port: u16) -> SlowKeys {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", s3_port)) else {
+                        continue;
+                    };
+                    let seen = seen.clone();
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    thread::spawn(move || forward_requests(client, server, &seen));
+                    thread::spawn(move || copy_and_close(s2, c2));
+                }
+            });
+        }
+        SlowKeys {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            seen,
+            stop,
+            port,
+        }
+    }
+
+    /// How many requests `method` made for the key object of `user`.
+    fn count(&self, method: &str, user: &str) -> usize {
+        let wanted = format!("{PREFIX}/keks/{user}.key");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{method} ")) && k.ends_with(&wanted))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl Drop for SlowKeys {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Client to server: each read that starts a request for a key object is
+/// counted and held back for [`KEY_DELAY`] (a request line comes whole in
+/// one read from a local client).
+fn forward_requests(mut from: TcpStream, mut to: TcpStream, seen: &Mutex<HashMap<String, usize>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let mut words = line.split(' ');
+        if let (Some(method @ ("GET" | "PUT" | "HEAD")), Some(target)) =
+            (words.next(), words.next())
+            && target.contains("/keks/")
+        {
+            let path = target.split('?').next().unwrap_or(target);
+            *seen
+                .lock()
+                .unwrap()
+                .entry(format!("{method} {path}"))
+                .or_default() += 1;
+            thread::sleep(KEY_DELAY);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Server to client, unchanged.
+fn copy_and_close(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// A SeaweedFS and two nodes on its bucket under [`PREFIX`] with `users`.
+/// Bind the result in this order, so that the nodes go before the store.
+fn two_nodes(users: &[(&str, Option<&str>)]) -> (SeaweedFs, Server, Server) {
+    let s3 = SeaweedFs::start();
+    let (a, b) = nodes_on(&s3.storage_config(PREFIX), users);
+    (s3, a, b)
+}
+
+/// Two nodes with `storage` (the `[storage]` tables) and `users`.
+fn nodes_on(storage: &str, users: &[(&str, Option<&str>)]) -> (Server, Server) {
+    let a = Server::start_opts(
+        users,
+        &ServerOptions {
+            extra_config: storage.to_owned(),
+            env: SeaweedFs::env(),
+            ..ServerOptions::default()
+        },
+    );
+    let b = a.start_node();
+    (a, b)
+}
+
+/// The host keys `srv` offers, as `TYPE BASE64` lines, sorted.
+fn scanned_host_keys(srv: &Server) -> Vec<String> {
+    let out = srv.run(Command::new("ssh-keyscan").args([
+        "-p",
+        &srv.port.to_string(),
+        "-T",
+        "20",
+        "127.0.0.1",
+    ]));
+    let mut keys: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            Some(format!("{} {}", f.next()?, f.next()?))
+        })
+        .collect();
+    keys.sort();
+    assert!(
+        !keys.is_empty(),
+        "ssh-keyscan found no host key on port {}:\n{}",
+        srv.port,
+        stderr(&out)
+    );
+    keys
+}
+
+/// `sftp -b BATCH` as `user` to `srv` that trusts only the host keys in
+/// `known_hosts` (under [`ALIAS`]): OpenSSH refuses any other host key.
+fn strict_sftp(srv: &Server, user: &str, known_hosts: &Path, batch: &str) -> Command {
+    let batch_file = srv.local_path(&format!("strict-{}.batch", srv.port));
+    std::fs::write(&batch_file, batch).unwrap();
+    let mut cmd = Command::new("sftp");
+    cmd.current_dir(srv.local())
+        .env_remove("SSH_AUTH_SOCK")
+        .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", &format!("HostKeyAlias={ALIAS}")])
+        .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i"])
+        .arg(&srv.user(user).key)
+        .args(["-P", &srv.port.to_string(), "-b"])
+        .arg(batch_file)
+        .arg(srv.dest(user));
+    cmd
+}
+
+/// Every object key under `prefix` in the bucket, sorted.
+fn object_keys(s3: &SeaweedFs, prefix: &str) -> Vec<String> {
+    let client = s3.client();
+    let mut keys = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.list(prefix, None, token.as_deref(), 1000).unwrap();
+        keys.extend(page.objects.into_iter().map(|o| o.key));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    keys.sort();
+    keys
+}
+
+/// The file names in an `sftp -b` listing (`ls -1`).
+fn listed(out: &std::process::Output) -> Vec<String> {
+    let mut names = sftp_output_lines(out);
+    names.sort();
+    names
+}
+
+/// Asserts that a node kept nothing locally: with a shared store, files,
+/// keys and usage records are all in the bucket.
+#[track_caller]
+fn assert_no_local_state(srv: &Server, node: &str) {
+    for dir in ["data", "keks"] {
+        let found = files_under(&srv.path(dir));
+        assert!(
+            found.is_empty(),
+            "node {node} wrote {found:?} under its local {dir}/"
+        );
+    }
+}
+
+#[test]
+fn two_nodes_present_one_host_key_and_share_files_renames_and_deletes() {
+    let (s3, a, b) = two_nodes(&[("alice", None)]);
+
+    // Same host key on both: OpenSSH, trusting only node A's keys, logs in
+    // to node B; and a known_hosts with another key is refused there.
+    let a_keys = scanned_host_keys(&a);
+    assert_eq!(
+        a_keys,
+        scanned_host_keys(&b),
+        "the nodes offer other host keys"
+    );
+    let known = a.local_path("known_hosts");
+    let lines: String = a_keys.iter().map(|k| format!("{ALIAS} {k}\n")).collect();
+    std::fs::write(&known, lines).unwrap();
+    let wrong = a.local_path("wrong_known_hosts");
+    let user_pub = std::fs::read_to_string(a.user("alice").key.with_extension("pub")).unwrap();
+    let fake: Vec<&str> = user_pub.split_whitespace().take(2).collect();
+    std::fs::write(&wrong, format!("{ALIAS} {}\n", fake.join(" "))).unwrap();
+    let out = b.run_fail(&mut strict_sftp(&b, "alice", &wrong, "pwd\n"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Host key verification failed") || err.contains("HOST IDENTIFICATION"),
+        "a wrong known host key was not what failed:\n{err}"
+    );
+    b.run(&mut strict_sftp(&b, "alice", &known, "pwd\n"));
+
+    // Upload on A, download on B: byte-identical (several chunks, and a
+    // small file).
+    let big = random_bytes(3_000_017, fresh_seed());
+    std::fs::write(a.local_path("big.bin"), &big).unwrap();
+    std::fs::write(a.local_path("small.txt"), b"hello from node A\n").unwrap();
+    a.run(&mut a.sftp(
+        "alice",
+        "mkdir docs\nput big.bin docs/big.bin\nput small.txt small.txt\n",
+    ));
+    b.run(&mut strict_sftp(
+        &b,
+        "alice",
+        &known,
+        &format!(
+            "get docs/big.bin {}\nget small.txt {}\n",
+            b.local_path("big.bin").display(),
+            b.local_path("small.txt").display()
+        ),
+    ));
+    assert_same_file(&a.local_path("big.bin"), &b.local_path("big.bin"));
+    assert_same_file(&a.local_path("small.txt"), &b.local_path("small.txt"));
+
+    // And the other way, with scp.
+    std::fs::write(
+        b.local_path("from-b.bin"),
+        random_bytes(70_001, fresh_seed()),
+    )
+    .unwrap();
+    b.run(&mut b.scp(
+        "alice",
+        &[],
+        "from-b.bin",
+        b.remote("alice", "docs/from-b.bin"),
+    ));
+    a.run(&mut a.scp(
+        "alice",
+        &[],
+        a.remote("alice", "docs/from-b.bin"),
+        "from-b.bin",
+    ));
+    assert_same_file(&b.local_path("from-b.bin"), &a.local_path("from-b.bin"));
+
+    // A renames; B sees the new name only, with the same content.
+    a.run(&mut a.sftp("alice", "rename docs/big.bin docs/renamed.bin\n"));
+    let out = b.run(&mut b.sftp("alice", "ls -1 docs\n"));
+    assert_eq!(
+        listed(&out),
+        ["docs/from-b.bin", "docs/renamed.bin"],
+        "node B's listing after node A's rename"
+    );
+    b.run(&mut b.sftp("alice", "get docs/renamed.bin renamed.bin\n"));
+    assert_same_file(&a.local_path("big.bin"), &b.local_path("renamed.bin"));
+    let out = b.run_fail(&mut b.sftp("alice", "get docs/big.bin old-name.bin\n"));
+    assert!(
+        !b.local_path("old-name.bin").exists(),
+        "node B downloaded the old name:\n{}",
+        stderr(&out)
+    );
+
+    // A deletes; B no longer has it.
+    a.run(&mut a.sftp("alice", "rm docs/renamed.bin\nrm small.txt\n"));
+    let out = b.run(&mut b.sftp("alice", "ls -1 docs\n"));
+    assert_eq!(listed(&out), ["docs/from-b.bin"], "after node A's delete");
+    b.run_fail(&mut b.sftp("alice", "get small.txt gone.txt\n"));
+    assert!(!b.local_path("gone.txt").exists());
+
+    // Everything is in the bucket: one key, alice's remaining file and dir.
+    assert_eq!(
+        object_keys(&s3, &format!("{PREFIX}/")),
+        [
+            format!("{PREFIX}/data/alice/"),
+            format!("{PREFIX}/data/alice/docs/"),
+            format!("{PREFIX}/data/alice/docs/from-b.bin"),
+            format!("{PREFIX}/keks/alice.key"),
+        ]
+    );
+    assert_no_local_state(&a, "A");
+    assert_no_local_state(&b, "B");
+}
+
+#[test]
+fn first_logins_on_both_nodes_at_once_make_one_key() {
+    let mut users: Vec<(&str, Option<&str>)> = vec![("alice", None)];
+    users.extend(RACERS.iter().map(|&r| (r, None)));
+    let s3 = SeaweedFs::start();
+    let slow = SlowKeys::start(s3.s3_port);
+    let storage = s3
+        .storage_config(PREFIX)
+        .replace(&s3.endpoint, &slow.endpoint);
+    let (a, b) = nodes_on(&storage, &users);
+    let nodes = [("a", &a), ("b", &b)];
+    let seed = fresh_seed();
+
+    for (round, racer) in RACERS.iter().enumerate() {
+        // Each node's upload, named after the node.
+        for (name, node) in nodes {
+            let data = random_bytes(200_000 + round * 1000, seed + round as u64 * 2);
+            std::fs::write(node.local_path(&format!("{racer}-{name}.bin")), data).unwrap();
+        }
+        // Both first logins start together (the barrier), each storing a
+        // file at once.
+        let start = Arc::new(Barrier::new(2));
+        let outs: Vec<_> = thread::scope(|scope| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|&(name, node)| {
+                    let start = start.clone();
+                    let mut cmd = node.sftp(racer, &format!("put {racer}-{name}.bin\n"));
+                    scope.spawn(move || {
+                        start.wait();
+                        (name, node.run_any(&mut cmd), cmd)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (name, out, cmd) in &outs {
+            let node = if *name == "a" { &a } else { &b };
+            node.check(
+                out.status.success(),
+                &format!("round {round}: {racer}'s first login on node {name}"),
+                cmd,
+                out,
+            );
+        }
+
+        // One key object for the user, and nothing else of theirs under keks/.
+        let keks = object_keys(&s3, &format!("{PREFIX}/keks/{racer}"));
+        assert_eq!(
+            keks,
+            [format!("{PREFIX}/keks/{racer}.key")],
+            "round {round}: key objects after racing first logins"
+        );
+
+        // Both nodes found no key and tried to create one (the proxy held
+        // their reads long enough); only one creation took.
+        assert_eq!(
+            slow.count("PUT", racer),
+            2,
+            "round {round}: the two first logins did not both try to create {racer}'s key \
+             (they did not overlap: {:?})",
+            slow.seen.lock().unwrap()
+        );
+        // One creation logged, on either node: the other read the winner's.
+        let created = |srv: &Server| {
+            srv.log()
+                .lines()
+                .filter(|l| l.contains("created data key") && l.contains(&format!("user={racer}")))
+                .count()
+        };
+        assert_eq!(
+            created(&a) + created(&b),
+            1,
+            "round {round}: creations of {racer}'s key logged by the two nodes\n--- A ---\n{}\n--- B ---\n{}",
+            a.log_tail(30),
+            b.log_tail(30)
+        );
+
+        // Each node reads the file the other stored: both were encrypted
+        // under the one key in the bucket.
+        for ((name, node), (other, _)) in nodes.iter().zip(nodes.iter().rev()) {
+            let theirs = format!("{racer}-{other}.bin");
+            let back = format!("{racer}-{other}-via-{name}.bin");
+            node.run(&mut node.sftp(racer, &format!("get {theirs} {back}\n")));
+            let origin = if *other == "a" { &a } else { &b };
+            assert_same_file(&origin.local_path(&theirs), &node.local_path(&back));
+        }
+    }
+    // A key per racer and none for alice, who never logged in.
+    let keys: Vec<PathBuf> = object_keys(&s3, &format!("{PREFIX}/keks/"))
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(keys.len(), RACERS.len(), "{keys:?}");
+    assert_no_local_state(&a, "A");
+    assert_no_local_state(&b, "B");
+}
