@@ -43,7 +43,8 @@
 //! exceed the limit by what N - 1 of them let through, at most
 //! (N - 1) x (limit - usage when their sessions began); a login that starts
 //! after the others' uploads sees them. `dropzone quota scan` reports the
-//! figures of the walk.
+//! figures of the walk, and `dropzone user list` shows a walk made when it
+//! runs ([`counted`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -54,9 +55,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::UserStore;
 use crate::store::quota::{Limits, QuotaAccount, Usage, UsageSink};
 use crate::store::storage::Storage;
+use crate::store::{Backend, UserStore};
 use crate::sync::lock;
 use crate::username::UserName;
 
@@ -361,6 +362,18 @@ pub fn rescan(dir: &Path, user: &UserName, storage: &dyn Storage) -> io::Result<
     let usage = crate::store::quota::scan_usage(storage)?;
     write_record(dir, user, usage, RecordState::Clean, true)?;
     Ok(Rescan::Scanned(usage))
+}
+
+/// `user`'s usage counted now from `backend` (a walk of their tree: sizes
+/// from stored lengths, nothing decrypted), for a shared store, where no
+/// record is kept (see the module documentation); `None` if the user has
+/// no tree. Never creates one.
+pub fn counted(backend: &Backend, user: &UserName) -> io::Result<Option<Usage>> {
+    if !backend.has_user(user)? {
+        return Ok(None);
+    }
+    let storage = backend.user_storage(user)?;
+    crate::store::quota::scan_usage(&*storage).map(Some)
 }
 
 /// `user`'s recorded usage and how far to trust it; `None` if there is no

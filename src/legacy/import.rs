@@ -11,6 +11,11 @@
 //! Idempotence: a destination that already decrypts to the source's content
 //! (same length, same SHA-256) is left alone; one with other content is a
 //! conflict and is replaced only with `overwrite`. The source is only read.
+//!
+//! The destination is the configured storage backend ([`Backend`]): the
+//! local `data_dir` with keys in `keks_dir`, or an S3 bucket with the keys
+//! as objects `PREFIX/keks/NAME.key` beside the trees, exactly where a
+//! server on that configuration looks for them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,11 +26,12 @@ use sha2::{Digest, Sha256};
 use super::report::{Event, FileOutcome, Summary};
 use super::source::{self, SourceError, SourceKind, SourceReader};
 use super::walk::{self, PlannedFile};
+use crate::keys::key_store::S3KeyFiles;
 use crate::keys::{DataKey, KeyError, UserKeys};
 use crate::kms::{KeyWrapper, MasterKeyRef, WrapContext};
 use crate::store::format::CHUNK_SIZE;
 use crate::store::storage::{Kind, ObjectPath};
-use crate::store::{OpenOptions, StoreError, UserStore};
+use crate::store::{Backend, OpenOptions, StoreError, UserStore};
 use crate::username::UserName;
 
 /// What to import and how.
@@ -35,9 +41,10 @@ pub struct ImportOptions {
     pub legacy_keks: PathBuf,
     /// The original's home directories (`homes/`).
     pub legacy_homes: PathBuf,
-    /// Dropzone's `data_dir`.
-    pub data_dir: PathBuf,
-    /// Dropzone's `keks_dir`.
+    /// Where Dropzone keeps users' trees (the configured storage backend).
+    pub backend: Backend,
+    /// Dropzone's `keks_dir`: where user keys are kept with the local
+    /// backend (on S3 they are objects in the bucket).
     pub keks_dir: PathBuf,
     /// The master key at the key service that wraps the original's keys.
     pub legacy_master: MasterKeyRef,
@@ -96,15 +103,19 @@ pub fn import(
         }
     }
     // A dry run creates nothing, not even Dropzone's key directory; without
-    // one, no user has a key yet.
-    let keys = if opts.dry_run && !opts.keks_dir.is_dir() {
-        None
-    } else {
-        Some(UserKeys::new(opts.keks_dir.clone(), wrapper.clone(), None)?)
+    // one, no user has a key yet. A bucket's keys are only read.
+    let keys = match &opts.backend {
+        Backend::Local { .. } if opts.dry_run && !opts.keks_dir.is_dir() => None,
+        Backend::Local { .. } => Some(UserKeys::new(opts.keks_dir.clone(), wrapper.clone(), None)?),
+        Backend::S3 { client, prefix, .. } => Some(UserKeys::with_files(
+            Arc::new(S3KeyFiles::new(client.clone(), prefix)),
+            wrapper.clone(),
+            None,
+        )),
     };
     if !opts.dry_run {
-        std::fs::create_dir_all(&opts.data_dir).map_err(|source| ImportError::Io {
-            path: opts.data_dir.clone(),
+        opts.backend.prepare().map_err(|source| ImportError::Io {
+            path: PathBuf::from(opts.backend.describe_root()),
             source,
         })?;
     }
@@ -320,23 +331,19 @@ impl Run<'_> {
             None
         };
 
-        let root = self.opts.data_dir.join(&name);
+        let backend = &self.opts.backend;
+        let root = backend.describe_user(user);
         let store = if self.opts.dry_run {
             let key = match self.keys.map(|k| k.get_existing(user)) {
                 None | Some(Err(KeyError::NotFound(_))) => None,
                 Some(Ok(key)) => Some(key),
                 Some(Err(e)) => return Err(format!("Dropzone key: {e}")),
             };
+            let has_tree = || backend.has_user(user).map_err(|e| format!("{root}: {e}"));
             match key {
-                Some(key) if root.is_dir() => Some(
-                    crate::store::open_user(
-                        &crate::store::Backend::Local {
-                            data_dir: self.opts.data_dir.clone(),
-                        },
-                        user,
-                        key,
-                    )
-                    .map_err(|e| format!("{}: {e}", root.display()))?,
+                Some(key) if has_tree()? => Some(
+                    crate::store::open_user(backend, user, key)
+                        .map_err(|e| format!("{root}: {e}"))?,
                 ),
                 _ => None,
             }
@@ -344,7 +351,9 @@ impl Run<'_> {
             let Some(keys) = self.keys else {
                 return Err("internal error: no key directory outside a dry run".into());
             };
-            let existed = keys.key_file_path(user).exists();
+            let existed = keys
+                .has_key(user)
+                .map_err(|e| format!("Dropzone key: {e}"))?;
             let key = keys
                 .get_or_create(user)
                 .map_err(|e| format!("Dropzone key: {e}"))?;
@@ -353,16 +362,7 @@ impl Run<'_> {
                 user: name.clone(),
                 note: format!("{what} Dropzone key {}", keys.key_file_path(user).display()),
             });
-            Some(
-                crate::store::open_user(
-                    &crate::store::Backend::Local {
-                        data_dir: self.opts.data_dir.clone(),
-                    },
-                    user,
-                    key,
-                )
-                .map_err(|e| format!("{}: {e}", root.display()))?,
-            )
+            Some(crate::store::open_user(backend, user, key).map_err(|e| format!("{root}: {e}"))?)
         };
         Ok(UserContext { legacy_key, store })
     }

@@ -147,7 +147,9 @@ impl Fixture {
         ImportOptions {
             legacy_keks: self.keks(),
             legacy_homes: self.homes(),
-            data_dir: self.data(),
+            backend: crate::store::Backend::Local {
+                data_dir: self.data(),
+            },
             keks_dir: self.dz_keks(),
             legacy_master: eaas().current(),
             dry_run,

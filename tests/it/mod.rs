@@ -33,6 +33,7 @@ mod quota;
 pub mod raw_sftp;
 mod rclone_lftp;
 mod s3_client;
+mod s3_commands;
 mod s3_nodes;
 mod s3_serve;
 mod s3_store;

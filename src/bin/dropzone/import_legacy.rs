@@ -11,13 +11,14 @@ use dropzone::daemon::ConfigFailure;
 use dropzone::kms::{KeyWrapper, MasterKeyRef, SecretVersion};
 use dropzone::legacy::{Event as LegacyEvent, ImportError, ImportOptions};
 
-use crate::setup::{ConfigArg, key_wrapper, load_config};
+use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend};
 
 /// Import the original (Python) Dropzone's users and files.
 ///
 /// Unwraps each user's key through the configured key service (EaaS),
-/// re-encrypts every file into data_dir/NAME/ and creates the user's
-/// Dropzone key. Idempotent; the source is never modified. Progress on
+/// re-encrypts every file into the configured storage (data_dir/NAME/, or
+/// PREFIX/data/NAME/ in the bucket with [storage] backend = "s3") and
+/// creates the user's Dropzone key (in keks_dir, or the bucket). Idempotent; the source is never modified. Progress on
 /// standard error, a summary on standard output; exit 1 if anything was
 /// not imported. See docs/MIGRATION.md.
 #[derive(clap::Args)]
@@ -77,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = ImportOptions {
         legacy_keks: keks,
         legacy_homes: homes,
-        data_dir: config.data_dir.clone(),
+        backend: storage_backend(&config)?,
         keks_dir: config.keks_dir.clone(),
         legacy_master,
         dry_run,

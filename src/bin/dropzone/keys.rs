@@ -49,7 +49,9 @@ pub enum KeysCommand {
     /// idempotent). Then run every server with NEW.toml, run this again
     /// (it catches users created meanwhile), and finally run it with
     /// --finish, which keeps only the new backend's wrapping. Both
-    /// configurations must name the same keks_dir. Exit 1 if any user failed.
+    /// configurations must keep keys in the same place (the same keks_dir,
+    /// or with [storage] backend = "s3" the same bucket and prefix). Exit 1
+    /// if any user failed.
     Migrate {
         /// The configuration with the backend to move to.
         #[arg(long, value_name = "NEW.toml")]

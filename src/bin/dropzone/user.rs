@@ -4,8 +4,10 @@
 //! ([`UsersFileLock`]) from reading it to saving it, so that two run at
 //! once (two operators, a script) do not lose either change.
 //!
-//! `user list` shows each user's role, quota and usage (from the usage
-//! record the server keeps, see [`dropzone::quota`]).
+//! `user list` shows each user's role, quota and usage: from the usage
+//! record the server keeps (see [`dropzone::quota`]), or, on a shared store
+//! (S3), where no record is kept, counted from the bucket when the command
+//! runs.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -23,7 +25,12 @@ use dropzone::quota::{UsageStatus, UsageView};
 use dropzone::store::bounds::human_size;
 use dropzone::store::quota::{Limits, Usage};
 
-use crate::setup::{ConfigArg, load_config};
+use dropzone::config::Config;
+use dropzone::keys::key_store::{KeyFiles, S3KeyFiles};
+use dropzone::store::Backend;
+use dropzone::username::UserName;
+
+use crate::setup::{ConfigArg, load_config, storage_backend};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -92,6 +99,12 @@ pub enum UserCommand {
         config: ConfigArg,
     },
     /// List the users with their role, quota and usage.
+    ///
+    /// Usage comes from the records the server keeps beside the keys. With
+    /// [storage] backend = "s3" there are none (each node counts only its
+    /// own sessions): the usage shown is counted from the bucket when this
+    /// command runs (a listing of each user's files, nothing decrypted), as
+    /// `dropzone quota scan` does.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -214,16 +227,14 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 bail!("no user {name} in {}", path.display());
             }
             users.save(path)?;
-            println!(
-                "removed user {name}; their files ({}) and key ({}) are kept",
-                config.data_dir.join(&name).display(),
-                config.keks_dir.join(format!("{name}.key")).display()
-            );
+            let (files, key) = kept_at(&config, &name)?;
+            println!("removed user {name}; their files ({files}) and key ({key}) are kept");
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::List { config } => {
             let config = load_config(&config)?;
             let users = UsersFile::load(&config.auth.users_file)?;
+            let backend = storage_backend(&config)?;
             for u in users.users() {
                 let mut methods = Vec::new();
                 if u.password_hash().is_some() {
@@ -235,14 +246,19 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 if !u.principals().is_empty() {
                     methods.push(format!("certificates for {}", u.principals().join(" ")));
                 }
-                let usage = dropzone::quota::recorded(&config.keks_dir, u.name())
-                    .with_context(|| format!("usage record of {}", u.name()))?;
+                let usage = if backend.is_shared() {
+                    describe_counted(&backend, u.name())
+                } else {
+                    let usage = dropzone::quota::recorded(&config.keks_dir, u.name())
+                        .with_context(|| format!("usage record of {}", u.name()))?;
+                    describe_usage(usage.as_ref())
+                };
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     u.name(),
                     methods.join(", "),
                     describe_quota(&u.quota()),
-                    describe_usage(usage.as_ref()),
+                    usage,
                     describe(&u.access())
                 );
             }
@@ -332,6 +348,35 @@ fn describe_quota(quota: &Limits) -> String {
         "no quota".to_owned()
     } else {
         format!("quota {}", parts.join(", "))
+    }
+}
+
+/// Where a removed user's files and key stay, for the operator.
+fn kept_at(config: &Config, name: &str) -> anyhow::Result<(String, String)> {
+    let backend = storage_backend(config)?;
+    // Names in the users file were checked when added; an odd one is shown as is.
+    let files =
+        UserName::parse(name).map_or_else(|_| name.to_owned(), |u| backend.describe_user(&u));
+    let key_name = format!("{name}.key");
+    let key = match &backend {
+        Backend::S3 { client, prefix, .. } => {
+            S3KeyFiles::new(client.clone(), prefix).location(&key_name)
+        }
+        Backend::Local { .. } => config.keks_dir.join(key_name),
+    };
+    Ok((files, key.display().to_string()))
+}
+
+/// On a shared store: the usage counted from the store now, `nothing
+/// stored`, or why it could not be counted (the list goes on).
+fn describe_counted(backend: &Backend, user: &UserName) -> String {
+    match dropzone::quota::counted(backend, user) {
+        Ok(Some(Usage { bytes, files })) => format!(
+            "used {} ({bytes} bytes), {files} files (counted from the store now)",
+            human_size(bytes)
+        ),
+        Ok(None) => "nothing stored".to_owned(),
+        Err(e) => format!("usage unknown: cannot count it from the store: {e}"),
     }
 }
 

@@ -1,13 +1,15 @@
 //! `dropzone keys migrate`: moves every user's key from the configured
 //! backend to the one another configuration names, in two steps (see
 //! `dropzone::keys::migrate`): add the new backend's wrapping to every key
-//! file, then, with `--finish`, drop the others.
+//! file, then, with `--finish`, drop the others. Both configurations must
+//! keep keys in the same place: the same `keks_dir`, or the same bucket and
+//! prefix (`[storage] backend = "s3"`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use dropzone::config::Config;
+use dropzone::config::{Config, S3Config, StorageConfig};
 use dropzone::daemon::ConfigFailure;
 use dropzone::keys::{Migrated, UserKeys};
 use dropzone::username::UserName;
@@ -19,12 +21,9 @@ use crate::setup::{key_wrapper, user_keys_with};
 /// its backend's wrapping.
 pub fn migrate(old: &Config, new_path: &Path, finish: bool) -> anyhow::Result<ExitCode> {
     let new = Config::load(new_path).map_err(|e| ConfigFailure(e.to_string()))?;
-    if !same_dir(&old.keks_dir, &new.keks_dir) {
+    if let Some(why) = other_key_files(old, &new) {
         return Err(ConfigFailure(format!(
-            "the two configurations name different keks_dir ({} and {}): servers on both \
-             must read the same key files",
-            old.keks_dir.display(),
-            new.keks_dir.display()
+            "the two configurations name {why}: servers on both must read the same key files"
         ))
         .into());
     }
@@ -100,6 +99,35 @@ fn each_user(
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `old` and `new` keep user keys in different places, if they do:
+/// the same `keks_dir`, or (with `[storage] backend = "s3"`) the same
+/// bucket and prefix at the same endpoint.
+fn other_key_files(old: &Config, new: &Config) -> Option<String> {
+    match (&old.storage, &new.storage) {
+        (StorageConfig::Local, StorageConfig::Local) => (!same_dir(&old.keks_dir, &new.keks_dir))
+            .then(|| {
+                format!(
+                    "different keks_dir ({} and {})",
+                    old.keks_dir.display(),
+                    new.keks_dir.display()
+                )
+            }),
+        (StorageConfig::S3(a), StorageConfig::S3(b)) => {
+            let place = |s: &S3Config| {
+                format!(
+                    "s3://{}/{} at {}",
+                    s.bucket,
+                    s.prefix,
+                    s.endpoint.as_deref().unwrap_or("AWS")
+                )
+            };
+            (place(a) != place(b))
+                .then(|| format!("different key stores ({} and {})", place(a), place(b)))
+        }
+        _ => Some("different storage backends (local and s3)".to_owned()),
+    }
 }
 
 /// Whether two configured directories are the same (compared resolved
