@@ -167,6 +167,21 @@ fn verify_finds_a_flipped_byte_in_an_object_and_decrypt_reads_stored_files() {
         "decrypt wrote {} bytes of a tampered file",
         partial.len()
     );
+
+    // A user whose tree is gone (key kept): decrypt says so and creates
+    // nothing in the bucket.
+    for key in object_keys(&s3, &data_key("bob", "")) {
+        client.delete(&key).unwrap();
+    }
+    let mut cmd = srv.dropzone_tool(&["decrypt", "--user", "bob", "/bob.bin"]);
+    let out = srv.run_fail(&mut cmd);
+    srv.check(
+        stderr(&out).contains("user bob has no stored files"),
+        "decrypt of a user without a tree",
+        &cmd,
+        &out,
+    );
+    assert_eq!(object_keys(&s3, &data_key("bob", "")), Vec::<String>::new());
 }
 
 #[test]
@@ -334,6 +349,132 @@ fn quota_scan_and_user_list_count_usage_from_the_bucket() {
         &cmd,
         &out,
     );
+}
+
+/// `dropzone serve --config CONFIG` in `srv`'s directory (another node's
+/// configuration), killed on drop.
+struct OtherNode {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OtherNode {
+    fn start(srv: &Server, config: &str) -> OtherNode {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut cmd = srv.dropzone();
+        cmd.args(["serve", "--config", config]);
+        let (child, port) = spawn_listening(&mut cmd, &log)
+            .unwrap_or_else(|(status, log)| panic!("{config}: exited ({status})\n{log}"));
+        OtherNode { child, port }
+    }
+
+    /// `sftp` to this node as `user` of `srv`.
+    fn sftp(&self, srv: &Server, user: &str, batch: &str) -> std::process::Command {
+        // ssh keeps the first port it is given: this one, not the harness's.
+        srv.sftp_with(user, &["-o", &format!("Port={}", self.port)], batch)
+    }
+}
+
+impl Drop for OtherNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn keys_migrate_moves_the_key_objects_to_another_key_service() {
+    let eaas = EaasServer::start();
+    eaas.generate("dropzone/new", "1");
+    let (s3, srv) = s3_server(&[("alice", None), ("bob", None)], None);
+    let seed = fresh_seed();
+    for (i, user) in ["alice", "bob"].into_iter().enumerate() {
+        upload(
+            &srv,
+            user,
+            &format!("{user}.bin"),
+            &random_bytes(90_000, seed + i as u64),
+            "f.bin",
+        );
+    }
+    let config = std::fs::read_to_string(srv.path("config/dropzone.toml")).unwrap();
+    let eaas_kms = format!(
+        "[kms]\nbackend = \"eaas\"\nkey_cache_ttl_secs = 0\n\n[kms.eaas]\nurl = \"{}\"\n\
+         secret_path = \"dropzone/new\"\nsecret_version = \"1\"\n",
+        eaas.url("")
+    );
+    assert!(config.contains(LOCAL_KMS_CONFIG));
+    let new = config.replace(LOCAL_KMS_CONFIG, &eaas_kms);
+    std::fs::write(srv.path("config/new.toml"), &new).unwrap();
+    let prefix_line = format!("prefix = \"{PREFIX}\"");
+    assert!(new.contains(&prefix_line));
+    std::fs::write(
+        srv.path("config/other-prefix.toml"),
+        new.replace(&prefix_line, "prefix = \"elsewhere\""),
+    )
+    .unwrap();
+    let key_object = |user: &str| {
+        let (text, _) = s3
+            .client()
+            .get(&format!("{PREFIX}/keks/{user}.key"))
+            .unwrap();
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let reads = |client: &dyn Fn(&str, &str) -> std::process::Command, round: u32| {
+        for user in ["alice", "bob"] {
+            let got = format!("{user}-{round}.bin");
+            srv.run(&mut client(user, &format!("get f.bin {got}\n")));
+            assert_same_file(
+                &srv.local_path(&format!("{user}.bin")),
+                &srv.local_path(&got),
+            );
+        }
+    };
+
+    // Keys in another place: refused before anything is written.
+    let mut cmd =
+        srv.dropzone_tool(&["keys", "migrate", "--to-config", "config/other-prefix.toml"]);
+    let out = srv.run_fail(&mut cmd);
+    srv.check(
+        stderr(&out).contains("different key stores"),
+        "a migration to another prefix",
+        &cmd,
+        &out,
+    );
+
+    let mut cmd = srv.dropzone_tool(&["keys", "migrate", "--to-config", "config/new.toml"]);
+    let out = srv.run(&mut cmd);
+    srv.check(stdout(&out).contains("2 migrated"), "step 1", &cmd, &out);
+    for user in ["alice", "bob"] {
+        let k = key_object(user);
+        assert!(
+            k.contains("backend = \"local\"") && k.contains("backend = \"eaas\""),
+            "{user}'s key object after step 1:\n{k}"
+        );
+    }
+    // Both configurations serve everyone from the same bucket.
+    let node = OtherNode::start(&srv, "config/new.toml");
+    reads(&|u: &str, b: &str| srv.sftp(u, b), 1);
+    reads(&|u: &str, b: &str| node.sftp(&srv, u, b), 2);
+
+    let mut cmd = srv.dropzone_tool(&[
+        "keys",
+        "migrate",
+        "--to-config",
+        "config/new.toml",
+        "--finish",
+    ]);
+    let out = srv.run(&mut cmd);
+    srv.check(stdout(&out).contains("2 finished"), "--finish", &cmd, &out);
+    for user in ["alice", "bob"] {
+        let k = key_object(user);
+        assert!(
+            k.contains("backend = \"eaas\"") && !k.contains("backend = \"local\""),
+            "{user}'s key object after --finish:\n{k}"
+        );
+    }
+    reads(&|u: &str, b: &str| node.sftp(&srv, u, b), 3);
+    srv.run_fail(&mut srv.sftp("alice", "ls\n"));
 }
 
 /// The master key the original's EaaS wrapped user keys with.

@@ -50,6 +50,17 @@ fn decrypt(
         .get_existing(&user)
         .with_context(|| format!("key of user {user}"))?;
     let backend = storage_backend(config)?;
+    // Checked first: opening a user's tree creates it (a directory, or a
+    // marker object in the bucket), and recovery must write nothing.
+    if !backend
+        .has_user(&user)
+        .with_context(|| format!("looking for user {user}'s files"))?
+    {
+        anyhow::bail!(
+            "user {user} has no stored files ({} does not exist)",
+            backend.describe_user(&user)
+        );
+    }
     let store = dropzone::store::open_user(&backend, &user, key)
         .with_context(|| format!("opening {}", backend.describe_user(&user)))?;
     let object = dropzone::jail::resolve(path)?;
