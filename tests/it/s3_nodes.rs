@@ -448,3 +448,119 @@ fn first_logins_on_both_nodes_at_once_make_one_key() {
     assert_no_local_state(&a, "A");
     assert_no_local_state(&b, "B");
 }
+
+/// `sftp -b -` as `user` to `srv`, logged in and waiting for its batch on
+/// standard input (so that its node's quota account is loaded now).
+fn open_session(srv: &Server, user: &str) -> std::process::Child {
+    let logins = |srv: &Server| srv.log().matches("login peer=").count();
+    let before = logins(srv);
+    let cmd = srv.sftp(user, "");
+    // `-b -`: the batch comes from standard input (replaces the file).
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut sftp = Command::new("sftp");
+    sftp.current_dir(srv.local()).env_remove("SSH_AUTH_SOCK");
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        sftp.arg(&a);
+        if a == "-b" {
+            args.next();
+            sftp.arg("-");
+        }
+    }
+    sftp.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = sftp.spawn().expect("starting sftp");
+    srv.wait_for("the session's login", || {
+        (logins(srv) > before).then_some(())
+    });
+    child
+}
+
+/// Sends `batch` to a session from [`open_session`] and waits for it.
+fn finish_session(mut child: std::process::Child, batch: &str) -> std::process::Output {
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(batch.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn quotas_are_counted_per_node_from_the_bucket() {
+    let s3 = SeaweedFs::start();
+    let a = Server::start_opts(
+        &[("alice", None)],
+        &ServerOptions {
+            extra_config: s3.storage_config(PREFIX),
+            env: SeaweedFs::env(),
+            ..ServerOptions::default()
+        },
+    );
+    a.run(&mut a.dropzone_tool(&["user", "set", "alice", "--quota-bytes", "1000000"]));
+    let b = a.start_node();
+    let seed = fresh_seed();
+    for (name, len) in [
+        ("700k.bin", 700_000),
+        ("400k.bin", 400_000),
+        ("200k.bin", 200_000),
+    ] {
+        for node in [&a, &b] {
+            std::fs::write(node.local_path(name), random_bytes(len, seed + len as u64)).unwrap();
+        }
+    }
+
+    // A login on B after A's upload counts it: B refuses what would pass
+    // the limit, and takes what fits.
+    a.run(&mut a.sftp("alice", "put 700k.bin a1.bin\n"));
+    let mut cmd = b.sftp("alice", "put 400k.bin b1.bin\n");
+    let out = b.run_fail(&mut cmd);
+    b.check(
+        stderr(&out).contains("quota exceeded"),
+        "node B's refusal past the quota",
+        &cmd,
+        &out,
+    );
+    b.run(&mut b.sftp("alice", "put 200k.bin b2.bin\n"));
+    let mut cmd = a.sftp("alice", "put 200k.bin a2.bin\n");
+    let out = a.run_fail(&mut cmd);
+    a.check(
+        stderr(&out).contains("quota exceeded"),
+        "node A counts B's upload at its next login",
+        &cmd,
+        &out,
+    );
+
+    // The documented limit: sessions open on both nodes at once each count
+    // only their node's uploads from their login on, so together they can
+    // pass the quota, by at most (nodes - 1) x what was left at login. Here
+    // 800,000 bytes are left and each node stores 799,999: 1,799,998 bytes
+    // stored against a quota of 1,000,000.
+    a.run(&mut a.sftp("alice", "rm a1.bin\n"));
+    let on_a = open_session(&a, "alice");
+    let on_b = open_session(&b, "alice");
+    let usage_at_login = 200_000;
+    let each = 1_000_000 - usage_at_login - 1;
+    for node in [&a, &b] {
+        std::fs::write(node.local_path("each.bin"), random_bytes(each, seed)).unwrap();
+    }
+    let out_a = finish_session(on_a, "put each.bin from-a.bin\n");
+    let out_b = finish_session(on_b, "put each.bin from-b.bin\n");
+    assert!(
+        out_a.status.success() && out_b.status.success(),
+        "both nodes' sessions store what fits their own account:\n{}\n{}",
+        stderr(&out_a),
+        stderr(&out_b)
+    );
+    let out = a.run(&mut a.dropzone_tool(&["quota", "scan", "--user", "alice"]));
+    let total = usage_at_login + 2 * each;
+    assert!(
+        stdout(&out).contains(&format!("({total} bytes), 3 files")),
+        "usage after both sessions:\n{}",
+        stdout(&out)
+    );
+    // Past the quota now: every new login on any node refuses uploads.
+    for node in [&a, &b] {
+        let out = node.run_fail(&mut node.sftp("alice", "put 200k.bin more.bin\n"));
+        assert!(stderr(&out).contains("quota exceeded"), "{}", stderr(&out));
+    }
+}
