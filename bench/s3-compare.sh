@@ -91,6 +91,10 @@ OUT=$WORK/out          # client command outputs
 DZ_DIR=$WORK/dropzone  # Dropzone's config, host and master keys
 WEED_DIR=$WORK/weed    # SeaweedFS's files and log
 mkdir -p "$SRC" "$DL" "$OUT" "$DZ_DIR" "$WEED_DIR/data"
+# A copy, so that a build running meanwhile cannot swap the binary between
+# `user add` and `serve`.
+cp "$BIN" "$WORK/dropzone-bin"
+BIN=$WORK/dropzone-bin
 DZ_PID=
 WEED_PID=
 
