@@ -336,12 +336,23 @@ fn quota_scan_and_user_list_count_usage_from_the_bucket() {
         stdout(&out)
     );
 
+    // user remove names where the user's files and key stay: the bucket.
+    let out = srv.run(&mut srv.dropzone_tool(&["user", "remove", "carol"]));
+    let bucket = format!("s3://{}/{PREFIX}", s3.bucket);
+    assert!(
+        stdout(&out).contains(&format!(
+            "their files ({bucket}/data/carol/) and key ({bucket}/keks/carol.key) are kept"
+        )),
+        "{}",
+        stdout(&out)
+    );
+
     // The store down: the list still comes, saying why usage is missing.
     s3.stop();
     let mut cmd = srv.dropzone_tool(&["user", "list"]);
     let out = srv.run(&mut cmd);
     srv.check(
-        stdout(&out).lines().count() == 3
+        stdout(&out).lines().count() == 2
             && stdout(&out)
                 .lines()
                 .all(|l| l.contains("usage unknown: cannot count it from the store")),

@@ -7,6 +7,11 @@
 //! is left alone: that server's figures are live, and it would overwrite
 //! the scan's when the user leaves. The scan says so and exits 1; rerun it
 //! once the user's sessions are over (see [`dropzone::quota`]).
+//!
+//! On a shared store (`[storage] backend = "s3"`) there are no records and
+//! no locks: the scan only reports the figures of the walk (a listing of
+//! the bucket), which every node's next login of the user starts from, and
+//! skips no one.
 
 use std::process::ExitCode;
 
@@ -24,9 +29,12 @@ use crate::setup::{ConfigArg, load_config, storage_backend};
 pub enum QuotaCommand {
     /// Recompute users' usage (bytes and files) from their stored files
     /// and save it; users with sessions on a running server are skipped
-    /// (exit 1).
+    /// (exit 1). With [storage] backend = "s3" nothing is saved (nodes keep
+    /// no records) and no one is skipped: the figures are counted from the
+    /// bucket and reported.
     Scan {
-        /// Only this user (default: every user with a directory in data_dir).
+        /// Only this user (default: every user with stored files: a
+        /// directory in data_dir, or a tree in the bucket).
         #[arg(long)]
         user: Option<String>,
         #[command(flatten)]
