@@ -86,13 +86,21 @@ impl Failure for SftpError {
 }
 
 /// The status code and the message the client is sent for `err`: OpenSSH's
-/// text for the code (see [`openssh_message`]); [`describe`] has the detail.
+/// text for the code (see [`openssh_message`]), but for a quota refusal and
+/// what the storage cannot do; [`describe`] has the detail.
 pub fn to_status(err: &SftpError) -> (StatusCode, String) {
     let (code, detail) = describe(err);
     // A quota refusal has no status code of its own: its text is the one
     // thing that tells it from any other failure ("quota exceeded: ...",
     // which paramiko raises and OpenSSH logs with -v).
     if matches!(err, SftpError::Store(StoreError::Quota(_))) {
+        return (code, detail);
+    }
+    // What the storage cannot do (an object store: links, renaming a
+    // non-empty directory, rewriting below a file's end) keeps its reason
+    // too: "Operation unsupported" alone reads as a server fault. Those
+    // messages are written for clients and name no host path.
+    if code == StatusCode::OpUnsupported && matches!(err, SftpError::Store(_)) {
         return (code, detail);
     }
     (code, openssh_message(code).to_owned())
@@ -185,6 +193,12 @@ mod tests {
         for (err, code, msg) in cases {
             assert_eq!(to_status(&err), (code, msg.to_owned()), "{err}");
         }
+        // What the storage cannot do keeps its reason.
+        let why = "symbolic links are not supported on S3 storage";
+        assert_eq!(
+            to_status(&SftpError::from(crate::store::storage::unsupported(why))),
+            (StatusCode::OpUnsupported, why.to_owned())
+        );
         assert_eq!(openssh_message(StatusCode::Eof), "End of file");
         assert_eq!(openssh_message(StatusCode::Ok), "Success");
     }
