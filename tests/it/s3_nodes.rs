@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::harness::*;
 use super::seaweed::SeaweedFs;
@@ -370,31 +370,63 @@ fn first_logins_on_both_nodes_at_once_make_one_key() {
             let data = random_bytes(200_000 + round * 1000, seed + round as u64 * 2);
             std::fs::write(node.local_path(&format!("{racer}-{name}.bin")), data).unwrap();
         }
-        // Both first logins start together (the barrier), each storing a
-        // file at once.
+        // Both first logins start together (the barrier); each session
+        // then stays open.
         let start = Arc::new(Barrier::new(2));
-        let outs: Vec<_> = thread::scope(|scope| {
+        let mut sessions: Vec<std::process::Child> = thread::scope(|scope| {
             let handles: Vec<_> = nodes
                 .iter()
-                .map(|&(name, node)| {
+                .map(|&(_, node)| {
                     let start = start.clone();
-                    let mut cmd = node.sftp(racer, &format!("put {racer}-{name}.bin\n"));
                     scope.spawn(move || {
                         start.wait();
-                        (name, node.run_any(&mut cmd), cmd)
+                        open_session(node, racer)
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        for (name, out, cmd) in &outs {
-            let node = if *name == "a" { &a } else { &b };
-            node.check(
-                out.status.success(),
-                &format!("round {round}: {racer}'s first login on node {name}"),
-                cmd,
-                out,
+        // Each session stores its file; once both are in the bucket, each
+        // session reads the other's: the keys the two racing logins hold
+        // are one key.
+        for ((name, _), session) in nodes.iter().zip(&mut sessions) {
+            send(session, &format!("put {racer}-{name}.bin\n"));
+        }
+        let stored = [
+            format!("{PREFIX}/data/{racer}/{racer}-a.bin"),
+            format!("{PREFIX}/data/{racer}/{racer}-b.bin"),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stored.iter().all(|k| object_keys(&s3, k).contains(k)) {
+            for session in &mut sessions {
+                if let Some(status) = session.try_wait().unwrap() {
+                    let mut err = String::new();
+                    let _ = session.stderr.take().unwrap().read_to_string(&mut err);
+                    panic!("round {round}: a session ended ({status}) before both uploads:\n{err}");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: uploads not stored in 60 s"
             );
+            thread::sleep(Duration::from_millis(50));
+        }
+        let mut reads = Vec::new();
+        for ((name, node), (other, _)) in nodes.iter().zip(nodes.iter().rev()) {
+            let back = format!("{racer}-{other}-via-{name}.bin");
+            let session = sessions.remove(0);
+            let out = finish_session(session, &format!("get {racer}-{other}.bin {back}\n"));
+            assert!(
+                out.status.success(),
+                "round {round}: node {name}'s session reading node {other}'s upload:\n{}\n--- log ---\n{}",
+                stderr(&out),
+                node.log_tail(20)
+            );
+            reads.push((other, node.local_path(&back)));
+        }
+        for (other, back) in reads {
+            let origin = if *other == "a" { &a } else { &b };
+            assert_same_file(&origin.local_path(&format!("{racer}-{other}.bin")), &back);
         }
 
         // One key object for the user, and nothing else of theirs under keks/.
@@ -428,16 +460,6 @@ fn first_logins_on_both_nodes_at_once_make_one_key() {
             a.log_tail(30),
             b.log_tail(30)
         );
-
-        // Each node reads the file the other stored: both were encrypted
-        // under the one key in the bucket.
-        for ((name, node), (other, _)) in nodes.iter().zip(nodes.iter().rev()) {
-            let theirs = format!("{racer}-{other}.bin");
-            let back = format!("{racer}-{other}-via-{name}.bin");
-            node.run(&mut node.sftp(racer, &format!("get {theirs} {back}\n")));
-            let origin = if *other == "a" { &a } else { &b };
-            assert_same_file(&origin.local_path(&theirs), &node.local_path(&back));
-        }
     }
     // A key per racer and none for alice, who never logged in.
     let keys: Vec<PathBuf> = object_keys(&s3, &format!("{PREFIX}/keks/"))
@@ -475,6 +497,12 @@ fn open_session(srv: &Server, user: &str) -> std::process::Child {
         (logins(srv) > before).then_some(())
     });
     child
+}
+
+/// Sends `line` to a session from [`open_session`].
+fn send(session: &mut std::process::Child, line: &str) {
+    let stdin = session.stdin.as_mut().expect("the session's stdin");
+    stdin.write_all(line.as_bytes()).unwrap();
 }
 
 /// Sends `batch` to a session from [`open_session`] and waits for it.
