@@ -37,8 +37,12 @@
 //! On a shared store (S3, several nodes: [`Quotas::per_node`]) no record
 //! is kept and no lock taken, since neither would hold across nodes: each
 //! node's account for a user starts from a walk of the user's tree (a
-//! listing of sizes, nothing decrypted) when the user's first session on
-//! that node begins, and counts what that node's sessions store. Quotas are
+//! listing, and a ranged read of each file's last bytes for its plaintext
+//! size: nothing decrypted) when the user's first session on that node
+//! begins, and counts what that node's sessions store. Users without a
+//! quota get no account there, so their logins walk nothing; a quota set
+//! while they have sessions on a node counts from their next session on
+//! that node. Quotas are
 //! therefore enforced per node: a user with sessions on N nodes at once can
 //! exceed the limit by what N - 1 of them let through, at most
 //! (N - 1) x (limit - usage when their sessions began); a login that starts
@@ -264,6 +268,15 @@ impl Quotas {
             dir: None,
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a session of a user with `limits` needs an account. With
+    /// records, always (usage is kept for `user list` and `df`); on a
+    /// shared store only when the user has a limit, since the account
+    /// starts from a walk of the user's tree: a user without a quota logs
+    /// in without one.
+    pub fn counts(&self, limits: &Limits) -> bool {
+        self.dir.is_some() || limits.is_limited()
     }
 
     /// The account of `user`, shared with their other sessions; loaded

@@ -38,8 +38,9 @@ struct RawS3 {
 pub enum StorageConfig {
     /// Files under `data_dir/NAME/`, keys in `keks_dir` (the default).
     Local,
-    /// Files and keys in an S3 bucket: `[storage.s3]`.
-    S3(S3Config),
+    /// Files and keys in an S3 bucket: `[storage.s3]` (boxed: the local
+    /// case is the common one and carries nothing).
+    S3(Box<S3Config>),
 }
 
 /// `[storage.s3]`.
@@ -90,7 +91,7 @@ impl RawStorage {
         match self.backend.as_deref().unwrap_or("local") {
             "local" => Ok(StorageConfig::Local),
             "s3" => match self.s3 {
-                Some(s3) => s3.validate().map(StorageConfig::S3),
+                Some(s3) => s3.validate().map(|s3| StorageConfig::S3(Box::new(s3))),
                 None => Err("storage.backend = \"s3\" needs a [storage.s3] table".into()),
             },
             other => Err(format!(
@@ -111,12 +112,12 @@ impl RawS3 {
                 self.bucket
             ));
         }
-        if let Some(endpoint) = &self.endpoint {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(format!(
-                    "storage.s3.endpoint = {endpoint:?}: expected an http:// or https:// URL"
-                ));
-            }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(format!(
+                "storage.s3.endpoint = {endpoint:?}: expected an http:// or https:// URL"
+            ));
         }
         let prefix = self.prefix.unwrap_or_default();
         if prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {

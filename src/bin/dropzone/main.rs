@@ -55,8 +55,9 @@ enum Command {
     /// Import the original (Python) Dropzone's users and files.
     ///
     /// Unwraps each user's key through the configured key service (EaaS),
-    /// re-encrypts every file into data_dir/NAME/ and creates the user's
-    /// Dropzone key. Idempotent; the source is never modified. Progress on
+    /// re-encrypts every file into the configured storage (data_dir/NAME/,
+    /// or PREFIX/data/NAME/ in the bucket with [storage] backend = "s3")
+    /// and creates the user's Dropzone key (in keks_dir, or the bucket). Idempotent; the source is never modified. Progress on
     /// standard error, a summary on standard output; exit 1 if anything was
     /// not imported. See docs/MIGRATION.md.
     ImportLegacy(import_legacy::Args),

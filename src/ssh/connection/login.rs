@@ -462,13 +462,15 @@ impl Connection {
                 .with_max_file_size(ctx.sftp.max_file_size)
                 .with_stop_signal(ctx.store_stop.child());
             // The user's quota account, shared with their other sessions.
-            let account = ctx
-                .quotas
-                .account(&n, &store, ctx.quota_source(&n))
-                .map_err(|e| {
+            let limits = ctx.quota_source(&n);
+            let store = if ctx.quotas.counts(&limits()) {
+                let account = ctx.quotas.account(&n, &store, limits).map_err(|e| {
                     LoginFailure::Root(std::io::Error::other(format!("quota usage: {e}")))
                 })?;
-            let store = store.with_quota(account);
+                store.with_quota(account)
+            } else {
+                store
+            };
             Ok(match &ctx.uploads {
                 Some(uploads) => store.with_gate(uploads.gate(n.as_str(), Some(peer))),
                 None => store,
