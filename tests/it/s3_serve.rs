@@ -249,6 +249,10 @@ fn reput_and_put_a_resume_a_partial_upload_and_a_write_below_the_end_is_refused(
     for name in ["a-back", "b-back"] {
         assert_same_file(&srv.local_path("full"), &srv.local_path(name));
     }
+    // Downloads resume too (ranged reads from an offset inside a record).
+    local(&srv, "partial", &full[..1_234_567]);
+    srv.run(&mut srv.sftp("alice", "reget b partial\n"));
+    assert_same_file(&srv.local_path("full"), &srv.local_path("partial"));
     assert_encrypted(&client, "b", &full);
     assert_eq!(
         pending(&client),
@@ -333,6 +337,11 @@ fn renames_of_files_and_empty_directories_and_ls_of_a_thousand_files() {
         client.head(&key_of("a")).is_err(),
         "the old name's object is gone"
     );
+    // Onto an existing file (OpenSSH's rename is posix-rename): replaced.
+    local(&srv, "g", b"the file renamed over");
+    srv.run(&mut srv.sftp("alice", "put g c\nrename b c\nget c c-back\n"));
+    assert_same_file(&srv.local_path("f"), &srv.local_path("c-back"));
+    srv.run(&mut srv.sftp("alice", "put f b\n"));
 
     // Refused: OpenSSH shows the status; the server's message says why.
     for (batch, what) in [
@@ -557,7 +566,7 @@ const FROZEN_LIMIT: Duration = Duration::from_secs(30);
 #[test]
 fn seaweedfs_down_mid_session_fails_requests_promptly_and_they_work_once_it_is_back() {
     let mut weed = SeaweedFs::start();
-    let srv = serve(
+    let mut srv = serve(
         &weed,
         "connect_timeout_secs = 2\nrequest_timeout_secs = 5\n",
     );
@@ -616,6 +625,8 @@ fn seaweedfs_down_mid_session_fails_requests_promptly_and_they_work_once_it_is_b
         &cmd,
         &out,
     );
+
+    assert!(srv.is_alive(), "the server died:\n{}", srv.log_tail(30));
 
     weed.restart();
     // Nothing of the failed puts is visible (an upload the node could not
