@@ -664,8 +664,46 @@ fn seaweedfs_down_mid_session_fails_requests_promptly_and_they_work_once_it_is_b
     assert_eq!(read(&srv.local_path("n4")), new);
 }
 
+/// Starts `sftp put LOCAL REMOTE`, throttled to about 4 MB/s, and waits
+/// until its multipart upload exists (after the first part: 5 MiB and the
+/// slack), long before it could complete: the client (in a process group
+/// of its own, for [`kill_group`]) and the pending uploads.
+fn put_in_flight(srv: &Server, client: &S3Client, from: &str, to: &str) -> (Child, Vec<String>) {
+    let mut cmd = srv.sftp_with("alice", &["-l", "32000"], &format!("put {from} {to}\n"));
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let uploads = pending(client);
+        if !uploads.is_empty() {
+            return (child, uploads);
+        }
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "the upload ended before its multipart upload was seen"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no multipart upload began"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL to `child`'s process group (sftp and its ssh), then reaps it.
+fn kill_group(child: &mut Child) {
+    if let Some(pid) = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.wait();
+}
+
 #[test]
-fn kill_9_mid_upload_keeps_the_previous_version_and_the_next_start_sweeps_the_upload() {
+fn kill_9_of_the_client_or_the_node_mid_upload_keeps_the_previous_version_and_no_upload_stays() {
     let weed = SeaweedFs::start();
     let mut srv = serve(&weed, "abandoned_upload_hours = 0\n");
     let client = weed.client();
@@ -676,32 +714,22 @@ fn kill_9_mid_upload_keeps_the_previous_version_and_the_next_start_sweeps_the_up
     local(&srv, "v2", &v2);
     srv.run(&mut srv.sftp("alice", "put v1 doc\n"));
 
-    // The new version, throttled to about 4 MB/s: its multipart upload
-    // exists after the first part (5 MiB and the slack), long before it
-    // could complete.
-    let mut upload = srv.sftp_with("alice", &["-l", "32000"], "put v2 doc\n");
-    upload.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut upload = upload.spawn().unwrap();
-    let started = Instant::now();
-    let in_flight = loop {
-        let uploads = pending(&client);
-        if !uploads.is_empty() {
-            break uploads;
-        }
-        assert!(
-            matches!(upload.try_wait(), Ok(None)),
-            "the upload ended before its multipart upload was seen"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no multipart upload began"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    // A client that goes away mid-upload: its session ends, the server
+    // aborts the multipart upload, and the previous version stays.
+    let (mut put, in_flight) = put_in_flight(&srv, &client, "v2", "doc");
+    assert_eq!(in_flight, vec![key_of("doc")]);
+    kill_group(&mut put);
+    srv.wait_for("the upload of the closed session to be aborted", || {
+        pending(&client).is_empty().then_some(())
+    });
+    srv.run(&mut srv.sftp("alice", "get doc doc-back\n"));
+    assert_same_file(&srv.local_path("v1"), &srv.local_path("doc-back"));
+
+    // Now the node itself, killed.
+    let (mut upload, in_flight) = put_in_flight(&srv, &client, "v2", "doc");
     assert_eq!(in_flight, vec![key_of("doc")]);
     srv.kill9();
-    let _ = upload.kill();
-    let _ = upload.wait();
+    kill_group(&mut upload);
     assert_eq!(
         pending(&client),
         in_flight,
@@ -719,6 +747,6 @@ fn kill_9_mid_upload_keeps_the_previous_version_and_the_next_start_sweeps_the_up
             .contains("aborted 1 abandoned S3 multipart upload")
             .then_some(())
     });
-    srv.run(&mut srv.sftp("alice", "get doc doc-back\n"));
-    assert_same_file(&srv.local_path("v1"), &srv.local_path("doc-back"));
+    srv.run(&mut srv.sftp("alice", "get doc doc-again\n"));
+    assert_same_file(&srv.local_path("v1"), &srv.local_path("doc-again"));
 }
