@@ -58,7 +58,7 @@ pub(super) fn attributes_in(storage: &dyn Storage, path: &ObjectPath, meta: Meta
 /// exists, else from the stored length and the last length field. A file
 /// that is not a valid Dropzone file shows as 0 bytes; reading it reports
 /// the integrity failure.
-fn plaintext_size(storage: &dyn Storage, path: &ObjectPath, meta: &Meta) -> u64 {
+pub(super) fn plaintext_size(storage: &dyn Storage, path: &ObjectPath, meta: &Meta) -> u64 {
     // The table is let go before the file is locked: a file busy with
     // a long job must not hold up every open and stat in the process.
     let open = lock(&OPEN_FILES)

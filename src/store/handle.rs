@@ -192,6 +192,25 @@ pub(super) struct Pending {
     /// lost a write to it is incomplete: close discards it, and the
     /// previous version stays.
     pub(super) refused: Option<Refusal>,
+    /// Set for a stored file replaced rather than changed in place (see
+    /// [`Replacing`]).
+    pub(super) replacing: Option<Replacing>,
+}
+
+/// A stored file opened write-only without truncation or append on a
+/// storage that cannot change it in place (an object store): the writes go
+/// to a staged replacement, written from the start in order, as OpenSSH's
+/// scp does (it writes the whole file in place, then sets its size). The
+/// replacement is stored at close only if it holds the whole new content:
+/// at least the stored file's size, or a size the client set. Otherwise it
+/// is discarded and the stored version stays, since a partial rewrite
+/// would lose the stored bytes after it.
+#[derive(Clone, Copy)]
+pub(super) struct Replacing {
+    /// The stored file's plaintext size at open.
+    pub(super) stored_size: u64,
+    /// Whether the client set the size (SETSTAT or ftruncate).
+    pub(super) size_set: bool,
 }
 
 /// A limit that refused a write (see `Pending::refused`).
@@ -266,12 +285,21 @@ impl EncryptedFile {
         if !self.opts.write {
             return Err(StoreError::WrongAccess("writing"));
         }
+        let replacing = lock(&self.pending).replacing.is_some();
         let mut state = lock(&self.state);
         let offset = if self.opts.append {
             state.size()
         } else {
             offset
         };
+        if replacing && offset > state.size() {
+            return Err(super::storage::unsupported(format!(
+                "this storage replaces a stored file opened without truncation: write it from \
+                 its start, in order (a write at offset {offset} would leave a gap after byte {})",
+                state.size()
+            ))
+            .into());
+        }
         self.modified.store(true, Ordering::Relaxed);
         let end = offset.checked_add(data.len() as u64);
         let written =
@@ -395,6 +423,9 @@ impl EncryptedFile {
             return Err(StoreError::WrongAccess("writing"));
         }
         self.modified.store(true, Ordering::Relaxed);
+        if let Some(r) = &mut lock(&self.pending).replacing {
+            r.size_set = true;
+        }
         let mut state = lock(&self.state);
         let result = self.within_quota(&mut state, Some(size), |s| s.set_len(size, &self.bounds));
         drop(state);
@@ -495,6 +526,36 @@ impl EncryptedFile {
             commit.discard();
             self.release_charge();
             return Err(refusal.error());
+        }
+        if let Some(r) = pending.replacing
+            && !r.size_set
+            && state.size() < r.stored_size
+        {
+            // A replacement without the whole new content: the stored
+            // file stays (see `Replacing`).
+            let written = state.size();
+            drop(state);
+            let storage = commit.storage.clone();
+            commit.discard();
+            self.release_charge();
+            if modified {
+                return Err(super::storage::unsupported(format!(
+                    "this storage replaces a stored file opened without truncation, and only \
+                     its first {written} of {} bytes were written: the stored version is kept \
+                     (write the whole file, or open it with truncation)",
+                    r.stored_size
+                ))
+                .into());
+            }
+            if let Some(up) = &self.upload {
+                if let Some(mode) = pending.permissions {
+                    storage.set_permissions(&up.path, mode)?;
+                }
+                if let Some((atime, mtime)) = pending.times {
+                    storage.set_times(&up.path, atime, mtime)?;
+                }
+            }
+            return Ok(());
         }
         if commit.copy && !modified {
             // Opened for writing but unchanged: the stored file stays, with

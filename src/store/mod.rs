@@ -72,7 +72,7 @@ pub use bounds::StopSignal;
 use dir::attributes_in;
 use file::FileState;
 use format::FormatError;
-use handle::{Charge, ClosingUpload, Commit, Pending, Placeholder};
+use handle::{Charge, ClosingUpload, Commit, Pending, Placeholder, Replacing};
 use quota::{QuotaAccount, QuotaExceeded};
 use storage::{Access, Kind, Meta, ObjectPath, SpaceInfo, Storage};
 pub use upload::{Rejection, Upload, UploadGate};
@@ -309,7 +309,26 @@ impl UserStore {
         } else if !opts.create {
             return Err(io::Error::from(io::ErrorKind::NotFound).into());
         }
-        let staged = existing.is_none() || (opts.truncate && opts.write);
+        // A stored file that cannot be changed in place (an object store)
+        // is replaced when opened write-only without truncation or append:
+        // see `handle::Replacing`.
+        let replacing = match &existing {
+            Some(m)
+                if opts.write
+                    && !opts.read
+                    && !opts.append
+                    && !opts.truncate
+                    && m.kind == Kind::File
+                    && !self.storage.rewrites_anywhere() =>
+            {
+                Some(Replacing {
+                    stored_size: dir::plaintext_size(&*self.storage, path, m),
+                    size_set: false,
+                })
+            }
+            _ => None,
+        };
+        let staged = existing.is_none() || (opts.truncate && opts.write) || replacing.is_some();
         // With checked uploads an existing file is never written in place:
         // the write goes to a staged copy that the gate sees at close.
         let copied = !staged && opts.write && self.checks_uploads();
@@ -379,6 +398,7 @@ impl UserStore {
                     copy_mode: None,
                     times: None,
                     refused: None,
+                    replacing,
                 }),
                 upload,
                 modified: AtomicBool::new(false),
@@ -508,6 +528,7 @@ impl UserStore {
                 copy_mode: Some(mode),
                 times: None,
                 refused: None,
+                replacing: None,
             }),
             upload,
             modified: AtomicBool::new(false),

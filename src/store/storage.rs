@@ -429,6 +429,15 @@ pub trait Storage: Send + Sync {
         true
     }
 
+    /// Whether a stored file opened for writing may be written anywhere,
+    /// as on a filesystem (the default). An object store can only add
+    /// after a stored file's last record (see [`Blob::write_floor`]): the
+    /// store then replaces a file opened write-only without truncation or
+    /// append instead (see `UserStore::open`).
+    fn rewrites_anywhere(&self) -> bool {
+        true
+    }
+
     /// Whether its calls wait on the network (an object store) rather than
     /// on a local disk (the default). Callers in async code run every call
     /// of such a storage on a blocking thread: a request may take as long

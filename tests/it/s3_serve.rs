@@ -209,11 +209,10 @@ fn sftp_and_scp_round_trips_at_record_and_part_edges_store_only_ciphertext() {
 
 /// OpenSSH's scp in SFTP mode (the default since 9.0) replaces a file as
 /// legacy scp did: it opens it without TRUNC, writes from offset 0, then
-/// sets the size. On S3 the first write below the stored file's last
-/// record is refused ("Operation unsupported"), so scp cannot replace a
-/// stored file of more than one part (5 MiB here): `put` and `scp -O` can.
+/// sets the size. On S3 the store turns such an open into a staged
+/// replacement, so scp replaces a stored file of more than one part (5 MiB
+/// here) with a smaller and with a larger one.
 #[test]
-#[ignore = "known bug: S3 refuses scp's in-place replacement of a file over one part"]
 fn scp_in_sftp_mode_replaces_a_stored_file_of_more_than_one_part() {
     let weed = SeaweedFs::start();
     let srv = serve(&weed, "");
@@ -226,6 +225,9 @@ fn scp_in_sftp_mode_replaces_a_stored_file_of_more_than_one_part() {
     srv.run(&mut srv.scp("alice", &[], "new", srv.remote("alice", "f")));
     srv.run(&mut srv.scp("alice", &[], srv.remote("alice", "f"), "back"));
     assert_same_file(&srv.local_path("new"), &srv.local_path("back"));
+    srv.run(&mut srv.scp("alice", &[], "old", srv.remote("alice", "f")));
+    srv.run(&mut srv.scp("alice", &[], srv.remote("alice", "f"), "back2"));
+    assert_same_file(&srv.local_path("old"), &srv.local_path("back2"));
 }
 
 #[test]
@@ -265,7 +267,7 @@ fn reput_and_put_a_resume_a_partial_upload_and_a_write_below_the_end_is_refused(
     // changes nothing; writing at its end still works.
     let before = client.head(&key_of("b")).unwrap();
     let mut raw = srv.raw_sftp("alice");
-    let h = raw.open("/b", SSH_FXF_WRITE).unwrap();
+    let h = raw.open("/b", SSH_FXF_READ | SSH_FXF_WRITE).unwrap();
     for offset in [0, 4 << 20] {
         let e = raw.write(&h, offset, b"overwrite").unwrap_err();
         assert_eq!(e.code, FX_OP_UNSUPPORTED, "write at {offset}: {e:?}");
@@ -282,7 +284,30 @@ fn reput_and_put_a_resume_a_partial_upload_and_a_write_below_the_end_is_refused(
     );
     srv.run(&mut srv.sftp("alice", "get b b-again\n"));
     assert_same_file(&srv.local_path("full"), &srv.local_path("b-again"));
+
+    // Opened write-only without truncation (as scp does), b is replaced
+    // rather than changed: writes from its start are taken, a gap is not,
+    // and a replacement shorter than b whose size was never set is
+    // refused at close, b kept.
     let h = raw.open("/b", SSH_FXF_WRITE).unwrap();
+    raw.write(&h, 0, b"overwrite").unwrap();
+    let e = raw.write(&h, 4 << 20, b"gap").unwrap_err();
+    assert_eq!(e.code, FX_OP_UNSUPPORTED, "a gap: {e:?}");
+    assert!(e.message.contains("from its start"), "{e:?}");
+    let e = raw.close(&h).unwrap_err();
+    assert_eq!(e.code, FX_OP_UNSUPPORTED, "a partial replacement: {e:?}");
+    assert!(e.message.contains("stored version is kept"), "{e:?}");
+    assert_eq!(
+        client.head(&key_of("b")).unwrap().etag,
+        before.etag,
+        "b was not replaced"
+    );
+    // Opened and closed without a write: nothing changes.
+    let h = raw.open("/b", SSH_FXF_WRITE).unwrap();
+    raw.close(&h).unwrap();
+    assert_eq!(client.head(&key_of("b")).unwrap().etag, before.etag);
+
+    let h = raw.open("/b", SSH_FXF_READ | SSH_FXF_WRITE).unwrap();
     raw.write(&h, full.len() as u64, b"!").unwrap();
     raw.close(&h).unwrap();
     let mut more = full.clone();

@@ -629,6 +629,10 @@ impl Storage for S3Storage {
         })
     }
 
+    fn rewrites_anywhere(&self) -> bool {
+        false
+    }
+
     fn waits_on_network(&self) -> bool {
         true
     }
