@@ -63,6 +63,7 @@ posint "$PAR_N" && posint "$PAR_MIB" || { echo "s3-compare.sh: --par must be NxM
 PART_MIB=8             # both sides: Dropzone's part_size_mib and boto3's multipart_chunksize
 PLAIN_CONCURRENCY=10   # boto3's default parts in flight per transfer
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PLAIN=$ROOT/bench/s3_plain.py
@@ -495,7 +496,8 @@ GOAL=0.8
     echo "plain:    boto3 $(python3 -c 'import boto3; print(boto3.__version__)') upload_file/download_file, $PART_MIB MiB parts, $PLAIN_CONCURRENCY parts in flight per transfer; parallel: one process per file"
     echo "store:    SeaweedFS $(weed version 2>&1 | head -n1 | sed 's/^version //') (weed mini, S3 auth on)"
     echo "idle CPUs: as configured (no /dev/cpu_dma_latency request, unlike bench/compare.sh: large transfers only)"
-    echo "load:     $LOAD_BEFORE before the runs, $LOAD_AFTER after (1/5/15 min load average; other work on the machine skews the figures)"
+    echo "load:     $LOAD_START at start, $LOAD_BEFORE before the runs (after the build and the test data), $LOAD_AFTER after"
+    echo "          (1/5/15 min load average; the runs' own processes count in it; other work on the machine skews the figures)"
     echo "runs:     $RUNS per side and test, alternating which side goes first; MiB/s = MiB moved / wall time; medians"
     echo "          Dropzone: each timed sftp command incl. connect+auth; plain: from making the client to the end of the transfer"
     echo "          parallel: all files' MiB / wall time until the last transfer ended"
