@@ -17,8 +17,11 @@
 //! [`MIN_PART_SIZE`]: only the last part may be smaller), its last record
 //! is read into the tail, and the rewrite completes at `sync`/`publish`
 //! with `If-Match` on the version read. An upload that does not complete
-//! is aborted (by the sweep if the process dies first). Memory per open
-//! object: one tail (a part and the slack), one read window.
+//! is aborted (by the sweep if the process dies first). Parts are sent and
+//! windows fetched ahead on threads of their own (`super::pipeline`).
+//! Memory per open object: one tail (a part and the slack), up to
+//! [`super::pipeline::PARTS_IN_FLIGHT`] parts on their way, one read window
+//! and up to [`super::pipeline::WINDOWS_AHEAD`] windows fetched ahead.
 
 use std::io;
 use std::ops::Range;
@@ -26,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::pipeline::{PartsInFlight, ReadAhead};
 use super::{
     MIN_PART_SIZE, Tuning, copy_ranges, file_meta, identity, metadata_pairs, now,
     stored_mode_and_mtime,
@@ -81,6 +85,8 @@ struct State {
     upload: Option<Upload>,
     /// The last range fetched, for the reads that follow.
     window: Option<(u64, Bytes)>,
+    /// The windows after it, fetched ahead of a sequential reader.
+    ahead: ReadAhead,
     /// Where the previous read ended: a read there is sequential.
     last_read_end: u64,
     /// Mode and client-set mtime, stored with the next version.
@@ -106,6 +112,8 @@ struct Upload {
     copied: u64,
     /// Mode and mtime the multipart upload was created with.
     created_with: Option<(u32, Option<i64>)>,
+    /// Parts sent but not yet acknowledged (not in `parts` yet).
+    in_flight: PartsInFlight,
 }
 
 impl Upload {
@@ -118,6 +126,22 @@ impl Upload {
             written: Vec::new(),
             copied: 0,
             created_with: None,
+            in_flight: PartsInFlight::default(),
+        }
+    }
+
+    /// The number of the next part to send.
+    fn next_part(&self) -> u32 {
+        (self.parts.len() + self.in_flight.len()) as u32 + 1
+    }
+
+    /// Waits for the parts on their way, then gives up the upload (a part
+    /// that lands after the abort would be kept, and billed, by the store).
+    fn abort(mut self, client: &S3Client, key: &str) -> Result<(), S3Error> {
+        let _ = self.in_flight.finish(&mut self.parts);
+        match &self.id {
+            Some(id) => client.abort_multipart(key, id),
+            None => Ok(()),
         }
     }
 
@@ -172,15 +196,17 @@ impl Upload {
         }
     }
 
-    /// Drops the first `n` bytes of the tail (sent as a part).
-    fn advance(&mut self, n: usize) {
-        self.tail.drain(..n);
+    /// Takes the first `n` bytes of the tail, to send as a part.
+    fn take_front(&mut self, n: usize) -> Vec<u8> {
+        let rest = self.tail.split_off(n);
+        let front = std::mem::replace(&mut self.tail, rest);
         self.floor += n as u64;
         let floor = self.floor;
         for w in &mut self.written {
             w.start = w.start.max(floor);
         }
         self.written.retain(|w| w.end > floor);
+        front
     }
 }
 
@@ -231,6 +257,7 @@ impl S3Blob {
                 len: info.size,
                 upload: None,
                 window: None,
+                ahead: ReadAhead::default(),
                 last_read_end: 0,
                 mode,
                 mtime,
@@ -253,6 +280,7 @@ impl S3Blob {
                 len: 0,
                 upload: Some(Upload::new()),
                 window: None,
+                ahead: ReadAhead::default(),
                 last_read_end: 0,
                 mode: super::DEFAULT_FILE_MODE,
                 mtime: None,
@@ -352,7 +380,7 @@ impl S3Blob {
             return Ok(());
         };
         loop {
-            let number = up.parts.len() as u32 + 1;
+            let number = up.next_part();
             let part = self.part_len(number);
             let needed = up.floor + (part + SLACK) as u64;
             if up.contiguous_end() < needed || len < needed {
@@ -364,11 +392,9 @@ impl S3Blob {
                 ));
             }
             let id = self.ensure_id(mode, mtime, up)?;
-            let etag = self
-                .client
-                .upload_part(&self.key, &id, number, &up.tail[..part])?;
-            up.parts.push((number, etag));
-            up.advance(part);
+            let data = up.take_front(part);
+            up.in_flight
+                .send(&self.client, &self.key, &id, number, data, &mut up.parts)?;
         }
     }
 
@@ -380,10 +406,8 @@ impl S3Blob {
             return Ok(());
         };
         let result = self.finish_upload(st, &mut up, cond);
-        if result.is_err()
-            && let Some(id) = &up.id
-        {
-            let _ = self.client.abort_multipart(&self.key, id);
+        if result.is_err() {
+            let _ = up.abort(&self.client, &self.key);
         }
         let etag = result?;
         st.base = Some(Base {
@@ -392,6 +416,7 @@ impl S3Blob {
             last_modified: now(),
         });
         st.window = None;
+        st.ahead.clear();
         st.staged = false;
         Ok(())
     }
@@ -419,6 +444,7 @@ impl S3Blob {
                 .put(&self.key, &up.tail[..tail_len], &refs, cond)
                 .map_err(fail);
         };
+        up.in_flight.finish(&mut up.parts).map_err(fail)?;
         if tail_len > 0 {
             let number = up.parts.len() as u32 + 1;
             let etag = self
@@ -475,8 +501,8 @@ impl S3Blob {
     /// Gives up the upload in progress, if any.
     pub(super) fn abort(&self) {
         let mut st = lock(&self.state);
-        if let Some(Upload { id: Some(id), .. }) = st.upload.take()
-            && let Err(e) = self.client.abort_multipart(&self.key, &id)
+        if let Some(up) = st.upload.take()
+            && let Err(e) = up.abort(&self.client, &self.key)
         {
             tracing::warn!(key = %self.key, error = %e, "could not abort an S3 upload (the sweep will)");
         }
@@ -497,20 +523,41 @@ impl S3Blob {
             st.last_read_end = offset + n as u64;
             return Ok(n);
         }
-        let want = if offset == st.last_read_end && offset > 0 {
-            self.tuning.read_window
+        let sequential = offset == st.last_read_end && offset > 0;
+        let fetched = if sequential {
+            st.ahead.take(offset)
         } else {
-            SMALL_READ
+            st.ahead.clear();
+            None
+        };
+        let data = match fetched {
+            Some(data) => data,
+            None => {
+                let want = if sequential {
+                    self.tuning.read_window
+                } else {
+                    SMALL_READ
+                }
+                .max(buf.len());
+                let end = base.len.min(offset + want as u64);
+                self.client
+                    .get_range(&self.key, offset..end, Some(&base.etag))
+            }
         }
-        .max(buf.len());
-        let end = base.len.min(offset + want as u64);
-        let data = self
-            .client
-            .get_range(&self.key, offset..end, Some(&base.etag))
-            .map_err(|e| match e {
-                S3Error::PreconditionFailed => changed_meanwhile(),
-                e => e.into(),
-            })?;
+        .map_err(|e| match e {
+            S3Error::PreconditionFailed => changed_meanwhile(),
+            e => io::Error::from(e),
+        })?;
+        if sequential {
+            st.ahead.fill(
+                &self.client,
+                &self.key,
+                &base.etag,
+                offset + data.len() as u64,
+                base.len,
+                self.tuning.read_window,
+            );
+        }
         let n = buf.len().min(data.len());
         buf[..n].copy_from_slice(&data[..n]);
         st.last_read_end = offset + n as u64;
@@ -528,12 +575,14 @@ impl Drop for S3Blob {
             Ok(st) => st,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(Upload { id: Some(id), .. }) = st.upload.take() {
+        if let Some(up) = st.upload.take()
+            && up.id.is_some()
+        {
             let (client, key) = (self.client.clone(), self.key.clone());
             let _ = std::thread::Builder::new()
                 .name("s3-abort".into())
                 .spawn(move || {
-                    if let Err(e) = client.abort_multipart(&key, &id) {
+                    if let Err(e) = up.abort(&client, &key) {
                         tracing::warn!(%key, error = %e, "could not abort an S3 upload (the sweep will)");
                     }
                 });
