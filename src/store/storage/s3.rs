@@ -48,7 +48,6 @@ use super::{
 
 mod blob;
 mod dir;
-mod pipeline;
 mod sweep;
 
 use blob::{BlobHandle, S3Blob, UploadToken};
@@ -64,8 +63,8 @@ pub const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_COPY: u64 = 5 << 30;
 
 /// Default read window of an open file: a sequential reader's ranged GETs
-/// fetch 8 MiB at a time (and the next windows ahead: `pipeline`).
-pub const DEFAULT_READ_WINDOW: usize = 8 << 20;
+/// fetch 4 MiB at a time.
+pub const DEFAULT_READ_WINDOW: usize = 4 << 20;
 
 /// The permission bits the store ever sets (as the local backend).
 const MODE_BITS: u32 = 0o777;

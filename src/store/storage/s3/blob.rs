@@ -17,11 +17,8 @@
 //! [`MIN_PART_SIZE`]: only the last part may be smaller), its last record
 //! is read into the tail, and the rewrite completes at `sync`/`publish`
 //! with `If-Match` on the version read. An upload that does not complete
-//! is aborted (by the sweep if the process dies first). Parts are sent and
-//! windows fetched ahead on threads of their own (`super::pipeline`).
-//! Memory per open object: one tail (a part and the slack), up to
-//! [`super::pipeline::PARTS_IN_FLIGHT`] parts on their way, one read window
-//! and up to [`super::pipeline::WINDOWS_AHEAD`] windows fetched ahead.
+//! is aborted (by the sweep if the process dies first). Memory per open
+//! object: one tail (a part and the slack), one read window.
 
 use std::io;
 use std::ops::Range;
@@ -29,7 +26,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::pipeline::{PartsInFlight, ReadAhead};
 use super::{
     MIN_PART_SIZE, Tuning, copy_ranges, file_meta, identity, metadata_pairs, now,
     stored_mode_and_mtime,
@@ -85,8 +81,6 @@ struct State {
     upload: Option<Upload>,
     /// The last range fetched, for the reads that follow.
     window: Option<(u64, Bytes)>,
-    /// The windows after it, fetched ahead of a sequential reader.
-    ahead: ReadAhead,
     /// Where the previous read ended: a read there is sequential.
     last_read_end: u64,
     /// Mode and client-set mtime, stored with the next version.
@@ -112,8 +106,6 @@ struct Upload {
     copied: u64,
     /// Mode and mtime the multipart upload was created with.
     created_with: Option<(u32, Option<i64>)>,
-    /// Parts sent but not yet acknowledged (not in `parts` yet).
-    in_flight: PartsInFlight,
 }
 
 impl Upload {
@@ -126,22 +118,6 @@ impl Upload {
             written: Vec::new(),
             copied: 0,
             created_with: None,
-            in_flight: PartsInFlight::default(),
-        }
-    }
-
-    /// The number of the next part to send.
-    fn next_part(&self) -> u32 {
-        (self.parts.len() + self.in_flight.len()) as u32 + 1
-    }
-
-    /// Waits for the parts on their way, then gives up the upload (a part
-    /// that lands after the abort would be kept, and billed, by the store).
-    fn abort(mut self, client: &S3Client, key: &str) -> Result<(), S3Error> {
-        let _ = self.in_flight.finish(&mut self.parts);
-        match &self.id {
-            Some(id) => client.abort_multipart(key, id),
-            None => Ok(()),
         }
     }
 
@@ -196,17 +172,15 @@ impl Upload {
         }
     }
 
-    /// Takes the first `n` bytes of the tail, to send as a part.
-    fn take_front(&mut self, n: usize) -> Vec<u8> {
-        let rest = self.tail.split_off(n);
-        let front = std::mem::replace(&mut self.tail, rest);
+    /// Drops the first `n` bytes of the tail (sent as a part).
+    fn advance(&mut self, n: usize) {
+        self.tail.drain(..n);
         self.floor += n as u64;
         let floor = self.floor;
         for w in &mut self.written {
             w.start = w.start.max(floor);
         }
         self.written.retain(|w| w.end > floor);
-        front
     }
 }
 
@@ -257,7 +231,6 @@ impl S3Blob {
                 len: info.size,
                 upload: None,
                 window: None,
-                ahead: ReadAhead::default(),
                 last_read_end: 0,
                 mode,
                 mtime,
@@ -280,7 +253,6 @@ impl S3Blob {
                 len: 0,
                 upload: Some(Upload::new()),
                 window: None,
-                ahead: ReadAhead::default(),
                 last_read_end: 0,
                 mode: super::DEFAULT_FILE_MODE,
                 mtime: None,
@@ -380,7 +352,7 @@ impl S3Blob {
             return Ok(());
         };
         loop {
-            let number = up.next_part();
+            let number = up.parts.len() as u32 + 1;
             let part = self.part_len(number);
             let needed = up.floor + (part + SLACK) as u64;
             if up.contiguous_end() < needed || len < needed {
@@ -392,9 +364,11 @@ impl S3Blob {
                 ));
             }
             let id = self.ensure_id(mode, mtime, up)?;
-            let data = up.take_front(part);
-            up.in_flight
-                .send(&self.client, &self.key, &id, number, data, &mut up.parts)?;
+            let etag = self
+                .client
+                .upload_part(&self.key, &id, number, &up.tail[..part])?;
+            up.parts.push((number, etag));
+            up.advance(part);
         }
     }
 
@@ -406,8 +380,10 @@ impl S3Blob {
             return Ok(());
         };
         let result = self.finish_upload(st, &mut up, cond);
-        if result.is_err() {
-            let _ = up.abort(&self.client, &self.key);
+        if result.is_err()
+            && let Some(id) = &up.id
+        {
+            let _ = self.client.abort_multipart(&self.key, id);
         }
         let etag = result?;
         st.base = Some(Base {
@@ -416,7 +392,6 @@ impl S3Blob {
             last_modified: now(),
         });
         st.window = None;
-        st.ahead.clear();
         st.staged = false;
         Ok(())
     }
@@ -444,7 +419,6 @@ impl S3Blob {
                 .put(&self.key, &up.tail[..tail_len], &refs, cond)
                 .map_err(fail);
         };
-        up.in_flight.finish(&mut up.parts).map_err(fail)?;
         if tail_len > 0 {
             let number = up.parts.len() as u32 + 1;
             let etag = self
@@ -501,8 +475,8 @@ impl S3Blob {
     /// Gives up the upload in progress, if any.
     pub(super) fn abort(&self) {
         let mut st = lock(&self.state);
-        if let Some(up) = st.upload.take()
-            && let Err(e) = up.abort(&self.client, &self.key)
+        if let Some(Upload { id: Some(id), .. }) = st.upload.take()
+            && let Err(e) = self.client.abort_multipart(&self.key, &id)
         {
             tracing::warn!(key = %self.key, error = %e, "could not abort an S3 upload (the sweep will)");
         }
@@ -523,41 +497,20 @@ impl S3Blob {
             st.last_read_end = offset + n as u64;
             return Ok(n);
         }
-        let sequential = offset == st.last_read_end && offset > 0;
-        let fetched = if sequential {
-            st.ahead.take(offset)
+        let want = if offset == st.last_read_end && offset > 0 {
+            self.tuning.read_window
         } else {
-            st.ahead.clear();
-            None
-        };
-        let data = match fetched {
-            Some(data) => data,
-            None => {
-                let want = if sequential {
-                    self.tuning.read_window
-                } else {
-                    SMALL_READ
-                }
-                .max(buf.len());
-                let end = base.len.min(offset + want as u64);
-                self.client
-                    .get_range(&self.key, offset..end, Some(&base.etag))
-            }
+            SMALL_READ
         }
-        .map_err(|e| match e {
-            S3Error::PreconditionFailed => changed_meanwhile(),
-            e => io::Error::from(e),
-        })?;
-        if sequential {
-            st.ahead.fill(
-                &self.client,
-                &self.key,
-                &base.etag,
-                offset + data.len() as u64,
-                base.len,
-                self.tuning.read_window,
-            );
-        }
+        .max(buf.len());
+        let end = base.len.min(offset + want as u64);
+        let data = self
+            .client
+            .get_range(&self.key, offset..end, Some(&base.etag))
+            .map_err(|e| match e {
+                S3Error::PreconditionFailed => changed_meanwhile(),
+                e => e.into(),
+            })?;
         let n = buf.len().min(data.len());
         buf[..n].copy_from_slice(&data[..n]);
         st.last_read_end = offset + n as u64;
@@ -575,14 +528,12 @@ impl Drop for S3Blob {
             Ok(st) => st,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(up) = st.upload.take()
-            && up.id.is_some()
-        {
+        if let Some(Upload { id: Some(id), .. }) = st.upload.take() {
             let (client, key) = (self.client.clone(), self.key.clone());
             let _ = std::thread::Builder::new()
                 .name("s3-abort".into())
                 .spawn(move || {
-                    if let Err(e) = up.abort(&client, &key) {
+                    if let Err(e) = client.abort_multipart(&key, &id) {
                         tracing::warn!(%key, error = %e, "could not abort an S3 upload (the sweep will)");
                     }
                 });
