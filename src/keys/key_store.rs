@@ -9,7 +9,7 @@
 //! nodes): exactly one creation wins and the others read the winner's key.
 //!
 //! - [`LocalKeyFiles`]: files written whole under a temporary name and
-//!   linked (create) or renamed (replace) into place ([`crate::atomic_file`]);
+//!   linked (create) or renamed (replace) into place (the crate's `atomic_file` module);
 //!   a process-local lock per user serialises replacements, so no version is
 //!   compared.
 //! - [`S3KeyFiles`]: `PUT` with `If-None-Match: *` to create, `If-Match:
