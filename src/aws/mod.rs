@@ -2,7 +2,7 @@
 //! key service backend [`crate::kms`] (AWS KMS) and the object store
 //! backend of [`crate::store`] (S3): the credential chain
 //! ([`credentials`]), Signature Version 4 ([`sigv4`]), the blocking HTTP
-//! client on rustls with the `ring` provider ([`http`]), and the S3 client
+//! client on rustls with the `ring` provider (module `http`), and the S3 client
 //! ([`s3`]).
 //!
 //! This module knows nothing of keys, users or files: its errors are
