@@ -1,9 +1,9 @@
 //! What talking to AWS (or an AWS-compatible service) takes, shared by the
 //! key service backend [`crate::kms`] (AWS KMS) and the object store
 //! backend of [`crate::store`] (S3): the credential chain
-//! ([`credentials`]), Signature Version 4 ([`sigv4`]), the blocking HTTP
-//! client on rustls with the `ring` provider (module `http`), and the S3 client
-//! ([`s3`]).
+//! ([`credentials`]), Signature Version 4 (module `sigv4`), the blocking
+//! HTTP client on rustls with the `ring` provider (module `http`), and the
+//! S3 client ([`s3`]).
 //!
 //! This module knows nothing of keys, users or files: its errors are
 //! [`AwsError`] (and [`s3::S3Error`]), which the layers above turn into
