@@ -155,3 +155,31 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     }
     excerpt(text.as_bytes())
 }
+
+/// Checks a service's base URL: `http` or `https`, a host, and no
+/// credentials, path, query or fragment. Returns the parsed URL and the
+/// `Host` header for it (with the port unless it is the scheme's default,
+/// as reqwest sends it), or why it is refused.
+pub(crate) fn check_endpoint(url: &str) -> Result<(reqwest::Url, String), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("use http:// or https://".into());
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("no host")?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("credentials in the URL are not supported".into());
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("no path, query or fragment allowed".into());
+    }
+    // Url::port() is None for the scheme's default port, which is when
+    // reqwest leaves it out of the Host header too.
+    let host = match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    Ok((parsed, host))
+}

@@ -859,27 +859,8 @@ fn check_endpoint(url: &str) -> Result<(String, String), S3Error> {
     } else {
         url
     };
-    let bad = |why: &str| S3Error::Invalid(format!("endpoint {shown:?}: {why}"));
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("use http:// or https://"));
-    }
-    let host = parsed
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("no host"))?;
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(bad("credentials in the URL are not supported"));
-    }
-    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(bad("no path, query or fragment allowed"));
-    }
-    // Url::port() is None for the scheme's default port, which is when
-    // reqwest leaves it out of the Host header too.
-    let host = match parsed.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
+    let (parsed, host) = super::http::check_endpoint(url)
+        .map_err(|why| S3Error::Invalid(format!("endpoint {shown:?}: {why}")))?;
     Ok((parsed.scheme().to_owned(), host))
 }
 
