@@ -762,11 +762,20 @@ impl S3Client {
                 value.set_sensitive(name != "x-amz-date");
                 builder = builder.header(name, value);
             }
+            // The body's last reference stays here, so that it is freed on
+            // the thread that allocated it once the client's runtime
+            // thread has sent it: parts freed there stayed resident
+            // (docs/PERFORMANCE.md, "S3 storage").
+            let mut kept = None;
             if !req.body.is_empty() || req.method == Method::PUT || req.method == Method::POST {
-                builder = builder.body(Bytes::copy_from_slice(req.body));
+                let body = Bytes::copy_from_slice(req.body);
+                builder = builder.body(body.clone());
+                kept = Some(body);
             }
             let retry = attempt < inner.retry_delays.len();
-            match builder.send() {
+            let sent = builder.send();
+            drop(kept);
+            match sent {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -891,7 +900,13 @@ fn read_bounded(response: Response, limit: u64, what: &str) -> Result<Bytes, S3E
             "{what}: a reply of {len} bytes, more than the {limit} expected"
         )));
     }
-    let mut body = Vec::new();
+    // One allocation of the announced size rather than a doubling trail
+    // of them (a window is megabytes).
+    let mut body = Vec::with_capacity(
+        response
+            .content_length()
+            .map_or(0, |len| usize::try_from(len + 1).unwrap_or(0)),
+    );
     response
         .take(limit + 1)
         .read_to_end(&mut body)
