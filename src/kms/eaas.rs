@@ -229,22 +229,7 @@ impl EaasKms {
     }
 
     fn transport_error(&self, url: &str, attempts: usize, e: &reqwest::Error) -> KmsError {
-        if e.is_timeout() {
-            let limit = if e.is_connect() {
-                "while connecting".to_owned()
-            } else {
-                format!("within {:?}", self.request_timeout)
-            };
-            KmsError::Unavailable(format!("{url} did not answer {limit}"))
-        } else if e.is_connect() {
-            KmsError::Unavailable(format!(
-                "cannot connect to {url} ({attempts} attempt{}): {}",
-                if attempts == 1 { "" } else { "s" },
-                chain(e)
-            ))
-        } else {
-            KmsError::Unavailable(format!("request to {url} failed: {}", chain(e)))
-        }
+        http::transport_error(url, attempts, self.request_timeout, e)
     }
 
     fn body(

@@ -64,3 +64,30 @@ pub(crate) fn check_url(url: &str) -> Result<String, KmsError> {
 pub(crate) fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, KmsError> {
     Ok(crate::aws::http::read_limited(path, limit, what)?)
 }
+
+/// The error for a request to `url` that got no answer after `attempts`
+/// tries (`request_timeout` is the whole request's limit), worded for the
+/// operator: a timeout, a refused connection, or another failure.
+pub(crate) fn transport_error(
+    url: &str,
+    attempts: usize,
+    request_timeout: Duration,
+    e: &reqwest::Error,
+) -> KmsError {
+    if e.is_timeout() {
+        let limit = if e.is_connect() {
+            "while connecting".to_owned()
+        } else {
+            format!("within {request_timeout:?}")
+        };
+        KmsError::Unavailable(format!("{url} did not answer {limit}"))
+    } else if e.is_connect() {
+        KmsError::Unavailable(format!(
+            "cannot connect to {url} ({attempts} attempt{}): {}",
+            if attempts == 1 { "" } else { "s" },
+            chain(e)
+        ))
+    } else {
+        KmsError::Unavailable(format!("request to {url} failed: {}", chain(e)))
+    }
+}

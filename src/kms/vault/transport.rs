@@ -10,7 +10,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use zeroize::Zeroizing;
 
 use crate::kms::KmsError;
-use crate::kms::http::chain;
+use crate::kms::http::{self, chain};
 
 /// Largest reply read: key information with hundreds of versions stays far
 /// below this.
@@ -157,21 +157,6 @@ impl Transport {
     }
 
     fn transport_error(&self, url: &str, attempts: usize, e: &reqwest::Error) -> KmsError {
-        if e.is_timeout() {
-            let limit = if e.is_connect() {
-                "while connecting".to_owned()
-            } else {
-                format!("within {:?}", self.request_timeout)
-            };
-            KmsError::Unavailable(format!("{url} did not answer {limit}"))
-        } else if e.is_connect() {
-            KmsError::Unavailable(format!(
-                "cannot connect to {url} ({attempts} attempt{}): {}",
-                if attempts == 1 { "" } else { "s" },
-                chain(e)
-            ))
-        } else {
-            KmsError::Unavailable(format!("request to {url} failed: {}", chain(e)))
-        }
+        http::transport_error(url, attempts, self.request_timeout, e)
     }
 }
