@@ -780,3 +780,70 @@ fn kill_9_of_the_client_or_the_node_mid_upload_keeps_the_previous_version_and_no
     srv.run(&mut srv.sftp("alice", "get doc doc-again\n"));
     assert_same_file(&srv.local_path("v1"), &srv.local_path("doc-again"));
 }
+
+/// A server process listening on its port, or its exit status and log.
+type Started = Result<(Child, u16), (String, String)>;
+
+/// `dropzone serve` on `[storage.s3]` tables `storage` (credentials from
+/// SeaweedFS's test environment) in a directory of its own: the child and
+/// its port once it listens, or its exit status and log.
+fn start_on(storage: &str) -> (tempfile::TempDir, Started, Arc<Mutex<String>>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(dir.path().join("config/users.toml"), "").unwrap();
+    std::fs::write(
+        dir.path().join("config/dropzone.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\n[auth]\nusers_file = \"config/users.toml\"\n\
+             [kms.local]\nkey_dir = \"master_key\"\n{storage}"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .env_remove("DROPZONE_CONFIG")
+        .env_remove("DROPZONE_LISTEN")
+        .envs(SeaweedFs::env())
+        .args(["serve", "--config", "config/dropzone.toml"]);
+    let log = Arc::new(Mutex::new(String::new()));
+    let started = spawn_listening(&mut cmd, &log);
+    (dir, started, log)
+}
+
+/// At start-up a bucket that refuses stops the start with the reason; one
+/// that cannot be reached is logged and the server starts anyway.
+#[test]
+fn a_missing_bucket_stops_the_start_and_an_unreachable_store_does_not() {
+    let mut weed = SeaweedFs::start();
+    let missing = weed.storage_config("").replace(
+        &format!("bucket = \"{}\"", weed.bucket),
+        "bucket = \"no-such-bucket\"",
+    );
+    let (_dir, started, _log) = start_on(&missing);
+    match started {
+        Ok((mut child, _)) => {
+            let _ = child.kill();
+            panic!("started on a missing bucket")
+        }
+        Err((status, log)) => assert!(
+            log.contains("storage.s3: bucket no-such-bucket") && log.contains("NoSuchBucket"),
+            "exit {status}, log:\n{log}"
+        ),
+    }
+    weed.stop();
+    let unreachable = format!(
+        "{}connect_timeout_secs = 1\nrequest_timeout_secs = 2\n",
+        weed.storage_config("")
+    );
+    let (_dir, started, log) = start_on(&unreachable);
+    let (mut child, _port) = started.unwrap_or_else(|(status, log)| {
+        panic!("did not start with the store down: exit {status}\n{log}")
+    });
+    let said = log.lock().unwrap().clone();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        said.contains("S3 unavailable at start-up"),
+        "the start says the store is down:\n{said}"
+    );
+}
