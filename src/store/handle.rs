@@ -254,6 +254,10 @@ pub struct EncryptedFile {
     pub(super) bounds: Bounds,
     /// Set for a writable file of a store with a quota.
     pub(super) charge: Option<Charge>,
+    /// Whether this handle replaces a stored file rather than changing it
+    /// (see [`Replacing`], kept in `pending`); fixed at open, so that a
+    /// write checks it without a lock.
+    pub(super) replaces: bool,
 }
 
 impl EncryptedFile {
@@ -285,14 +289,13 @@ impl EncryptedFile {
         if !self.opts.write {
             return Err(StoreError::WrongAccess("writing"));
         }
-        let replacing = lock(&self.pending).replacing.is_some();
         let mut state = lock(&self.state);
         let offset = if self.opts.append {
             state.size()
         } else {
             offset
         };
-        if replacing && offset > state.size() {
+        if self.replaces && offset > state.size() {
             return Err(super::storage::unsupported(format!(
                 "this storage replaces a stored file opened without truncation: write it from \
                  its start, in order (a write at offset {offset} would leave a gap after byte {})",

@@ -404,6 +404,7 @@ impl UserStore {
                 modified: AtomicBool::new(false),
                 bounds: self.bounds.clone(),
                 charge,
+                replaces: replacing.is_some(),
             });
         }
         let state = self.open_shared(path, opts.write)?;
@@ -415,6 +416,7 @@ impl UserStore {
             modified: AtomicBool::new(false),
             bounds: self.bounds.clone(),
             charge: self.charge(opts.write, None),
+            replaces: false,
         })
     }
 
@@ -534,6 +536,7 @@ impl UserStore {
             modified: AtomicBool::new(false),
             bounds: self.bounds.clone(),
             charge,
+            replaces: false,
         })
     }
 

@@ -108,7 +108,6 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             );
         }
         match (&backend, &config.storage) {
-            (Backend::Local { data_dir }, _) => sweep_abandoned_uploads(data_dir),
             (Backend::S3 { client, prefix, .. }, StorageConfig::S3(s3)) => {
                 tokio::spawn(sweep_multipart_uploads(
                     client.clone(),
@@ -116,9 +115,9 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                     s3.abandoned_upload_age,
                 ));
             }
-            (Backend::S3 { .. }, StorageConfig::Local) => {
-                unreachable!("an S3 backend comes from [storage.s3]")
-            }
+            (Backend::Local { data_dir }, _) => sweep_abandoned_uploads(data_dir),
+            // An S3 backend comes only from [storage.s3].
+            (Backend::S3 { .. }, StorageConfig::Local) => {}
         }
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
