@@ -14,7 +14,10 @@
 //!
 //! The in-flight budgets bound the data a connection holds between the
 //! network and the store, whatever its channels and handles: see
-//! [`IN_FLIGHT_KIB`] and [`CONNECTION_IN_FLIGHT_KIB`].
+//! [`IN_FLIGHT_KIB`] and [`CONNECTION_IN_FLIGHT_KIB`]; beyond its
+//! [`OWN_IN_FLIGHT_KIB`], a channel draws on a pool shared by the whole
+//! server ([`pool_kib`]), so that many sessions at once hold no more than
+//! the cores can work through.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +47,25 @@ pub const IN_FLIGHT_KIB: usize = 2 * 1024;
 /// most its own share and the connection's other channels go on with the
 /// rest.
 pub const CONNECTION_IN_FLIGHT_KIB: usize = 4 * IN_FLIGHT_KIB;
+
+/// KiB of each kind a channel may hold without drawing on the server's
+/// pool: one of the largest requests (a WRITE near the packet limit counts
+/// 258 KiB) or two of the largest replies, sixteen of OpenSSH's 32 KiB.
+/// A channel always has this much, so a client that fills the pool (by
+/// not reading its replies, say) slows other sessions down to it and
+/// stops none.
+pub const OWN_IN_FLIGHT_KIB: usize = 512;
+
+/// KiB of each kind the server's pool holds: [`IN_FLIGHT_KIB`] beyond
+/// their own share for as many channels as there are cores. Data queued
+/// beyond what the cores can store or send only holds memory: with more
+/// busy sessions than cores, each keeps about its own share (on 2 cores,
+/// one session with 2 MiB moved 10% more than with 512 KiB; 64 sessions
+/// at once moved as much either way, docs/PERFORMANCE.md).
+pub fn pool_kib() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cores.max(2) * (IN_FLIGHT_KIB - OWN_IN_FLIGHT_KIB)
+}
 
 /// Which cap refused a handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,17 +133,28 @@ pub struct Budgets {
     /// goes with the user's last connection (dead entries are swept at the
     /// next login).
     users: Mutex<HashMap<String, Weak<Counter>>>,
+    /// The server's pools of request and reply KiB ([`pool_kib`]).
+    requests: Arc<Semaphore>,
+    replies: Arc<Semaphore>,
 }
 
 impl Budgets {
     /// Budgets with at most `server_max_handles` handles open over all
     /// connections (the caller derives it from the descriptor limit: each
-    /// handle holds up to two descriptors).
+    /// handle holds up to two descriptors), and pools of [`pool_kib`].
     pub fn new(server_max_handles: usize) -> Self {
+        Budgets::with_pool(server_max_handles, pool_kib())
+    }
+
+    /// As [`Budgets::new`], with pools of `pool_kib` KiB each.
+    pub fn with_pool(server_max_handles: usize, pool_kib: usize) -> Self {
+        let pool_kib = pool_kib.min(Semaphore::MAX_PERMITS);
         Budgets {
             server: Arc::new(Counter::new(server_max_handles)),
             user_share: (server_max_handles / 2).max(1),
             users: Mutex::new(HashMap::new()),
+            requests: Arc::new(Semaphore::new(pool_kib)),
+            replies: Arc::new(Semaphore::new(pool_kib)),
         }
     }
 
@@ -144,6 +177,8 @@ impl Budgets {
             server: self.server.clone(),
             requests: Arc::new(Semaphore::new(CONNECTION_IN_FLIGHT_KIB)),
             replies: Arc::new(Semaphore::new(CONNECTION_IN_FLIGHT_KIB)),
+            pool_requests: self.requests.clone(),
+            pool_replies: self.replies.clone(),
         })
     }
 
@@ -165,7 +200,7 @@ impl Default for Budgets {
     /// No server-wide cap beyond the per-connection and per-user ones
     /// (tests, tools).
     fn default() -> Self {
-        Budgets::new(usize::MAX)
+        Budgets::with_pool(usize::MAX, usize::MAX)
     }
 }
 
@@ -179,6 +214,9 @@ pub struct ConnectionBudget {
     requests: Arc<Semaphore>,
     /// KiB of DATA replies not yet written ([`CONNECTION_IN_FLIGHT_KIB`]).
     replies: Arc<Semaphore>,
+    /// The server's pools ([`pool_kib`]).
+    pool_requests: Arc<Semaphore>,
+    pool_replies: Arc<Semaphore>,
 }
 
 impl ConnectionBudget {
@@ -211,7 +249,10 @@ impl ConnectionBudget {
     /// A new channel's in-flight budgets for request data and for reply
     /// data, each its own share under the connection's.
     pub(super) fn channel_in_flight(&self) -> (InFlight, InFlight) {
-        (InFlight::new(&self.requests), InFlight::new(&self.replies))
+        (
+            InFlight::new(&self.requests, &self.pool_requests),
+            InFlight::new(&self.replies, &self.pool_replies),
+        )
     }
 
     /// Handles this connection holds open.
@@ -226,49 +267,85 @@ impl ConnectionBudget {
 }
 
 /// One kind of in-flight data of one channel: its own [`IN_FLIGHT_KIB`]
-/// under its connection's [`CONNECTION_IN_FLIGHT_KIB`].
+/// under its connection's [`CONNECTION_IN_FLIGHT_KIB`]; of that, up to
+/// [`OWN_IN_FLIGHT_KIB`] is the channel's own and the rest comes from the
+/// server's pool.
 #[derive(Debug)]
 pub(super) struct InFlight {
     channel: Arc<Semaphore>,
     connection: Arc<Semaphore>,
+    own: Arc<Semaphore>,
+    pool: Arc<Semaphore>,
 }
 
-/// KiB taken from a channel's budget and its connection's, given back to
-/// both when dropped.
+/// KiB taken from a channel's budget and its connection's, and from the
+/// channel's own share or the server's pool; given back when dropped.
 #[derive(Debug)]
 pub(super) struct Share {
     _channel: OwnedSemaphorePermit,
     _connection: OwnedSemaphorePermit,
+    _own_or_pool: OwnedSemaphorePermit,
 }
 
 impl InFlight {
-    fn new(connection: &Arc<Semaphore>) -> Self {
+    fn new(connection: &Arc<Semaphore>, pool: &Arc<Semaphore>) -> Self {
         InFlight {
             channel: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
             connection: connection.clone(),
+            own: Arc::new(Semaphore::new(OWN_IN_FLIGHT_KIB)),
+            pool: pool.clone(),
         }
     }
 
-    /// Waits for `kib` of both budgets (the channel's first: a channel
-    /// never holds the connection's share while waiting for its own).
-    /// `None` if a budget was closed.
+    /// Waits for `kib` of the channel's and the connection's budgets (the
+    /// channel's first: a channel never holds the connection's share while
+    /// waiting for its own budget), then of its own share or the pool,
+    /// whichever has it first; meanwhile it holds the `kib` of both
+    /// budgets it has. `None` if a budget was closed.
     pub(super) async fn acquire(&self, kib: u32) -> Option<Share> {
         let channel = self.channel.clone().acquire_many_owned(kib).await.ok()?;
         let connection = self.connection.clone().acquire_many_owned(kib).await.ok()?;
+        let own_or_pool = match self.try_own_or_pool(kib) {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {
+                let own = self.own.clone().acquire_many_owned(kib);
+                let pool = self.pool.clone().acquire_many_owned(kib);
+                // A request larger than the own share waits for the pool
+                // only (never the case for the requests of a packet).
+                if kib as usize > OWN_IN_FLIGHT_KIB {
+                    pool.await.ok()?
+                } else {
+                    tokio::select! {
+                        p = own => p.ok()?,
+                        p = pool => p.ok()?,
+                    }
+                }
+            }
+        };
         Some(Share {
             _channel: channel,
             _connection: connection,
+            _own_or_pool: own_or_pool,
         })
     }
 
-    /// `kib` of both budgets if both have it now.
+    /// `kib` of every budget it needs if each has it now.
     pub(super) fn try_acquire(&self, kib: u32) -> Result<Share, TryAcquireError> {
         let channel = self.channel.clone().try_acquire_many_owned(kib)?;
         let connection = self.connection.clone().try_acquire_many_owned(kib)?;
         Ok(Share {
             _channel: channel,
             _connection: connection,
+            _own_or_pool: self.try_own_or_pool(kib)?,
         })
+    }
+
+    fn try_own_or_pool(&self, kib: u32) -> Result<OwnedSemaphorePermit, TryAcquireError> {
+        match self.own.clone().try_acquire_many_owned(kib) {
+            Err(TryAcquireError::NoPermits) => self.pool.clone().try_acquire_many_owned(kib),
+            taken => taken,
+        }
     }
 }
 
@@ -362,6 +439,56 @@ mod tests {
         assert_eq!(budgets.users(), 0);
         let again = budgets.connection("alice", &config(10, 10));
         assert_eq!(again.user_handles(), 0);
+    }
+
+    /// `fut`'s output, or a failure if it has not come within 10 s.
+    async fn in_time<F: std::future::Future>(fut: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(10), fut)
+            .await
+            .expect("a waiter was not woken")
+    }
+
+    /// Whether `fut` is still waiting after being polled once.
+    async fn pending<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
+        tokio::select! {
+            biased;
+            _ = fut => false,
+            () = std::future::ready(()) => true,
+        }
+    }
+
+    #[tokio::test]
+    async fn beyond_their_own_share_channels_draw_on_the_servers_pool() {
+        let own = OWN_IN_FLIGHT_KIB as u32;
+        let budgets = Budgets::with_pool(100, 1024);
+        let alice = budgets.connection("alice", &SftpConfig::default());
+        let bob = budgets.connection("bob", &SftpConfig::default());
+        let (a, _) = alice.channel_in_flight();
+        let (b, b_replies) = bob.channel_in_flight();
+        // Alice takes her own share, then the whole pool.
+        let a_own = a.try_acquire(own).unwrap();
+        let a_pool = a.try_acquire(1024).unwrap();
+        assert!(a.try_acquire(1).is_err(), "own share and pool spent");
+        // Bob still has his own share, and no more.
+        let b_own = b.try_acquire(own).unwrap();
+        assert!(b.try_acquire(1).is_err());
+        // Replies are a pool apart.
+        assert!(b_replies.try_acquire(own + 256).is_ok());
+        // Bob's next request waits for whichever frees first: the pool...
+        let mut waiting = Box::pin(b.acquire(256));
+        assert!(pending(&mut waiting).await);
+        drop(a_pool);
+        let from_pool = in_time(waiting).await.expect("the pool was given back");
+        // ...or his own share.
+        let rest_of_pool = b.try_acquire(768).expect("the pool's other 768 KiB");
+        let mut waiting = Box::pin(b.acquire(256));
+        assert!(pending(&mut waiting).await, "pool and own share spent");
+        drop(b_own);
+        assert!(
+            in_time(waiting).await.is_some(),
+            "Bob's own share was given back"
+        );
+        drop((a_own, from_pool, rest_of_pool));
     }
 
     #[tokio::test]

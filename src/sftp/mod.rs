@@ -32,7 +32,8 @@
 //! server, over all its SFTP channels ([`budget`]): open handles (each
 //! takes its place before anything is opened), and WRITE data not yet
 //! stored and DATA replies not yet written: 2 MiB of each per channel
-//! (`budget::IN_FLIGHT_KIB`), 8 MiB of each per connection. A directory
+//! (`budget::IN_FLIGHT_KIB`), 8 MiB of each per connection, and beyond a
+//! channel's own 512 KiB, a share of a pool sized to the cores. A directory
 //! handle reads its directory a batch at a time, so its cost does not grow
 //! with the directory.
 //!

@@ -29,14 +29,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::bounds::Bounds;
 use super::format::{
     self, CHUNK_SIZE, FileId, FileKeys, FormatError, HEADER_LEN, LEN_FIELD, Layout,
 };
 use super::journal::{Journal, JournalTarget};
-use super::pool::{self, Pending};
+use super::pool::{self, Pending, Place, Places};
 use super::storage::{Blob, Meta};
 use crate::store::StoreError;
 
@@ -55,8 +54,16 @@ pub const BATCH: usize = 8;
 /// Batches being encrypted and written behind the writer, per open file:
 /// two keep the pool's workers busy while the caller fills the next batch,
 /// and bound the memory a fast writer can pin (these two and the one being
-/// gathered).
+/// gathered). Fewer while the process has as many write-behind batches as
+/// its cap (two per crypto worker) allows.
 pub const WRITE_BEHIND: usize = 2;
+
+/// Write-behind batches in flight in the whole process: two per worker of
+/// the crypto pool. Each holds [`BATCH`] chunks and their records (about
+/// 1 MiB). A writer that finds no place encrypts and writes its batch on
+/// its own thread: with that many batches queued every core has work, and
+/// more would only hold memory (many uploads at once on few cores).
+pub(super) static WRITE_BEHIND_JOBS: Places = Places::per_worker(2);
 
 /// Chunks one read-ahead job reads and decrypts: their records lie end to
 /// end on disk, so one read fetches them all, and one hand-off to a worker
@@ -69,36 +76,14 @@ pub const READ_BATCH: usize = 4;
 /// waiting for work.
 const READ_AHEAD: usize = 2;
 
-/// Read-ahead jobs in flight or waiting to be read, in the whole process.
-/// Each holds up to [`READ_BATCH`] chunks and their records (about
-/// 0.5 MiB), so 128 bound read-ahead memory to about 64 MiB however many
-/// files are open; past that, readers decrypt on their own thread.
-const MAX_READ_AHEAD_JOBS: usize = 128;
-
-/// Read-ahead jobs counted against [`MAX_READ_AHEAD_JOBS`].
-static READ_AHEAD_JOBS: AtomicUsize = AtomicUsize::new(0);
-
-/// One job's place under [`MAX_READ_AHEAD_JOBS`], given back when dropped:
-/// when the reader has taken or dropped all of the job's chunks, or, for a
-/// job the reader gave up on, when the job has finished.
-struct ReadAheadSlot(());
-
-impl ReadAheadSlot {
-    fn take() -> Option<Self> {
-        READ_AHEAD_JOBS
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_READ_AHEAD_JOBS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ReadAheadSlot(()))
-    }
-}
-
-impl Drop for ReadAheadSlot {
-    fn drop(&mut self) {
-        READ_AHEAD_JOBS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+/// Read-ahead jobs in flight or waiting to be read, in the whole process:
+/// four per worker of the crypto pool. Each holds up to [`READ_BATCH`]
+/// chunks and their records (about 0.5 MiB), so read-ahead memory is
+/// bounded however many files are open; past that, readers decrypt on
+/// their own thread. A job's place is given back when the reader has taken
+/// or dropped all of its chunks, or, for a job the reader gave up on, when
+/// the job has finished.
+static READ_AHEAD_JOBS: Places = Places::per_worker(4);
 
 /// Spare plaintext buffers kept per open file, for reuse instead of
 /// allocation, while chunks are being read ahead: a batch's worth, and
@@ -129,7 +114,7 @@ struct Buffers {
 struct Decoded {
     chunks: Vec<Vec<u8>>,
     records: Vec<u8>,
-    slot: ReadAheadSlot,
+    slot: Place,
 }
 
 /// A read-ahead job: chunks `first..first + count`, being read and
@@ -148,7 +133,14 @@ impl ReadJob {
 
 /// A write-behind job's outcome: the buffers of its batch back, or the
 /// error.
-type BatchJob = Pending<Result<Vec<Buffers>, StoreError>>;
+type BatchOutcome = Result<Vec<Buffers>, StoreError>;
+
+/// A batch being encrypted and written by the pool, with its place under
+/// [`WRITE_BEHIND_JOBS`], given back once the writer has its buffers back.
+struct BatchJob {
+    job: Pending<BatchOutcome>,
+    _place: Place,
+}
 
 /// Index of the chunk holding the last byte of a file of `size` bytes (0 for
 /// an empty file, which still has one, empty, chunk).
@@ -164,6 +156,45 @@ fn last_index(size: u64) -> u64 {
 fn chunk_len(index: u64, size: u64) -> usize {
     let start = index * CHUNK_SIZE as u64;
     size.saturating_sub(start).min(CHUNK_SIZE as u64) as usize
+}
+
+/// Encrypts full, non-final chunks side by side into `records` and writes
+/// each record in its place; gives the buffers back for reuse.
+fn encode_and_write(
+    blob: &dyn Blob,
+    keys: &FileKeys,
+    id: &FileId,
+    chunks: Vec<CachedChunk>,
+    mut records: Vec<Vec<u8>>,
+) -> BatchOutcome {
+    let mut batch: Vec<format::ChunkToEncode<'_>> = chunks
+        .iter()
+        .zip(records.iter_mut())
+        .map(|(chunk, record)| {
+            let mut iv = [0u8; format::BLOCK];
+            format::fill_random(&mut iv);
+            format::ChunkToEncode {
+                index: chunk.index,
+                is_final: false,
+                plaintext: &chunk.data,
+                iv,
+                out: record,
+            }
+        })
+        .collect();
+    format::encode_chunks(keys, id, &mut batch);
+    drop(batch);
+    for (chunk, record) in chunks.iter().zip(&records) {
+        blob.write_all_at(record, format::record_offset(chunk.index))?;
+    }
+    Ok(chunks
+        .into_iter()
+        .zip(records)
+        .map(|(chunk, record)| Buffers {
+            data: chunk.data,
+            record,
+        })
+        .collect())
 }
 
 struct CachedChunk {
@@ -198,8 +229,8 @@ pub(crate) struct FileState {
     ahead: VecDeque<ReadJob>,
     /// Chunks decrypted ahead and not yet loaded, in order, consecutive.
     ready: VecDeque<(u64, Vec<u8>)>,
-    /// The place under [`MAX_READ_AHEAD_JOBS`] of the job `ready` came from.
-    ready_slot: Option<ReadAheadSlot>,
+    /// The place under [`READ_AHEAD_JOBS`] of the job `ready` came from.
+    ready_slot: Option<Place>,
     /// Chunks in a row the reader has taken from read-ahead since it last
     /// went elsewhere. From [`READ_BATCH`] on it is kept [`READ_AHEAD`]
     /// batches ahead; before, one chunk: a reader that reads a few chunks
@@ -861,7 +892,8 @@ impl FileState {
     }
 
     /// Sends the gathered chunks to the pool as one batch, once fewer than
-    /// [`WRITE_BEHIND`] batches are in flight.
+    /// [`WRITE_BEHIND`] batches are in flight; encrypts and writes them
+    /// here while the process is at [`WRITE_BEHIND_JOBS`].
     fn send_gathered(&mut self) -> Result<(), StoreError> {
         if self.gathered.is_empty() {
             return Ok(());
@@ -870,38 +902,20 @@ impl FileState {
             self.wait_oldest()?;
         }
         let chunks = std::mem::replace(&mut self.gathered, Vec::with_capacity(BATCH));
-        let mut records: Vec<Vec<u8>> = chunks.iter().map(|_| self.take_record()).collect();
+        let records: Vec<Vec<u8>> = chunks.iter().map(|_| self.take_record()).collect();
         let (blob, keys, id) = (self.blob.clone(), self.keys.clone(), self.id);
-        self.behind.push_back(pool::spawn(move || {
-            let mut batch: Vec<format::ChunkToEncode<'_>> = chunks
-                .iter()
-                .zip(records.iter_mut())
-                .map(|(chunk, record)| {
-                    let mut iv = [0u8; format::BLOCK];
-                    format::fill_random(&mut iv);
-                    format::ChunkToEncode {
-                        index: chunk.index,
-                        is_final: false,
-                        plaintext: &chunk.data,
-                        iv,
-                        out: record,
-                    }
-                })
-                .collect();
-            format::encode_chunks(&keys, &id, &mut batch);
-            drop(batch);
-            for (chunk, record) in chunks.iter().zip(&records) {
-                blob.write_all_at(record, format::record_offset(chunk.index))?;
+        let write = move || encode_and_write(blob.as_ref(), &keys, &id, chunks, records);
+        match WRITE_BEHIND_JOBS.take() {
+            Some(place) => self.behind.push_back(BatchJob {
+                job: pool::spawn(write),
+                _place: place,
+            }),
+            None => {
+                for buffers in self.note(write())? {
+                    self.keep_spare(buffers);
+                }
             }
-            Ok(chunks
-                .into_iter()
-                .zip(records)
-                .map(|(chunk, record)| Buffers {
-                    data: chunk.data,
-                    record,
-                })
-                .collect())
-        }));
+        }
         Ok(())
     }
 
@@ -953,7 +967,7 @@ impl FileState {
     /// as the records on disk go: [`READ_AHEAD`] batches for a reader with a
     /// long enough `streak`, one chunk otherwise. None
     /// while chunks are being written (they would be read before they
-    /// land), or while the process has [`MAX_READ_AHEAD_JOBS`].
+    /// land), or while the process is at [`READ_AHEAD_JOBS`].
     fn top_up_read_ahead(&mut self, from: u64) {
         if !self.behind.is_empty() || !self.gathered.is_empty() {
             return;
@@ -973,7 +987,7 @@ impl FileState {
             .max(from);
         while self.ahead.len() < jobs && next < end {
             let count = (end - next).min(batch);
-            let Some(slot) = ReadAheadSlot::take() else {
+            let Some(slot) = READ_AHEAD_JOBS.take() else {
                 break;
             };
             self.spawn_read_ahead(next, count, slot);
@@ -987,7 +1001,7 @@ impl FileState {
 
     /// Starts reading chunks `first..first + count` (all on disk) with one
     /// read, and decrypting them, on a worker.
-    fn spawn_read_ahead(&mut self, first: u64, count: u64, slot: ReadAheadSlot) {
+    fn spawn_read_ahead(&mut self, first: u64, count: u64, slot: Place) {
         let last = last_index(self.size);
         let lens: Vec<usize> = (first..first + count)
             .map(|i| chunk_len(i, self.size))
@@ -1139,6 +1153,7 @@ impl FileState {
             return Ok(());
         };
         let result = job
+            .job
             .wait()
             .ok_or(StoreError::Internal("a crypto worker failed"))
             .and_then(|r| r);

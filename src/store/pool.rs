@@ -7,7 +7,7 @@
 //! lock cannot deadlock.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +18,17 @@ type Job = Box<dyn FnOnce() + Send>;
 /// case jobs run on the caller's thread.
 static QUEUE: LazyLock<Option<Sender<Job>>> = LazyLock::new(start_workers);
 
+/// Worker threads the pool starts: one per core.
+fn workers() -> usize {
+    static WORKERS: LazyLock<usize> =
+        LazyLock::new(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    *WORKERS
+}
+
 fn start_workers() -> Option<Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = std::sync::Arc::new(Mutex::new(rx));
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = workers();
     let mut started = 0;
     for i in 0..workers {
         let rx = rx.clone();
@@ -40,6 +47,57 @@ fn start_workers() -> Option<Sender<Job>> {
         }
     }
     (started > 0).then_some(tx)
+}
+
+/// A process-wide cap on the jobs of one kind in flight, in proportion to
+/// the pool's workers. A job holds its buffers (chunks and records) from
+/// the moment it is handed over until its owner takes the result back, so
+/// jobs beyond what the workers can run only cost memory: with more open
+/// files than cores, every core already has work, and a file that finds
+/// no place does its crypto on its own thread instead of queueing more.
+pub(crate) struct Places {
+    used: AtomicUsize,
+    per_worker: usize,
+}
+
+impl Places {
+    /// `per_worker` places for each worker of the pool.
+    pub(crate) const fn per_worker(per_worker: usize) -> Self {
+        Places {
+            used: AtomicUsize::new(0),
+            per_worker,
+        }
+    }
+
+    fn cap(&self) -> usize {
+        self.per_worker.saturating_mul(workers())
+    }
+
+    /// A place, given back when dropped; `None` while all are taken.
+    pub(crate) fn take(&'static self) -> Option<Place> {
+        let cap = self.cap();
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(self))
+    }
+
+    /// Places taken now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One job's place under a [`Places`] cap.
+pub(crate) struct Place(&'static Places);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a thread polls before it sleeps, in nanoseconds. Waking a
@@ -162,6 +220,18 @@ mod tests {
         let sum: u64 = jobs.into_iter().map(|p| p.wait_soon().unwrap()).sum();
         set_polling(Duration::from_micros(50));
         assert_eq!(sum, 36);
+    }
+
+    #[test]
+    fn places_are_capped_per_worker_and_given_back() {
+        static PLACES: Places = Places::per_worker(2);
+        let cap = 2 * workers();
+        let held: Vec<Place> = (0..cap).map_while(|_| PLACES.take()).collect();
+        assert_eq!(held.len(), cap);
+        assert!(PLACES.take().is_none(), "no place beyond the cap");
+        drop(held);
+        assert_eq!(PLACES.used(), 0);
+        assert!(PLACES.take().is_some());
     }
 
     #[test]

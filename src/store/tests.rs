@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
-use super::file::READ_BATCH;
+use super::file::{BATCH, READ_BATCH, WRITE_BEHIND_JOBS};
 use super::format::{self, CHUNK_SIZE, FULL_RECORD_LEN, HEADER_LEN};
 use super::storage::{
     Access, Blob, Kind, LocalStorage, Meta, ObjectPath, SpaceInfo, Staged, StagedToken, Storage,
@@ -417,6 +417,26 @@ fn scattered_reads_are_not_read_ahead_in_batches() {
         assert!(ahead <= 1, "after piece {i}: {ahead} read-ahead jobs");
     }
     f.close().unwrap();
+}
+
+/// With every write-behind place of the process taken, an upload encrypts
+/// and writes its batches itself, and the file is the same.
+#[test]
+fn an_upload_writes_its_own_batches_when_the_process_has_no_place_left() {
+    // Other tests may give their places back meanwhile: then some batches
+    // go to the pool, which is as correct.
+    let held: Vec<_> = std::iter::from_fn(|| WRITE_BEHIND_JOBS.take()).collect();
+    let fx = Fixture::new();
+    let plain = bytes(5 * BATCH * CHUNK_SIZE + 777, 23);
+    let f = fx.store.open(&p("inline"), create_trunc()).unwrap();
+    write_in_pieces(&f, &plain, &[32 * 1024]);
+    assert_bytes(&read_all(&f).unwrap(), &plain, "read before close");
+    f.close().unwrap();
+    drop(held);
+    assert_bytes(&get(&fx.store, "inline").unwrap(), &plain, "read back");
+    let stored = fx.raw_bytes("inline");
+    assert_eq!(stored.len() as u64, expected_stored_len(plain.len()));
+    assert_no_plaintext_window(&stored, &plain);
 }
 
 /// An upload handle written 2 MiB and a bit, then left open, lets go of
