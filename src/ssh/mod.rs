@@ -499,6 +499,12 @@ async fn admit(
     let startup = tokio::select! {
         admitted = ctx.admission.wait_startup(peer.ip(), deadline) => admitted,
         () = closing.cancelled() => return,
+        // A client that gives up while it waits for a place gives its
+        // place in the queue back at once, not at the end of its grace.
+        () = peer_closed(&socket) => {
+            tracing::debug!(%peer, "connection closed by the client while waiting to log in");
+            return;
+        }
     };
     let startup = match startup {
         Ok(slot) => slot,
@@ -521,6 +527,30 @@ async fn admit(
         login_grace: deadline.saturating_duration_since(tokio::time::Instant::now()),
     };
     spawn_connection(config, socket, handler, task, channel_tasks, stop).await;
+}
+
+/// Completes when the peer has shut down its side of `socket`, without
+/// reading what it sent (its version string must still reach the SSH
+/// session). Readiness that only means "data waiting" is cleared, so that
+/// the next wake-up is new data or the peer's FIN, which epoll reports as
+/// read-closed (EPOLLRDHUP) even while data is unread. Clearing readiness
+/// without reading is safe here only because the socket then leaves this
+/// runtime (`spawn_connection` moves it to the connection's own), where it
+/// is registered anew and the data waiting is reported again. A client
+/// that half-closes before logging in counts as gone: no SSH client does.
+async fn peer_closed(socket: &tokio::net::TcpStream) {
+    use tokio::io::Interest;
+    loop {
+        match socket.ready(Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => return,
+            Ok(_) => {
+                let _ = socket.try_io(Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then

@@ -320,6 +320,49 @@ fn is_waiting(stream: &mut TcpStream, quiet: Duration) -> bool {
 }
 
 #[test]
+fn connections_that_give_up_waiting_leave_the_queue_at_once() {
+    // max_startups 1: up to 4 may wait from one source. The login grace is
+    // long, so only noticing that a waiting client went away frees its
+    // place in the queue.
+    let srv = start(
+        "[limits]\nmax_startups = 1\nmax_startups_per_source = 1\n[ssh]\nlogin_grace_secs = 300\n",
+    );
+    let mut held = connect_from("127.0.0.1", srv.port);
+    assert!(is_banner(&first_line(&mut held)));
+    // Four wait (one may be refused if a later one was counted first)...
+    let mut queue: Vec<TcpStream> = (0..4)
+        .map(|_| connect_from("127.0.0.1", srv.port))
+        .collect();
+    let mut kept_waiting = 0;
+    for q in &mut queue {
+        if is_waiting(q, Duration::from_millis(300)) {
+            kept_waiting += 1;
+        }
+    }
+    assert!(kept_waiting >= 3, "{}", srv.log_tail(20));
+    // ...and give up. A new connection from the same source is then kept
+    // waiting rather than told that too many are waiting.
+    queue.clear();
+    let deadline = Instant::now() + PATIENCE;
+    let mut waiting = loop {
+        let mut s = connect_from("127.0.0.1", srv.port);
+        if is_waiting(&mut s, Duration::from_millis(300)) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue places of closed connections were not given back\n{}",
+            srv.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    // It gets the one place once that is given back.
+    drop(held);
+    let line = first_line(&mut waiting);
+    assert!(is_banner(&line), "{line:?}\n{}", srv.log_tail(20));
+}
+
+#[test]
 fn unauthenticated_connections_beyond_the_caps_wait_for_a_place() {
     // max_startups 3: up to 12 may wait from one source, 48 overall.
     let srv = start("[limits]\nmax_startups = 3\nmax_startups_per_source = 2\n");
