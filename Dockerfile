@@ -13,9 +13,10 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # --- build stage: compilers and -dev packages stay here -------------------
 FROM ${RUST_IMAGE} AS build
-# libpam0g-dev and libclang-dev: the pam feature (pam-sys runs bindgen).
+# libpam0g-dev and libclang-dev: the pam feature (pam-sys runs bindgen);
+# make: jemalloc, the server's allocator (tikv-jemalloc-sys).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpam0g-dev libclang-dev pkg-config \
+ && apt-get install -y --no-install-recommends libpam0g-dev libclang-dev pkg-config make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # No debug info in the image's binaries: Cargo.toml's release profile keeps

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod allocator;
 mod decrypt;
 mod healthcheck;
 mod import_legacy;
@@ -19,13 +20,6 @@ mod serve;
 mod setup;
 mod user;
 mod verify;
-
-/// The server's allocator. glibc's malloc kept 200-300 MiB in per-thread
-/// arenas after a burst of parallel sessions and never returned it;
-/// mimalloc (version 2, without transparent huge pages: see Cargo.toml)
-/// hands freed pages back to the system (docs/PERFORMANCE.md, "Memory").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Dropzone: an SFTP/SCP server that keeps every file encrypted at rest.
 #[derive(Parser)]

@@ -34,6 +34,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     dropzone::daemon::init_logging();
+    // Before the server's threads start: arenas made later take the decay.
+    match crate::allocator::configure() {
+        Ok(true) => {}
+        Ok(false) => tracing::info!("allocator settings taken from _RJEM_MALLOC_CONF"),
+        Err(e) => tracing::warn!(error = %e, "the allocator keeps its defaults"),
+    }
     let metrics = Arc::new(Metrics::new());
     let audit = match &config.audit.log_file {
         Some(path) => Some(

@@ -1,0 +1,69 @@
+//! The server's allocator: jemalloc, told to give freed memory back soon.
+//!
+//! Each connection runs on a thread of its own (see `dropzone::ssh`), and
+//! a transfer's buffers are allocated on one thread and freed on another.
+//! Allocators that keep pages per thread then hold far more than is live
+//! while many sessions run; jemalloc serves large buffers from arenas that
+//! threads share and, with its background threads on, returns freed pages
+//! to the system on a timer rather than at the next allocation. Measured
+//! with `bench/sessions.sh` (docs/PERFORMANCE.md, "Memory").
+
+use tikv_jemalloc_ctl::{Access, AsName};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// How long freed ("dirty") pages stay mapped before jemalloc returns them:
+/// long enough to be reused between the packets of a transfer, short
+/// enough that the memory of a burst of sessions is back with the system a
+/// few seconds after it ends. jemalloc's default is 10 s.
+const DIRTY_DECAY_MS: isize = 1000;
+
+/// Where an operator configures jemalloc themselves (its options, as
+/// `MALLOC_CONF` is for an unprefixed jemalloc); their settings then stand
+/// (set and not empty).
+const OPERATOR_SETTINGS: &str = "_RJEM_MALLOC_CONF";
+
+/// Sets the decay for the arenas that exist and for those created later,
+/// returns pages at once rather than keeping them lazily freed ("muzzy"),
+/// and starts the background threads that do the returning; `Ok(false)`
+/// without changing anything when the operator set [`OPERATOR_SETTINGS`].
+/// For the server only (a short command has nothing to give back): call
+/// it before the server's threads start. The error names the setting that
+/// could not be made; the allocator then works with its defaults.
+pub fn configure() -> Result<bool, String> {
+    if std::env::var_os(OPERATOR_SETTINGS).is_some_and(|v| !v.is_empty()) {
+        return Ok(false);
+    }
+    let set = |name: &'static [u8], value: isize| {
+        name.name().write(value).map_err(|e| {
+            format!(
+                "{}: {e}",
+                String::from_utf8_lossy(name).trim_end_matches('\0')
+            )
+        })
+    };
+    set(b"arenas.dirty_decay_ms\0", DIRTY_DECAY_MS)?;
+    set(b"arena.0.dirty_decay_ms\0", DIRTY_DECAY_MS)?;
+    set(b"arenas.muzzy_decay_ms\0", 0)?;
+    set(b"arena.0.muzzy_decay_ms\0", 0)?;
+    tikv_jemalloc_ctl::background_thread::write(true)
+        .map_err(|e| format!("background_thread: {e}"))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_sets_a_short_decay_and_starts_background_threads() {
+        // (Tests do not set _RJEM_MALLOC_CONF.)
+        assert!(configure().unwrap());
+        let read = |name: &[u8]| -> isize { name.name().read().unwrap() };
+        assert_eq!(read(b"arenas.dirty_decay_ms\0"), DIRTY_DECAY_MS);
+        assert_eq!(read(b"arena.0.dirty_decay_ms\0"), DIRTY_DECAY_MS);
+        assert_eq!(read(b"arenas.muzzy_decay_ms\0"), 0);
+        assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
+    }
+}
