@@ -3,6 +3,9 @@
 //!
 //! - [`users_file`]: the TOML users file, loaded and validated as a whole,
 //!   saved atomically by `dropzone user ...`.
+//! - [`users_source`]: where the users file is kept (a local path, or an
+//!   object in a bucket every node reads) and how a change is noticed and
+//!   written without losing another.
 //! - [`authorized_keys`]: OpenSSH `authorized_keys` lines; options the
 //!   server cannot enforce are refused, `from=` and `expiry-time=` enforced.
 //! - [`password`]: Argon2id hashes, and the dummy verification that makes
@@ -33,6 +36,7 @@ pub mod penalty;
 pub mod system_keys;
 pub mod system_users;
 pub mod users_file;
+pub mod users_source;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -382,15 +382,21 @@ impl UsersFile {
         Ok(format!("{HEADER}{}", toml::to_string(&raw)?))
     }
 
+    /// The file's text as [`UsersFile::save`] writes it; `path` is where it
+    /// goes, for the error message.
+    pub fn to_toml(&self, path: &Path) -> Result<String, UsersFileError> {
+        self.to_text().map_err(|e| UsersFileError::Serialize {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
     /// Writes the file atomically: a temporary file beside it (mode 0600) is
     /// written and fsynced, then renamed over `path`, and the directory is
     /// fsynced. Readers see the old file or the new one, never a mix.
     /// Comments other than the standard header are not preserved.
     pub fn save(&self, path: &Path) -> Result<(), UsersFileError> {
-        let text = self.to_text().map_err(|e| UsersFileError::Serialize {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let text = self.to_toml(path)?;
         write_atomic(path, text.as_bytes()).map_err(|source| UsersFileError::Write {
             path: path.to_owned(),
             source,

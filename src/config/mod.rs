@@ -76,7 +76,7 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    users_file: Option<PathBuf>,
+    users_file: Option<String>,
     pam: Option<bool>,
     pam_service: Option<String>,
     pam_allow_root: Option<bool>,
@@ -190,11 +190,66 @@ pub struct SftpLimits {
 /// Default of `sftp.max_file_size`: 1 TiB, also the most the store accepts.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = crate::store::file::MAX_FILE_SIZE;
 
+/// Where the users file is kept (`[auth] users_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsersFileAt {
+    /// A path on this machine.
+    Path(PathBuf),
+    /// `s3://BUCKET/KEY`: an object reached with `[storage.s3]`'s
+    /// endpoint, region and credentials (`[storage] backend = "s3"`).
+    Object {
+        /// The bucket (the storage bucket or another).
+        bucket: String,
+        /// The object's key.
+        key: String,
+    },
+}
+
+impl UsersFileAt {
+    /// Parses `users_file`: `s3://BUCKET/KEY`, or else a path.
+    fn parse(value: &str) -> Result<Self, String> {
+        let Some(rest) = value.strip_prefix("s3://") else {
+            if value.is_empty() {
+                return Err("auth.users_file is empty".into());
+            }
+            return Ok(UsersFileAt::Path(value.into()));
+        };
+        match rest.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') => {
+                Ok(UsersFileAt::Object {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "auth.users_file = {value:?}: an object is named s3://BUCKET/KEY (for example s3://dropzone/users.toml)"
+            )),
+        }
+    }
+
+    /// The path, when the file is on this machine.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            UsersFileAt::Path(p) => Some(p),
+            UsersFileAt::Object { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for UsersFileAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsersFileAt::Path(p) => write!(f, "{}", p.display()),
+            UsersFileAt::Object { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
+}
+
 /// `[auth]`.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// The users file managed by `dropzone user ...`.
-    pub users_file: PathBuf,
+    pub users_file: UsersFileAt,
     /// Linux system users: passwords through PAM, keys from their
     /// `~/.ssh/authorized_keys` (cargo feature `pam`).
     pub pam: bool,
@@ -364,6 +419,18 @@ impl Config {
         if max_file_size == 0 {
             return Err("sftp.max_file_size must be at least 1".into());
         }
+        let storage = raw.storage.validate()?;
+        let users_file = match raw.auth.users_file.as_deref() {
+            Some(value) => UsersFileAt::parse(value)?,
+            None => UsersFileAt::Path("config/users.toml".into()),
+        };
+        if matches!(users_file, UsersFileAt::Object { .. })
+            && !matches!(storage, StorageConfig::S3(_))
+        {
+            return Err(format!(
+                "auth.users_file = \"{users_file}\" needs [storage] backend = \"s3\": the object is reached with [storage.s3]'s endpoint and credentials"
+            ));
+        }
         Ok(Config {
             listen: raw
                 .listen
@@ -373,10 +440,7 @@ impl Config {
             data_dir: raw.data_dir.unwrap_or_else(|| "data".into()),
             keks_dir: raw.keks_dir.unwrap_or_else(|| "keks".into()),
             auth: AuthConfig {
-                users_file: raw
-                    .auth
-                    .users_file
-                    .unwrap_or_else(|| "config/users.toml".into()),
+                users_file,
                 pam,
                 pam_service,
                 pam_allow_root: raw.auth.pam_allow_root.unwrap_or(false),
@@ -408,7 +472,7 @@ impl Config {
             upload: raw.upload.validate()?,
             audit: raw.audit.validate()?,
             metrics: raw.metrics.validate(),
-            storage: raw.storage.validate()?,
+            storage,
         })
     }
 }
@@ -450,6 +514,42 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("users_fil"), "{e}");
         let e = Config::parse("listen = \"nope\"\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn users_file_is_a_path_or_an_object_of_the_s3_service() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(
+            c.auth.users_file,
+            UsersFileAt::Path("config/users.toml".into())
+        );
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:8333\"\n\
+                  region = \"us-east-1\"\nbucket = \"dz\"\n";
+        let c = Config::parse(&format!(
+            "[auth]\nusers_file = \"s3://shared/auth/users.toml\"\n{s3}"
+        ))
+        .unwrap();
+        let at = UsersFileAt::Object {
+            bucket: "shared".into(),
+            key: "auth/users.toml".into(),
+        };
+        assert_eq!(c.auth.users_file, at);
+        assert_eq!(at.to_string(), "s3://shared/auth/users.toml");
+        assert_eq!(at.path(), None);
+        // An object needs the S3 service's settings.
+        let e = Config::parse("[auth]\nusers_file = \"s3://shared/users.toml\"\n").unwrap_err();
+        assert!(e.contains("needs [storage] backend = \"s3\""), "{e}");
+        for bad in [
+            "s3://",
+            "s3://bucket",
+            "s3://bucket/",
+            "s3:///users.toml",
+            "s3://b/dir/",
+            "",
+        ] {
+            let e = Config::parse(&format!("[auth]\nusers_file = \"{bad}\"\n{s3}")).unwrap_err();
+            assert!(e.contains("users_file"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -22,9 +22,8 @@ pub mod host_keys;
 pub mod probe;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use russh::server::Config as SshConfig;
 use tokio::net::TcpListener;
@@ -36,6 +35,8 @@ use tracing::{info, warn};
 use crate::access::{Access, Permissions};
 use crate::auth::certificate::KeyTrust;
 use crate::auth::penalty::{Admission as BanCheck, Penalties};
+use crate::auth::users_file::{UsersFile, UsersFileError};
+use crate::auth::users_source::{self, UsersSource, Version};
 use crate::auth::{Authenticator, SystemUsers};
 use crate::config::LimitsConfig;
 use crate::keys::UserKeys;
@@ -53,8 +54,9 @@ const CONNECTION_BLOCKING_THREADS: usize = 8;
 
 /// Everything the connections of one server share.
 pub struct ServerContext {
-    users_file: PathBuf,
-    users: Mutex<UsersCache>,
+    users_source: Arc<UsersSource>,
+    /// Shared with the watch of a remote users file ([`watch_users`]).
+    users: Arc<Mutex<UsersCache>>,
     /// Linux users (`[auth] pam = true`), for names the users file does not
     /// know.
     system_users: Option<Arc<SystemUsers>>,
@@ -85,15 +87,45 @@ pub struct ServerContext {
     store_stop: crate::store::StopSignal,
 }
 
+/// The users as last read.
 struct UsersCache {
-    modified: Option<SystemTime>,
+    /// The version they were read at; `None` before the first read (a
+    /// store unreachable at start-up).
+    version: Option<Version>,
     auth: Arc<Authenticator>,
+    /// A version that was read and refused (it does not parse): not read
+    /// again, and not logged again, until the file changes once more.
+    refused: Option<Version>,
+}
+
+impl UsersCache {
+    /// The users read at `version` replace the old.
+    fn take(&mut self, source: &UsersSource, file: UsersFile, version: Version) {
+        if self.version.is_some() {
+            info!(path = %source.name().display(), "users file reloaded");
+        } else {
+            info!(path = %source.name().display(), users = file.len(), "users file read");
+        }
+        self.auth = Arc::new(Authenticator::from_users_file(file));
+        self.version = Some(version);
+        self.refused = None;
+    }
+
+    /// The users read at `version` cannot be used (`e`): the old stay,
+    /// and the reason is logged once per version.
+    fn refuse(&mut self, source: &UsersSource, version: Option<Version>, e: &UsersFileError) {
+        if version.is_none() || version != self.refused {
+            warn!(path = %source.name().display(), error = %e, "users file changed but cannot be used; keeping the previous users");
+        }
+        self.refused = version;
+    }
 }
 
 /// What the server is built from, besides the user keys.
 pub struct ServerParts {
-    /// The users file (reloaded whenever it changes on disk).
-    pub users_file: PathBuf,
+    /// Where the users file is (reloaded whenever it changes). Read once
+    /// by [`ServerContext::new`], a blocking call.
+    pub users: Arc<UsersSource>,
     /// Where each user's store lives (`data_dir/NAME`, or a bucket).
     pub backend: crate::store::Backend,
     /// Session-wide SFTP settings.
@@ -121,9 +153,9 @@ impl ServerContext {
     pub fn new(
         keys: UserKeys,
         parts: ServerParts,
-    ) -> Result<(Arc<Self>, mpsc::Receiver<()>), crate::auth::users_file::UsersFileError> {
+    ) -> Result<(Arc<Self>, mpsc::Receiver<()>), UsersFileError> {
         let ServerParts {
-            users_file,
+            users: users_source,
             backend,
             sftp,
             system_users,
@@ -133,13 +165,30 @@ impl ServerContext {
             observer,
             max_handles_total,
         } = parts;
-        let auth = Arc::new(Authenticator::load(&users_file)?);
-        let modified = modified_time(&users_file);
+        let (file, version) = match users_source.load() {
+            Ok((file, version)) => (file, Some(version)),
+            // A store that is down at start-up is not a broken users file:
+            // the server starts (as it does for the files' store) and
+            // reads the users once the store answers.
+            Err(e) if users_source.is_remote() && users_source::is_unavailable(&e) => {
+                warn!(path = %users_source.name().display(), error = %e, "users file unreachable at start-up: only Linux users can log in until it is read");
+                (UsersFile::default(), None)
+            }
+            Err(e) => return Err(e),
+        };
+        let users = Arc::new(Mutex::new(UsersCache {
+            version,
+            auth: Arc::new(Authenticator::from_users_file(file)),
+            refused: None,
+        }));
+        if users_source.is_remote() {
+            watch_users(users_source.clone(), Arc::downgrade(&users));
+        }
         let (alive, alive_rx) = mpsc::channel(1);
         Ok((
             Arc::new(ServerContext {
-                users_file,
-                users: Mutex::new(UsersCache { modified, auth }),
+                users_source,
+                users,
                 system_users: system_users.map(Arc::new),
                 key_trust,
                 quotas: quotas_for(&backend, &keys),
@@ -159,20 +208,23 @@ impl ServerContext {
     }
 
     /// The current authenticator, reloaded if the users file changed (a
-    /// `dropzone user add` takes effect without a restart). A file that no
+    /// `dropzone user add` takes effect without a restart). A local file is
+    /// looked at now; a remote one by [`watch_users`]. A file that no
     /// longer parses keeps the previous users and is logged.
     fn authenticator(&self) -> Arc<Authenticator> {
         let mut cache = lock(&self.users);
-        let now = modified_time(&self.users_file);
-        if now != cache.modified {
-            match Authenticator::load(&self.users_file) {
-                Ok(auth) => {
-                    info!(path = %self.users_file.display(), "users file reloaded");
-                    cache.auth = Arc::new(auth);
-                    cache.modified = now;
-                }
-                Err(e) => {
-                    warn!(error = %e, "users file changed but cannot be used; keeping the previous users")
+        if !self.users_source.is_remote() {
+            // (A file's version is its time: looking cannot fail.)
+            let now = self.users_source.version().ok();
+            if now != cache.version && now != cache.refused {
+                match self.users_source.load() {
+                    Ok((file, version)) => cache.take(&self.users_source, file, version),
+                    // A file that cannot be read is tried again at the
+                    // next request; one that does not parse once it changes.
+                    Err(e) => {
+                        let refused = (!matches!(e, UsersFileError::Read { .. })).then_some(now);
+                        cache.refuse(&self.users_source, refused.flatten(), &e)
+                    }
                 }
             }
         }
@@ -225,8 +277,59 @@ fn quotas_for(backend: &crate::store::Backend, keys: &UserKeys) -> crate::quota:
     }
 }
 
-fn modified_time(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// Looks for a change of a remote users file every
+/// [`users_source::OBJECT_POLL_INTERVAL`], on a thread of its own (a look
+/// is a request to the store, which may be slow or down), until the
+/// server's users are gone. A store that cannot be reached is logged when
+/// that starts and when it ends, not at every look; the users read last
+/// stay in force meanwhile.
+fn watch_users(source: Arc<UsersSource>, users: std::sync::Weak<Mutex<UsersCache>>) {
+    let watching = std::thread::Builder::new()
+        .name("dz-users".into())
+        .spawn(move || {
+            let mut unreachable = false;
+            loop {
+                std::thread::sleep(users_source::OBJECT_POLL_INTERVAL);
+                if users.strong_count() == 0 {
+                    return;
+                }
+                let looked = source.version().and_then(|now| {
+                    let Some(users) = users.upgrade() else {
+                        return Ok(());
+                    };
+                    {
+                        let cache = lock(&users);
+                        if cache.version.as_ref() == Some(&now) || cache.refused.as_ref() == Some(&now) {
+                            return Ok(());
+                        }
+                    }
+                    // Read without holding the users: logins go on meanwhile.
+                    match source.load() {
+                        Ok((file, version)) => lock(&users).take(&source, file, version),
+                        // Unreachable, or refused (credentials): looked at
+                        // again at the next turn.
+                        Err(e @ UsersFileError::Read { .. }) => return Err(e),
+                        Err(e) => lock(&users).refuse(&source, Some(now), &e),
+                    }
+                    Ok(())
+                });
+                match looked {
+                    Ok(()) if unreachable => {
+                        info!(path = %source.name().display(), "users file reachable again");
+                        unreachable = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !unreachable => {
+                        warn!(path = %source.name().display(), error = %e, "users file cannot be checked for changes; keeping the users read last");
+                        unreachable = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    if let Err(e) = watching {
+        warn!(error = %e, "cannot start watching the users file: changes need a restart");
+    }
 }
 
 /// The algorithms offered: the configured lists, plus the markers for

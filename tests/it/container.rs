@@ -45,7 +45,14 @@ fn the_container_server_config_is_valid_and_on_volumes() {
         ("keks_dir", config.keks_dir.clone()),
         (
             "users_file's directory",
-            config.auth.users_file.parent().unwrap().to_path_buf(),
+            config
+                .auth
+                .users_file
+                .path()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf(),
         ),
     ];
     for (what, dir) in dirs {
@@ -86,7 +93,14 @@ fn the_scale_out_example_config_is_valid_and_shares_host_keys_and_users() {
         ("host_keys_dir", config.host_keys_dir.clone()),
         (
             "users_file's directory",
-            config.auth.users_file.parent().unwrap().to_path_buf(),
+            config
+                .auth
+                .users_file
+                .path()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf(),
         ),
     ] {
         let mount = format!(":{}\n", dir.display());

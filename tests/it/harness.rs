@@ -69,6 +69,9 @@ pub struct ServerOptions {
     /// Environment variables for every `dropzone` process of the server
     /// (`serve`, `user add`, [`Server::dropzone`]), e.g. AWS credentials.
     pub env: Vec<(String, String)>,
+    /// `[auth] users_file` (default `config/users.toml`), e.g. an
+    /// `s3://BUCKET/KEY` object.
+    pub users_file: Option<String>,
 }
 
 /// A user of the test server.
@@ -120,7 +123,8 @@ impl Server {
             std::fs::create_dir_all(root.join(sub)).expect("creating test directories");
         }
         let config = format!(
-            "{BASE_CONFIG}[auth]\nusers_file = \"config/users.toml\"\n{}\n{}\n{}",
+            "{BASE_CONFIG}[auth]\nusers_file = \"{}\"\n{}\n{}\n{}",
+            opts.users_file.as_deref().unwrap_or("config/users.toml"),
             opts.auth_config.as_deref().unwrap_or(DEFAULT_AUTH_CONFIG),
             opts.kms_config.as_deref().unwrap_or(LOCAL_KMS_CONFIG),
             opts.extra_config
@@ -269,6 +273,32 @@ impl Server {
     /// A path in the client scratch directory.
     pub fn local_path(&self, name: &str) -> PathBuf {
         self.local().join(name)
+    }
+
+    /// A new key pair for a user `name` this server does not know yet (the
+    /// test adds them with `dropzone user add`), in its keys directory;
+    /// the user is known to this [`Server`]'s client commands from now on.
+    pub fn new_user_key(&mut self, name: &str) -> User {
+        let key = self.dir.path().join("keys").join(name);
+        std::fs::create_dir_all(self.dir.path().join("keys")).expect("creating the keys directory");
+        run(Command::new("ssh-keygen")
+            .args(["-t", "ed25519", "-N", "", "-q", "-C"])
+            .arg(format!("{name}@dropzone-test"))
+            .arg("-f")
+            .arg(&key));
+        let user = User {
+            name: name.to_owned(),
+            key,
+            password: None,
+        };
+        self.know_user(user.clone());
+        user
+    }
+
+    /// Makes `user` (of another node, see [`Server::new_user_key`]) known
+    /// to this server's client commands.
+    pub fn know_user(&mut self, user: User) {
+        self.users.insert(user.name.clone(), user);
     }
 
     /// A user created by [`Server::start_with`].

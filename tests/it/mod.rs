@@ -37,6 +37,7 @@ mod s3_commands;
 mod s3_nodes;
 mod s3_serve;
 mod s3_store;
+mod s3_users;
 mod scan;
 mod scp;
 pub mod seaweed;

@@ -5,13 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dropzone::auth::users_file::UsersFile;
 use dropzone::config::{Config, KmsBackend};
 use dropzone::daemon::ConfigFailure;
 use dropzone::kms::{KeyWrapper, MasterKeyRef, SecretVersion};
 use dropzone::legacy::{Event as LegacyEvent, ImportError, ImportOptions};
 
-use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend};
+use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend, users_source};
 
 /// Import the original (Python) Dropzone's users and files.
 ///
@@ -106,7 +105,7 @@ fn import_legacy(
     print!("{summary}");
     // The import carries files and keys, not logins: say who cannot log in yet.
     if !config.auth.pam {
-        let known = UsersFile::load(&config.auth.users_file)?;
+        let (known, _) = users_source(config)?.load()?;
         let missing: Vec<&str> = summary
             .users
             .iter()
@@ -117,7 +116,7 @@ fn import_legacy(
             println!(
                 "  not in the users file {} (they cannot log in until added with \
                  `dropzone user add NAME ...`): {}",
-                config.auth.users_file.display(),
+                config.auth.users_file,
                 missing.join(" ")
             );
         }

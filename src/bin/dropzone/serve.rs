@@ -18,7 +18,9 @@ use dropzone::ssh;
 use dropzone::store::Backend;
 use dropzone::store::storage::sweep_multipart;
 
-use crate::setup::{ConfigArg, key_wrapper, load_config, storage_backend, user_keys_in};
+use crate::setup::{
+    ConfigArg, key_wrapper, load_config, storage_backend, user_keys_in, users_source,
+};
 
 /// Run the SSH/SFTP server.
 #[derive(clap::Args)]
@@ -65,6 +67,9 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let backend = storage_backend(config)?;
     let storage = backend.clone();
     prepare_storage(&backend)?;
+    // Likewise for a users file in a bucket.
+    let users = Arc::new(users_source(config)?);
+    let users_kept = users.clone();
     let keys = user_keys_in(&backend, config, wrapper.clone())?;
     prepare_master_key(wrapper.as_ref());
     // The store's crypto workers poll briefly for work by default; in the
@@ -128,7 +133,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         let system_users = dropzone::auth::SystemUsers::from_config(&config.auth)
             .map_err(|e| ConfigFailure(e.to_string()))?;
         let parts = ssh::ServerParts {
-            users_file: config.auth.users_file.clone(),
+            users,
             backend,
             sftp: SftpConfig {
                 max_handles: config.sftp.max_handles,
@@ -144,8 +149,10 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             observer: observer.clone(),
             max_handles_total: descriptors.max_handles_total,
         };
-        let (ctx, alive) =
-            ssh::ServerContext::new(keys, parts).map_err(|e| ConfigFailure(e.to_string()))?;
+        // (Reads the users file, which may be a request to a bucket: a
+        // blocking call.)
+        let (ctx, alive) = tokio::task::block_in_place(|| ssh::ServerContext::new(keys, parts))
+            .map_err(|e| ConfigFailure(e.to_string()))?;
         let host_certificates =
             ssh::host_keys::load_certificates(&config.host_certificates, &host_keys)
                 .map_err(|e| ConfigFailure(e.to_string()))?;
@@ -174,6 +181,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     });
     drop(runtime);
     drop(storage);
+    drop(users_kept);
     drop(wrapper);
     // The last reference: the audit writer finishes its queue (the
     // logouts of the sessions closed at shutdown) before the process exits.

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use dropzone::auth::users_source::UsersSource;
 use dropzone::aws::s3::{CredentialSource, S3Client, S3Options};
-use dropzone::config::{self, Config, KmsBackend, S3Config, StorageConfig, VaultAuth};
+use dropzone::config::{self, Config, KmsBackend, S3Config, StorageConfig, UsersFileAt, VaultAuth};
 use dropzone::daemon::ConfigFailure;
 use dropzone::keys::UserKeys;
 use dropzone::keys::key_store::S3KeyFiles;
@@ -205,6 +206,26 @@ pub fn storage_backend(config: &Config) -> anyhow::Result<Backend> {
             prefix: s3.prefix.clone(),
             part_size: s3.part_size,
         }),
+    }
+}
+
+/// Where the users file is: its path, or its object reached with
+/// `[storage.s3]`'s endpoint and credentials (the configuration has
+/// checked that there is one).
+pub fn users_source(config: &Config) -> anyhow::Result<UsersSource> {
+    match (&config.auth.users_file, &config.storage) {
+        (UsersFileAt::Path(path), _) => Ok(UsersSource::file(path.clone())),
+        (UsersFileAt::Object { bucket, key }, StorageConfig::S3(s3)) => {
+            let s3 = S3Config {
+                bucket: bucket.clone(),
+                ..(**s3).clone()
+            };
+            Ok(UsersSource::object(s3_client(&s3)?, key.clone()))
+        }
+        (at @ UsersFileAt::Object { .. }, StorageConfig::Local) => Err(ConfigFailure(format!(
+            "auth.users_file = \"{at}\" needs [storage] backend = \"s3\""
+        ))
+        .into()),
     }
 }
 

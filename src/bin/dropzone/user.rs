@@ -1,8 +1,10 @@
 //! `dropzone user add|set|remove|list`: the users file.
 //!
-//! Each command that changes the file holds its lock
-//! ([`UsersFileLock`]) from reading it to saving it, so that two run at
-//! once (two operators, a script) do not lose either change.
+//! Each command that changes the file does so through
+//! [`UsersSource::update`](dropzone::auth::users_source::UsersSource::update): a local file under its lock from reading it to
+//! saving it, an object in a bucket (`users_file = "s3://..."`) written
+//! only if no other node wrote it meanwhile, so that two run at once (two
+//! operators, a script, two nodes) do not lose either change.
 //!
 //! `user list` shows each user's role, quota and usage: from the usage
 //! record the server keeps (see [`dropzone::quota`]), or, on a shared store
@@ -19,7 +21,7 @@ use clap::Subcommand;
 use dropzone::access::{Permissions, Role};
 use dropzone::auth::authorized_keys::key_lines;
 use dropzone::auth::password;
-use dropzone::auth::users_file::{UserAccess, UsersFile, UsersFileLock};
+use dropzone::auth::users_file::UserAccess;
 
 use dropzone::quota::{UsageStatus, UsageView};
 use dropzone::store::bounds::human_size;
@@ -30,7 +32,7 @@ use dropzone::keys::key_store::{KeyFiles, S3KeyFiles};
 use dropzone::store::Backend;
 use dropzone::username::UserName;
 
-use crate::setup::{ConfigArg, load_config, storage_backend};
+use crate::setup::{ConfigArg, load_config, storage_backend, users_source};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -126,7 +128,6 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let config = load_config(&config)?;
-            let path = &config.auth.users_file;
             let hash = if password_stdin {
                 let mut line = zeroize::Zeroizing::new(String::new());
                 std::io::stdin()
@@ -157,22 +158,22 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 role_written: role.is_some(),
                 extra: permissions.unwrap_or_default(),
             };
-            // Locked only now: a password prompt must not hold up others.
-            let _lock = UsersFileLock::acquire(path)?;
-            let mut users = UsersFile::load(path)?;
-            users.add_user_with(&name, hash, keys, access)?;
-            if let Some(PrincipalsArg(list)) = principals {
-                users.set_principals(&name, list)?;
-            }
-            let quota = users.set_quota(
-                &name,
-                quota_bytes.map(QuotaArg::limit),
-                quota_files.map(QuotaArg::limit),
-            )?;
-            users.save(path)?;
+            // Changed only now: a password prompt must not hold up others.
+            let users = users_source(&config)?;
+            let quota = users.update(|file| -> anyhow::Result<_> {
+                file.add_user_with(&name, hash.clone(), keys.clone(), access)?;
+                if let Some(PrincipalsArg(list)) = &principals {
+                    file.set_principals(&name, list.clone())?;
+                }
+                Ok(file.set_quota(
+                    &name,
+                    quota_bytes.map(QuotaArg::limit),
+                    quota_files.map(QuotaArg::limit),
+                )?)
+            })?;
             println!(
                 "added user {name} to {} ({}, {})",
-                path.display(),
+                users.name().display(),
                 describe(&access),
                 describe_quota(&quota)
             );
@@ -198,19 +199,18 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             let config = load_config(&config)?;
-            let path = &config.auth.users_file;
-            let _lock = UsersFileLock::acquire(path)?;
-            let mut users = UsersFile::load(path)?;
-            let access = users.set_access(&name, role, permissions)?;
-            if let Some(PrincipalsArg(list)) = principals {
-                users.set_principals(&name, list)?;
-            }
-            let quota = users.set_quota(
-                &name,
-                quota_bytes.map(QuotaArg::limit),
-                quota_files.map(QuotaArg::limit),
-            )?;
-            users.save(path)?;
+            let (access, quota) = users_source(&config)?.update(|file| -> anyhow::Result<_> {
+                let access = file.set_access(&name, role, permissions)?;
+                if let Some(PrincipalsArg(list)) = &principals {
+                    file.set_principals(&name, list.clone())?;
+                }
+                let quota = file.set_quota(
+                    &name,
+                    quota_bytes.map(QuotaArg::limit),
+                    quota_files.map(QuotaArg::limit),
+                )?;
+                Ok((access, quota))
+            })?;
             println!(
                 "user {name}: {}, {}",
                 describe(&access),
@@ -220,20 +220,20 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
         }
         UserCommand::Remove { name, config } => {
             let config = load_config(&config)?;
-            let path = &config.auth.users_file;
-            let _lock = UsersFileLock::acquire(path)?;
-            let mut users = UsersFile::load(path)?;
-            if !users.remove_user(&name)? {
-                bail!("no user {name} in {}", path.display());
-            }
-            users.save(path)?;
+            let users = users_source(&config)?;
+            users.update(|file| -> anyhow::Result<()> {
+                if !file.remove_user(&name)? {
+                    bail!("no user {name} in {}", users.name().display());
+                }
+                Ok(())
+            })?;
             let (files, key) = kept_at(&config, &name)?;
             println!("removed user {name}; their files ({files}) and key ({key}) are kept");
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::List { config } => {
             let config = load_config(&config)?;
-            let users = UsersFile::load(&config.auth.users_file)?;
+            let (users, _) = users_source(&config)?.load()?;
             let backend = storage_backend(&config)?;
             for u in users.users() {
                 let mut methods = Vec::new();
@@ -277,7 +277,7 @@ fn describe(access: &UserAccess) -> String {
 }
 
 /// `--principals`: a comma-separated list ("" for none), checked when set
-/// ([`UsersFile::set_principals`]).
+/// ([`dropzone::auth::users_file::UsersFile::set_principals`]).
 #[derive(Debug, Clone)]
 pub struct PrincipalsArg(Vec<String>);
 
