@@ -2,8 +2,9 @@
 //! "s3://BUCKET/KEY"`), shared by two nodes on one SeaweedFS: what
 //! `dropzone user ...` changes on either node reaches both without a
 //! restart (each watches the object's ETag), changes made at once on both
-//! are all kept (conditional writes), and an object that no longer parses
-//! leaves the users read last in force.
+//! are all kept (conditional writes), an object that no longer parses
+//! leaves the users read last in force, and a node started while the
+//! store is down reads the users once it is back.
 
 use std::process::Command;
 
@@ -145,5 +146,49 @@ fn nodes_share_a_users_file_in_a_bucket_and_see_each_others_changes() {
         stderr(&out).contains(&format!("s3://{USERS_BUCKET}/{USERS_KEY}")),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn a_node_started_while_the_store_is_down_reads_the_users_once_it_is_back() {
+    let mut s3 = SeaweedFs::start();
+    let a = Server::start_opts(
+        &[("alice", None)],
+        &ServerOptions {
+            extra_config: s3.storage_config("users-down"),
+            env: SeaweedFs::env(),
+            users_file: Some(format!("s3://{}/users.toml", s3.bucket)),
+            ..ServerOptions::default()
+        },
+    );
+    assert!(logs_in(&a, "alice"), "{}", a.log_tail(30));
+
+    // Down: node A says once that it cannot look; node B starts anyway,
+    // with no users from the bucket yet.
+    s3.stop();
+    a.wait_for("node A to report the store down", || {
+        a.log()
+            .contains("users file cannot be checked for changes")
+            .then_some(())
+    });
+    let b = a.start_node();
+    assert!(
+        b.log().contains("users file unreachable at start-up"),
+        "{}",
+        b.log_tail(30)
+    );
+
+    // Back: both find it again by themselves, and alice logs in to node B.
+    s3.restart();
+    a.wait_for("node A to find the store again", || {
+        a.log().contains("users file reachable again").then_some(())
+    });
+    wait_until_login(&b, "alice", true);
+    assert!(b.log().contains("users file read"), "{}", b.log_tail(30));
+    assert_eq!(
+        a.log().matches("users file cannot be checked").count(),
+        1,
+        "the outage is reported once:\n{}",
+        a.log_tail(40)
     );
 }
