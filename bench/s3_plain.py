@@ -12,6 +12,9 @@ what an ordinary S3 client gets from the same store on the same machine.
     s3_plain.py rm KEY...                 deletes objects
     s3_plain.py du PREFIX                 prints "OBJECTS BYTES" under PREFIX
     s3_plain.py uploads PREFIX            prints the incomplete multipart uploads
+    s3_plain.py list PREFIX               lists PREFIX (ListObjectsV2 pages, with
+                                          delimiter /); prints "SECONDS OBJECTS",
+                                          keys ending in / left out
 
 Settings come from the environment: S3_ENDPOINT, S3_BUCKET, S3_REGION,
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, PART_MIB (default 8),
@@ -147,6 +150,14 @@ def main(argv):
                 n += 1
                 size += o["Size"]
         print(n, size)
+    elif cmd == "list" and len(args) == 1:
+        t0 = time.monotonic()
+        s3 = client()
+        n = 0
+        pages = s3.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket(), Prefix=args[0], Delimiter="/"):
+            n += sum(not o["Key"].endswith("/") for o in page.get("Contents", []))
+        print(f"{time.monotonic() - t0:.6f} {n}")
     elif cmd == "uploads" and len(args) == 1:
         r = client().list_multipart_uploads(Bucket=bucket(), Prefix=args[0])
         for u in r.get("Uploads", []):

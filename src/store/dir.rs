@@ -19,20 +19,86 @@ pub struct DirStream {
 impl DirStream {
     /// Up to `n` more entries with their attributes, in storage order;
     /// empty at the end. Each file's plaintext size is read here, so a
-    /// batch costs at most `n` small reads.
+    /// batch costs at most `n` small reads; on a storage that waits on the
+    /// network they are made [`SIZE_READS_AT_ONCE`] at a time.
     pub fn next_batch(&mut self, n: usize) -> Result<Vec<(String, Attributes)>, StoreError> {
-        let entries = self.reader.next_batch(n)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (name, meta) in entries {
+        let entries: Vec<(String, ObjectPath, Meta)> = self
+            .reader
+            .next_batch(n)?
+            .into_iter()
             // A name our paths cannot express is left out, as in
             // `UserStore::read_dir`.
-            if let Ok(child) = self.path.join(&name) {
-                let attrs = attributes_in(&*self.storage, &child, meta);
-                out.push((name, attrs));
+            .filter_map(|(name, meta)| {
+                let child = self.path.join(&name).ok()?;
+                Some((name, child, meta))
+            })
+            .collect();
+        Ok(attributes_of_all(&*self.storage, entries))
+    }
+}
+
+/// The plaintext attributes of `entries` (name, path, metadata) of
+/// `storage`, in their order: on a storage that waits on the network,
+/// [`SIZE_READS_AT_ONCE`] sizes are read at a time.
+pub(super) fn attributes_of_all(
+    storage: &dyn Storage,
+    entries: Vec<(String, ObjectPath, Meta)>,
+) -> Vec<(String, Attributes)> {
+    if storage.waits_on_network() {
+        attributes_at_once(storage, entries)
+    } else {
+        entries
+            .into_iter()
+            .map(|(name, child, meta)| (name, attributes_in(storage, &child, meta)))
+            .collect()
+    }
+}
+
+/// Plaintext sizes read at once for a listing on a storage that waits on
+/// the network: each is a round trip (a ranged GET of a few bytes), so a
+/// directory of 1,000 files read one size after another takes 1,000 round
+/// trips of the store's latency.
+pub const SIZE_READS_AT_ONCE: usize = 16;
+
+/// The attributes of `entries`, in their order, read on up to
+/// [`SIZE_READS_AT_ONCE`] threads, each taking a run of consecutive
+/// entries. A thread that cannot be started leaves its run to the caller's
+/// thread.
+fn attributes_at_once(
+    storage: &dyn Storage,
+    entries: Vec<(String, ObjectPath, Meta)>,
+) -> Vec<(String, Attributes)> {
+    let attributes_of = |run: &[(String, ObjectPath, Meta)]| -> Vec<(String, Attributes)> {
+        run.iter()
+            .map(|(name, child, meta)| (name.clone(), attributes_in(storage, child, meta.clone())))
+            .collect()
+    };
+    if entries.len() < 2 {
+        return attributes_of(&entries);
+    }
+    let run_len = entries.len().div_ceil(SIZE_READS_AT_ONCE);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = entries
+            .chunks(run_len)
+            .map(|run| {
+                let started = std::thread::Builder::new()
+                    .name("dz-sizes".into())
+                    .spawn_scoped(scope, move || attributes_of(run));
+                (run, started)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for (run, started) in runs {
+            match started {
+                Ok(thread) => match thread.join() {
+                    Ok(done) => out.extend(done),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Err(_) => out.extend(attributes_of(run)),
             }
         }
-        Ok(out)
-    }
+        out
+    })
 }
 
 /// The plaintext attributes of `path` in `storage`, whose metadata is `meta`.

@@ -34,7 +34,7 @@ use std::fmt;
 use std::io;
 use std::sync::Mutex;
 
-use super::dir::attributes_in;
+use super::dir::attributes_of_all;
 use super::storage::{Kind, ObjectPath, SpaceInfo, Storage};
 use crate::sync::lock;
 
@@ -395,6 +395,7 @@ pub fn scan_usage(storage: &dyn Storage) -> io::Result<Usage> {
     let mut seen = 0u64;
     let mut dirs = vec![ObjectPath::root()];
     while let Some(dir) = dirs.pop() {
+        let mut files = Vec::new();
         for (name, meta) in storage.read_dir(&dir)? {
             seen += 1;
             if seen > MAX_SCAN_ENTRIES {
@@ -409,11 +410,16 @@ pub fn scan_usage(storage: &dyn Storage) -> io::Result<Usage> {
                     if meta.nlink > 1 && !linked.insert(meta.identity) {
                         continue;
                     }
-                    usage.files += 1;
-                    usage.bytes += attributes_in(storage, &path, meta).size;
+                    files.push((name, path, meta));
                 }
                 Kind::Symlink | Kind::Other => {}
             }
+        }
+        // A directory's sizes at once: on an object store each is a
+        // request.
+        for (_, attributes) in attributes_of_all(storage, files) {
+            usage.files += 1;
+            usage.bytes += attributes.size;
         }
     }
     Ok(usage)
