@@ -20,7 +20,7 @@ impl DirStream {
     /// Up to `n` more entries with their attributes, in storage order;
     /// empty at the end. Each file's plaintext size is read here, so a
     /// batch costs at most `n` small reads; on a storage that waits on the
-    /// network they are made [`SIZE_READS_AT_ONCE`] at a time.
+    /// network they are made 16 at a time (`SIZE_READS_AT_ONCE`).
     pub fn next_batch(&mut self, n: usize) -> Result<Vec<(String, Attributes)>, StoreError> {
         let entries: Vec<(String, ObjectPath, Meta)> = self
             .reader
@@ -58,7 +58,7 @@ pub(super) fn attributes_of_all(
 /// the network: each is a round trip (a ranged GET of a few bytes), so a
 /// directory of 1,000 files read one size after another takes 1,000 round
 /// trips of the store's latency.
-pub const SIZE_READS_AT_ONCE: usize = 16;
+const SIZE_READS_AT_ONCE: usize = 16;
 
 /// The attributes of `entries`, in their order, read on up to
 /// [`SIZE_READS_AT_ONCE`] threads, each taking a run of consecutive
