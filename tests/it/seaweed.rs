@@ -26,13 +26,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use dropzone::aws::credentials::Credentials;
-use dropzone::aws::s3::{CredentialSource, S3Client, S3Options};
+use dropzone::aws::s3::{Condition, CredentialSource, S3Client, S3Options};
 
 /// The access key id SeaweedFS accepts (and every dropzone gets in
 /// [`SeaweedFs::env`]).
 pub const ACCESS_KEY_ID: &str = "dropzone-test";
 /// Its secret key.
 pub const SECRET_ACCESS_KEY: &str = "dropzone-test-secret-key";
+/// The object [`SeaweedFs`] writes and deletes to see that the store takes
+/// writes (outside any prefix the tests use).
+const READY_PROBE: &str = ".seaweedfs-ready-probe";
 /// The bucket [`SeaweedFs::start`] makes.
 pub const BUCKET: &str = "dropzone";
 /// The region dropzone signs for (SeaweedFS accepts any).
@@ -221,12 +224,20 @@ impl SeaweedFs {
         self.wait_ready();
     }
 
-    /// Polls until the bucket lists with the test credentials.
+    /// Polls until the bucket lists with the test credentials and takes a
+    /// write: after a restart SeaweedFS answers reads a while before its
+    /// volumes take writes again.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         let client = self.client();
+        let writable = || {
+            client
+                .put(READY_PROBE, b"", &[], Condition::Always)
+                .and_then(|_| client.delete(READY_PROBE))
+                .is_ok()
+        };
         loop {
-            if http_answers(self.s3_port) && client.list("", None, None, 1).is_ok() {
+            if http_answers(self.s3_port) && client.list("", None, None, 1).is_ok() && writable() {
                 return;
             }
             if let Some(child) = self.child.as_mut()
