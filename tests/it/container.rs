@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use dropzone::config::UsersFileAt;
+
 use super::harness::{BIN, Server, output_with_timeout};
 
 /// A file of the repository, as text.
@@ -88,21 +90,20 @@ fn the_scale_out_example_config_is_valid_and_shares_host_keys_and_users() {
         compose.contains("  seaweedfs:\n"),
         "the nodes' object store is a service of the compose file"
     );
-    // What every node must share lives on volumes the node template mounts.
-    for (what, dir) in [
-        ("host_keys_dir", config.host_keys_dir.clone()),
-        (
-            "users_file's directory",
-            config
-                .auth
-                .users_file
-                .path()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .to_path_buf(),
+    // What every node must share: the users in the bucket, or on a volume
+    // the node template mounts; the host keys on such a volume.
+    let mut shared = vec![("host_keys_dir", config.host_keys_dir.clone())];
+    match &config.auth.users_file {
+        UsersFileAt::Object { bucket, .. } => assert_eq!(
+            bucket, &s3.bucket,
+            "the scale-out example's users object is in its bucket"
         ),
-    ] {
+        UsersFileAt::Path(path) => shared.push((
+            "users_file's directory",
+            path.parent().unwrap().to_path_buf(),
+        )),
+    }
+    for (what, dir) in shared {
         let mount = format!(":{}\n", dir.display());
         assert!(
             compose.contains(&mount),
