@@ -55,8 +55,9 @@
 //!   one check SFTP and scp requests pass before they touch the store.
 //!
 //! Below them all, `sync` holds the one poison-tolerant `lock` every module
-//! uses for its mutexes, and `atomic_file` the durable replacement of small
-//! secret files.
+//! uses for its mutexes, `atomic_file` the durable replacement of small
+//! secret files, and `thread_cache` the switch of a thread's allocator
+//! cache (off for a connection until its first transfer).
 //!
 //! What this crate does not do: it never decrypts a file to disk, never
 //! writes a data key unwrapped, and never lets a client path reach the
@@ -82,5 +83,6 @@ pub mod sftp;
 pub mod ssh;
 pub mod store;
 mod sync;
+pub mod thread_cache;
 pub mod upload;
 pub mod username;

@@ -72,6 +72,8 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // Every scp command is a transfer (see `thread_cache`).
+    crate::thread_cache::resume();
     let mut conn = Conn {
         io: BufReader::new(stream),
         errors: 0,

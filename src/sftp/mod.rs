@@ -399,6 +399,11 @@ impl Session {
                     .await;
             }
         };
+        if matches!(packet, Packet::Open(_)) {
+            // A file transfer begins: small allocations on this thread
+            // are many from now on (see `thread_cache`).
+            crate::thread_cache::resume();
+        }
         match packet {
             Packet::Init(init) => {
                 debug!(client_version = init.version, "SFTP init");

@@ -436,6 +436,9 @@ async fn spawn_connection(
     let spawned = std::thread::Builder::new()
         .name(format!("dz-conn-{}", task.conn_id))
         .spawn(move || {
+            // Most connections log in, list and leave: no allocator cache
+            // until the first transfer (the sftp and scp layers resume it).
+            crate::thread_cache::pause();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(CONNECTION_BLOCKING_THREADS)

@@ -52,6 +52,15 @@ pub fn configure() -> Result<bool, String> {
     Ok(true)
 }
 
+/// Turns the calling thread's cache on or off
+/// ([`dropzone::thread_cache`]): idle connections then hold less, and
+/// jemalloc keeps less of it after a burst of sessions (measured with
+/// `bench/sessions.sh`, docs/PERFORMANCE.md "Memory"). A failure leaves
+/// the cache as it was.
+pub fn set_thread_cache(on: bool) {
+    let _ = b"thread.tcache.enabled\0".name().write(on);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +74,19 @@ mod tests {
         assert_eq!(read(b"arena.0.dirty_decay_ms\0"), DIRTY_DECAY_MS);
         assert_eq!(read(b"arenas.muzzy_decay_ms\0"), 0);
         assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
+    }
+
+    #[test]
+    fn a_thread_cache_turns_off_and_on() {
+        let enabled = || -> bool { b"thread.tcache.enabled\0".name().read().unwrap() };
+        std::thread::spawn(move || {
+            assert!(enabled());
+            set_thread_cache(false);
+            assert!(!enabled());
+            set_thread_cache(true);
+            assert!(enabled());
+        })
+        .join()
+        .unwrap();
     }
 }

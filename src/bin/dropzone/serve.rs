@@ -38,7 +38,8 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     dropzone::daemon::init_logging();
     // Before the server's threads start: arenas made later take the decay.
     match crate::allocator::configure() {
-        Ok(true) => {}
+        // Connection threads then start without a cache of their own.
+        Ok(true) => dropzone::thread_cache::install(crate::allocator::set_thread_cache),
         Ok(false) => tracing::info!("allocator settings taken from _RJEM_MALLOC_CONF"),
         Err(e) => tracing::warn!(error = %e, "the allocator keeps its defaults"),
     }
