@@ -140,7 +140,8 @@ impl UsersSource {
                 Ok(out)
             }
             UsersSource::Object(o) => {
-                for attempt in 1..=OBJECT_WRITE_ATTEMPTS {
+                let mut attempt = 1;
+                loop {
                     let (mut users, cond) = match o.read()? {
                         Some((text, etag)) => (
                             UsersFile::from_text(&text, &o.name)?,
@@ -150,36 +151,30 @@ impl UsersSource {
                     };
                     let out = change(&mut users)?;
                     let text = users.to_toml(&o.name)?;
-                    match o.client.put(&o.key, text.as_bytes(), &[], cond) {
+                    let source = match o.client.put(&o.key, text.as_bytes(), &[], cond) {
                         Ok(_) => return Ok(out),
                         Err(S3Error::PreconditionFailed) if attempt < OBJECT_WRITE_ATTEMPTS => {
                             // Another node's change landed first; step
                             // aside a little (more at each attempt) so
                             // that nodes racing again do not collide again.
                             std::thread::sleep(backoff(attempt));
+                            attempt += 1;
+                            continue;
                         }
-                        Err(S3Error::PreconditionFailed) => {
-                            return Err(UsersFileError::Write {
-                                path: o.name.clone(),
-                                source: io::Error::new(
-                                    io::ErrorKind::AlreadyExists,
-                                    format!(
-                                        "changed by others {OBJECT_WRITE_ATTEMPTS} times while this change was made; nothing written: run the command again"
-                                    ),
-                                ),
-                            }
-                            .into());
-                        }
-                        Err(e) => {
-                            return Err(UsersFileError::Write {
-                                path: o.name.clone(),
-                                source: e.into(),
-                            }
-                            .into());
-                        }
+                        Err(S3Error::PreconditionFailed) => io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            format!(
+                                "changed by others {OBJECT_WRITE_ATTEMPTS} times while this change was made; nothing written: run the command again"
+                            ),
+                        ),
+                        Err(e) => e.into(),
+                    };
+                    return Err(UsersFileError::Write {
+                        path: o.name.clone(),
+                        source,
                     }
+                    .into());
                 }
-                unreachable!("the last attempt returns")
             }
         }
     }
