@@ -222,8 +222,11 @@ impl ServerContext {
                     // A file that cannot be read is tried again at the
                     // next request; one that does not parse once it changes.
                     Err(e) => {
-                        let refused = (!matches!(e, UsersFileError::Read { .. })).then_some(now);
-                        cache.refuse(&self.users_source, refused.flatten(), &e)
+                        let refused = match e {
+                            UsersFileError::Read { .. } => None,
+                            _ => now,
+                        };
+                        cache.refuse(&self.users_source, refused, &e)
                     }
                 }
             }
