@@ -3,6 +3,7 @@
 pub mod harness;
 
 mod access;
+mod allocator;
 mod audit;
 mod auth;
 mod aws_kms;

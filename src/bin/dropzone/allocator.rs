@@ -5,8 +5,12 @@
 //! Allocators that keep pages per thread then hold far more than is live
 //! while many sessions run; jemalloc serves large buffers from arenas that
 //! threads share and, with its background threads on, returns freed pages
-//! to the system on a timer rather than at the next allocation. Measured
-//! with `bench/sessions.sh` (docs/PERFORMANCE.md, "Memory").
+//! to the system on a timer rather than at the next allocation. It is
+//! built unprefixed, as the process's `malloc`: what libc and other C code
+//! allocate for each thread (thread-local destructor lists, name service
+//! lookups) then goes to jemalloc too, rather than to glibc arenas that
+//! keep it after a burst of sessions. Measured with `bench/sessions.sh`
+//! (docs/PERFORMANCE.md, "Memory").
 
 use tikv_jemalloc_ctl::{Access, AsName};
 
@@ -19,10 +23,21 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// few seconds after it ends. jemalloc's default is 10 s.
 const DIRTY_DECAY_MS: isize = 1000;
 
-/// Where an operator configures jemalloc themselves (its options, as
-/// `MALLOC_CONF` is for an unprefixed jemalloc); their settings then stand
-/// (set and not empty).
-const OPERATOR_SETTINGS: &str = "_RJEM_MALLOC_CONF";
+/// Where an operator configures jemalloc themselves (its options, read by
+/// jemalloc when the process starts); their settings then stand (set and
+/// not empty).
+pub const OPERATOR_SETTINGS: &str = "MALLOC_CONF";
+
+/// The variable a prefixed jemalloc read instead, which this build ignores:
+/// `dropzone serve` warns when it is set, so that settings made there are
+/// not silently lost.
+pub const IGNORED_SETTINGS: &str = "_RJEM_MALLOC_CONF";
+
+/// Whether the environment names allocator settings that this build does
+/// not read ([`IGNORED_SETTINGS`]).
+pub fn ignored_settings_given() -> bool {
+    std::env::var_os(IGNORED_SETTINGS).is_some_and(|v| !v.is_empty())
+}
 
 /// Sets the decay for the arenas that exist and for those created later,
 /// returns pages at once rather than keeping them lazily freed ("muzzy"),
@@ -52,6 +67,23 @@ pub fn configure() -> Result<bool, String> {
     Ok(true)
 }
 
+/// What jemalloc is running with, for the server's start-up log: the
+/// number of arenas, how long freed pages are kept, whether background
+/// threads return them. (Settings from [`OPERATOR_SETTINGS`] show here, so
+/// the line also says whether jemalloc read them.)
+pub fn summary() -> String {
+    let arenas: Result<u32, _> = b"opt.narenas\0".name().read();
+    let decay: Result<isize, _> = b"arenas.dirty_decay_ms\0".name().read();
+    let background = tikv_jemalloc_ctl::background_thread::read();
+    match (arenas, decay, background) {
+        (Ok(arenas), Ok(decay), Ok(background)) => format!(
+            "jemalloc, {arenas} arenas, freed pages kept {decay} ms, background threads {}",
+            if background { "on" } else { "off" }
+        ),
+        _ => "jemalloc (its settings could not be read)".to_owned(),
+    }
+}
+
 /// Turns the calling thread's cache on or off
 /// ([`dropzone::thread_cache`]): idle connections then hold less, and
 /// jemalloc keeps less of it after a burst of sessions (measured with
@@ -67,7 +99,7 @@ mod tests {
 
     #[test]
     fn the_server_sets_a_short_decay_and_starts_background_threads() {
-        // (Tests do not set _RJEM_MALLOC_CONF.)
+        // (Tests do not set MALLOC_CONF.)
         assert!(configure().unwrap());
         let read = |name: &[u8]| -> isize { name.name().read().unwrap() };
         assert_eq!(read(b"arenas.dirty_decay_ms\0"), DIRTY_DECAY_MS);

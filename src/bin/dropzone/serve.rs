@@ -40,9 +40,20 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     match crate::allocator::configure() {
         // Connection threads then start without a cache of their own.
         Ok(true) => dropzone::thread_cache::install(crate::allocator::set_thread_cache),
-        Ok(false) => tracing::info!("allocator settings taken from _RJEM_MALLOC_CONF"),
+        Ok(false) => tracing::info!(
+            "allocator settings taken from {}",
+            crate::allocator::OPERATOR_SETTINGS
+        ),
         Err(e) => tracing::warn!(error = %e, "the allocator keeps its defaults"),
     }
+    if crate::allocator::ignored_settings_given() {
+        tracing::warn!(
+            "{} is not read by this build; set {} instead",
+            crate::allocator::IGNORED_SETTINGS,
+            crate::allocator::OPERATOR_SETTINGS
+        );
+    }
+    tracing::info!(allocator = %crate::allocator::summary(), "memory allocator");
     let metrics = Arc::new(Metrics::new());
     let audit = match &config.audit.log_file {
         Some(path) => Some(
