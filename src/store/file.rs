@@ -1019,18 +1019,13 @@ impl FileState {
             {
                 chunks.clear();
             }
+            let mut slices = Vec::with_capacity(chunks.len());
             let mut at = 0;
-            let mut good = 0;
-            for ((index, len), data) in (first..).zip(lens).zip(chunks.iter_mut()) {
-                let record = &records[at..at + format::record_len(len)];
-                if format::decode_chunk_replacing(&keys, &id, index, index == last, record, data)
-                    .is_err()
-                {
-                    break;
-                }
-                at += record.len();
-                good += 1;
+            for &len in lens.iter().take(chunks.len()) {
+                slices.push(&records[at..at + format::record_len(len)]);
+                at += format::record_len(len);
             }
+            let good = format::decode_chunks_replacing(&keys, &id, first, last, &slices, &mut chunks);
             chunks.truncate(good);
             Decoded {
                 chunks,

@@ -23,7 +23,10 @@ use cbc::cipher::{
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::mac_batch;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -338,16 +341,26 @@ pub fn encode_chunks(keys: &FileKeys, id: &FileId, chunks: &mut [ChunkToEncode<'
             .collect();
         Aes256::new(&keys.enc.into()).encrypt_with_backend(CbcLanes { lanes: &mut lanes });
     }
-    for chunk in chunks.iter_mut() {
+    // The MACs side by side too (`mac_batch`).
+    let headers: Vec<[u8; CHUNK_MAC_HEADER_LEN]> = chunks
+        .iter()
+        .map(|chunk| chunk_mac_header(id, chunk.index, chunk.is_final))
+        .collect();
+    let mut tags = vec![[0u8; MAC_LEN]; chunks.len()];
+    {
+        let messages: Vec<mac_batch::Message<'_>> = chunks
+            .iter()
+            .zip(&headers)
+            .map(|(chunk, header)| mac_batch::Message {
+                header,
+                body: &chunk.out[..chunk.out.len() - MAC_LEN],
+            })
+            .collect();
+        mac_batch::tags(&keys.mac, &messages, &mut tags);
+    }
+    for (chunk, tag) in chunks.iter_mut().zip(&tags) {
         let body_len = chunk.out.len() - MAC_LEN;
-        let tag = chunk_mac(
-            keys,
-            id,
-            chunk.index,
-            chunk.is_final,
-            &chunk.out[..body_len],
-        );
-        chunk.out[body_len..].copy_from_slice(&tag);
+        chunk.out[body_len..].copy_from_slice(tag);
     }
 }
 
@@ -473,6 +486,56 @@ pub fn decode_chunk_replacing(
     result
 }
 
+/// Decodes consecutive records, chunk `first` and on (`last` is the index
+/// of the file's last chunk), each into its buffer in `outs` as
+/// [`decode_chunk_replacing`] does, verifying their MACs side by side
+/// (`mac_batch`). Returns how many were decoded: it stops at the first
+/// record that fails, whose buffer is then empty, and leaves the buffers
+/// after it as they were.
+pub fn decode_chunks_replacing(
+    keys: &FileKeys,
+    id: &FileId,
+    first: u64,
+    last: u64,
+    records: &[&[u8]],
+    outs: &mut [Vec<u8>],
+) -> usize {
+    debug_assert_eq!(records.len(), outs.len());
+    let framed = records
+        .iter()
+        .take_while(|record| record.len() >= RECORD_OVERHEAD)
+        .count();
+    let headers: Vec<[u8; CHUNK_MAC_HEADER_LEN]> = (first..)
+        .take(framed)
+        .map(|index| chunk_mac_header(id, index, index == last))
+        .collect();
+    let messages: Vec<mac_batch::Message<'_>> = records[..framed]
+        .iter()
+        .zip(&headers)
+        .map(|(record, header)| mac_batch::Message {
+            header,
+            body: &record[..record.len() - MAC_LEN],
+        })
+        .collect();
+    let mut tags = vec![[0u8; MAC_LEN]; framed];
+    mac_batch::tags(&keys.mac, &messages, &mut tags);
+    let mut decoded = 0;
+    for (((index, record), out), tag) in (first..).zip(records).zip(outs.iter_mut()).zip(&tags) {
+        let (body, stored_tag) = record.split_at(record.len() - MAC_LEN);
+        let good = bool::from(tag.ct_eq(stored_tag))
+            && decrypt_verified(keys, index == last, body, out, 0).is_ok();
+        if !good {
+            out.clear();
+            break;
+        }
+        decoded += 1;
+    }
+    if decoded == framed && framed < records.len() {
+        outs[framed].clear();
+    }
+    decoded
+}
+
 /// Decodes into `out` from `start` on; `out` ends where the plaintext does.
 fn decode_chunk_at(
     keys: &FileKeys,
@@ -488,13 +551,22 @@ fn decode_chunk_at(
     }
     let (body, tag) = record.split_at(record.len() - MAC_LEN);
     keys.mac()
-        .chain_update(MAC_DOMAIN_CHUNK)
-        .chain_update(id.0)
-        .chain_update(index.to_be_bytes())
-        .chain_update([u8::from(is_final)])
+        .chain_update(chunk_mac_header(id, index, is_final))
         .chain_update(body)
         .verify_slice(tag)
         .map_err(|_| FormatError::Integrity("chunk MAC mismatch"))?;
+    decrypt_verified(keys, is_final, body, out, start)
+}
+
+/// Decrypts a record's `body` (its MAC already verified) into `out` from
+/// `start` on, after checking its length field.
+fn decrypt_verified(
+    keys: &FileKeys,
+    is_final: bool,
+    body: &[u8],
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<(), FormatError> {
     let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
     let ct = &body[LEN_FIELD + BLOCK..];
     if len > CHUNK_SIZE || ct.len() != round_up_block(len) || (!is_final && len != CHUNK_SIZE) {
@@ -519,14 +591,27 @@ fn chunk_mac(
     body: &[u8],
 ) -> [u8; MAC_LEN] {
     keys.mac()
-        .chain_update(MAC_DOMAIN_CHUNK)
-        .chain_update(id.0)
-        .chain_update(index.to_be_bytes())
-        .chain_update([u8::from(is_final)])
+        .chain_update(chunk_mac_header(id, index, is_final))
         .chain_update(body)
         .finalize()
         .into_bytes()
         .into()
+}
+
+/// Bytes a chunk's MAC covers before the record's body.
+const CHUNK_MAC_HEADER_LEN: usize = MAC_DOMAIN_CHUNK.len() + FILE_ID_LEN + 8 + 1;
+
+/// What a chunk's MAC covers before the record's body: the domain, the
+/// file id, the chunk's index and whether it is the last.
+fn chunk_mac_header(id: &FileId, index: u64, is_final: bool) -> [u8; CHUNK_MAC_HEADER_LEN] {
+    let mut header = [0u8; CHUNK_MAC_HEADER_LEN];
+    let (domain, rest) = header.split_at_mut(MAC_DOMAIN_CHUNK.len());
+    domain.copy_from_slice(MAC_DOMAIN_CHUNK);
+    let (file, rest) = rest.split_at_mut(FILE_ID_LEN);
+    file.copy_from_slice(&id.0);
+    rest[..8].copy_from_slice(&index.to_be_bytes());
+    rest[8] = u8::from(is_final);
+    header
 }
 
 #[cfg(test)]
@@ -622,6 +707,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Records of chunks 40.. of a file whose last chunk is `40 + count - 1`
+    /// with `last_len` bytes, and their plaintexts.
+    fn records_of(count: usize, last_len: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let (k, id) = keys();
+        let plaintexts: Vec<Vec<u8>> = (0..count)
+            .map(|c| {
+                let len = if c + 1 == count { last_len } else { CHUNK_SIZE };
+                (0..len).map(|i| ((i * 11 + c * 3) % 253) as u8).collect()
+            })
+            .collect();
+        let records = plaintexts
+            .iter()
+            .enumerate()
+            .map(|(c, pt)| {
+                let mut record = Vec::new();
+                let index = 40 + c as u64;
+                encode_chunk(&k, &id, index, c + 1 == count, pt, &[c as u8; BLOCK], &mut record);
+                record
+            })
+            .collect();
+        (records, plaintexts)
+    }
+
+    #[test]
+    fn chunks_decoded_side_by_side_match_their_plaintexts() {
+        let (k, id) = keys();
+        for count in [1usize, 2, 4, 5, 9] {
+            for last_len in [0, 1, 100, CHUNK_SIZE] {
+                let (records, plaintexts) = records_of(count, last_len);
+                let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                let last = 40 + count as u64 - 1;
+                // Reused buffers of every size.
+                let mut outs: Vec<Vec<u8>> = (0..count)
+                    .map(|c| vec![0xee; [CHUNK_SIZE + 100, 30, 0][c % 3]])
+                    .collect();
+                assert_eq!(decode_chunks_replacing(&k, &id, 40, last, &slices, &mut outs), count);
+                assert!(outs == plaintexts, "{count} chunks, last {last_len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_decoded_side_by_side_stop_at_the_first_bad_record() {
+        let (k, id) = keys();
+        let (mut records, plaintexts) = records_of(6, 500);
+        // One flipped ciphertext bit in the fourth record.
+        records[3][LEN_FIELD + BLOCK + 7] ^= 0x10;
+        let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let mut outs = vec![vec![0xee; 10]; 6];
+        assert_eq!(decode_chunks_replacing(&k, &id, 40, 45, &slices, &mut outs), 3);
+        assert!(outs[..3] == plaintexts[..3]);
+        assert!(outs[3].is_empty(), "nothing of the bad record is returned");
+        assert_eq!(outs[4], vec![0xee; 10]);
+        // The wrong position, the wrong last chunk, a truncated record.
+        let (records, _) = records_of(3, 500);
+        let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let mut outs = vec![Vec::new(); 3];
+        assert_eq!(decode_chunks_replacing(&k, &id, 41, 43, &slices, &mut outs), 0);
+        assert_eq!(decode_chunks_replacing(&k, &id, 40, 41, &slices, &mut outs), 1);
+        let short: Vec<&[u8]> = vec![&records[0], &records[1][..RECORD_OVERHEAD - 1]];
+        let mut outs = vec![vec![1u8]; 2];
+        assert_eq!(decode_chunks_replacing(&k, &id, 40, 42, &short, &mut outs), 1);
+        assert!(outs[1].is_empty());
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod format;
 mod handle;
 pub use handle::EncryptedFile;
 pub mod journal;
+mod mac_batch;
 mod pool;
 pub use pool::set_polling as set_crypto_polling;
 pub mod quota;
