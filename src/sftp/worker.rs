@@ -7,7 +7,8 @@
 //! session's thread when it is small ([`runs_inline`]) or on a blocking
 //! thread, then sends the replies, tells the user on stderr what failed
 //! (`super::notice`, each kind once per handle) and reports the transfer.
-//! An upload left open lets go of its buffers while it waits ([`trim_idle`]).
+//! An upload left open lets go of its buffers once it has waited a moment
+//! for its next request ([`trim_idle`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -128,7 +129,19 @@ pub(super) async fn run_worker(
     let mut arrived: Vec<QueuedJob> = Vec::with_capacity(BATCH);
     loop {
         if queued.is_empty() {
-            if jobs.recv_many(&mut arrived, BATCH).await == 0 {
+            // A handle with nothing queued is trimmed once it has waited
+            // IDLE_TRIM_AFTER for its next request (see `trim_idle`).
+            let next = tokio::time::timeout(IDLE_TRIM_AFTER, jobs.recv_many(&mut arrived, BATCH));
+            let received = match next.await {
+                Ok(received) => received,
+                Err(_idle) => {
+                    if !trim_idle(&file).await {
+                        return;
+                    }
+                    jobs.recv_many(&mut arrived, BATCH).await
+                }
+            };
+            if received == 0 {
                 return;
             }
             queued.extend(arrived.drain(..));
@@ -213,11 +226,16 @@ pub(super) async fn run_worker(
             // still done, in order: a CLOSE it sent still commits.
             let _ = session.replies.send(reply).await;
         }
-        if queued.is_empty() && jobs.is_empty() && !trim_idle(&file).await {
-            return;
-        }
     }
 }
+
+/// How long a handle waits for its next request before it lets go of its
+/// buffers ([`trim_idle`]). A streaming upload's queue runs empty many
+/// times a second, whenever the worker is ahead of the network; trimming
+/// each time waited for the write-behind batches and allocated (and
+/// zero-filled) every record buffer anew: about 2% of an upload's CPU
+/// (`perf`, one 1 GiB `sftp put`, docs/PERFORMANCE.md "Uploads").
+const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The notices a handle's worker has given: each kind once per handle (a
 /// download with 64 reads in flight fails 64 times; a pipelined upload past
@@ -243,15 +261,14 @@ impl Told {
     }
 }
 
-/// For a handle whose worker is about to wait for the next request: an
-/// upload left open lets go of its write-behind batches and spare buffers
-/// (about 2 MiB after a fast write, held until the next write or close
-/// otherwise), keeping only its partial chunk, so that a client cannot pin
-/// megabytes per handle under `sftp.max_handles` by writing and stopping.
-/// Done without leaving the session's thread unless writes are still in
-/// flight. A streaming upload goes idle only between bursts, where this
-/// costs a few buffer allocations and one wait for its last batches.
-/// `false` if the blocking thread failed (the worker then ends).
+/// For a handle whose worker has waited [`IDLE_TRIM_AFTER`] for its next
+/// request: an upload left open lets go of its write-behind batches and
+/// spare buffers (about 2 MiB after a fast write, held until the next
+/// write or close otherwise), keeping only its partial chunk, so that a
+/// client cannot pin megabytes per handle under `sftp.max_handles` by
+/// writing and stopping. Done without leaving the session's thread unless
+/// writes are still in flight. `false` if the blocking thread failed (the
+/// worker then ends).
 async fn trim_idle(file: &Arc<EncryptedFile>) -> bool {
     if file.trim_idle_now() {
         return true;
