@@ -11,19 +11,22 @@
 #   bench/compare.sh --keep          keep the work directory on /dev/shm afterwards
 #   bench/compare.sh --cpu-idle      let idle CPUs sleep as configured (by default the
 #                                    runs hold /dev/cpu_dma_latency at 0, see below)
+#   bench/compare.sh --bin PATH      serve with this dropzone binary (e.g. an earlier
+#                                    build kept aside) instead of building the tree's
 #
 # Needs: cargo, OpenSSH client (sftp, scp, ssh-keygen), /usr/sbin/sshd
 # (installed with apt-get if missing), root (sshd must run as root and the
 # OpenSSH test user is the current user), and /dev/shm.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 BENCH_NAME=compare.sh
 SMOKE=0
 RUNS=
 KEEP=0
 STEADY=1
+GIVEN_BIN=
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
         --runs=*) RUNS=${1#--runs=} ;;
         --keep) KEEP=1 ;;
         --cpu-idle) STEADY=0 ;;
+        --bin) GIVEN_BIN=${2:?--bin needs a path}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -66,7 +70,12 @@ need_tools sftp scp ssh-keygen cmp diff timeout awk
 ensure_sshd
 
 # ---------------------------------------------------------------- build
-release_bin 1
+if [ -n "$GIVEN_BIN" ]; then
+    [ -x "$GIVEN_BIN" ] || die "--bin $GIVEN_BIN: not an executable file"
+    BIN=$(cd "$(dirname "$GIVEN_BIN")" && pwd)/$(basename "$GIVEN_BIN")
+else
+    release_bin 1
+fi
 
 # ---------------------------------------------------------------- work dir
 WORK=$(mktemp -d /dev/shm/dropzone-bench.XXXXXX)
@@ -401,7 +410,11 @@ declare -A LABEL=(
 {
     echo
     echo "Dropzone vs OpenSSH sshd (internal-sftp), loopback, tmpfs; OpenSSH sftp/scp client"
-    report_header "$ROOT"
+    if [ -n "$GIVEN_BIN" ]; then
+        report_header "$ROOT" "; serving with --bin $GIVEN_BIN, not this tree's build"
+    else
+        report_header "$ROOT"
+    fi
     echo "algos:    dropzone: $ALGO_DZ"
     echo "          openssh:  $ALGO_OS"
     echo "idle CPUs: $CPU_IDLE_NOTE"

@@ -323,9 +323,10 @@ report_host() {
     echo "dropzone: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$dirty, $(rustc --version 2>/dev/null || true)${2:-}"
 }
 
-# report_header ROOT : report_host, then which OpenSSH (server and client).
+# report_header ROOT [NOTE] : report_host, then which OpenSSH (server and
+# client).
 report_header() {
-    report_host "$1"
+    report_host "$1" "${2:-}"
     echo "openssh:  $("$SSHD" -V 2>&1 | head -n1 || true); client $(ssh -V 2>&1)"
 }
 
