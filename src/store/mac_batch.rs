@@ -5,7 +5,7 @@
 //! a fraction of the time. A file's chunk records are independent of each
 //! other, so their MACs are computed side by side: `tape_sha256` runs up to
 //! four messages through SHA-NI together (or 8-16 lanes of AVX2/AVX-512
-//! without it). Measured on the 2-core development machine (Zen 4), eight
+//! without it). Measured on the 2-core development machine (Zen 3), eight
 //! 64 KiB messages: 2.5-2.8 GB/s against 1.5 GB/s one at a time with the
 //! `sha2` crate (docs/PERFORMANCE.md, "Where the time goes").
 //!
