@@ -1025,7 +1025,8 @@ impl FileState {
                 slices.push(&records[at..at + format::record_len(len)]);
                 at += format::record_len(len);
             }
-            let good = format::decode_chunks_replacing(&keys, &id, first, last, &slices, &mut chunks);
+            let good =
+                format::decode_chunks_replacing(&keys, &id, first, last, &slices, &mut chunks);
             chunks.truncate(good);
             Decoded {
                 chunks,

@@ -725,7 +725,15 @@ mod tests {
             .map(|(c, pt)| {
                 let mut record = Vec::new();
                 let index = 40 + c as u64;
-                encode_chunk(&k, &id, index, c + 1 == count, pt, &[c as u8; BLOCK], &mut record);
+                encode_chunk(
+                    &k,
+                    &id,
+                    index,
+                    c + 1 == count,
+                    pt,
+                    &[c as u8; BLOCK],
+                    &mut record,
+                );
                 record
             })
             .collect();
@@ -744,7 +752,10 @@ mod tests {
                 let mut outs: Vec<Vec<u8>> = (0..count)
                     .map(|c| vec![0xee; [CHUNK_SIZE + 100, 30, 0][c % 3]])
                     .collect();
-                assert_eq!(decode_chunks_replacing(&k, &id, 40, last, &slices, &mut outs), count);
+                assert_eq!(
+                    decode_chunks_replacing(&k, &id, 40, last, &slices, &mut outs),
+                    count
+                );
                 assert!(outs == plaintexts, "{count} chunks, last {last_len} bytes");
             }
         }
@@ -758,7 +769,10 @@ mod tests {
         records[3][LEN_FIELD + BLOCK + 7] ^= 0x10;
         let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         let mut outs = vec![vec![0xee; 10]; 6];
-        assert_eq!(decode_chunks_replacing(&k, &id, 40, 45, &slices, &mut outs), 3);
+        assert_eq!(
+            decode_chunks_replacing(&k, &id, 40, 45, &slices, &mut outs),
+            3
+        );
         assert!(outs[..3] == plaintexts[..3]);
         assert!(outs[3].is_empty(), "nothing of the bad record is returned");
         assert_eq!(outs[4], vec![0xee; 10]);
@@ -766,11 +780,20 @@ mod tests {
         let (records, _) = records_of(3, 500);
         let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         let mut outs = vec![Vec::new(); 3];
-        assert_eq!(decode_chunks_replacing(&k, &id, 41, 43, &slices, &mut outs), 0);
-        assert_eq!(decode_chunks_replacing(&k, &id, 40, 41, &slices, &mut outs), 1);
+        assert_eq!(
+            decode_chunks_replacing(&k, &id, 41, 43, &slices, &mut outs),
+            0
+        );
+        assert_eq!(
+            decode_chunks_replacing(&k, &id, 40, 41, &slices, &mut outs),
+            1
+        );
         let short: Vec<&[u8]> = vec![&records[0], &records[1][..RECORD_OVERHEAD - 1]];
         let mut outs = vec![vec![1u8]; 2];
-        assert_eq!(decode_chunks_replacing(&k, &id, 40, 42, &short, &mut outs), 1);
+        assert_eq!(
+            decode_chunks_replacing(&k, &id, 40, 42, &short, &mut outs),
+            1
+        );
         assert!(outs[1].is_empty());
     }
 

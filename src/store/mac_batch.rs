@@ -67,10 +67,7 @@ pub fn tags(key: &[u8; 32], messages: &[Message<'_>], out: &mut [[u8; 32]]) {
             .iter()
             .zip(messages)
             .map(|(stage, message)| {
-                tape_sha256::Message::prefixed(
-                    &stage[..BLOCK + message.header.len()],
-                    message.body,
-                )
+                tape_sha256::Message::prefixed(&stage[..BLOCK + message.header.len()], message.body)
             })
             .collect();
         let mut inner = Zeroizing::new([[0u8; 32]; GROUP]);
@@ -109,8 +106,8 @@ mod tests {
         // Lengths around SHA-256's block and length-field edges (55/56/64
         // bytes of message in the last block), with headers that shift them.
         let body_lens = [
-            0usize, 1, 15, 16, 17, 39, 40, 41, 47, 48, 55, 56, 57, 63, 64, 65, 119, 120, 127,
-            128, 129, 4095, 4096, 65_536, 65_568, 65_572,
+            0usize, 1, 15, 16, 17, 39, 40, 41, 47, 48, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128,
+            129, 4095, 4096, 65_536, 65_568, 65_572,
         ];
         let headers = [bytes(0, 1), bytes(9, 2), bytes(42, 3), bytes(MAX_HEADER, 4)];
         for header in &headers {
@@ -118,14 +115,10 @@ mod tests {
             for count in [1usize, 2, 3, 4, 5, 7, 8, 9, 17] {
                 for start in [0usize, 5, 13] {
                     let bodies: Vec<Vec<u8>> = (0..count)
-                        .map(|i| {
-                            bytes(body_lens[(start + i * 3) % body_lens.len()], i as u8)
-                        })
+                        .map(|i| bytes(body_lens[(start + i * 3) % body_lens.len()], i as u8))
                         .collect();
-                    let messages: Vec<Message<'_>> = bodies
-                        .iter()
-                        .map(|body| Message { header, body })
-                        .collect();
+                    let messages: Vec<Message<'_>> =
+                        bodies.iter().map(|body| Message { header, body }).collect();
                     let mut out = vec![[0u8; 32]; count];
                     tags(&key, &messages, &mut out);
                     for (body, tag) in bodies.iter().zip(&out) {
@@ -148,8 +141,14 @@ mod tests {
         let body = bytes(70_000, 9);
         let (h1, h2) = (bytes(30, 1), bytes(30, 2));
         let messages = [
-            Message { header: &h1, body: &body },
-            Message { header: &h2, body: &body },
+            Message {
+                header: &h1,
+                body: &body,
+            },
+            Message {
+                header: &h2,
+                body: &body,
+            },
         ];
         let mut out = [[0u8; 32]; 2];
         tags(&key, &messages, &mut out);
@@ -165,6 +164,13 @@ mod tests {
     fn an_oversized_header_is_refused() {
         let header = [0u8; MAX_HEADER + 1];
         let mut out = [[0u8; 32]; 1];
-        tags(&[0; 32], &[Message { header: &header, body: &[] }], &mut out);
+        tags(
+            &[0; 32],
+            &[Message {
+                header: &header,
+                body: &[],
+            }],
+            &mut out,
+        );
     }
 }

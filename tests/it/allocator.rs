@@ -7,7 +7,10 @@ fn start_with_env(env: &[(&str, &str)]) -> Server {
     Server::start_opts(
         &[("alice", None)],
         &ServerOptions {
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..ServerOptions::default()
         },
     )
@@ -27,7 +30,10 @@ fn malloc_conf_reaches_jemalloc_and_replaces_the_servers_own_settings() {
     // start-up line reports what jemalloc itself runs with.
     let server = start_with_env(&[("MALLOC_CONF", "narenas:3,dirty_decay_ms:2500")]);
     let log = start_up_log(&server);
-    assert!(log.contains("allocator settings taken from MALLOC_CONF"), "{log}");
+    assert!(
+        log.contains("allocator settings taken from MALLOC_CONF"),
+        "{log}"
+    );
     assert!(
         log.contains("jemalloc, 3 arenas, freed pages kept 2500 ms, background threads off"),
         "{log}"
@@ -38,7 +44,10 @@ fn malloc_conf_reaches_jemalloc_and_replaces_the_servers_own_settings() {
 fn without_settings_the_server_returns_freed_pages_after_a_second() {
     let server = start_with_env(&[]);
     let log = start_up_log(&server);
-    assert!(log.contains("freed pages kept 1000 ms, background threads on"), "{log}");
+    assert!(
+        log.contains("freed pages kept 1000 ms, background threads on"),
+        "{log}"
+    );
     assert!(!log.contains("settings taken from"), "{log}");
 }
 
@@ -51,5 +60,8 @@ fn the_prefixed_variable_is_named_as_ignored() {
         "{log}"
     );
     assert!(!log.contains(" 3 arenas"), "{log}");
-    assert!(log.contains("freed pages kept 1000 ms, background threads on"), "{log}");
+    assert!(
+        log.contains("freed pages kept 1000 ms, background threads on"),
+        "{log}"
+    );
 }
