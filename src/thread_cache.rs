@@ -3,9 +3,11 @@
 //! A per-thread cache makes small allocations cheap, but it costs memory
 //! for every thread that has one, and the allocator keeps part of that
 //! after the thread has ended. Every connection has a thread of its own
-//! (see `ssh`), and most connections of a drop box log in, list and leave:
-//! a connection's thread starts without a cache ([`pause`]) and gets one at
-//! its first file transfer ([`resume`]), which then runs as fast as before.
+//! and a few blocking threads (see `ssh`), and most connections of a drop
+//! box log in, list and leave: a connection's threads start without a
+//! cache ([`pause`]); its own thread gets one at its first file transfer,
+//! a blocking thread when file data first moves on it ([`resume`]), and
+//! transfers then run as fast as before.
 //!
 //! The binary that chooses the allocator installs the switch
 //! ([`install`]); without one (tests, other allocators) these do nothing.

@@ -389,6 +389,8 @@ where
         if failure.is_none() {
             let f = Arc::clone(file);
             writing = Some(tokio::task::spawn_blocking(move || {
+                // A file's data moves here (see `thread_cache`).
+                crate::thread_cache::resume();
                 f.write_at(offset, &buf)
             }));
         }

@@ -225,7 +225,11 @@ where
     let read = |offset: u64| {
         let f = Arc::clone(file);
         let len = piece_len(offset);
-        tokio::task::spawn_blocking(move || f.read_at(offset, len))
+        tokio::task::spawn_blocking(move || {
+            // A file's data moves here (see `thread_cache`).
+            crate::thread_cache::resume();
+            f.read_at(offset, len)
+        })
     };
     let mut failure: Option<String> = None;
     let mut next = (size > 0).then(|| read(0));

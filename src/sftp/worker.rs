@@ -161,6 +161,8 @@ pub(super) async fn run_worker(
         } else {
             let (s, f) = (session.clone(), file.clone());
             let done = tokio::task::spawn_blocking(move || {
+                // A file's data moves here (see `thread_cache`).
+                crate::thread_cache::resume();
                 run.into_iter()
                     .map(|(job, held)| (file_job(&s, &f, job), held))
                     .collect::<Vec<_>>()

@@ -440,11 +440,14 @@ async fn spawn_connection(
         .name(format!("dz-conn-{}", task.conn_id))
         .spawn(move || {
             // Most connections log in, list and leave: no allocator cache
-            // until the first transfer (the sftp and scp layers resume it).
+            // until the first transfer (the sftp and scp layers resume it),
+            // on this thread and on the connection's blocking threads (the
+            // login's store and key lookups run there).
             crate::thread_cache::pause();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(CONNECTION_BLOCKING_THREADS)
+                .on_thread_start(crate::thread_cache::pause)
                 .build()
             {
                 Ok(r) => r,

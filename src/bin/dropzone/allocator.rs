@@ -87,10 +87,37 @@ pub fn summary() -> String {
 /// Turns the calling thread's cache on or off
 /// ([`dropzone::thread_cache`]): idle connections then hold less, and
 /// jemalloc keeps less of it after a burst of sessions (measured with
-/// `bench/sessions.sh`, docs/PERFORMANCE.md "Memory"). A failure leaves
-/// the cache as it was.
+/// `bench/sessions.sh`, docs/PERFORMANCE.md "Memory"). While its cache is
+/// off a thread also allocates from one arena set aside for such threads
+/// ([`paused_arena`]) instead of its own, and goes back to its own when
+/// the cache is turned on: what hundreds of idle connections allocate then
+/// shares one arena's pages instead of being spread thinly over all of
+/// them. A failure leaves the thread as it was.
 pub fn set_thread_cache(on: bool) {
+    thread_local! {
+        /// The arena this thread used before its cache was turned off.
+        static OWN_ARENA: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    }
+    let arena = b"thread.arena\0".name();
+    if on {
+        if let Some(own) = OWN_ARENA.take() {
+            let _ = arena.write(own);
+        }
+    } else if let (Some(paused), Ok(current)) = (paused_arena(), arena.read()) {
+        // Already there if turned off before: its own arena stays recorded.
+        if current != paused && arena.write(paused).is_ok() {
+            OWN_ARENA.set(Some(current));
+        }
+    }
     let _ = b"thread.tcache.enabled\0".name().write(on);
+}
+
+/// The arena of threads whose cache is off, made the first time one is
+/// needed (it takes the decay set by [`configure`]); `None` if jemalloc
+/// could not make one (such threads then keep their own).
+fn paused_arena() -> Option<u32> {
+    static PAUSED: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *PAUSED.get_or_init(|| b"arenas.create\0".name().read().ok())
 }
 
 #[cfg(test)]
@@ -109,14 +136,23 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_cache_turns_off_and_on() {
+    fn a_thread_cache_turns_off_and_on_with_the_threads_arena() {
         let enabled = || -> bool { b"thread.tcache.enabled\0".name().read().unwrap() };
+        let arena = || -> u32 { b"thread.arena\0".name().read().unwrap() };
         std::thread::spawn(move || {
             assert!(enabled());
+            let own = arena();
             set_thread_cache(false);
             assert!(!enabled());
+            let paused = paused_arena().expect("jemalloc made an arena");
+            assert_eq!(arena(), paused);
+            assert_ne!(paused, own, "a new arena, not one of the automatic ones");
+            // Turned off twice (the caller normally avoids it): still back
+            // to its own arena at the end.
+            set_thread_cache(false);
             set_thread_cache(true);
             assert!(enabled());
+            assert_eq!(arena(), own);
         })
         .join()
         .unwrap();
